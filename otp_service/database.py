@@ -1,0 +1,90 @@
+"""Opening the database named by DATABASE_URL, and keeping its schema current.
+
+One pooled connection set per process, opened after any fork. Checking a connection out
+of the pool does not ping the server (that would be a round trip on every request);
+instead, a unit of work that hits a dead connection drops the idle ones so that the next
+request reconnects — see `service.unit_of_work`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from peewee import Database, InterfaceError, OperationalError
+from playhouse.migrations import Runner
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase, PooledSqliteDatabase
+
+from .models import db as proxy
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+HISTORY_TABLE = "schema_migration"
+
+# What a lost or unreachable database raises through peewee and the pool.
+UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, MaxConnectionsExceeded)
+
+
+class _PostgresPool(PooledPostgresqlDatabase):
+    def _is_closed(self, conn):
+        # The stock pool runs SELECT 1 on every checkout; the transaction status is local and free.
+        return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
+
+
+def open_database(url: str, pool_size: int = 8, timeout: float = 5.0) -> Database:
+    """A pooled database for `url`, bound to the models' proxy.
+
+    `timeout` bounds how long anything waits: a connection attempt, a free pool slot, a
+    statement (PostgreSQL) or a lock (SQLite), so an outage answers 503 instead of hanging.
+    """
+    parsed = urlparse(url)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme == "sqlite":
+        path = unquote(url.split("://", 1)[1].split("?", 1)[0])
+        path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db and sqlite:////abs.db
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        database = PooledSqliteDatabase(
+            path or ":memory:",
+            max_connections=pool_size,
+            timeout=timeout,
+            check_same_thread=False,
+            lock_type="IMMEDIATE",  # writers queue on busy_timeout instead of failing to upgrade a read lock
+            pragmas={"journal_mode": "wal", "busy_timeout": int(timeout * 1000), "synchronous": "normal"},
+        )
+    elif scheme in ("postgres", "postgresql"):
+        database = _PostgresPool(
+            (parsed.path or "/").lstrip("/") or "postgres",
+            max_connections=pool_size,
+            timeout=timeout,
+            user=unquote(parsed.username) if parsed.username else None,
+            password=unquote(parsed.password) if parsed.password else None,
+            host=parsed.hostname,
+            port=parsed.port,
+            connect_timeout=max(1, int(timeout)),
+            options=f"-c statement_timeout={int(timeout * 1000)}",
+            application_name=os.environ.get("OTP_APPLICATION_NAME", "otp-service"),
+        )
+    else:
+        raise ValueError(f"unsupported database URL scheme {parsed.scheme!r}")
+    proxy.initialize(database)
+    return database
+
+
+def is_postgres(database: Database) -> bool:
+    return isinstance(database, PooledPostgresqlDatabase)
+
+
+def _runner(database: Database) -> Runner:
+    return Runner(database, str(MIGRATIONS_DIR), table_name=HISTORY_TABLE)
+
+
+def migrate(database: Database, target: str | None = None) -> list[str]:
+    """Apply pending migrations in order; returns their names (empty when already current)."""
+    with database.connection_context():
+        return _runner(database).up(target)
+
+
+def pending_migrations(database: Database) -> list[str]:
+    with database.connection_context():
+        return [m.name for m in _runner(database).status() if m.path is not None and not m.applied]

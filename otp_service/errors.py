@@ -1,0 +1,41 @@
+"""The errors the API can answer with: an HTTP status, a stable machine code and a message for people.
+
+Domain functions raise these; the web layer turns them into the JSON envelope. Codes are
+part of the API contract: clients branch on them, so never rename one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    status = 400
+    code = "BAD_REQUEST"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+def _error(name: str, status: int, code: str) -> type[ServiceError]:
+    return type(name, (ServiceError,), {"status": status, "code": code})
+
+
+ValidationError = _error("ValidationError", 400, "VALIDATION_ERROR")
+MalformedJSON = _error("MalformedJSON", 400, "MALFORMED_JSON")
+Unauthorized = _error("Unauthorized", 401, "UNAUTHORIZED")
+NotFound = _error("NotFound", 404, "NOT_FOUND")
+DeviceNotFound = _error("DeviceNotFound", 404, "DEVICE_NOT_FOUND")
+MethodNotAllowed = _error("MethodNotAllowed", 405, "METHOD_NOT_ALLOWED")
+DeviceExists = _error("DeviceExists", 409, "DEVICE_EXISTS")
+DeviceInactive = _error("DeviceInactive", 409, "DEVICE_INACTIVE")
+PayloadTooLarge = _error("PayloadTooLarge", 413, "PAYLOAD_TOO_LARGE")
+UnsupportedMediaType = _error("UnsupportedMediaType", 415, "UNSUPPORTED_MEDIA_TYPE")
+DeviceLocked = _error("DeviceLocked", 429, "DEVICE_LOCKED")
+RateLimited = _error("RateLimited", 429, "RATE_LIMITED")
+DatabaseUnavailable = _error("DatabaseUnavailable", 503, "DATABASE_UNAVAILABLE")
+KeyUnavailableError = _error("KeyUnavailableError", 503, "KEY_UNAVAILABLE")
+RateLimiterUnavailable = _error("RateLimiterUnavailable", 503, "RATE_LIMITER_UNAVAILABLE")

@@ -1,0 +1,86 @@
+"""The two tables: devices and their audit trail.
+
+The models are bound to a proxy so that the same code serves SQLite in development and
+PostgreSQL in production; `database.open_database` decides which one at start-up.
+The schema itself is owned by `migrations/`, not by these classes.
+"""
+
+from __future__ import annotations
+
+from peewee import (
+    AutoField,
+    BigIntegerField,
+    BlobField,
+    BooleanField,
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+db = DatabaseProxy()
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class Device(BaseModel):
+    device_id = CharField(max_length=128, primary_key=True)
+    user_id = CharField(max_length=254, index=True)
+    salt = CharField(max_length=64)  # hex of the derivation salt: not a secret without the master secret
+    key_version = IntegerField()
+    derived_key_hash = CharField(max_length=64)
+    digits = IntegerField()
+    interval = IntegerField()
+    algorithm = CharField(max_length=8)
+    issuer = CharField(max_length=64, null=True)
+    is_active = BooleanField(default=True)
+    created_at = DateTimeField()
+    last_used = DateTimeField(null=True)
+    usage_count = IntegerField(default=0)
+    deactivated_at = DateTimeField(null=True)
+    last_step = BigIntegerField(default=-1)  # RFC 6238 §5.2: the last time step accepted
+    drift = IntegerField(default=0)  # observed clock offset of the device, in steps
+    failed_attempts = IntegerField(default=0)
+    locked_until = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "devices"
+
+
+class AuditLog(BaseModel):
+    id = AutoField()
+    timestamp = DateTimeField(index=True)
+    action = CharField(max_length=32)
+    success = BooleanField()
+    reason = CharField(max_length=32, null=True)
+    device_id = CharField(max_length=128, null=True)
+    user_id = CharField(max_length=254, null=True)
+    ip_address = CharField(max_length=64, null=True)
+    user_agent = CharField(max_length=256, null=True)
+    request_id = CharField(max_length=64, null=True)
+    additional_data = TextField(null=True)  # JSON
+
+    class Meta:
+        table_name = "audit_logs"
+
+
+class Report(BaseModel):
+    id = AutoField()
+    kind = CharField(max_length=16)
+    period_start = DateTimeField()
+    period_end = DateTimeField()
+    created_at = DateTimeField(index=True)
+    html = TextField()
+    data_zip = BlobField()
+
+    class Meta:
+        table_name = "reports"
+
+
+ALL_MODELS = (Device, AuditLog, Report)

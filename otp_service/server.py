@@ -1,0 +1,123 @@
+"""Serving: one process or several, and a graceful stop on SIGTERM.
+
+Several processes each bind their own SO_REUSEPORT socket after the fork, so the kernel
+balances connections between them (a shared socket can leave one process with every
+keep-alive connection). The parent only supervises: it forwards SIGTERM/SIGINT to its
+children, restarts one that crashes, and exits when they all have, so none is orphaned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from .app import build_state, make_app
+from .config import Settings
+
+log = logging.getLogger("otp_service.server")
+
+MAX_BODY_BYTES = 64 * 1024  # hard cap at the connection; the API answers 413 above 16 KiB itself
+MAX_HEADER_BYTES = 16 * 1024
+IDLE_CONNECTION_SECONDS = 75  # longer than Render's proxy keep-alive, so the proxy closes first
+BODY_TIMEOUT_SECONDS = 10  # a client that trickles its body is cut off
+RESTART_BACKOFF_SECONDS = 1.0
+
+
+def serve(settings: Settings, processes: int = 1, grace_seconds: float = 20.0) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code."""
+    if processes <= 1:
+        sockets = bind_sockets(settings.port, settings.host)
+        return asyncio.run(_worker(settings, sockets, grace_seconds))
+    return _supervise(settings, processes, grace_seconds)
+
+
+async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
+    state = build_state(settings)
+    server = HTTPServer(
+        make_app(state),
+        xheaders=False,
+        max_body_size=MAX_BODY_BYTES,
+        max_header_size=MAX_HEADER_BYTES,
+        idle_connection_timeout=IDLE_CONNECTION_SECONDS,
+        body_timeout=BODY_TIMEOUT_SECONDS,
+    )
+    server.add_sockets(sockets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("serving", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()})
+    await stop.wait()
+
+    # Drain: fail health checks so the balancer moves on, stop accepting, let requests in flight finish.
+    state.draining = True
+    server.stop()
+    deadline = time.monotonic() + grace_seconds
+    while state.inflight and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if state.inflight:
+        log.warning("grace period over; closing %d requests still in flight", state.inflight)
+    await server.close_all_connections()
+    state.executor.shutdown(wait=True, cancel_futures=True)
+    state.service.database.close_all()
+    log.info("stopped", extra={"pid": os.getpid()})
+    return 0
+
+
+def _supervise(settings: Settings, processes: int, grace_seconds: float) -> int:
+    children: dict[int, int] = {}  # pid -> slot
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # child: fresh event loop, its own socket and database pool
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)
+            try:
+                code = asyncio.run(
+                    _worker(settings, bind_sockets(settings.port, settings.host, reuse_port=True), grace_seconds)
+                )
+            except Exception:
+                log.exception("worker failed")
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        children[pid] = slot
+
+    def forward(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for slot in range(processes):
+        spawn(slot)
+    log.info("supervising", extra={"processes": processes, "pid": os.getpid()})
+    exit_code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        slot = children.pop(pid, None)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping or slot is None:
+            exit_code = exit_code or (code if code > 0 else 0)
+            continue
+        log.error("worker exited unexpectedly; restarting", extra={"pid": pid, "exit_code": code})
+        time.sleep(RESTART_BACKOFF_SECONDS)
+        spawn(slot)
+    return exit_code

@@ -1,0 +1,535 @@
+"""The domain: register, verify, deactivate, unlock and the read models, as plain methods.
+
+Nothing here knows about HTTP. Each state change and its audit row are written in one
+transaction, so the trail can never say something happened that did not, or miss
+something that did. Failures that must still be audited (a wrong code, a locked device)
+are decided inside the transaction and raised only after it commits.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from peewee import Database, IntegrityError, fn
+
+from . import errors, totp
+from .config import Settings
+from .database import UNAVAILABLE_ERRORS
+from .keys import Keyring, KeyUnavailable, key_fingerprint
+from .models import AuditLog, Device
+from .validation import otp_for_device
+
+log = logging.getLogger("otp_service.service")
+
+MAX_LOCK_SECONDS = 3600
+USER_AGENT_MAX = 256
+
+
+class Action:
+    DEVICE_REGISTERED = "DEVICE_REGISTERED"
+    OTP_VERIFICATION = "OTP_VERIFICATION"
+    DEVICE_DEACTIVATED = "DEVICE_DEACTIVATED"
+    DEVICE_LOCKED = "DEVICE_LOCKED"
+    DEVICE_UNLOCKED = "DEVICE_UNLOCKED"
+    AUTH_FAILED = "AUTH_FAILED"
+    RATE_LIMITED = "RATE_LIMITED"
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who is asking, as the audit trail records it."""
+
+    ip_address: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+
+SYSTEM = RequestContext(ip_address=None, user_agent="otp-service", request_id=None)
+
+
+def to_datetime(unix_time: float) -> datetime:
+    """Naive UTC, the form stored in both databases."""
+    return datetime.fromtimestamp(unix_time, UTC).replace(tzinfo=None)
+
+
+def isoformat(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="seconds") + "Z"
+
+
+def lock_seconds(failed_attempts: int, max_failures: int, base_seconds: int) -> int:
+    """How long a device locks after its `failed_attempts`-th consecutive failure: 0 below the
+    threshold, then base, 2×base, 4×base … for each further failure, capped at an hour."""
+    if failed_attempts < max_failures:
+        return 0
+    return min(base_seconds * 2 ** min(failed_attempts - max_failures, 12), MAX_LOCK_SECONDS)
+
+
+def otpauth_uri(secret_base32: str, device: Device) -> str:
+    """The Key Uri Format that authenticator apps scan (label is issuer:account, both percent-encoded)."""
+    label = quote(device.user_id, safe="@.")
+    params = {"secret": secret_base32}
+    if device.issuer:
+        label = f"{quote(device.issuer, safe='')}:{label}"
+        params["issuer"] = device.issuer
+    params.update(algorithm=device.algorithm, digits=str(device.digits), period=str(device.interval))
+    return f"otpauth://totp/{label}?{urlencode(params, quote_via=quote)}"
+
+
+class OtpService:
+    def __init__(
+        self, settings: Settings, keyring: Keyring, database: Database, clock: Callable[[], float] = time.time
+    ):
+        self.settings = settings
+        self.keyring = keyring
+        self.database = database
+        self.clock = clock
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def unit_of_work(self, write: bool = False) -> Iterator[None]:
+        """A connection (and for writes a transaction) that is returned to the pool on every path.
+
+        A lost database surfaces as DatabaseUnavailable (503); the pool's idle connections
+        are dropped then, because after a server restart they are all dead.
+        """
+        try:
+            with self.database.connection_context():
+                if write:
+                    with self.database.atomic():
+                        yield
+                else:
+                    yield
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("database unavailable: %s", type(exc).__name__)
+            self.database.close_idle()
+            raise errors.DatabaseUnavailable("The database is unavailable; try again shortly.") from None
+
+    def _audit(
+        self,
+        action: str,
+        success: bool,
+        ctx: RequestContext,
+        now: float,
+        *,
+        reason: str | None = None,
+        device_id: str | None = None,
+        user_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        AuditLog.insert(
+            timestamp=to_datetime(now),
+            action=action,
+            success=success,
+            reason=reason,
+            device_id=device_id,
+            user_id=user_id,
+            ip_address=ctx.ip_address,
+            user_agent=(ctx.user_agent or None) and ctx.user_agent[:USER_AGENT_MAX],
+            request_id=ctx.request_id,
+            additional_data=json.dumps(data, separators=(",", ":"), sort_keys=True) if data else None,
+        ).execute()
+
+    def record(
+        self,
+        action: str,
+        ctx: RequestContext,
+        *,
+        reason: str | None = None,
+        data: dict[str, Any] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Audit an event that changes no state (a failed authentication, a rate-limit hit)."""
+        with self.unit_of_work(write=True):
+            self._audit(action, False, ctx, self.clock() if now is None else now, reason=reason, data=data)
+
+    def _device(self, device_id: str) -> Device | None:
+        return Device.get_or_none(Device.device_id == device_id)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def register(
+        self,
+        device_id: str,
+        user_id: str,
+        ctx: RequestContext = SYSTEM,
+        *,
+        digits: int | None = None,
+        interval: int | None = None,
+        algorithm: str | None = None,
+        issuer: str | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """Create a device with a freshly derived key; the only time the key leaves the service.
+
+        An inactive device id may be registered again; it gets a new salt and so a new key.
+        """
+        now = self.clock() if now is None else now
+        key, salt, version = self.keyring.new_device_key(device_id)
+        fields = dict(
+            user_id=user_id,
+            salt=salt.hex(),
+            key_version=version,
+            derived_key_hash=key_fingerprint(key),
+            digits=digits or self.settings.otp_digits,
+            interval=interval or self.settings.otp_interval,
+            algorithm=algorithm or self.settings.otp_algorithm,
+            issuer=issuer,
+            is_active=True,
+            created_at=to_datetime(now),
+            last_used=None,
+            usage_count=0,
+            deactivated_at=None,
+            last_step=-1,
+            drift=0,
+            failed_attempts=0,
+            locked_until=None,
+        )
+        params = {k: fields[k] for k in ("digits", "interval", "algorithm")}
+        with self.unit_of_work(write=True):
+            if self._claim_device_id(device_id, fields):
+                self._audit(
+                    Action.DEVICE_REGISTERED,
+                    True,
+                    ctx,
+                    now,
+                    device_id=device_id,
+                    user_id=user_id,
+                    data={**params, "key_version": version},
+                )
+                failure = None
+            else:
+                self._audit(
+                    Action.DEVICE_REGISTERED,
+                    False,
+                    ctx,
+                    now,
+                    reason="DEVICE_EXISTS",
+                    device_id=device_id,
+                    user_id=user_id,
+                )
+                failure = errors.DeviceExists(f"An active device with id {device_id!r} is already registered.")
+        if failure:
+            raise failure
+        device = Device(device_id=device_id, **fields)
+        secret_base32 = base64.b32encode(key).decode("ascii").rstrip("=")
+        return {
+            "device_id": device_id,
+            "user_id": user_id,
+            "derived_key": base64.b64encode(key).decode("ascii"),
+            "secret_base32": secret_base32,
+            "otpauth_uri": otpauth_uri(secret_base32, device),
+            **params,
+            "issuer": issuer,
+            "key_version": version,
+            "created_at": isoformat(device.created_at),
+        }
+
+    def _claim_device_id(self, device_id: str, fields: dict[str, Any]) -> bool:
+        """Insert the device, or take over an inactive row with the same id; False if an active one holds it.
+
+        The savepoint keeps a unique-key clash from a concurrent registration from aborting
+        the outer transaction, which still has to write the audit row.
+        """
+        taken_over = Device.update(**fields).where((Device.device_id == device_id) & ~Device.is_active).execute()
+        if taken_over:
+            return True
+        try:
+            with self.database.atomic():
+                Device.insert(device_id=device_id, **fields).execute()
+        except IntegrityError:
+            return False
+        return True
+
+    def verify(
+        self, device_id: str, otp: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
+    ) -> dict[str, Any]:
+        """Check a code: RFC 6238 with a drift-centred window, replay refusal and lockout.
+
+        The acceptance is one conditional UPDATE (`last_step < step`), so two requests with
+        the same code, in any processes, cannot both succeed.
+        """
+        now = self.clock() if now is None else now
+        with self.unit_of_work(write=True):
+            device = self._device(device_id)
+            outcome = self._check(device, device_id, otp, ctx, now) if device else None
+            if device is None:
+                self._audit(Action.OTP_VERIFICATION, False, ctx, now, reason="DEVICE_NOT_FOUND", device_id=device_id)
+                outcome = errors.DeviceNotFound(f"No device with id {device_id!r}.")
+        if isinstance(outcome, Exception):
+            raise outcome
+        if not outcome["valid"]:
+            log.info("verification failed", extra={"device_id": device_id, "reason": outcome["reason"]})
+        return outcome
+
+    def _check(
+        self, device: Device, device_id: str, otp: str | int, ctx: RequestContext, now: float
+    ) -> dict[str, Any] | Exception:
+        s = self.settings
+        audit = dict(device_id=device_id, user_id=device.user_id)
+        code = otp_for_device(otp, device.digits)  # a malformed code is a 400, not a failed attempt
+        if not device.is_active:
+            self._audit(Action.OTP_VERIFICATION, False, ctx, now, reason="DEVICE_INACTIVE", **audit)
+            return errors.DeviceInactive(f"Device {device_id!r} is deactivated.")
+        if device.locked_until and device.locked_until > to_datetime(now):
+            self._audit(Action.OTP_VERIFICATION, False, ctx, now, reason="DEVICE_LOCKED", **audit)
+            return self._locked_error(device.locked_until, now)
+        try:
+            key = self.keyring.device_key(
+                device_id, bytes.fromhex(device.salt), device.key_version, device.derived_key_hash
+            )
+        except KeyUnavailable as exc:
+            log.error("cannot derive the key of device %s: %s", device_id, exc)
+            self._audit(Action.OTP_VERIFICATION, False, ctx, now, reason="KEY_UNAVAILABLE", **audit)
+            return errors.KeyUnavailableError(
+                "This device's key cannot be derived: the service's master secret is misconfigured."
+            )
+
+        current = totp.time_step(now, device.interval)
+        centre = current + device.drift
+        steps = range(centre - s.otp_window, centre + s.otp_window + 1)
+        matches = totp.matching_steps(key, code, steps, device.digits, device.algorithm)
+        fresh = sorted((st for st in matches if st > device.last_step), key=lambda st: abs(st - centre))
+        if fresh:
+            step = fresh[0]
+            drift = max(-s.otp_max_drift, min(s.otp_max_drift, step - current))
+            accepted = (
+                Device.update(
+                    last_step=step,
+                    drift=drift,
+                    failed_attempts=0,
+                    locked_until=None,
+                    usage_count=Device.usage_count + 1,
+                    last_used=to_datetime(now),
+                )
+                .where(
+                    (Device.device_id == device_id)
+                    & (Device.last_step < step)
+                    & Device.is_active
+                    & (Device.locked_until.is_null() | (Device.locked_until <= to_datetime(now)))
+                )
+                .execute()
+            )
+            if accepted:
+                self._audit(
+                    Action.OTP_VERIFICATION,
+                    True,
+                    ctx,
+                    now,
+                    data={"offset": step - current, "drift": drift, "key_version": device.key_version},
+                    **audit,
+                )
+                return {"device_id": device_id, "valid": True}
+            # Another request accepted this step (or locked the device) between our read and our update.
+            return self._refuse(ctx, now, audit, "REPLAYED")
+        if matches:
+            return self._refuse(ctx, now, audit, "REPLAYED")
+        return self._fail(device, ctx, now, audit)
+
+    def _refuse(self, ctx: RequestContext, now: float, audit: dict[str, Any], reason: str) -> dict[str, Any]:
+        """A replayed code: refused and audited, but not counted toward a lock (the owner may have double-submitted)."""
+        self._audit(Action.OTP_VERIFICATION, False, ctx, now, reason=reason, **audit)
+        return {"device_id": audit["device_id"], "valid": False, "reason": reason}
+
+    def _fail(self, device: Device, ctx: RequestContext, now: float, audit: dict[str, Any]) -> dict[str, Any]:
+        s = self.settings
+        (
+            Device.update(failed_attempts=Device.failed_attempts + 1)
+            .where(Device.device_id == device.device_id)
+            .execute()
+        )
+        # Read back under the row lock the UPDATE holds, so concurrent failures each see their own count.
+        failures = Device.select(Device.failed_attempts).where(Device.device_id == device.device_id).scalar()
+        self._audit(
+            Action.OTP_VERIFICATION, False, ctx, now, reason="INVALID_CODE", data={"failed_attempts": failures}, **audit
+        )
+        seconds = lock_seconds(failures, s.otp_max_failures, s.otp_lockout_seconds)
+        if seconds:
+            until = to_datetime(now) + timedelta(seconds=seconds)
+            Device.update(locked_until=until).where(Device.device_id == device.device_id).execute()
+            self._audit(
+                Action.DEVICE_LOCKED,
+                True,
+                ctx,
+                now,
+                reason="TOO_MANY_FAILURES",
+                data={"failed_attempts": failures, "lock_seconds": seconds, "locked_until": isoformat(until)},
+                **audit,
+            )
+        return {"device_id": device.device_id, "valid": False, "reason": "INVALID_CODE"}
+
+    @staticmethod
+    def _locked_error(locked_until: datetime, now: float) -> errors.ServiceError:
+        retry = max(1, math.ceil((locked_until - to_datetime(now)).total_seconds()))
+        return errors.DeviceLocked(
+            f"Too many failed attempts; the device is locked for {retry} more seconds.",
+            details={"locked_until": isoformat(locked_until), "retry_after": retry},
+            headers={"Retry-After": str(retry)},
+        )
+
+    def deactivate(self, device_id: str, ctx: RequestContext = SYSTEM, now: float | None = None) -> dict[str, Any]:
+        """Idempotent: deactivating an inactive device succeeds and keeps the first deactivation time."""
+        now = self.clock() if now is None else now
+        with self.unit_of_work(write=True):
+            Device.update(is_active=False, deactivated_at=to_datetime(now)).where(
+                (Device.device_id == device_id) & Device.is_active
+            ).execute()
+            device = self._device(device_id)
+            if device is None:
+                self._audit(Action.DEVICE_DEACTIVATED, False, ctx, now, reason="DEVICE_NOT_FOUND", device_id=device_id)
+            else:
+                self._audit(Action.DEVICE_DEACTIVATED, True, ctx, now, device_id=device_id, user_id=device.user_id)
+        if device is None:
+            raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
+        return {"device_id": device_id, "is_active": False, "deactivated_at": isoformat(device.deactivated_at)}
+
+    def unlock(self, device_id: str, ctx: RequestContext = SYSTEM, now: float | None = None) -> dict[str, Any]:
+        now = self.clock() if now is None else now
+        with self.unit_of_work(write=True):
+            changed = Device.update(failed_attempts=0, locked_until=None).where(Device.device_id == device_id).execute()
+            if changed:
+                device = self._device(device_id)
+                self._audit(Action.DEVICE_UNLOCKED, True, ctx, now, device_id=device_id, user_id=device.user_id)
+            else:
+                self._audit(Action.DEVICE_UNLOCKED, False, ctx, now, reason="DEVICE_NOT_FOUND", device_id=device_id)
+        if not changed:
+            raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
+        return {"device_id": device_id, "failed_attempts": 0, "locked_until": None}
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def device_info(self, device_id: str) -> dict[str, Any]:
+        with self.unit_of_work():
+            device = self._device(device_id)
+        if device is None:
+            raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
+        return describe(device)
+
+    def user_devices(self, user_id: str) -> dict[str, Any]:
+        with self.unit_of_work():
+            devices = list(
+                Device.select().where(Device.user_id == user_id).order_by(Device.created_at, Device.device_id)
+            )
+        return {"user_id": user_id, "devices": [describe(d) for d in devices]}
+
+    def user_audit(self, user_id: str, limit: int = 50, before: int | None = None) -> dict[str, Any]:
+        """Newest first, keyset-paginated on the row id so deep pages cost the same as the first."""
+        query = AuditLog.select().where(AuditLog.user_id == user_id)
+        if before is not None:
+            query = query.where(AuditLog.id < before)
+        with self.unit_of_work():
+            rows = list(query.order_by(AuditLog.id.desc()).limit(limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {
+            "user_id": user_id,
+            "entries": [audit_entry(r) for r in rows],
+            "next_before": rows[-1].id if more else None,
+        }
+
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        now = self.clock() if now is None else now
+        windows = {"last_24h": to_datetime(now - 86400), "last_7d": to_datetime(now - 7 * 86400)}
+        with self.unit_of_work():
+            by_state = dict(
+                Device.select(Device.is_active, fn.COUNT(Device.device_id)).group_by(Device.is_active).tuples()
+            )
+            by_version = {
+                str(v): {"active": a or 0, "total": t}
+                for v, t, a in Device.select(
+                    Device.key_version, fn.COUNT(Device.device_id), fn.SUM(Device.is_active.cast("integer"))
+                )
+                .group_by(Device.key_version)
+                .tuples()
+            }
+            activity = {}
+            for name, since in windows.items():
+                counts = {
+                    (a, bool(ok)): n
+                    for a, ok, n in (
+                        AuditLog.select(AuditLog.action, AuditLog.success, fn.COUNT(AuditLog.id))
+                        .where(
+                            (AuditLog.timestamp >= since)
+                            & AuditLog.action.in_([Action.DEVICE_REGISTERED, Action.OTP_VERIFICATION])
+                        )
+                        .group_by(AuditLog.action, AuditLog.success)
+                        .tuples()
+                    )
+                }
+                activity[name] = {
+                    "registrations": counts.get((Action.DEVICE_REGISTERED, True), 0),
+                    "verifications_succeeded": counts.get((Action.OTP_VERIFICATION, True), 0),
+                    "verifications_failed": counts.get((Action.OTP_VERIFICATION, False), 0),
+                }
+        active, inactive = by_state.get(True, 0), by_state.get(False, 0)
+        return {
+            "devices": {"total": active + inactive, "active": active, "inactive": inactive},
+            "by_key_version": by_version,
+            **activity,
+            "generated_at": isoformat(to_datetime(now)),
+        }
+
+    def current_code(self, device_id: str, now: float | None = None) -> dict[str, Any]:
+        """For DEBUG test set-ups only: the code a device shows now."""
+        now = self.clock() if now is None else now
+        with self.unit_of_work():
+            device = self._device(device_id)
+        if device is None:
+            raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
+        try:
+            key = self.keyring.device_key(
+                device_id, bytes.fromhex(device.salt), device.key_version, device.derived_key_hash
+            )
+        except KeyUnavailable:
+            raise errors.KeyUnavailableError("This device's key cannot be derived.") from None
+        return {"device_id": device_id, "otp": totp.totp(key, now, device.digits, device.interval, device.algorithm)}
+
+    def ping(self) -> None:
+        with self.unit_of_work():
+            self.database.execute_sql("SELECT 1")
+
+
+def describe(device: Device) -> dict[str, Any]:
+    """Everything about a device except anything that could help derive its key."""
+    return {
+        "device_id": device.device_id,
+        "user_id": device.user_id,
+        "is_active": device.is_active,
+        "created_at": isoformat(device.created_at),
+        "last_used": isoformat(device.last_used),
+        "usage_count": device.usage_count,
+        "deactivated_at": isoformat(device.deactivated_at),
+        "digits": device.digits,
+        "interval": device.interval,
+        "algorithm": device.algorithm,
+        "issuer": device.issuer,
+        "key_version": device.key_version,
+        "failed_attempts": device.failed_attempts,
+        "locked_until": isoformat(device.locked_until),
+    }
+
+
+def audit_entry(row: AuditLog) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "timestamp": isoformat(row.timestamp),
+        "action": row.action,
+        "success": row.success,
+        "reason": row.reason,
+        "device_id": row.device_id,
+        "user_id": row.user_id,
+        "ip_address": row.ip_address,
+        "user_agent": row.user_agent,
+        "request_id": row.request_id,
+        "additional_data": json.loads(row.additional_data) if row.additional_data else None,
+    }

@@ -1,0 +1,113 @@
+"""Parsing of client input into the values the domain works with, or a ValidationError naming the field.
+
+Each parser accepts exactly the documented forms and nothing that merely looks like them
+(Unicode digits, whitespace, signs, floats, booleans), because an authentication service
+must not have two spellings of one code.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import ValidationError
+from .totp import ALGORITHMS, DIGITS_RANGE
+
+DEVICE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}", re.ASCII)
+ASCII_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+MAX_USER_ID = 254
+MAX_ISSUER = 64
+INTERVAL_RANGE = range(15, 301)
+
+
+def _fail(field: str, message: str) -> ValidationError:
+    return ValidationError(f"{field} {message}", details={"field": field})
+
+
+def device_id(value: Any, field: str = "device_id") -> str:
+    if not isinstance(value, str) or not DEVICE_ID.fullmatch(value):
+        raise _fail(field, "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -")
+    return value
+
+
+def _printable(value: Any, field: str, max_length: int) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= max_length or not value.isprintable():
+        raise _fail(field, f"must be 1-{max_length} printable characters with no control characters")
+    return value
+
+
+def user_id(value: Any) -> str:
+    return _printable(value, "user_id", MAX_USER_ID)
+
+
+def issuer(value: Any) -> str | None:
+    if value is None:
+        return None
+    value = _printable(value, "issuer", MAX_ISSUER)
+    if ":" in value:
+        raise _fail("issuer", "must not contain ':' (it separates issuer and account in an otpauth URI)")
+    return value
+
+
+def _whole_number(value: Any, field: str, allowed: range) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+        raise _fail(field, f"must be a whole number from {allowed.start} to {allowed.stop - 1}")
+    return value
+
+
+def digits(value: Any) -> int:
+    return _whole_number(value, "digits", DIGITS_RANGE)
+
+
+def interval(value: Any) -> int:
+    return _whole_number(value, "interval", INTERVAL_RANGE)
+
+
+def algorithm(value: Any) -> str:
+    if not isinstance(value, str) or value.upper() not in ALGORITHMS:
+        raise _fail("algorithm", f"must be one of {', '.join(ALGORITHMS)}")
+    return value.upper()
+
+
+def otp_syntax(value: Any) -> str | int:
+    """The code as sent, before the device's digit count is known: a digit string or a non-negative int."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _fail("otp", "must be a string of digits or a whole number")
+    if isinstance(value, int):
+        if not 0 <= value < 10 ** max(DIGITS_RANGE):
+            raise _fail("otp", "must be a non-negative number of at most 8 digits")
+        return value
+    if not ASCII_DIGITS.fullmatch(value) or len(value) > max(DIGITS_RANGE):
+        raise _fail("otp", "must be a string of 6 to 8 ASCII digits")
+    return value
+
+
+def otp_for_device(value: str | int, device_digits: int) -> str:
+    """The code in the device's canonical form: exactly `device_digits` ASCII digits.
+
+    An integer is zero-padded, since clients that send JSON numbers lose leading zeros
+    (the original client example sends int(012345) as 12345).
+    """
+    if isinstance(value, int):
+        if value >= 10**device_digits:
+            raise _fail("otp", f"has more than {device_digits} digits")
+        return str(value).zfill(device_digits)
+    if len(value) != device_digits:
+        raise _fail("otp", f"must be exactly {device_digits} digits for this device")
+    return value
+
+
+def limit(value: str | None, default: int = 50, maximum: int = 200) -> int:
+    if value is None:
+        return default
+    if not ASCII_DIGITS.fullmatch(value) or not 1 <= int(value) <= maximum:
+        raise _fail("limit", f"must be a whole number from 1 to {maximum}")
+    return int(value)
+
+
+def cursor(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not ASCII_DIGITS.fullmatch(value) or len(value) > 18:
+        raise _fail("before", "must be a cursor returned as next_before")
+    return int(value)

@@ -1,0 +1,329 @@
+"""Thin Tornado handlers: parse the request, call the domain off the event loop, answer in the JSON envelope.
+
+Every response is `{"success", "message", "data"}`, errors add `"error": {"code", ...}`.
+No request can produce an HTML error page or a traceback: `write_error` renders every
+failure, expected or not, in the same shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import tornado.web
+from tornado.ioloop import IOLoop
+
+from . import __version__, errors, validation
+from .config import Settings
+from .ratelimit import RateLimiter
+from .service import Action, OtpService, RequestContext
+
+log = logging.getLogger("otp_service.web")
+
+MAX_JSON_BODY = 16 * 1024
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)
+AUDITED_LIMIT_CACHE = 10_000
+
+
+@dataclass
+class AppState:
+    """What every handler shares within one process."""
+
+    settings: Settings
+    service: OtpService
+    executor: ThreadPoolExecutor
+    limiter: RateLimiter
+    started_at: float = field(default_factory=time.time)
+    draining: bool = False
+    inflight: int = 0
+    rate_limit_audited: OrderedDict = field(default_factory=OrderedDict)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking database work on the bounded pool, whose size matches the connection pool."""
+        return await IOLoop.current().run_in_executor(self.executor, fn, *args)
+
+
+def client_ip(remote_ip: str, forwarded_for: str | None, trusted_hops: int) -> str:
+    """The client's address, trusting only as many X-Forwarded-For entries as there are proxies we run behind.
+
+    Each trusted proxy appends the address it saw, so with N proxies the client's address
+    is the N-th entry from the right; anything further left was written by the client.
+    """
+    if trusted_hops == 0 or not forwarded_for:
+        return remote_ip
+    chain = [part.strip() for part in forwarded_for.split(",")]
+    if len(chain) < trusted_hops:
+        return remote_ip
+    candidate = chain[-trusted_hops]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return remote_ip
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    def initialize(self, state: AppState) -> None:
+        self.state = state
+        state.inflight += 1
+
+    def on_finish(self) -> None:
+        self.state.inflight -= 1
+
+    @property
+    def service(self) -> OtpService:
+        return self.state.service
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        if not hasattr(self, "request_id"):  # called again by clear() before an error response
+            sent = self.request.headers.get("X-Request-ID", "")
+            self.request_id = sent if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+            self.kept_headers: dict[str, str] = {}
+        self.set_header("X-Request-ID", self.request_id)
+        for name, value in self.kept_headers.items():
+            self.set_header(name, value)
+
+    def keep_header(self, name: str, value: str) -> None:
+        """A header that survives into an error response (Tornado clears headers before write_error)."""
+        self.kept_headers[name] = value
+        self.set_header(name, value)
+
+    @property
+    def ip(self) -> str:
+        return client_ip(
+            self.request.remote_ip or "",
+            self.request.headers.get("X-Forwarded-For"),
+            self.state.settings.trusted_proxy_hops,
+        )
+
+    @property
+    def context(self) -> RequestContext:
+        return RequestContext(
+            ip_address=self.ip, user_agent=self.request.headers.get("User-Agent"), request_id=self.request_id
+        )
+
+    def respond(self, data: dict[str, Any], message: str, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps({"success": True, "message": message, "data": data}, separators=(",", ":")))
+
+    def json_body(self) -> dict[str, Any]:
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise errors.UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
+        if len(self.request.body) > MAX_JSON_BODY:
+            raise errors.PayloadTooLarge(f"The body is larger than {MAX_JSON_BODY} bytes.")
+        try:
+            body = json.loads(self.request.body or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise errors.MalformedJSON("The body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise errors.MalformedJSON("The body must be a JSON object.")
+        return body
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, errors.ServiceError):
+            status, code, message, details = exc.status, exc.code, exc.message, exc.details
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, tornado.web.HTTPError) or exc is None:
+            status, details = status_code, {}
+            code, message = HTTP_ERRORS.get(status, ("HTTP_ERROR", self._reason))
+        else:
+            status, code, message, details = 500, "INTERNAL_ERROR", "An unexpected error occurred.", {}
+            if self.state.settings.debug:
+                details = {"exception": type(exc).__name__, "detail": str(exc)}
+        self.set_status(status)
+        if status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="otp-service"')
+        error = {"code": code, "request_id": self.request_id, **details}
+        self.finish(
+            json.dumps({"success": False, "message": message, "data": {}, "error": error}, separators=(",", ":"))
+        )
+
+    def log_exception(self, typ, value, tb) -> None:  # type: ignore[override]
+        if isinstance(value, (errors.ServiceError, tornado.web.HTTPError)):
+            return  # expected outcomes; the access log records the status
+        log.error(
+            "unhandled error in %s %s (request %s)",
+            self.request.method,
+            self.request.path,
+            self.request_id,
+            exc_info=(typ, value, tb),
+        )
+
+
+HTTP_ERRORS = {
+    400: ("BAD_REQUEST", "The request could not be understood."),
+    404: ("NOT_FOUND", "There is no such resource."),
+    405: ("METHOD_NOT_ALLOWED", "This method is not allowed on this resource."),
+    413: ("PAYLOAD_TOO_LARGE", "The request body is too large."),
+    500: ("INTERNAL_ERROR", "An unexpected error occurred."),
+}
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        raise errors.NotFound("There is no such resource.")
+
+
+class HealthHandler(BaseHandler):
+    async def get(self) -> None:
+        settings = self.state.settings
+        database = "ok"
+        try:
+            await asyncio.wait_for(self.state.run(self.service.ping), timeout=settings.db_timeout)
+        except (TimeoutError, errors.ServiceError):
+            database = "unreachable"
+        status = "draining" if self.state.draining else ("ok" if database == "ok" else "degraded")
+        ok = status == "ok"
+        self.set_status(200 if ok else 503)
+        data = {
+            "status": status,
+            "database": database,
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.state.started_at, 1),
+        }
+        if self.request.method == "HEAD":
+            self.finish()
+            return
+        self.finish(json.dumps({"success": ok, "message": "healthy" if ok else "unhealthy", "data": data}))
+
+    head = get
+
+
+class ApiHandler(BaseHandler):
+    """Every /api route: rate limited per client IP, then authenticated with a Bearer API key."""
+
+    scope = "default"
+
+    async def prepare(self) -> None:
+        decision = await self.state.limiter.hit(self.scope, self.ip)
+        self.keep_header("X-RateLimit-Limit", str(decision.limit))
+        self.keep_header("X-RateLimit-Remaining", str(decision.remaining))
+        if not decision.allowed:
+            await self._audit_rate_limit(decision.retry_after)
+            raise errors.RateLimited(
+                "Too many requests; slow down.",
+                headers={"Retry-After": str(decision.retry_after)},
+                details={"retry_after": decision.retry_after},
+            )
+        if not self._authenticated():
+            await self.state.run(self.service.record, Action.AUTH_FAILED, self.context)
+            raise errors.Unauthorized("A valid API key is required: send Authorization: Bearer <API_KEY>.")
+
+    def _authenticated(self) -> bool:
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        token = token.strip().encode("utf-8", "surrogateescape")
+        # Compare against every key with no early exit, so timing reveals neither which key nor how much matched.
+        found = False
+        for key in self.state.settings.api_keys:
+            found |= hmac.compare_digest(token, key.encode("utf-8"))
+        return scheme.lower() == "bearer" and found
+
+    async def _audit_rate_limit(self, retry_after: int) -> None:
+        """One RATE_LIMITED row per client and window, so a flood cannot turn into a flood of writes."""
+        seen, key = self.state.rate_limit_audited, (self.ip, self.scope)
+        now = time.monotonic()
+        if seen.get(key, 0) > now:
+            return
+        seen[key] = now + retry_after
+        seen.move_to_end(key)
+        while len(seen) > AUDITED_LIMIT_CACHE:
+            seen.popitem(last=False)
+        await self.state.run(
+            self.service.record,
+            Action.RATE_LIMITED,
+            self.context,
+            reason=self.scope.upper(),
+            data={"route": self.request.path},
+        )
+
+
+class RegisterHandler(ApiHandler):
+    async def post(self) -> None:
+        body = self.json_body()
+        options = {
+            name: parse(body[name])
+            for name, parse in (
+                ("digits", validation.digits),
+                ("interval", validation.interval),
+                ("algorithm", validation.algorithm),
+                ("issuer", validation.issuer),
+            )
+            if body.get(name) is not None
+        }
+        device_id = validation.device_id(body.get("device_id"))
+        user_id = validation.user_id(body.get("user_id"))
+        data = await self.state.run(partial(self.service.register, device_id, user_id, self.context, **options))
+        self.respond(data, "Device registered successfully; store the key now, it is never shown again.", 201)
+
+
+class VerifyHandler(ApiHandler):
+    scope = "verify"
+
+    async def post(self) -> None:
+        body = self.json_body()
+        device_id = validation.device_id(body.get("device_id"))
+        if "otp" not in body:
+            raise errors.ValidationError("otp is required", details={"field": "otp"})
+        otp = validation.otp_syntax(body["otp"])
+        data = await self.state.run(self.service.verify, device_id, otp, self.context)
+        self.respond(data, "OTP verification completed")
+
+
+class DeactivateHandler(ApiHandler):
+    async def post(self, device_id: str) -> None:
+        data = await self.state.run(self.service.deactivate, validation.device_id(device_id), self.context)
+        self.respond(data, "Device deactivated")
+
+
+class UnlockHandler(ApiHandler):
+    async def post(self, device_id: str) -> None:
+        data = await self.state.run(self.service.unlock, validation.device_id(device_id), self.context)
+        self.respond(data, "Device unlocked")
+
+
+class DeviceHandler(ApiHandler):
+    async def get(self, device_id: str) -> None:
+        self.respond(await self.state.run(self.service.device_info, validation.device_id(device_id)), "Device found")
+
+
+class UserDevicesHandler(ApiHandler):
+    async def get(self, user_id: str) -> None:
+        self.respond(
+            await self.state.run(self.service.user_devices, validation.user_id(user_id)), "Devices of the user"
+        )
+
+
+class UserAuditHandler(ApiHandler):
+    async def get(self, user_id: str) -> None:
+        uid = validation.user_id(user_id)
+        limit = validation.limit(self.get_query_argument("limit", None))
+        before = validation.cursor(self.get_query_argument("before", None))
+        self.respond(await self.state.run(self.service.user_audit, uid, limit, before), "Audit trail of the user")
+
+
+class StatsHandler(ApiHandler):
+    async def get(self) -> None:
+        self.respond(await self.state.run(self.service.stats), "Usage statistics")
+
+
+class DebugOtpHandler(ApiHandler):
+    async def get(self, device_id: str) -> None:
+        data = await self.state.run(self.service.current_code, validation.device_id(device_id))
+        self.respond(data, "Current code (debug only)")

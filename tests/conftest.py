@@ -1,0 +1,219 @@
+"""Shared fixtures: a real database (SQLite always, PostgreSQL when TEST_DATABASE_URL is set),
+the domain service over it, and the HTTP API served on a loopback port from a thread.
+
+Nothing is mocked: the tests talk to the same database engines and the same Tornado
+application that production runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import threading
+from dataclasses import dataclass
+
+import pytest
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from otp_service.app import build_state, make_app
+from otp_service.config import Settings
+from otp_service.database import migrate, open_database
+from otp_service.keys import Keyring
+from otp_service.service import OtpService
+
+PG_URL = os.environ.get("TEST_DATABASE_URL", "")
+REDIS_URL = os.environ.get("REDIS_URL", "")
+API_KEY = "test-api-key-0123456789abcdef"
+MASTER_SECRET = "test-master-secret-0123456789abcdefghijklmnop"
+T0 = 1_764_000_000.0  # a fixed "now" (2025-11-24T16:00:00Z), on a 30 s step boundary
+
+
+def pytest_report_header(config):
+    pg = f"PostgreSQL at {PG_URL}" if PG_URL else "SQLite only (set TEST_DATABASE_URL to add PostgreSQL)"
+    redis = f"Redis at {REDIS_URL}" if REDIS_URL else "no Redis (set REDIS_URL to add the shared rate-limit tests)"
+    return [f"databases: {pg}", f"rate limits: {redis}"]
+
+
+def pytest_generate_tests(metafunc):
+    """Every test that asks for `db_url` runs once per configured database engine."""
+    if "backend" in metafunc.fixturenames:
+        backends = ["sqlite"] + (["postgres"] if PG_URL else [])
+        if metafunc.definition.get_closest_marker("postgres"):
+            backends = ["postgres"]
+        metafunc.parametrize("backend", backends)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need a service which is not configured are not collected as passing or skipped;
+    the header above says what ran. CI always configures both."""
+    if not REDIS_URL:
+        items[:] = [i for i in items if not i.get_closest_marker("redis")]
+    if not PG_URL:
+        items[:] = [i for i in items if not i.get_closest_marker("postgres")]
+
+
+class FakeClock:
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _reset_postgres(database) -> None:
+    with database.connection_context():
+        database.execute_sql("TRUNCATE devices, audit_logs, reports RESTART IDENTITY")
+
+
+_pg_migrated = False
+
+
+@pytest.fixture
+def db_url(backend, tmp_path):
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path}/test.db"
+    return PG_URL
+
+
+def settings_for(db_url: str, **env: str) -> Settings:
+    base = {
+        "ENVIRONMENT": "test",
+        "MASTER_SECRET": MASTER_SECRET,
+        "API_KEY": API_KEY,
+        "DATABASE_URL": db_url,
+        "RATE_LIMIT_VERIFY": "100000/minute",
+        "RATE_LIMIT_DEFAULT": "100000/minute",
+        "DB_POOL_SIZE": "24",
+    }
+    base.update(env)
+    return Settings.from_env(base)
+
+
+@pytest.fixture
+def database(db_url):
+    global _pg_migrated
+    db = open_database(db_url, pool_size=24, timeout=5)
+    if db_url.startswith("sqlite") or not _pg_migrated:
+        migrate(db)
+        _pg_migrated = _pg_migrated or not db_url.startswith("sqlite")
+    if not db_url.startswith("sqlite"):
+        _reset_postgres(db)
+    yield db
+    db.close_all()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(db_url):
+    return settings_for(db_url)
+
+
+@pytest.fixture
+def service(settings, database, clock):
+    keyring = Keyring(settings.master_secrets, settings.master_secret_version)
+    return OtpService(settings, keyring, database, clock=clock)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: http.client.HTTPMessage
+    body: dict
+    raw: bytes
+
+
+class Client:
+    """A tiny HTTP client for the API under test: real sockets, real Tornado."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def request(self, method: str, path: str, body=None, *, headers=None, auth: str | None = API_KEY,
+                raw: bytes | None = None) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        sent = {"User-Agent": "pytest-client/1.0"}
+        if auth is not None:
+            sent["Authorization"] = f"Bearer {auth}"
+        payload = raw
+        if body is not None:
+            payload = json.dumps(body).encode()
+            sent["Content-Type"] = "application/json"
+        sent.update(headers or {})
+        conn.request(method, path, body=payload, headers=sent)
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        try:
+            parsed = json.loads(data) if data else {}
+        except ValueError:
+            parsed = {"_unparsed": data.decode(errors="replace")}
+        return Response(resp.status, resp.headers, parsed, data)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, body, **kw)
+
+
+class RunningServer:
+    """The real application on a loopback port, its IOLoop on a background thread."""
+
+    def __init__(self, settings: Settings, clock=None, database=None):
+        self.state = None
+        self._ready = threading.Event()
+        self._sockets = bind_sockets(0, "127.0.0.1")
+        self.port = self._sockets[0].getsockname()[1]
+        self._thread = threading.Thread(target=self._run, args=(settings, clock, database), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("test server did not start")
+        self.client = Client(self.port)
+
+    def _run(self, settings, clock, database):
+        async def main():
+            self.loop = asyncio.get_running_loop()
+            self.state = build_state(settings, database=database, clock=clock)
+            self.server = HTTPServer(make_app(self.state), max_body_size=64 * 1024)
+            self.server.add_sockets(self._sockets)
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._stop.wait()
+            self.server.stop()
+            await self.server.close_all_connections()
+            self.state.executor.shutdown(wait=True)
+
+        asyncio.run(main())
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def make_server(database, clock):
+    servers = []
+
+    def start(settings: Settings, use_clock=True) -> RunningServer:
+        server = RunningServer(settings, clock=clock if use_clock else None, database=database)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def api(make_server, settings) -> Client:
+    return make_server(settings).client

@@ -1,0 +1,22 @@
+"""Helpers that play the part of an authenticator app holding a registered key."""
+
+import base64
+
+from otp_service import totp
+
+
+def code_at(registration: dict, at: float, offset_steps: int = 0) -> str:
+    key = base64.b64decode(registration["derived_key"])
+    interval = registration["interval"]
+    return totp.totp(key, at + offset_steps * interval, registration["digits"], interval, registration["algorithm"])
+
+
+def wrong_code(registration: dict, at: float) -> str:
+    """A code that matches no step in a ±10-step window (so it can only fail)."""
+    key = base64.b64decode(registration["derived_key"])
+    interval, digits = registration["interval"], registration["digits"]
+    near = {totp.totp(key, at + k * interval, digits, interval, registration["algorithm"]) for k in range(-12, 13)}
+    candidate = 0
+    while str(candidate).zfill(digits) in near:
+        candidate += 1
+    return str(candidate).zfill(digits)
