@@ -245,13 +245,8 @@ class ApiHandler(BaseHandler):
         seen.move_to_end(key)
         while len(seen) > AUDITED_LIMIT_CACHE:
             seen.popitem(last=False)
-        await self.state.run(
-            self.service.record,
-            Action.RATE_LIMITED,
-            self.context,
-            reason=self.scope.upper(),
-            data={"route": self.request.path},
-        )
+        record = partial(self.service.record, reason=self.scope.upper(), data={"route": self.request.path})
+        await self.state.run(record, Action.RATE_LIMITED, self.context)
 
 
 class RegisterHandler(ApiHandler):

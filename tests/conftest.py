@@ -138,8 +138,9 @@ class Client:
     def __init__(self, port: int):
         self.port = port
 
-    def request(self, method: str, path: str, body=None, *, headers=None, auth: str | None = API_KEY,
-                raw: bytes | None = None) -> Response:
+    def request(
+        self, method: str, path: str, body=None, *, headers=None, auth: str | None = API_KEY, raw: bytes | None = None
+    ) -> Response:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         sent = {"User-Agent": "pytest-client/1.0"}
         if auth is not None:
@@ -204,8 +205,10 @@ class RunningServer:
 def make_server(database, clock):
     servers = []
 
-    def start(settings: Settings, use_clock=True) -> RunningServer:
-        server = RunningServer(settings, clock=clock if use_clock else None, database=database)
+    def start(settings: Settings, use_clock=True, own_database=False) -> RunningServer:
+        server = RunningServer(
+            settings, clock=clock if use_clock else None, database=None if own_database else database
+        )
         servers.append(server)
         return server
 

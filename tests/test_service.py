@@ -39,8 +39,12 @@ def test_registration_stores_no_usable_secret(service, database):
     stored = json.dumps([str(getattr(row, f.name)) for f in Device._meta.sorted_fields])
     assert reg["derived_key"] not in stored and reg["secret_base32"] not in stored and key.hex() not in stored
     [audit] = audit_rows(database, action="DEVICE_REGISTERED")
-    assert (audit.success, audit.device_id, audit.user_id, audit.ip_address) == (True, "DEV-1", "alice@example.com",
-                                                                                 "203.0.113.7")
+    assert (audit.success, audit.device_id, audit.user_id, audit.ip_address) == (
+        True,
+        "DEV-1",
+        "alice@example.com",
+        "203.0.113.7",
+    )
     assert reg["derived_key"] not in (audit.additional_data or "")
 
 
@@ -107,7 +111,7 @@ def test_drift_is_bounded(database, clock, settings):
 def test_lockout_after_max_failures_then_doubling(service, database, clock):
     reg = service.register("DEV-1", "alice", CTX)
     bad = wrong_code(reg, clock.now)
-    for attempt in range(1, 5):
+    for _ in range(4):
         assert service.verify("DEV-1", bad, CTX) == {"device_id": "DEV-1", "valid": False, "reason": "INVALID_CODE"}
         assert device_row(database, "DEV-1").locked_until is None
     assert service.verify("DEV-1", bad, CTX)["reason"] == "INVALID_CODE"  # fifth failure locks
@@ -155,8 +159,12 @@ def test_deactivation_is_idempotent_and_blocks_verification(service, database, c
     with pytest.raises(errors.DeviceNotFound):
         service.deactivate("NOPE", CTX)
     reasons = [(a.action, a.success, a.reason) for a in audit_rows(database)]
-    assert reasons[1:] == [("DEVICE_DEACTIVATED", True, None), ("DEVICE_DEACTIVATED", True, None),
-                           ("OTP_VERIFICATION", False, "DEVICE_INACTIVE"), ("DEVICE_DEACTIVATED", False, "DEVICE_NOT_FOUND")]
+    assert reasons[1:] == [
+        ("DEVICE_DEACTIVATED", True, None),
+        ("DEVICE_DEACTIVATED", True, None),
+        ("OTP_VERIFICATION", False, "DEVICE_INACTIVE"),
+        ("DEVICE_DEACTIVATED", False, "DEVICE_NOT_FOUND"),
+    ]
 
 
 def test_reregistering_a_deactivated_device_gives_a_new_key(service, clock):
@@ -173,7 +181,12 @@ def test_unknown_device_is_not_found_and_audited(service, database):
     with pytest.raises(errors.DeviceNotFound):
         service.verify("GHOST", "123456", CTX)
     [row] = audit_rows(database)
-    assert (row.action, row.success, row.reason, row.device_id) == ("OTP_VERIFICATION", False, "DEVICE_NOT_FOUND", "GHOST")
+    assert (row.action, row.success, row.reason, row.device_id) == (
+        "OTP_VERIFICATION",
+        False,
+        "DEVICE_NOT_FOUND",
+        "GHOST",
+    )
 
 
 def test_malformed_code_for_the_device_is_a_validation_error_and_changes_nothing(service, database):
@@ -203,8 +216,12 @@ def test_wrong_master_secret_is_key_unavailable_not_invalid_code(service, databa
 
 def test_rotation_keeps_old_devices_working_and_signs_new_ones_with_the_new_secret(service, database, clock, settings):
     old = service.register("OLD", "alice", CTX)
-    rotated = settings_for(settings.database_url, MASTER_SECRET="rotated-master-secret-0123456789abcdefghij",
-                           MASTER_SECRET_VERSION="2", MASTER_SECRETS_PREVIOUS=f"1:{settings.master_secret}")
+    rotated = settings_for(
+        settings.database_url,
+        MASTER_SECRET="rotated-master-secret-0123456789abcdefghij",
+        MASTER_SECRET_VERSION="2",
+        MASTER_SECRETS_PREVIOUS=f"1:{settings.master_secret}",
+    )
     service2 = OtpService(rotated, Keyring(rotated.master_secrets, 2), database, clock=clock)
     new = service2.register("NEW", "alice", CTX)
     assert (old["key_version"], new["key_version"]) == (1, 2)
@@ -293,4 +310,3 @@ def test_concurrent_failures_are_each_counted(service, database, clock):
     for t in threads:
         t.join()
     assert device_row(database, "DEV-1").failed_attempts == 4
-

@@ -1,0 +1,95 @@
+"""The command line as an operator (and the Docker image) runs it: real processes, real signals."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_KEY, MASTER_SECRET
+from tests.serving import free_port, http, run_cli, start_cli, wait_healthy
+
+PROD = {"ENVIRONMENT": "production", "MASTER_SECRET": MASTER_SECRET, "API_KEY": API_KEY}
+
+
+@pytest.mark.parametrize(
+    "env,variable",
+    [
+        ({"ENVIRONMENT": "production", "API_KEY": API_KEY}, "MASTER_SECRET"),
+        ({"ENVIRONMENT": "production", "MASTER_SECRET": MASTER_SECRET}, "API_KEY"),
+        ({**PROD, "MASTER_SECRET": "short"}, "MASTER_SECRET"),
+        ({**PROD, "DEBUG": "true"}, "DEBUG"),
+        ({"OTP_DIGITS": "9"}, "OTP_DIGITS"),
+        ({"DATABASE_URL": "ftp://x"}, "DATABASE_URL"),
+    ],
+)
+def test_serve_refuses_bad_configuration_with_one_line(tmp_path, env, variable):
+    result = run_cli("serve", cwd=tmp_path, **env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0] and "Traceback" not in result.stderr
+
+
+def test_migrate_is_idempotent(tmp_path):
+    url = f"sqlite:///{tmp_path}/cli.db"
+    first = run_cli("migrate", "--database-url", url, cwd=tmp_path)
+    assert first.returncode == 0 and "0001_initial" in first.stdout
+    again = run_cli("migrate", "--database-url", url, cwd=tmp_path)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_migrate_reports_an_unreachable_database(tmp_path):
+    result = run_cli("migrate", "--database-url", "postgresql://postgres@127.0.0.1:1/x", cwd=tmp_path, DB_TIMEOUT="2")
+    assert result.returncode == 1 and "cannot reach the database" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_production_refuses_an_out_of_date_schema(tmp_path):
+    url = f"sqlite:///{tmp_path}/prod.db"
+    result = run_cli("serve", cwd=tmp_path, DATABASE_URL=url, **PROD)
+    assert result.returncode == 1 and "out of date" in result.stderr and "migrate" in result.stderr
+
+
+def test_development_serve_generates_keeps_and_prints_secrets(tmp_path):
+    port = free_port()
+    proc = start_cli("serve", cwd=tmp_path, PORT=str(port))
+    try:
+        wait_healthy(port, proc)
+        secrets_file = (tmp_path / ".dev-secrets").read_text()
+        key = dict(line.split("=", 1) for line in secrets_file.split())["API_KEY"]
+        status, body = http(
+            "POST",
+            f"http://127.0.0.1:{port}/api/v1/devices/register",
+            {"device_id": "D", "user_id": "u"},
+            {"Authorization": f"Bearer {key}"},
+        )
+        assert status == 201 and body["data"]["derived_key"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert key in out  # printed for the developer
+    assert (tmp_path / "otp_service.db").exists()
+    # A restart reuses the same secrets, so registered devices keep working.
+    assert (tmp_path / ".dev-secrets").read_text() == secrets_file
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_stops_every_process_cleanly(tmp_path, processes):
+    url = f"sqlite:///{tmp_path}/serve.db"
+    assert run_cli("migrate", "--database-url", url, cwd=tmp_path).returncode == 0
+    port = free_port()
+    proc = start_cli("serve", "--processes", str(processes), cwd=tmp_path, DATABASE_URL=url, PORT=str(port), **PROD)
+    wait_healthy(port, proc)
+    children = _children(proc.pid)
+    assert len(children) == (processes if processes > 1 else 0)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    for pid in children:  # no orphan keeps serving
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text().lower()
+
+
+def _children(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    return [int(p) for p in Path(path).read_text().split()] if os.path.exists(path) else []

@@ -1,0 +1,77 @@
+"""Settings from the environment: defaults, every refusal, one clear message naming the variable."""
+
+import pytest
+
+from otp_service.config import ConfigError, Settings
+
+GOOD_SECRET = "m" * 32
+
+
+def parse(**env):
+    return Settings.from_env(env)
+
+
+def test_development_defaults_generate_secrets():
+    s = parse()
+    assert (s.environment, s.debug, s.otp_digits, s.otp_interval, s.otp_algorithm, s.otp_window) == (
+        "development",
+        False,
+        6,
+        30,
+        "SHA1",
+        1,
+    )
+    assert s.database_url.startswith("sqlite:///")
+    assert len(s.master_secret) >= 32 and s.api_keys and set(s.generated) == {"MASTER_SECRET", "API_KEY"}
+    assert (s.host, s.port, s.trusted_proxy_hops, s.redis_url) == ("127.0.0.1", 8000, 0, "")
+
+
+def test_production_with_secrets():
+    s = parse(
+        ENVIRONMENT="production",
+        MASTER_SECRET=GOOD_SECRET,
+        API_KEY="k" * 20 + ", " + "j" * 20,
+        MASTER_SECRETS_PREVIOUS="1:" + "o" * 32,
+        MASTER_SECRET_VERSION="2",
+    )
+    assert s.production and s.api_keys == ("k" * 20, "j" * 20) and not s.generated
+    assert s.master_secrets == {1: "o" * 32, 2: GOOD_SECRET}
+
+
+@pytest.mark.parametrize(
+    "env,variable",
+    [
+        ({"ENVIRONMENT": "production", "API_KEY": "k" * 20}, "MASTER_SECRET"),
+        ({"ENVIRONMENT": "production", "MASTER_SECRET": "short", "API_KEY": "k" * 20}, "MASTER_SECRET"),
+        ({"ENVIRONMENT": "production", "MASTER_SECRET": GOOD_SECRET}, "API_KEY"),
+        ({"ENVIRONMENT": "production", "MASTER_SECRET": GOOD_SECRET, "API_KEY": "short"}, "API_KEY"),
+        ({"ENVIRONMENT": "production", "MASTER_SECRET": GOOD_SECRET, "API_KEY": "k" * 20, "DEBUG": "true"}, "DEBUG"),
+        ({"ENVIRONMENT": "staging"}, "ENVIRONMENT"),
+        ({"MASTER_SECRET": "too-short"}, "MASTER_SECRET"),
+        ({"OTP_DIGITS": "9"}, "OTP_DIGITS"),
+        ({"OTP_DIGITS": "six"}, "OTP_DIGITS"),
+        ({"OTP_INTERVAL": "5"}, "OTP_INTERVAL"),
+        ({"OTP_ALGORITHM": "MD5"}, "OTP_ALGORITHM"),
+        ({"OTP_WINDOW": "-1"}, "OTP_WINDOW"),
+        ({"OTP_MAX_FAILURES": "0"}, "OTP_MAX_FAILURES"),
+        ({"RATE_LIMIT_VERIFY": "lots"}, "RATE_LIMIT_VERIFY"),
+        ({"RATE_LIMIT_DEFAULT": "10 per fortnight"}, "RATE_LIMIT_DEFAULT"),
+        ({"RATE_LIMIT_ON_REDIS_ERROR": "maybe"}, "RATE_LIMIT_ON_REDIS_ERROR"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"TRUSTED_PROXY_HOPS": "x"}, "TRUSTED_PROXY_HOPS"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"DEBUG": "perhaps"}, "DEBUG"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
+        ({"MASTER_SECRETS_PREVIOUS": "nope"}, "MASTER_SECRETS_PREVIOUS"),
+        ({"MASTER_SECRETS_PREVIOUS": "1:short"}, "MASTER_SECRETS_PREVIOUS"),
+        ({"MASTER_SECRET_VERSION": "2", "MASTER_SECRETS_PREVIOUS": "2:" + "o" * 32}, "MASTER_SECRETS_PREVIOUS"),
+    ],
+)
+def test_bad_values_name_the_variable(env, variable):
+    with pytest.raises(ConfigError) as exc:
+        parse(**env)
+    assert exc.value.variable == variable and str(exc.value).startswith(variable + ":")
+    for secret in (env.get("MASTER_SECRET"), env.get("API_KEY")):
+        if secret and len(secret) > 4:
+            assert secret not in str(exc.value)
