@@ -111,6 +111,64 @@ def _with_url(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .reports import ReportError, parse_day, run_report
+
+    settings = Settings.from_env(_with_url(args))
+    try:
+        start, end = parse_day(args.start, "start"), parse_day(args.end, "end")
+        result = run_report(
+            args.kind, start, end, settings.database_url, Path(args.output_dir), store=not args.no_store
+        )
+    except ReportError as exc:
+        return _fail(str(exc), 1)
+    print(f"wrote {result.html} (notebook {result.notebook}, tables and figures in {result.data_dir})")
+    if result.report_id:
+        print(f"stored as report {result.report_id}: GET /api/v1/reports/{result.report_id}")
+    return 0
+
+
+def cmd_scheduled_report(args: argparse.Namespace) -> int:
+    """Yesterday (UTC) for --period day; last calendar month for --period month."""
+    from datetime import UTC, datetime, timedelta
+
+    today = datetime.now(UTC).date()
+    if args.period == "day":
+        start = end = today - timedelta(days=1)
+    else:
+        end = today.replace(day=1) - timedelta(days=1)
+        start = end.replace(day=1)
+    args.start, args.end, args.no_store = str(start), str(end), False
+    return cmd_report(args)
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from .database import UNAVAILABLE_ERRORS, migrate, open_database
+    from .demo_data import generate
+    from .keys import Keyring
+    from .reports import ReportError, parse_day
+    from .service import OtpService
+
+    settings = Settings.from_env(_with_url(args))
+    if not (1 <= args.devices <= 100_000 and 1 <= args.days <= 3650):
+        return _fail("--devices must be 1-100000 and --days 1-3650")
+    try:
+        end = datetime.combine(parse_day(args.end, "end"), datetime.min.time(), UTC)
+    except ReportError as exc:
+        return _fail(str(exc))
+    try:
+        database = open_database(settings.database_url, 2, settings.db_timeout)
+        migrate(database)
+        service = OtpService(settings, Keyring(settings.master_secrets, settings.master_secret_version), database)
+        done = generate(service, devices=args.devices, days=args.days, seed=args.seed, end=end)
+    except UNAVAILABLE_ERRORS as exc:
+        return _fail(f"cannot reach the database: {str(exc).strip()}", 1)
+    print("demo data: " + ", ".join(f"{n} {kind}" for kind, n in sorted(done.items())))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m otp_service", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +192,30 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("migrate", help="apply pending database migrations")
     p.add_argument("--database-url")
     p.set_defaults(run=cmd_migrate)
+
+    p = sub.add_parser("report", help="run a report notebook into HTML, CSV and PNG files (and the database)")
+    p.add_argument("kind", choices=["audit", "usage"])
+    p.add_argument("--start", required=True, help="first day, YYYY-MM-DD (UTC)")
+    p.add_argument("--end", required=True, help="last day, YYYY-MM-DD (UTC), included")
+    p.add_argument("--database-url")
+    p.add_argument("--output-dir", default="reports")
+    p.add_argument("--no-store", action="store_true", help="do not keep the report in the database")
+    p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("scheduled-report", help="the report for the period that just ended (for cron jobs)")
+    p.add_argument("kind", choices=["audit", "usage"])
+    p.add_argument("--period", choices=["day", "month"], default="day")
+    p.add_argument("--database-url")
+    p.add_argument("--output-dir", default="reports")
+    p.set_defaults(run=cmd_scheduled_report)
+
+    p = sub.add_parser("demo-data", help="fill a database with realistic synthetic history")
+    p.add_argument("--devices", type=int, default=40)
+    p.add_argument("--days", type=int, default=28)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--end", default="2026-03-01", help="end of the simulated history, YYYY-MM-DD (UTC)")
+    p.add_argument("--database-url")
+    p.set_defaults(run=cmd_demo_data)
 
     args = parser.parse_args(argv)
     try:

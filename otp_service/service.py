@@ -28,6 +28,7 @@ from .database import UNAVAILABLE_ERRORS
 from .keys import Keyring, KeyUnavailable, key_fingerprint
 from .models import AuditLog, Device
 from .validation import otp_for_device
+from .verification import check_code
 
 log = logging.getLogger("otp_service.service")
 
@@ -295,18 +296,23 @@ class OtpService:
                 "This device's key cannot be derived: the service's master secret is misconfigured."
             )
 
-        current = totp.time_step(now, device.interval)
-        centre = current + device.drift
-        steps = range(centre - s.otp_window, centre + s.otp_window + 1)
-        matches = totp.matching_steps(key, code, steps, device.digits, device.algorithm)
-        fresh = sorted((st for st in matches if st > device.last_step), key=lambda st: abs(st - centre))
-        if fresh:
-            step = fresh[0]
-            drift = max(-s.otp_max_drift, min(s.otp_max_drift, step - current))
+        decision = check_code(
+            key,
+            code,
+            now,
+            digits=device.digits,
+            interval=device.interval,
+            algorithm=device.algorithm,
+            last_step=device.last_step,
+            drift=device.drift,
+            window=s.otp_window,
+            max_drift=s.otp_max_drift,
+        )
+        if decision.valid:
             accepted = (
                 Device.update(
-                    last_step=step,
-                    drift=drift,
+                    last_step=decision.step,
+                    drift=decision.drift,
                     failed_attempts=0,
                     locked_until=None,
                     usage_count=Device.usage_count + 1,
@@ -314,25 +320,19 @@ class OtpService:
                 )
                 .where(
                     (Device.device_id == device_id)
-                    & (Device.last_step < step)
+                    & (Device.last_step < decision.step)
                     & Device.is_active
                     & (Device.locked_until.is_null() | (Device.locked_until <= to_datetime(now)))
                 )
                 .execute()
             )
             if accepted:
-                self._audit(
-                    Action.OTP_VERIFICATION,
-                    True,
-                    ctx,
-                    now,
-                    data={"offset": step - current, "drift": drift, "key_version": device.key_version},
-                    **audit,
-                )
+                data = {"offset": decision.offset, "drift": decision.drift, "key_version": device.key_version}
+                self._audit(Action.OTP_VERIFICATION, True, ctx, now, data=data, **audit)
                 return {"device_id": device_id, "valid": True}
             # Another request accepted this step (or locked the device) between our read and our update.
             return self._refuse(ctx, now, audit, "REPLAYED")
-        if matches:
+        if decision.reason == "REPLAYED":
             return self._refuse(ctx, now, audit, "REPLAYED")
         return self._fail(device, ctx, now, audit)
 

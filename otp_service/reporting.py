@@ -1,0 +1,271 @@
+"""The report queries: every figure is aggregated by the database (GROUP BY) and only the
+summary comes back as a small DataFrame, so a report over millions of audit rows stays fast
+and small. Works on SQLite and PostgreSQL alike; the few dialect differences live in `_day`
+and `_epoch`.
+
+Periods are half-open, [start, end), in naive UTC like the stored timestamps.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+from peewee import SQL, Case, fn
+
+from .database import is_postgres
+from .models import AuditLog, Device, db
+from .service import Action
+
+VERIFY = Action.OTP_VERIFICATION
+
+
+def _day(column):
+    """The UTC calendar day of a timestamp column, as 'YYYY-MM-DD' text."""
+    if is_postgres(db.obj):
+        return fn.to_char(column, "YYYY-MM-DD")
+    return fn.substr(column, 1, 10)
+
+
+def _epoch(column):
+    """Seconds since 1970 of a timestamp column, as an integer."""
+    if is_postgres(db.obj):
+        return fn.date_part("epoch", column).cast("BIGINT")
+    return fn.strftime("%s", column).cast("INTEGER")
+
+
+def _frame(query, columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(list(query.tuples()), columns=columns)
+
+
+def _in_period(start: datetime, end: datetime):
+    return (AuditLog.timestamp >= start) & (AuditLog.timestamp < end)
+
+
+def audit_totals(start: datetime, end: datetime) -> dict[str, int | float]:
+    counts = {
+        (action, bool(success)): n
+        for action, success, n in AuditLog.select(AuditLog.action, AuditLog.success, fn.COUNT(AuditLog.id))
+        .where(_in_period(start, end))
+        .group_by(AuditLog.action, AuditLog.success)
+        .tuples()
+    }
+
+    def count(action: str, success: bool | None = None) -> int:
+        return sum(n for (a, s), n in counts.items() if a == action and (success is None or s == success))
+
+    verifications = count(VERIFY)
+    return {
+        "registrations": count(Action.DEVICE_REGISTERED, True),
+        "registrations_refused": count(Action.DEVICE_REGISTERED, False),
+        "verifications": verifications,
+        "verifications_succeeded": count(VERIFY, True),
+        "verifications_failed": count(VERIFY, False),
+        "success_rate_percent": round(100.0 * count(VERIFY, True) / verifications, 2) if verifications else 0.0,
+        "lockouts": count(Action.DEVICE_LOCKED),
+        "unlocks": count(Action.DEVICE_UNLOCKED, True),
+        "deactivations": count(Action.DEVICE_DEACTIVATED, True),
+        "authentication_failures": count(Action.AUTH_FAILED),
+        "rate_limit_hits": count(Action.RATE_LIMITED),
+    }
+
+
+def failures_by_reason(start: datetime, end: datetime) -> pd.DataFrame:
+    query = (
+        AuditLog.select(AuditLog.reason, fn.COUNT(AuditLog.id).alias("n"))
+        .where(_in_period(start, end) & (AuditLog.action == VERIFY) & ~AuditLog.success)
+        .group_by(AuditLog.reason)
+        .order_by(SQL("n").desc(), AuditLog.reason)
+    )
+    return _frame(query, ["reason", "failures"])
+
+
+def daily_activity(start: datetime, end: datetime) -> pd.DataFrame:
+    """One row per day and action: succeeded and failed counts (days with no rows are filled with 0)."""
+    day = _day(AuditLog.timestamp)
+    ok = fn.SUM(Case(None, [(AuditLog.success, 1)], 0))
+    query = (
+        AuditLog.select(day.alias("day"), AuditLog.action, ok, fn.COUNT(AuditLog.id) - ok)
+        .where(_in_period(start, end))
+        .group_by(day, AuditLog.action)
+        .order_by(day, AuditLog.action)
+    )
+    frame = _frame(query, ["day", "action", "succeeded", "failed"])
+    days = pd.date_range(start.date(), (end - timedelta(microseconds=1)).date(), freq="D").strftime("%Y-%m-%d")
+    actions = sorted(set(frame["action"])) or [VERIFY]
+    full = pd.MultiIndex.from_product([days, actions], names=["day", "action"])
+    return (
+        frame.set_index(["day", "action"])
+        .reindex(full, fill_value=0)
+        .reset_index()
+        .astype({"succeeded": int, "failed": int})
+    )
+
+
+def top_failing(column: str, start: datetime, end: datetime, limit: int = 10) -> pd.DataFrame:
+    """The devices, users or client IPs with the most failed verifications."""
+    field = getattr(AuditLog, column)
+    query = (
+        AuditLog.select(field, fn.COUNT(AuditLog.id).alias("n"), fn.MIN(AuditLog.timestamp), fn.MAX(AuditLog.timestamp))
+        .where(_in_period(start, end) & (AuditLog.action == VERIFY) & ~AuditLog.success & field.is_null(False))
+        .group_by(field)
+        .order_by(SQL("n").desc(), field)
+        .limit(limit)
+    )
+    frame = _frame(query, [column, "failures", "first", "last"])
+    return _stringify_times(frame, ["first", "last"])
+
+
+def brute_force_episodes(start: datetime, end: datetime, window_seconds: int = 600, threshold: int = 5) -> pd.DataFrame:
+    """Bursts: at least `threshold` failed verifications of one device within one `window_seconds` bucket."""
+    epoch = _epoch(AuditLog.timestamp)
+    grouped = (
+        AuditLog.select(
+            AuditLog.device_id,
+            AuditLog.user_id,
+            fn.COUNT(AuditLog.id).alias("n"),
+            fn.COUNT(fn.DISTINCT(AuditLog.ip_address)),
+            fn.MIN(AuditLog.timestamp),
+            fn.MAX(AuditLog.timestamp),
+        )
+        .where(
+            _in_period(start, end)
+            & (AuditLog.action == VERIFY)
+            & ~AuditLog.success
+            & AuditLog.reason.in_(["INVALID_CODE", "DEVICE_LOCKED"])
+        )
+        .group_by(AuditLog.device_id, AuditLog.user_id, epoch / window_seconds)
+        .having(fn.COUNT(AuditLog.id) >= threshold)
+        .order_by(fn.MIN(AuditLog.timestamp))
+    )
+    frame = _frame(grouped, ["device_id", "user_id", "failures", "client_ips", "first", "last"])
+    return _stringify_times(frame, ["first", "last"])
+
+
+def inactive_device_attempts(start: datetime, end: datetime) -> pd.DataFrame:
+    """Verifications of deactivated devices: a lost or stolen phone still being used, or a stale integration."""
+    query = (
+        AuditLog.select(
+            AuditLog.device_id,
+            AuditLog.user_id,
+            fn.COUNT(AuditLog.id).alias("n"),
+            fn.COUNT(fn.DISTINCT(AuditLog.ip_address)),
+            fn.MIN(AuditLog.timestamp),
+            fn.MAX(AuditLog.timestamp),
+        )
+        .where(_in_period(start, end) & (AuditLog.action == VERIFY) & (AuditLog.reason == "DEVICE_INACTIVE"))
+        .group_by(AuditLog.device_id, AuditLog.user_id)
+        .order_by(SQL("n").desc(), AuditLog.device_id)
+    )
+    frame = _frame(query, ["device_id", "user_id", "attempts", "client_ips", "first", "last"])
+    return _stringify_times(frame, ["first", "last"])
+
+
+def key_versions() -> pd.DataFrame:
+    active = fn.SUM(Case(None, [(Device.is_active, 1)], 0))
+    query = (
+        Device.select(Device.key_version, fn.COUNT(Device.device_id), active)
+        .group_by(Device.key_version)
+        .order_by(Device.key_version)
+    )
+    return _frame(query, ["key_version", "devices", "active"])
+
+
+def registrations_per_day(start: datetime, end: datetime) -> pd.DataFrame:
+    frame = daily_activity(start, end)
+    frame = frame[frame["action"] == Action.DEVICE_REGISTERED]
+    if frame.empty:
+        frame = daily_activity(start, end).assign(succeeded=0)
+    return frame.groupby("day", as_index=False)["succeeded"].sum().rename(columns={"succeeded": "registrations"})
+
+
+def device_states(as_of: datetime) -> pd.DataFrame:
+    """Devices registered before `as_of`, by state at `as_of`."""
+    state = Case(
+        None, [((Device.deactivated_at.is_null(False)) & (Device.deactivated_at < as_of), "deactivated")], "active"
+    )
+    query = (
+        Device.select(state.alias("state"), fn.COUNT(Device.device_id))
+        .where(Device.created_at < as_of)
+        .group_by(SQL("state"))
+        .order_by(SQL("state"))
+    )
+    return _frame(query, ["state", "devices"])
+
+
+USAGE_BUCKETS = ((0, 0, "0"), (1, 9, "1-9"), (10, 49, "10-49"), (50, 99, "50-99"), (100, None, "100+"))
+
+
+def usage_distribution() -> pd.DataFrame:
+    bucket = Case(
+        None,
+        [
+            ((Device.usage_count >= lo) & (Device.usage_count <= hi), label)
+            if hi is not None
+            else (Device.usage_count >= lo, label)
+            for lo, hi, label in USAGE_BUCKETS
+        ],
+    )
+    counts = dict(Device.select(bucket, fn.COUNT(Device.device_id)).group_by(bucket).tuples())
+    return pd.DataFrame(
+        [(label, counts.get(label, 0)) for *_, label in USAGE_BUCKETS], columns=["verifications", "devices"]
+    )
+
+
+def stale_devices(as_of: datetime, days: int = 14, limit: int = 50) -> pd.DataFrame:
+    """Active devices not used in `days` days before `as_of` (never used counts as stale once that old)."""
+    cutoff = as_of - timedelta(days=days)
+    query = (
+        Device.select(Device.device_id, Device.user_id, Device.created_at, Device.last_used, Device.usage_count)
+        .where(
+            Device.is_active & (Device.created_at < cutoff) & (Device.last_used.is_null() | (Device.last_used < cutoff))
+        )
+        .order_by(Device.last_used.asc(nulls="first"), Device.device_id)
+        .limit(limit)
+    )
+    frame = _frame(query, ["device_id", "user_id", "created_at", "last_used", "verifications"])
+    return _stringify_times(frame, ["created_at", "last_used"])
+
+
+def drift_distribution() -> pd.DataFrame:
+    """The clock offsets (in time steps) the service has learned for devices."""
+    query = Device.select(Device.drift, fn.COUNT(Device.device_id)).group_by(Device.drift).order_by(Device.drift)
+    return _frame(query, ["drift_steps", "devices"])
+
+
+def parameter_mix() -> pd.DataFrame:
+    query = (
+        Device.select(Device.algorithm, Device.digits, Device.interval, fn.COUNT(Device.device_id).alias("n"))
+        .group_by(Device.algorithm, Device.digits, Device.interval)
+        .order_by(SQL("n").desc(), Device.algorithm, Device.digits)
+    )
+    return _frame(query, ["algorithm", "digits", "interval", "devices"])
+
+
+def _stringify_times(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Timestamps as ISO text: SQLite returns strings and PostgreSQL datetimes, and reports should read the same."""
+    for column in columns:
+        frame[column] = [
+            None if v is None or v is pd.NaT else str(pd.Timestamp(v).isoformat(timespec="seconds")) + "Z"
+            for v in frame[column]
+        ]
+    return frame
+
+
+class ReportOutput:
+    """Where a report notebook writes its CSV tables and PNG figures."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.files: list[str] = []
+
+    def table(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
+        frame.to_csv(self.directory / f"{name}.csv", index=False)
+        self.files.append(f"{name}.csv")
+        return frame
+
+    def figure(self, name: str, fig) -> None:
+        fig.savefig(self.directory / f"{name}.png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+        self.files.append(f"{name}.png")

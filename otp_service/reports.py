@@ -1,0 +1,112 @@
+"""Running a report notebook: papermill executes it, nbconvert renders HTML for readers who
+are not engineers (code hidden, figures embedded), and the result is kept both on disk and
+in the `reports` table, because a scheduled job's disk is thrown away after the run.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = {"audit": "03_audit_report.ipynb", "usage": "04_usage_report.ipynb"}
+TITLES = {"audit": "OTP service audit report", "usage": "OTP service usage report"}
+
+
+class ReportError(Exception):
+    """A report could not be produced; the message says why, for the operator."""
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    notebook: Path
+    html: Path
+    data_dir: Path
+    report_id: int | None
+
+
+def parse_day(text: str, name: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise ReportError(f"--{name} must be a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def period(start: date, end: date) -> tuple[datetime, datetime]:
+    """Inclusive dates to the half-open UTC interval [start 00:00, end+1 00:00) the queries use."""
+    if end < start:
+        raise ReportError(f"the end date {end} is before the start date {start}")
+    return datetime.combine(start, datetime.min.time()), datetime.combine(end + timedelta(days=1), datetime.min.time())
+
+
+def run_report(
+    kind: str, start: date, end: date, database_url: str, output_dir: Path, store: bool = True, timeout: float = 600
+) -> ReportResult:
+    import papermill
+    from nbconvert import HTMLExporter
+
+    from .database import UNAVAILABLE_ERRORS, open_database, pending_migrations
+
+    if kind not in NOTEBOOKS:
+        raise ReportError(f"unknown report {kind!r}; choose {' or '.join(NOTEBOOKS)}")
+    period(start, end)
+    try:
+        database = open_database(database_url, 1, 5)
+        if pending_migrations(database):
+            raise ReportError("the database schema is out of date: run `python -m otp_service migrate` first")
+    except UNAVAILABLE_ERRORS as exc:
+        raise ReportError(f"cannot reach the database: {str(exc).strip() or type(exc).__name__}") from None
+
+    name = f"{kind}-{start}_{end}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    notebook, html_path, data_dir = output_dir / f"{name}.ipynb", output_dir / f"{name}.html", output_dir / name
+    try:
+        executed = papermill.execute_notebook(
+            str(NOTEBOOKS_DIR / NOTEBOOKS[kind]),
+            str(notebook),
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(NOTEBOOKS_DIR),
+            execution_timeout=timeout,
+            parameters={
+                "database_url": database_url,
+                "start": str(start),
+                "end": str(end),
+                "output_dir": str(data_dir.resolve()),
+                "title": TITLES[kind],
+            },
+        )
+    except papermill.PapermillExecutionError as exc:
+        raise ReportError(f"the {kind} notebook failed: {exc.ename}: {exc.evalue}") from None
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    html, _ = exporter.from_notebook_node(executed)
+    html_path.write_text(html, encoding="utf-8")
+    report_id = _store(database, kind, start, end, html, data_dir) if store else None
+    database.close_all()
+    return ReportResult(notebook, html_path, data_dir, report_id)
+
+
+def zip_tables(data_dir: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for csv in sorted(data_dir.glob("*.csv")):
+            archive.write(csv, csv.name)
+    return buffer.getvalue()
+
+
+def _store(database, kind: str, start: date, end: date, html: str, data_dir: Path) -> int:
+    from .models import Report
+
+    begin, until = period(start, end)
+    with database.connection_context():
+        return Report.insert(
+            kind=kind,
+            period_start=begin,
+            period_end=until,
+            created_at=datetime.utcnow(),
+            html=html,
+            data_zip=zip_tables(data_dir),
+        ).execute()
