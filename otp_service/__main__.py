@@ -12,7 +12,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from .config import ConfigError, Settings
+from .config import DEFAULT_DATABASE_URL, ConfigError, Settings, check_database_url
 
 DEV_SECRETS_FILE = Path(".dev-secrets")
 
@@ -53,9 +53,8 @@ def _fail(message: str, code: int = 2) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .database import UNAVAILABLE_ERRORS, migrate, open_database
 
-    settings = Settings.from_env(_with_url(args))
     try:
-        database = open_database(settings.database_url, 1, settings.db_timeout)
+        database = open_database(_database_url(args), 1, _db_timeout())
         applied = migrate(database)
     except UNAVAILABLE_ERRORS as exc:
         return _fail(f"cannot reach the database: {exc}".strip(), 1)
@@ -111,6 +110,15 @@ def _with_url(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+def _database_url(args: argparse.Namespace) -> str:
+    """Commands that only touch the database (migrate, report) need no secrets, only its URL."""
+    return check_database_url(args.database_url or os.environ.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL)
+
+
+def _db_timeout() -> float:
+    return float(os.environ.get("DB_TIMEOUT", "5")) if os.environ.get("DB_TIMEOUT", "5").isdigit() else 5.0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .reports import ReportError, parse_day, run_report
 
@@ -145,6 +153,7 @@ def cmd_scheduled_report(args: argparse.Namespace) -> int:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
+    from . import errors
     from .database import UNAVAILABLE_ERRORS, migrate, open_database
     from .demo_data import generate
     from .keys import Keyring
@@ -165,6 +174,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         done = generate(service, devices=args.devices, days=args.days, seed=args.seed, end=end)
     except UNAVAILABLE_ERRORS as exc:
         return _fail(f"cannot reach the database: {str(exc).strip()}", 1)
+    except errors.DeviceExists:
+        return _fail("the database already holds demo devices (DEMO-…); use an empty database", 1)
     print("demo data: " + ", ".join(f"{n} {kind}" for kind, n in sorted(done.items())))
     return 0
 

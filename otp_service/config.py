@@ -125,7 +125,7 @@ def _previous_secrets(raw: str) -> dict[int, str]:
     return found
 
 
-def _database_url(raw: str) -> str:
+def check_database_url(raw: str) -> str:
     if not re.match(r"^(sqlite|postgres|postgresql)(\+pool)?://", raw):
         raise ConfigError("DATABASE_URL", "must start with sqlite://, postgres:// or postgresql://")
     return raw
@@ -163,7 +163,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         raise ConfigError("MASTER_SECRETS_PREVIOUS", f"must not repeat the current version {version}")
 
     return Settings(
-        database_url=_database_url(_get(env, "DATABASE_URL", DEFAULT_DATABASE_URL)),
+        database_url=check_database_url(_get(env, "DATABASE_URL", DEFAULT_DATABASE_URL)),
         master_secret=master_secret,
         master_secret_version=version,
         master_secrets_previous=previous,

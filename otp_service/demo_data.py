@@ -192,3 +192,27 @@ def _poisson(rng: random.Random, mean: float) -> int:
         if p <= limit:
             return k
         k += 1
+
+
+def demo_database(url: str, devices: int = 40, days: int = 28, seed: int = 7, end: datetime = DEFAULT_END) -> str:
+    """A database at `url` holding the demo history, under a throwaway master secret (the keys are
+    never needed again): what report notebooks use when they are given no database."""
+    import secrets
+
+    from .config import Settings
+    from .database import migrate, open_database
+    from .keys import Keyring
+
+    settings = Settings.from_env(
+        {
+            "ENVIRONMENT": "test",
+            "MASTER_SECRET": secrets.token_urlsafe(32),
+            "API_KEY": secrets.token_urlsafe(16),
+            "DATABASE_URL": url,
+        }
+    )
+    database = open_database(url, 1)
+    migrate(database)
+    generate(OtpService(settings, Keyring(settings.master_secrets, 1), database), devices, days, seed, end)
+    database.close_all()
+    return url

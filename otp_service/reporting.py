@@ -8,13 +8,16 @@ Periods are half-open, [start, end), in naive UTC like the stored timestamps.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pandas as pd
-from peewee import SQL, Case, fn
+from peewee import SQL, Case, Database, fn
 
-from .database import is_postgres
+from .database import is_postgres, open_database
 from .models import AuditLog, Device, db
 from .service import Action
 
@@ -251,6 +254,49 @@ def _stringify_times(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
             for v in frame[column]
         ]
     return frame
+
+
+@dataclass
+class ReportContext:
+    """What a report notebook works on: the open database, the period and where its files go."""
+
+    database: Database
+    start: datetime
+    end: datetime  # exclusive
+    output: ReportOutput
+    source: str  # the database, for the reader, without any password
+    generated_at: str
+
+    def header(self, title: str) -> str:
+        last_day = (self.end - timedelta(days=1)).date()
+        return (
+            f"# {title}\n\n| | |\n|---|---|\n| Period (UTC) | {self.start.date()} to {last_day} inclusive "
+            f"([{self.start:%Y-%m-%d %H:%M}, {self.end:%Y-%m-%d %H:%M})) |\n| Data | {self.source} |\n"
+            f"| Generated | {self.generated_at} |\n"
+        )
+
+
+def prepare(database_url: str | None, start: str, end: str, output_dir: str | None) -> ReportContext:
+    """Open the report's database (or build the demo one), parse the inclusive dates, make the output folder.
+
+    With no database the report builds the deterministic demo history in a temporary SQLite file, so the
+    notebook runs anywhere with no set-up and shows the same figures every time.
+    """
+    from .demo_data import demo_database
+    from .reports import period
+
+    begin, until = period(date.fromisoformat(start), date.fromisoformat(end))
+    if database_url is None:
+        database_url = demo_database(f"sqlite:///{tempfile.mkdtemp(prefix='otp-demo-')}/demo.db")
+        source = "demo history (synthetic: 40 devices, 28 days to 2026-03-01, seed 7)"
+    else:
+        parsed = urlparse(database_url)
+        source = f"{parsed.scheme}://{parsed.hostname or ''}{parsed.path}" if parsed.hostname else database_url
+    database = open_database(database_url, 1)
+    database.connect()
+    output = ReportOutput(output_dir or tempfile.mkdtemp(prefix="otp-report-"))
+    generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return ReportContext(database, begin, until, output, source, generated)
 
 
 class ReportOutput:

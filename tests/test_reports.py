@@ -1,0 +1,138 @@
+"""Demo data, the report queries and the `report` command, on SQLite and (in CI) PostgreSQL."""
+
+import zipfile
+from datetime import UTC, datetime
+
+import pytest
+
+from otp_service import reporting
+from otp_service.demo_data import generate
+from otp_service.models import AuditLog, Report
+from tests.serving import run_cli
+
+START, END = datetime(2026, 2, 1), datetime(2026, 3, 1)
+DEMO_END = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def totals(database):
+    with database.connection_context():
+        return reporting.audit_totals(START, END)
+
+
+def test_demo_data_is_reproducible_for_a_seed(service, database, tmp_path):
+    done = generate(service, devices=12, days=10, seed=3, end=DEMO_END)
+    first = totals(database)
+    assert done["register"] == 12 and first["verifications"] > 100 and first["lockouts"] >= 1
+    url = f"sqlite:///{tmp_path}/second.db"
+    assert (
+        run_cli(
+            "demo-data", "--devices", "12", "--days", "10", "--seed", "3", "--database-url", url, cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    from otp_service.database import open_database
+
+    other = open_database(url, 1)
+    assert totals(other) == first
+    other.close_all()
+    again = run_cli("demo-data", "--devices", "12", "--days", "10", "--seed", "3", "--database-url", url, cwd=tmp_path)
+    assert again.returncode == 1 and "already holds demo devices" in again.stderr
+
+
+def test_report_queries_agree_with_the_rows(service, database):
+    generate(service, devices=10, days=14, seed=5, end=DEMO_END)
+    with database.connection_context():
+        rows = list(AuditLog.select().where((AuditLog.timestamp >= START) & (AuditLog.timestamp < END)))
+        t = reporting.audit_totals(START, END)
+        verifications = [r for r in rows if r.action == "OTP_VERIFICATION"]
+        assert t["verifications"] == len(verifications)
+        assert t["verifications_succeeded"] == sum(r.success for r in verifications)
+        assert t["lockouts"] == sum(r.action == "DEVICE_LOCKED" for r in rows)
+        by_reason = reporting.failures_by_reason(START, END)
+        assert dict(zip(by_reason["reason"], by_reason["failures"], strict=True)) == {
+            reason: sum(1 for r in verifications if r.reason == reason)
+            for reason in {r.reason for r in verifications if not r.success}
+        }
+        daily = reporting.daily_activity(START, END)
+        assert len(set(daily["day"])) == 28 and daily["succeeded"].sum() + daily["failed"].sum() == len(rows)
+        episodes = reporting.brute_force_episodes(START, END, 600, 5)
+        assert len(episodes) >= 1 and (episodes["failures"] >= 5).all()
+        assert reporting.usage_distribution()["devices"].sum() == 10
+        assert reporting.parameter_mix()["devices"].sum() == 10
+        assert reporting.drift_distribution()["devices"].sum() == 10
+        top = reporting.top_failing("ip_address", START, END, 3)
+        assert top["ip_address"].iloc[0] == "203.0.113.99"  # the simulated attacker
+
+
+@pytest.mark.slow
+def test_report_command_writes_html_csv_png_and_stores_the_report(service, database, db_url, tmp_path):
+    generate(service, devices=10, days=14, seed=5, end=DEMO_END)
+    result = run_cli(
+        "report",
+        "audit",
+        "--start",
+        "2026-02-01",
+        "--end",
+        "2026-02-28",
+        "--database-url",
+        db_url,
+        "--output-dir",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    html = (out / "audit-2026-02-01_2026-02-28.html").read_text()
+    assert (out / "audit-2026-02-01_2026-02-28.ipynb").exists()
+    data = out / "audit-2026-02-01_2026-02-28"
+    assert {"summary.csv", "failures_by_reason.csv", "brute_force_episodes.csv"} <= {p.name for p in data.glob("*.csv")}
+    assert (data / "daily_activity.png").stat().st_size > 1000
+    assert "data:image/png;base64" in html and "reporting.prepare" not in html  # figures inline, code hidden
+    expected = totals(database)
+    assert f"<td>{expected['verifications']}</td>" in html
+    with database.connection_context():
+        [stored] = list(Report.select())
+    assert (stored.kind, stored.period_start, stored.period_end) == ("audit", START, END)
+    assert stored.html == html
+    with zipfile.ZipFile(__import__("io").BytesIO(bytes(stored.data_zip))) as archive:
+        assert "summary.csv" in archive.namelist()
+
+
+@pytest.mark.slow
+def test_usage_report_command(service, db_url, tmp_path):
+    generate(service, devices=8, days=10, seed=2, end=DEMO_END)
+    result = run_cli(
+        "report",
+        "usage",
+        "--start",
+        "2026-02-15",
+        "--end",
+        "2026-02-28",
+        "--database-url",
+        db_url,
+        "--output-dir",
+        str(tmp_path),
+        "--no-store",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "usage-2026-02-15_2026-02-28" / "verifications_per_day.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--start", "2026-02-30", "--end", "2026-03-01"], "--start must be a date"),
+        (["--start", "yesterday", "--end", "2026-03-01"], "--start must be a date"),
+        (["--start", "2026-03-01", "--end", "2026-02-01"], "before the start date"),
+        (
+            ["--start", "2026-02-01", "--end", "2026-02-02", "--database-url", "postgresql://postgres@127.0.0.1:1/x"],
+            "cannot reach the database",
+        ),
+    ],
+)
+def test_report_command_refuses_bad_input_clearly(tmp_path, args, message):
+    result = run_cli("report", "audit", *args, cwd=tmp_path, DB_TIMEOUT="2", DATABASE_URL=f"sqlite:///{tmp_path}/r.db")
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
