@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import tornado.web
 
-from . import web
+from . import docs, web
 from .config import Settings
 from .database import open_database
 from .keys import Keyring
@@ -14,7 +15,24 @@ from .logs import access_log
 from .ratelimit import RateLimiter
 from .service import OtpService
 
-DEVICE = r"([^/]+)"
+# Routes are written as OpenAPI path templates, so the spec and the router name paths the same way.
+API_ROUTES = [
+    ("/health", web.HealthHandler),
+    ("/openapi.json", web.OpenApiHandler),
+    ("/metrics", web.MetricsHandler),
+    ("/api/v1/devices/register", web.RegisterHandler),
+    ("/api/v1/otp/verify", web.VerifyHandler),
+    ("/api/v1/devices/{device_id}/deactivate", web.DeactivateHandler),
+    ("/api/v1/devices/{device_id}/unlock", web.UnlockHandler),
+    ("/api/v1/devices/{device_id}", web.DeviceHandler),
+    ("/api/v1/users/{user_id}/devices", web.UserDevicesHandler),
+    ("/api/v1/users/{user_id}/audit", web.UserAuditHandler),
+    ("/api/v1/stats", web.StatsHandler),
+    ("/api/v1/reports", web.ReportsHandler),
+    ("/api/v1/reports/{report_id}", web.ReportHtmlHandler),
+    ("/api/v1/reports/{report_id}/data", web.ReportDataHandler),
+]
+DEBUG_ROUTES = [("/api/v1/debug/devices/{device_id}/otp", web.DebugOtpHandler)]
 
 
 def build_state(settings: Settings, database=None, clock=None) -> web.AppState:
@@ -31,27 +49,25 @@ def build_state(settings: Settings, database=None, clock=None) -> web.AppState:
     return web.AppState(settings=settings, service=service, executor=executor, limiter=limiter)
 
 
-def routes(state: web.AppState) -> list:
-    api = "/api/v1"
-    table = [
-        (r"/health", web.HealthHandler),
-        (rf"{api}/devices/register", web.RegisterHandler),
-        (rf"{api}/otp/verify", web.VerifyHandler),
-        (rf"{api}/devices/{DEVICE}/deactivate", web.DeactivateHandler),
-        (rf"{api}/devices/{DEVICE}/unlock", web.UnlockHandler),
-        (rf"{api}/devices/{DEVICE}", web.DeviceHandler),
-        (rf"{api}/users/{DEVICE}/devices", web.UserDevicesHandler),
-        (rf"{api}/users/{DEVICE}/audit", web.UserAuditHandler),
-        (rf"{api}/stats", web.StatsHandler),
-    ]
-    if state.settings.debug and not state.settings.production:
-        table.append((rf"{api}/debug/devices/{DEVICE}/otp", web.DebugOtpHandler))
-    return [(pattern, handler, {"state": state}) for pattern, handler in table]
+def debug_enabled(settings: Settings) -> bool:
+    return settings.debug and not settings.production
+
+
+def route_table(settings: Settings) -> list[tuple[str, type]]:
+    """(OpenAPI path template, handler) for every API route this configuration serves."""
+    return API_ROUTES + (DEBUG_ROUTES if debug_enabled(settings) else [])
+
+
+def template_to_pattern(template: str) -> str:
+    return re.sub(r"\{[a-z_]+\}", "([^/]+)", template) + "$"
 
 
 def make_app(state: web.AppState) -> tornado.web.Application:
+    handlers = [(template_to_pattern(t), h, {"state": state}) for t, h in route_table(state.settings)]
+    if debug_enabled(state.settings):
+        handlers += docs.routes()
     return tornado.web.Application(
-        routes(state),
+        handlers,
         default_handler_class=web.NotFoundHandler,
         default_handler_args={"state": state},
         log_function=access_log,

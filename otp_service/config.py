@@ -49,6 +49,7 @@ class Settings:
     rate_limit_default: str = "120/minute"
     rate_limit_fail_open: bool = True
     redis_url: str = ""
+    metrics_token: str = ""
     trusted_proxy_hops: int = 0
     host: str = "127.0.0.1"
     port: int = 8000
@@ -181,6 +182,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         rate_limit_default=_rate(env, "RATE_LIMIT_DEFAULT", "120/minute"),
         rate_limit_fail_open=_choice(env, "RATE_LIMIT_ON_REDIS_ERROR", "open", ("open", "closed")) == "open",
         redis_url=_redis_url(_get(env, "REDIS_URL", "")),
+        metrics_token=_get(env, "METRICS_TOKEN", ""),
         trusted_proxy_hops=_int(env, "TRUSTED_PROXY_HOPS", 0, range(0, 11)),
         host=_get(env, "HOST", "127.0.0.1"),
         port=_int(env, "PORT", 8000, range(1, 65536)),

@@ -11,6 +11,8 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
+from . import metrics
+
 FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
@@ -25,16 +27,22 @@ def configure_logging(level: str = "INFO", stream=None) -> None:
 
 
 def access_log(handler) -> None:
-    """Tornado's `log_function`: one structured line per request."""
+    """Tornado's `log_function`: one structured line per request, and the request metrics."""
     request = handler.request
     status = handler.get_status()
+    name = type(handler).__name__
+    metrics.REQUESTS.labels(name, request.method, str(status)).inc()
+    metrics.LATENCY.labels(name).observe(request.request_time())
+    state = getattr(handler, "state", None)
+    if state is not None:
+        metrics.DB_POOL_IN_USE.set(len(getattr(state.service.database, "_in_use", ())))
     logging.getLogger("otp_service.access").log(
         logging.INFO if status < 500 else logging.ERROR,
         "request",
         extra={
             "method": request.method,
             "path": request.path,
-            "handler": type(handler).__name__,
+            "handler": name,
             "status": status,
             "duration_ms": round(1000.0 * request.request_time(), 2),
             "request_id": getattr(handler, "request_id", None),

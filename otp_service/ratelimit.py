@@ -16,6 +16,7 @@ from limits import RateLimitItem, parse_many
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
+from . import metrics
 from .errors import RateLimiterUnavailable
 
 log = logging.getLogger("otp_service.ratelimit")
@@ -61,6 +62,7 @@ class RateLimiter:
             if limiter is self._local:
                 raise
             self._warn(exc)
+            metrics.RATE_LIMIT_FALLBACKS.inc()
             if not self.fail_open:
                 raise RateLimiterUnavailable("Rate limiting is unavailable; try again shortly.") from None
             self.fallbacks += 1

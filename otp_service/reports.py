@@ -6,6 +6,7 @@ in the `reports` table, because a scheduled job's disk is thrown away after the 
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -13,6 +14,7 @@ from pathlib import Path
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = {"audit": "03_audit_report.ipynb", "usage": "04_usage_report.ipynb"}
+SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.IGNORECASE | re.DOTALL)
 TITLES = {"audit": "OTP service audit report", "usage": "OTP service usage report"}
 
 
@@ -82,11 +84,17 @@ def run_report(
     except papermill.PapermillExecutionError as exc:
         raise ReportError(f"the {kind} notebook failed: {exc.ename}: {exc.evalue}") from None
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    html, _ = exporter.from_notebook_node(executed)
+    html = self_contained(exporter.from_notebook_node(executed)[0])
     html_path.write_text(html, encoding="utf-8")
     report_id = _store(database, kind, start, end, html, data_dir) if store else None
     database.close_all()
     return ReportResult(notebook, html_path, data_dir, report_id)
+
+
+def self_contained(html: str) -> str:
+    """Drop every <script>: nbconvert's page loads require.js, MathJax and Mermaid from a CDN, and a report
+    of tables and embedded images needs none of them — it must open offline, years from now."""
+    return SCRIPT.sub("", html)
 
 
 def zip_tables(data_dir: Path) -> bytes:

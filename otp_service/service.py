@@ -22,11 +22,11 @@ from urllib.parse import quote, urlencode
 
 from peewee import Database, IntegrityError, fn
 
-from . import errors, totp
+from . import errors, metrics, totp
 from .config import Settings
 from .database import UNAVAILABLE_ERRORS
 from .keys import Keyring, KeyUnavailable, key_fingerprint
-from .models import AuditLog, Device
+from .models import AuditLog, Device, Report
 from .validation import otp_for_device
 from .verification import check_code
 
@@ -114,6 +114,7 @@ class OtpService:
         except UNAVAILABLE_ERRORS as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
             self.database.close_idle()
+            metrics.DB_UNAVAILABLE.inc()
             raise errors.DatabaseUnavailable("The database is unavailable; try again shortly.") from None
 
     def _audit(
@@ -220,6 +221,7 @@ class OtpService:
                     user_id=user_id,
                 )
                 failure = errors.DeviceExists(f"An active device with id {device_id!r} is already registered.")
+        metrics.REGISTRATIONS.labels("conflict" if failure else "created").inc()
         if failure:
             raise failure
         device = Device(device_id=device_id, **fields)
@@ -268,7 +270,9 @@ class OtpService:
                 self._audit(Action.OTP_VERIFICATION, False, ctx, now, reason="DEVICE_NOT_FOUND", device_id=device_id)
                 outcome = errors.DeviceNotFound(f"No device with id {device_id!r}.")
         if isinstance(outcome, Exception):
+            metrics.VERIFICATIONS.labels("refused", outcome.code).inc()
             raise outcome
+        metrics.VERIFICATIONS.labels("valid" if outcome["valid"] else "invalid", outcome.get("reason", "")).inc()
         if not outcome["valid"]:
             log.info("verification failed", extra={"device_id": device_id, "reason": outcome["reason"]})
         return outcome
@@ -357,6 +361,7 @@ class OtpService:
         if seconds:
             until = to_datetime(now) + timedelta(seconds=seconds)
             Device.update(locked_until=until).where(Device.device_id == device.device_id).execute()
+            metrics.LOCKOUTS.inc()
             self._audit(
                 Action.DEVICE_LOCKED,
                 True,
@@ -391,6 +396,7 @@ class OtpService:
                 self._audit(Action.DEVICE_DEACTIVATED, True, ctx, now, device_id=device_id, user_id=device.user_id)
         if device is None:
             raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
+        metrics.DEACTIVATIONS.inc()
         return {"device_id": device_id, "is_active": False, "deactivated_at": isoformat(device.deactivated_at)}
 
     def unlock(self, device_id: str, ctx: RequestContext = SYSTEM, now: float | None = None) -> dict[str, Any]:
@@ -404,6 +410,7 @@ class OtpService:
                 self._audit(Action.DEVICE_UNLOCKED, False, ctx, now, reason="DEVICE_NOT_FOUND", device_id=device_id)
         if not changed:
             raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
+        metrics.UNLOCKS.inc()
         return {"device_id": device_id, "failed_attempts": 0, "locked_until": None}
 
     # -- queries ------------------------------------------------------------------------------
@@ -493,6 +500,40 @@ class OtpService:
         except KeyUnavailable:
             raise errors.KeyUnavailableError("This device's key cannot be derived.") from None
         return {"device_id": device_id, "otp": totp.totp(key, now, device.digits, device.interval, device.algorithm)}
+
+    def list_reports(self, limit: int = 50, before: int | None = None) -> dict[str, Any]:
+        query = Report.select(Report.id, Report.kind, Report.period_start, Report.period_end, Report.created_at)
+        if before is not None:
+            query = query.where(Report.id < before)
+        with self.unit_of_work():
+            rows = list(query.order_by(Report.id.desc()).limit(limit + 1))
+        more = len(rows) > limit
+        entries = [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "period_start": isoformat(r.period_start),
+                "period_end": isoformat(r.period_end),
+                "created_at": isoformat(r.created_at),
+                "html_url": f"/api/v1/reports/{r.id}",
+                "data_url": f"/api/v1/reports/{r.id}/data",
+            }
+            for r in rows[:limit]
+        ]
+        return {"reports": entries, "next_before": entries[-1]["id"] if more else None}
+
+    def report_content(self, report_id: int, field: str) -> tuple[Report, bytes | str]:
+        """One stored report's HTML or CSV zip (only the requested column is read)."""
+        column = {"html": Report.html, "data": Report.data_zip}[field]
+        with self.unit_of_work():
+            row = (
+                Report.select(Report.id, Report.kind, Report.period_start, Report.period_end, column)
+                .where(Report.id == report_id)
+                .first()
+            )
+        if row is None:
+            raise errors.NotFound(f"No report with id {report_id}.")
+        return row, (row.html if field == "html" else bytes(row.data_zip))
 
     def ping(self) -> None:
         with self.unit_of_work():

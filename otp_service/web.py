@@ -25,7 +25,7 @@ from typing import Any
 import tornado.web
 from tornado.ioloop import IOLoop
 
-from . import __version__, errors, validation
+from . import __version__, errors, metrics, validation
 from .config import Settings
 from .ratelimit import RateLimiter
 from .service import Action, OtpService, RequestContext
@@ -71,6 +71,17 @@ def client_ip(remote_ip: str, forwarded_for: str | None, trusted_hops: int) -> s
         return str(ipaddress.ip_address(candidate))
     except ValueError:
         return remote_ip
+
+
+def bearer_matches(header: str, keys: tuple[str, ...]) -> bool:
+    """`Authorization: Bearer <token>` naming one of `keys`, compared against every key with no early exit,
+    so timing reveals neither which key nor how much of one matched."""
+    scheme, _, token = header.partition(" ")
+    sent = token.strip().encode("utf-8", "surrogateescape")
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(sent, key.encode("utf-8"))
+    return scheme.lower() == "bearer" and found
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -216,6 +227,7 @@ class ApiHandler(BaseHandler):
         self.keep_header("X-RateLimit-Limit", str(decision.limit))
         self.keep_header("X-RateLimit-Remaining", str(decision.remaining))
         if not decision.allowed:
+            metrics.RATE_LIMITED.labels(self.scope).inc()
             await self._audit_rate_limit(decision.retry_after)
             raise errors.RateLimited(
                 "Too many requests; slow down.",
@@ -223,17 +235,12 @@ class ApiHandler(BaseHandler):
                 details={"retry_after": decision.retry_after},
             )
         if not self._authenticated():
+            metrics.AUTH_FAILURES.inc()
             await self.state.run(self.service.record, Action.AUTH_FAILED, self.context)
             raise errors.Unauthorized("A valid API key is required: send Authorization: Bearer <API_KEY>.")
 
     def _authenticated(self) -> bool:
-        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
-        token = token.strip().encode("utf-8", "surrogateescape")
-        # Compare against every key with no early exit, so timing reveals neither which key nor how much matched.
-        found = False
-        for key in self.state.settings.api_keys:
-            found |= hmac.compare_digest(token, key.encode("utf-8"))
-        return scheme.lower() == "bearer" and found
+        return bearer_matches(self.request.headers.get("Authorization", ""), self.state.settings.api_keys)
 
     async def _audit_rate_limit(self, retry_after: int) -> None:
         """One RATE_LIMITED row per client and window, so a flood cannot turn into a flood of writes."""
@@ -316,6 +323,61 @@ class UserAuditHandler(ApiHandler):
 class StatsHandler(ApiHandler):
     async def get(self) -> None:
         self.respond(await self.state.run(self.service.stats), "Usage statistics")
+
+
+class ReportsHandler(ApiHandler):
+    async def get(self) -> None:
+        limit = validation.limit(self.get_query_argument("limit", None))
+        before = validation.cursor(self.get_query_argument("before", None))
+        self.respond(await self.state.run(self.service.list_reports, limit, before), "Stored reports")
+
+
+class ReportHtmlHandler(ApiHandler):
+    """A stored report as a file: its self-contained HTML page (or, below, a zip of its CSV tables)."""
+
+    part = "html"
+
+    async def get(self, report_id: str) -> None:
+        if not report_id.isascii() or not report_id.isdigit() or len(report_id) > 18:
+            raise errors.NotFound(f"No report with id {report_id!r}.")
+        report, content = await self.state.run(self.service.report_content, int(report_id), self.part)
+        name = f"{report.kind}-{report.period_start:%Y-%m-%d}_{report.period_end:%Y-%m-%d}"
+        if self.part == "html":
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            # The page needs no script and nothing from elsewhere; say so to the browser.
+            self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+        else:
+            self.set_header("Content-Type", "application/zip")
+            self.set_header("Content-Disposition", f'attachment; filename="{name}.zip"')
+        self.finish(content)
+
+
+class ReportDataHandler(ReportHtmlHandler):
+    part = "data"
+
+
+class OpenApiHandler(BaseHandler):
+    def get(self) -> None:
+        from .openapi import build_spec
+
+        spec = self.application.settings.get("openapi_json")
+        if spec is None:  # built once per process
+            debug = self.state.settings.debug and not self.state.settings.production
+            spec = self.application.settings["openapi_json"] = json.dumps(build_spec(debug=debug))
+        self.finish(spec)
+
+
+class MetricsHandler(BaseHandler):
+    """Prometheus text format; needs METRICS_TOKEN when one is set, else an API key."""
+
+    def get(self) -> None:
+        settings = self.state.settings
+        keys = (settings.metrics_token,) if settings.metrics_token else settings.api_keys
+        if not bearer_matches(self.request.headers.get("Authorization", ""), keys):
+            raise errors.Unauthorized("Send Authorization: Bearer <METRICS_TOKEN or API_KEY> to read metrics.")
+        body, content_type = metrics.exposition()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
 
 class DebugOtpHandler(ApiHandler):

@@ -23,6 +23,7 @@ from otp_service.config import Settings
 from otp_service.database import migrate, open_database
 from otp_service.keys import Keyring
 from otp_service.service import OtpService
+from tests.openapi_check import check_response
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -154,10 +155,9 @@ class Client:
         resp = conn.getresponse()
         data = resp.read()
         conn.close()
-        try:
-            parsed = json.loads(data) if data else {}
-        except ValueError:
-            parsed = {"_unparsed": data.decode(errors="replace")}
+        content_type = resp.headers.get("Content-Type", "")
+        parsed = json.loads(data) if data and content_type.startswith("application/json") else {}
+        check_response(method, path, resp.status, content_type, parsed)
         return Response(resp.status, resp.headers, parsed, data)
 
     def get(self, path, **kw):

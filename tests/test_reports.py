@@ -89,6 +89,7 @@ def test_report_command_writes_html_csv_png_and_stores_the_report(service, datab
     assert {"summary.csv", "failures_by_reason.csv", "brute_force_episodes.csv"} <= {p.name for p in data.glob("*.csv")}
     assert (data / "daily_activity.png").stat().st_size > 1000
     assert "data:image/png;base64" in html and "reporting.prepare" not in html  # figures inline, code hidden
+    assert "<script" not in html and "cdnjs" not in html  # self-contained: opens offline
     expected = totals(database)
     assert f"<td>{expected['verifications']}</td>" in html
     with database.connection_context():

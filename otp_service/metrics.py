@@ -1,0 +1,54 @@
+"""Prometheus metrics. With several processes, prometheus_client's multiprocess mode aggregates them:
+`serve --processes N` points PROMETHEUS_MULTIPROC_DIR at a fresh folder before this module is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+REQUESTS = Counter("otp_http_requests_total", "HTTP requests", ["handler", "method", "status"])
+LATENCY = Histogram(
+    "otp_http_request_duration_seconds",
+    "HTTP request latency",
+    ["handler"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+VERIFICATIONS = Counter("otp_verifications_total", "Code verifications by outcome", ["outcome", "reason"])
+REGISTRATIONS = Counter("otp_registrations_total", "Device registrations", ["result"])
+DEACTIVATIONS = Counter("otp_deactivations_total", "Device deactivations")
+LOCKOUTS = Counter("otp_lockouts_total", "Devices locked after too many failures")
+UNLOCKS = Counter("otp_unlocks_total", "Operator unlocks")
+RATE_LIMITED = Counter("otp_rate_limited_total", "Requests refused by the per-client rate limit", ["scope"])
+RATE_LIMIT_FALLBACKS = Counter(
+    "otp_rate_limit_store_errors_total", "Rate-limit checks the shared store (Redis) could not answer"
+)
+AUTH_FAILURES = Counter("otp_auth_failures_total", "Requests with a missing or wrong API key")
+DB_POOL_IN_USE = Gauge(
+    "otp_db_pool_connections_in_use", "Database connections checked out", multiprocess_mode="livesum"
+)
+DB_UNAVAILABLE = Counter("otp_database_unavailable_total", "Operations refused because the database was unreachable")
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format, aggregated over every live process in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def process_exited(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)

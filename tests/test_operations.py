@@ -1,0 +1,129 @@
+"""Operability: the OpenAPI description, Swagger UI, metrics, stored reports over the API, JSON logs."""
+
+import io
+import json
+import logging
+import zipfile
+from datetime import datetime
+
+import pytest
+
+from otp_service.app import API_ROUTES, DEBUG_ROUTES, route_table
+from otp_service.logs import configure_logging
+from otp_service.models import Report
+from otp_service.openapi import build_spec
+from tests.conftest import API_KEY, settings_for
+from tests.helpers import code_at
+from tests.openapi_check import check_response
+
+METHODS = ("get", "head", "post", "put", "patch", "delete")
+
+
+def test_every_route_is_described_and_every_description_routed(settings):
+    spec = build_spec(debug=True)
+    routed = {template: handler for template, handler in API_ROUTES + DEBUG_ROUTES}
+    assert set(routed) == set(spec["paths"])
+    for template, handler in routed.items():
+        own = [k for k in handler.__mro__ if k.__module__.startswith("otp_service")]
+        implemented = {m for m in METHODS if any(m in vars(k) for k in own)}
+        assert set(spec["paths"][template]) == implemented, template
+    assert "/api/v1/debug/devices/{device_id}/otp" not in build_spec(debug=False)["paths"]
+    assert [t for t, _ in route_table(settings)] == [t for t, _ in API_ROUTES]
+
+
+def test_the_response_checker_rejects_what_the_spec_does_not_allow():
+    good = {"success": True, "message": "m", "data": {"device_id": "D", "valid": False, "reason": "REPLAYED"}}
+    check_response("POST", "/api/v1/otp/verify", 200, "application/json", good)
+    bad = {"success": True, "message": "m", "data": {"device_id": "D", "valid": "no"}}
+    with pytest.raises(AssertionError):
+        check_response("POST", "/api/v1/otp/verify", 200, "application/json", bad)
+    with pytest.raises(AssertionError):  # 418 is not a documented answer
+        check_response("POST", "/api/v1/otp/verify", 418, "application/json", good)
+
+
+def test_openapi_document_is_served(api):
+    resp = api.get("/openapi.json", auth=None)
+    assert resp.status == 200 and resp.body["openapi"].startswith("3.0")
+    assert resp.body["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert "/api/v1/debug/devices/{device_id}/otp" not in resp.body["paths"]
+
+
+def test_swagger_ui_only_with_debug_and_from_the_package(api, make_server, db_url):
+    assert api.get("/docs", auth=None).status == 404
+    debug = make_server(settings_for(db_url, DEBUG="true")).client
+    page = debug.get("/docs", auth=None)
+    assert page.status == 200 and b"/docs/static/swagger-ui-bundle.js" in page.raw and b"https://" not in page.raw
+    asset = debug.get("/docs/static/swagger-ui-bundle.js", auth=None)
+    assert asset.status == 200 and len(asset.raw) > 100_000
+
+
+def test_metrics_need_a_token_and_count_what_happens(make_server, db_url, clock):
+    api = make_server(settings_for(db_url, METRICS_TOKEN="metrics-token-0123456789")).client
+    reg = api.post("/api/v1/devices/register", {"device_id": "M1", "user_id": "u"}).body["data"]
+    api.post("/api/v1/otp/verify", {"device_id": "M1", "otp": code_at(reg, clock.now)})
+    assert api.get("/metrics", auth=None).status == 401
+    assert api.get("/metrics").status == 401  # the API key is not the metrics token when one is set
+    resp = api.get("/metrics", auth="metrics-token-0123456789")
+    text = resp.raw.decode()
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    assert 'otp_verifications_total{outcome="valid",reason=""}' in text
+    assert 'otp_registrations_total{result="created"}' in text
+    assert 'otp_http_requests_total{handler="RegisterHandler",method="POST",status="201"}' in text
+    assert "otp_http_request_duration_seconds_bucket" in text and "otp_db_pool_connections_in_use" in text
+    assert reg["derived_key"] not in text and API_KEY not in text
+
+
+def test_metrics_accept_an_api_key_without_a_token(api):
+    assert api.get("/metrics").status == 200
+
+
+def test_stored_reports_are_listed_and_served(api, database):
+    with database.connection_context():
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("summary.csv", "measure,value\nverifications,3\n")
+        report_id = Report.insert(
+            kind="audit",
+            period_start=datetime(2026, 2, 1),
+            period_end=datetime(2026, 2, 2),
+            created_at=datetime(2026, 2, 2, 1),
+            html="<html><body>audit</body></html>",
+            data_zip=buffer.getvalue(),
+        ).execute()
+    listing = api.get("/api/v1/reports")
+    assert listing.status == 200
+    [entry] = listing.body["data"]["reports"]
+    assert entry["id"] == report_id and entry["kind"] == "audit" and entry["period_start"] == "2026-02-01T00:00:00Z"
+    page = api.get(f"/api/v1/reports/{report_id}")
+    assert page.status == 200 and page.raw == b"<html><body>audit</body></html>"
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    data = api.get(f"/api/v1/reports/{report_id}/data")
+    assert data.status == 200 and data.headers["Content-Type"] == "application/zip"
+    assert zipfile.ZipFile(io.BytesIO(data.raw)).read("summary.csv").startswith(b"measure")
+    for missing in ("9999", "abc", "1x"):
+        assert api.get(f"/api/v1/reports/{missing}").status == 404
+    assert api.get(f"/api/v1/reports/{report_id}", auth=None).status == 401
+
+
+def test_logs_are_json_lines_without_secrets(make_server, settings, clock):
+    stream = io.StringIO()
+    configure_logging("INFO", stream)
+    try:
+        api = make_server(settings).client
+        reg = api.post(
+            "/api/v1/devices/register", {"device_id": "L1", "user_id": "u"}, headers={"X-Request-ID": "log-test-1"}
+        ).body["data"]
+        code = code_at(reg, clock.now)
+        api.post("/api/v1/otp/verify", {"device_id": "L1", "otp": code})
+        api.post("/api/v1/otp/verify", {"device_id": "L1", "otp": "000000"})
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = [line for line in lines if line["logger"] == "otp_service.access"]
+    first = next(line for line in access if line["request_id"] == "log-test-1")
+    assert (first["method"], first["status"], first["handler"]) == ("POST", 201, "RegisterHandler")
+    assert first["duration_ms"] >= 0 and first["client_ip"] == "127.0.0.1" and "time" in first
+    text = stream.getvalue()
+    for secret in (reg["derived_key"], reg["secret_base32"], code, API_KEY, settings.master_secret):
+        assert secret not in text
