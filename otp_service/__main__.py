@@ -10,6 +10,7 @@ import argparse
 import os
 import secrets
 import sys
+import tempfile
 from pathlib import Path
 
 from .config import DEFAULT_DATABASE_URL, ConfigError, Settings, check_database_url
@@ -62,7 +63,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_multiprocess_metrics(processes: int) -> None:
+    """Several processes share metrics through files; the folder must be set (and empty) before
+    prometheus_client is first imported, and its files from an earlier run must go."""
+    if processes <= 1:
+        return
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="otp-metrics-")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for stale in Path(folder).glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.processes is None:
+        args.processes = _env_int("WEB_CONCURRENCY", 1)
+    if args.grace is None:
+        args.grace = float(_env_int("SHUTDOWN_GRACE_SECONDS", 20))
+    if args.processes < 1:
+        return _fail("--processes (or WEB_CONCURRENCY) must be at least 1")
+    _prepare_multiprocess_metrics(args.processes)
     from .database import UNAVAILABLE_ERRORS, migrate, open_database, pending_migrations
     from .logs import configure_logging
     from .server import serve
@@ -115,8 +135,16 @@ def _database_url(args: argparse.Namespace) -> str:
     return check_database_url(args.database_url or os.environ.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL)
 
 
+def _env_int(name: str, default: int) -> int:
+    """A whole-number default for a command-line option; a bad value is a configuration error, not a traceback."""
+    raw = os.environ.get(name, "").strip() or str(default)
+    if not raw.isascii() or not raw.isdigit():
+        raise ConfigError(name, f"must be a whole number, got {raw!r}")
+    return int(raw)
+
+
 def _db_timeout() -> float:
-    return float(os.environ.get("DB_TIMEOUT", "5")) if os.environ.get("DB_TIMEOUT", "5").isdigit() else 5.0
+    return float(_env_int("DB_TIMEOUT", 5))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -188,13 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--processes",
         type=int,
-        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+        default=None,
         help="worker processes (default: WEB_CONCURRENCY or 1)",
     )
     p.add_argument(
         "--grace",
         type=float,
-        default=float(os.environ.get("SHUTDOWN_GRACE_SECONDS", "20")),
+        default=None,
         help="seconds to let requests finish after SIGTERM",
     )
     p.add_argument("--migrate", action="store_true", help="apply pending migrations first (also in production)")
@@ -228,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database-url")
     p.set_defaults(run=cmd_demo_data)
 
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return args.run(args)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")

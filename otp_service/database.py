@@ -79,10 +79,23 @@ def _runner(database: Database) -> Runner:
     return Runner(database, str(MIGRATIONS_DIR), table_name=HISTORY_TABLE)
 
 
+MIGRATION_LOCK = 0x6F7470  # "otp": a PostgreSQL advisory lock key only the migration runner takes
+
+
 def migrate(database: Database, target: str | None = None) -> list[str]:
-    """Apply pending migrations in order; returns their names (empty when already current)."""
+    """Apply pending migrations in order; returns their names (empty when already current).
+
+    On PostgreSQL a session advisory lock serialises runners, so two instances starting at once
+    cannot apply the same migration twice (playhouse.migrations takes no lock of its own).
+    """
     with database.connection_context():
-        return _runner(database).up(target)
+        if is_postgres(database):
+            database.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            return _runner(database).up(target)
+        finally:
+            if is_postgres(database):
+                database.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
 
 def pending_migrations(database: Database) -> list[str]:

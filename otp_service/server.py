@@ -18,6 +18,7 @@ import time
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from . import metrics
 from .app import build_state, make_app
 from .config import Settings
 
@@ -114,6 +115,7 @@ def _supervise(settings: Settings, processes: int, grace_seconds: float) -> int:
             break
         slot = children.pop(pid, None)
         code = os.waitstatus_to_exitcode(status)
+        metrics.process_exited(pid)
         if stopping or slot is None:
             exit_code = exit_code or (code if code > 0 else 0)
             continue

@@ -2,6 +2,7 @@
 
 import os
 import signal
+from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,63 @@ def test_sigterm_stops_every_process_cleanly(tmp_path, processes):
 def _children(pid: int) -> list[int]:
     path = f"/proc/{pid}/task/{pid}/children"
     return [int(p) for p in Path(path).read_text().split()] if os.path.exists(path) else []
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_lets_a_slow_request_finish_and_health_turns_503(tmp_path, processes):
+    """A registration held up by a database lock is still answered after SIGTERM; meanwhile a
+    kept-alive connection sees /health answer 503, so a load balancer stops sending traffic."""
+    import sqlite3
+    import threading
+    import time
+
+    url = f"sqlite:///{tmp_path}/slow.db"
+    assert run_cli("migrate", "--database-url", url, cwd=tmp_path).returncode == 0
+    port = free_port()
+    proc = start_cli(
+        "serve",
+        "--processes",
+        str(processes),
+        "--grace",
+        "15",
+        cwd=tmp_path,
+        DATABASE_URL=url,
+        PORT=str(port),
+        DB_TIMEOUT="10",
+        **PROD,
+    )
+    wait_healthy(port, proc)
+    keepalive = HTTPConnection("127.0.0.1", port, timeout=10)
+    keepalive.request("GET", "/health")
+    first = keepalive.getresponse()
+    assert first.status == 200 and first.read()
+
+    lock = sqlite3.connect(tmp_path / "slow.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    result = {}
+
+    def slow_register():
+        result["response"] = http(
+            "POST",
+            f"http://127.0.0.1:{port}/api/v1/devices/register",
+            {"device_id": "SLOW", "user_id": "u"},
+            {"Authorization": f"Bearer {API_KEY}"},
+            timeout=30,
+        )
+
+    client = threading.Thread(target=slow_register)
+    client.start()
+    time.sleep(0.8)  # the request is now waiting for the lock
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.8)
+    if processes == 1:  # with several processes the kept-alive connection may belong to another child
+        keepalive.request("GET", "/health")
+        draining = keepalive.getresponse()
+        assert draining.status == 503 and b'"draining"' in draining.read()
+    assert proc.poll() is None  # still finishing the slow request
+    lock.execute("ROLLBACK")
+    client.join(30)
+    status, body = result["response"]
+    assert status == 201 and body["data"]["device_id"] == "SLOW"
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0

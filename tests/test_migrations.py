@@ -1,0 +1,57 @@
+"""Schema migrations: a database created by the first migration upgrades to head, keeping its rows."""
+
+import uuid
+from datetime import datetime
+from urllib.parse import urlparse, urlunparse
+
+import psycopg2
+import pytest
+
+from otp_service.database import migrate, open_database, pending_migrations
+from otp_service.models import Device, Report
+from tests.conftest import PG_URL
+
+
+@pytest.fixture
+def empty_db_url(backend, tmp_path):
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path}/migrations.db"
+        return
+    name = f"otp_migrations_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(PG_URL)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    parsed = urlparse(PG_URL)
+    yield urlunparse(parsed._replace(path=f"/{name}"))
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+def test_first_migration_upgrades_to_head(empty_db_url):
+    database = open_database(empty_db_url, 2)
+    assert migrate(database, target="0001_initial") == ["0001_initial"]
+    assert pending_migrations(database) == ["0002_reports"]
+    with database.connection_context():
+        database.execute_sql(
+            "INSERT INTO devices (device_id, user_id, salt, key_version, derived_key_hash, digits, interval, "
+            "algorithm, is_active, created_at, usage_count, last_step, drift, failed_attempts) "
+            "VALUES ('OLD-1', 'alice', 'aa', 1, 'bb', 6, 30, 'SHA1', true, '2026-01-01 00:00:00', 3, 100, 0, 0)"
+        )
+        assert not database.table_exists("reports")
+    assert migrate(database) == ["0002_reports"]
+    assert migrate(database) == []  # idempotent
+    assert pending_migrations(database) == []
+    with database.connection_context():
+        assert Device.get_by_id("OLD-1").usage_count == 3
+        Report.create(
+            kind="audit",
+            period_start=datetime(2026, 1, 1),
+            period_end=datetime(2026, 1, 2),
+            created_at=datetime(2026, 1, 2),
+            html="<p>x</p>",
+            data_zip=b"",
+        )
+        assert Report.select().count() == 1
+        indexes = {i.name for i in database.get_indexes("audit_logs")}
+    assert any("user_id" in name for name in indexes) and any("device_id" in name for name in indexes)
+    database.close_all()
