@@ -25,6 +25,7 @@ from peewee import Database, IntegrityError, fn
 from . import errors, metrics, totp
 from .config import Settings
 from .database import UNAVAILABLE_ERRORS
+from .hotpath import CachedDevice, DeviceCache, HotPath
 from .keys import Keyring, KeyUnavailable, key_fingerprint
 from .models import AuditLog, Device, Report
 from .validation import otp_for_device
@@ -94,6 +95,8 @@ class OtpService:
         self.keyring = keyring
         self.database = database
         self.clock = clock
+        self.devices = DeviceCache()
+        self.hot = HotPath(database)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -263,12 +266,16 @@ class OtpService:
         the same code, in any processes, cannot both succeed.
         """
         now = self.clock() if now is None else now
-        with self.unit_of_work(write=True):
-            device = self._device(device_id)
-            outcome = self._check(device, device_id, otp, ctx, now) if device else None
-            if device is None:
-                self._audit(Action.OTP_VERIFICATION, False, ctx, now, reason="DEVICE_NOT_FOUND", device_id=device_id)
-                outcome = errors.DeviceNotFound(f"No device with id {device_id!r}.")
+        outcome = self._verify_cached(device_id, otp, ctx, now)
+        if outcome is None:
+            with self.unit_of_work(write=True):
+                device = self._device(device_id)
+                outcome = self._check(device, device_id, otp, ctx, now) if device else None
+                if device is None:
+                    self._audit(
+                        Action.OTP_VERIFICATION, False, ctx, now, reason="DEVICE_NOT_FOUND", device_id=device_id
+                    )
+                    outcome = errors.DeviceNotFound(f"No device with id {device_id!r}.")
         if isinstance(outcome, Exception):
             metrics.VERIFICATIONS.labels("refused", outcome.code).inc()
             raise outcome
@@ -276,6 +283,40 @@ class OtpService:
         if not outcome["valid"]:
             log.info("verification failed", extra={"device_id": device_id, "reason": outcome["reason"]})
         return outcome
+
+    def _verify_cached(self, device_id: str, otp: str | int, ctx: RequestContext, now: float) -> dict[str, Any] | None:
+        """The hot path (see `hotpath`): decide on cached material, write conditionally in one statement.
+        None when it cannot answer (not cached, ambiguous, or the cache was stale): take the full path."""
+        cached = self.devices.get(device_id)
+        if cached is None:
+            return None
+        try:
+            code = otp_for_device(otp, cached.digits)
+        except errors.ValidationError:
+            return None  # perhaps re-registered with other digits: let the full path judge
+        s = self.settings
+        decision = check_code(
+            cached.key,
+            code,
+            now,
+            digits=cached.digits,
+            interval=cached.interval,
+            algorithm=cached.algorithm,
+            last_step=-1,
+            drift=cached.drift,
+            window=s.otp_window,
+            max_drift=s.otp_max_drift,
+        )
+        when = to_datetime(now)
+        with self.unit_of_work():
+            if decision.valid and len(decision.matches) == 1:
+                data = {"offset": decision.offset, "drift": decision.drift, "key_version": cached.key_version}
+                if self.hot.accept(device_id, cached, decision.step, decision.drift, data, ctx, when):
+                    cached.drift = decision.drift
+                    return {"device_id": device_id, "valid": True}
+            elif not decision.matches and self.hot.fail(device_id, cached, s.otp_max_failures - 1, ctx, when):
+                return {"device_id": device_id, "valid": False, "reason": "INVALID_CODE"}
+        return None
 
     def _check(
         self, device: Device, device_id: str, otp: str | int, ctx: RequestContext, now: float
@@ -299,6 +340,10 @@ class OtpService:
             return errors.KeyUnavailableError(
                 "This device's key cannot be derived: the service's master secret is misconfigured."
             )
+        cached = CachedDevice(
+            device.salt, key, device.key_version, device.digits, device.interval, device.algorithm, device.drift
+        )
+        self.devices.put(device_id, cached)
 
         decision = check_code(
             key,
@@ -331,6 +376,7 @@ class OtpService:
                 .execute()
             )
             if accepted:
+                cached.drift = decision.drift
                 data = {"offset": decision.offset, "drift": decision.drift, "key_version": device.key_version}
                 self._audit(Action.OTP_VERIFICATION, True, ctx, now, data=data, **audit)
                 return {"device_id": device_id, "valid": True}
@@ -385,6 +431,7 @@ class OtpService:
     def deactivate(self, device_id: str, ctx: RequestContext = SYSTEM, now: float | None = None) -> dict[str, Any]:
         """Idempotent: deactivating an inactive device succeeds and keeps the first deactivation time."""
         now = self.clock() if now is None else now
+        self.devices.discard(device_id)
         with self.unit_of_work(write=True):
             Device.update(is_active=False, deactivated_at=to_datetime(now)).where(
                 (Device.device_id == device_id) & Device.is_active

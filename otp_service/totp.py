@@ -47,11 +47,18 @@ def totp(key: bytes, unix_time: float, digits: int = 6, interval: int = 30, algo
 
 
 def matching_steps(key: bytes, code: str, steps: Iterable[int], digits: int = 6, algorithm: str = "SHA1") -> list[int]:
-    """Every step in `steps` whose code equals `code`.
+    """Every step in `steps` whose code equals `code` (a string of `digits` ASCII digits).
 
-    All candidates are computed and compared in constant time, with no early exit, so
-    the response time does not reveal which step (if any) matched (RFC 6238 §5.2
-    allows a window; RFC 4226 §7.2 asks for a look-ahead without a timing oracle).
+    All candidates are computed and compared in constant time, with no early exit, so the
+    response time does not reveal which step (if any) matched (RFC 6238 §5.2 allows a
+    window; RFC 4226 §7.2 asks for a look-ahead without a timing oracle). The comparison is
+    on the numbers as 4-byte strings, which is the same test as on the zero-padded digits.
     """
-    wanted = code.encode("ascii")
-    return [s for s in steps if hmac.compare_digest(hotp(key, s, digits, algorithm).encode("ascii"), wanted)]
+    name, modulus = ALGORITHMS[algorithm], _POW10[digits]
+    wanted = int(code).to_bytes(4, "big")
+    found = []
+    for step in steps:
+        value = dynamic_truncate(hmac.digest(key, step.to_bytes(8, "big"), name)) % modulus
+        if hmac.compare_digest(value.to_bytes(4, "big"), wanted):
+            found.append(step)
+    return found

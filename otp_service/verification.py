@@ -21,6 +21,7 @@ class Outcome:
     step: int | None = None  # the accepted step
     offset: int | None = None  # accepted step minus the server's current step
     drift: int = 0  # the device's offset to remember
+    matches: tuple[int, ...] = ()  # every step in the window the code matched, fresh or not
 
 
 def check_code(
@@ -41,7 +42,9 @@ def check_code(
     matches = totp.matching_steps(key, code, range(centre - window, centre + window + 1), digits, algorithm)
     fresh = [s for s in matches if s > last_step]
     if not fresh:
-        return Outcome(False, "REPLAYED" if matches else "INVALID_CODE", drift=drift)
+        return Outcome(False, "REPLAYED" if matches else "INVALID_CODE", drift=drift, matches=tuple(matches))
     step = min(fresh, key=lambda s: (abs(s - centre), s))
     offset = step - current
-    return Outcome(True, step=step, offset=offset, drift=max(-max_drift, min(max_drift, offset)))
+    return Outcome(
+        True, step=step, offset=offset, drift=max(-max_drift, min(max_drift, offset)), matches=tuple(matches)
+    )

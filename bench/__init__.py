@@ -1,0 +1,1 @@
+"""Benchmarks for otp-service: `python -m bench --help`. Never run as timed tests."""

@@ -1,0 +1,293 @@
+"""HTTP scenarios under load from wrk (a separate process), as ratios against the baseline handler
+measured in the same run: verify (valid, fresh devices), verify (wrong code), register, health."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).with_name("wrk_script.lua")
+API_KEY = "bench-api-key-0123456789abcdef"
+MASTER_SECRET = "bench-master-secret-0123456789abcdefghijkl"
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_DB = "otp_bench"
+
+
+@dataclass
+class Config:
+    database: str  # sqlite | postgres
+    processes: int
+    limiter: str  # memory | redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, proc: subprocess.Popen, path: str = "/health", timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on {port} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on {port} did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def database_url(config: Config, workdir: Path) -> str:
+    if config.database == "sqlite":
+        return f"sqlite:///{workdir}/bench.db"
+    import psycopg2
+
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+    admin.cursor().execute(f"CREATE DATABASE {PG_DB}")
+    admin.close()
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{PG_DB}"
+
+
+def seed_devices(url: str, count: int) -> list[tuple[str, bytes]]:
+    """Devices inserted in bulk, derived exactly as registration derives them; returns (id, key)."""
+    sys.path.insert(0, str(ROOT))
+    from otp_service.database import migrate, open_database
+    from otp_service.keys import Keyring, key_fingerprint
+    from otp_service.models import Device
+    from otp_service.service import to_datetime
+
+    database = open_database(url, 1)
+    migrate(database)
+    keyring = Keyring({1: MASTER_SECRET}, 1)
+    devices, rows = [], []
+    created = to_datetime(time.time() - 3600)
+    for i in range(count):
+        device_id = f"B{i:07d}"
+        key, salt, version = keyring.new_device_key(device_id)
+        devices.append((device_id, key))
+        rows.append(
+            {
+                "device_id": device_id,
+                "user_id": f"user{i % 5000}@bench.example",
+                "salt": salt.hex(),
+                "key_version": version,
+                "derived_key_hash": key_fingerprint(key),
+                "digits": 6,
+                "interval": 30,
+                "algorithm": "SHA1",
+                "is_active": True,
+                "created_at": created,
+                "usage_count": 0,
+                "last_step": -1,
+                "drift": 0,
+                "failed_attempts": 0,
+            }
+        )
+    with database.connection_context():
+        for start in range(0, len(rows), 2000):
+            with database.atomic():
+                Device.insert_many(rows[start : start + 2000]).execute()
+        if config_is_postgres(url):
+            database.execute_sql("VACUUM ANALYZE devices")
+    database.close_all()
+    return devices
+
+
+def config_is_postgres(url: str) -> bool:
+    return url.startswith("postgres")
+
+
+def start_service(config: Config, url: str, port: int, workdir: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": url,
+        "MASTER_SECRET": MASTER_SECRET,
+        "API_KEY": API_KEY,
+        "ENVIRONMENT": "production",
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "RATE_LIMIT_VERIFY": "1000000000/minute",
+        "RATE_LIMIT_DEFAULT": "1000000000/minute",
+        "OTP_MAX_FAILURES": "100",
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
+        "DB_POOL_SIZE": os.environ.get("BENCH_DB_POOL_SIZE", "8"),
+    }
+    env.pop("REDIS_URL", None)
+    if config.limiter == "redis":
+        env["REDIS_URL"] = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otp_service", "serve", "--processes", str(config.processes)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_ready(port, proc)
+    return proc
+
+
+def start_baseline(processes: int, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("baseline.py")), str(port), str(processes)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_ready(port, proc, "/")
+    return proc
+
+
+def wrk(port: int, bodies: Path | None, method: str, route: str, duration: float, connections: int) -> dict:
+    threads = 2
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "-s",
+            str(LUA),
+            f"http://127.0.0.1:{port}",
+            "--",
+            str(bodies) if bodies else "-",
+            method,
+            route,
+            str(threads),
+            API_KEY,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+class Bodies:
+    """Request bodies for one run, written to a file wrk reads."""
+
+    def __init__(self, workdir: Path, devices: list[tuple[str, bytes]]):
+        self.workdir, self.devices, self.cursor, self.serial = workdir, devices, 0, 0
+
+    def _write(self, lines: list[str]) -> Path:
+        self.serial += 1
+        path = self.workdir / f"bodies-{self.serial}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def valid_codes(self, count: int) -> Path:
+        """Codes for the current step, each for a device that has not been used yet (so none is a replay)."""
+        sys.path.insert(0, str(ROOT))
+        from otp_service import totp
+
+        now = time.time()
+        if self.cursor + count > len(self.devices):
+            raise RuntimeError("not enough fresh devices; seed more with --devices")
+        chosen = self.devices[self.cursor : self.cursor + count]
+        self.cursor += count
+        return self._write([json.dumps({"device_id": d, "otp": totp.totp(k, now)}) for d, k in chosen])
+
+    def wrong_codes(self, count: int) -> Path:
+        pool = self.devices[-min(len(self.devices), 5000) :]
+        return self._write([json.dumps({"device_id": pool[i % len(pool)][0], "otp": "000000"}) for i in range(count)])
+
+    def registrations(self, count: int) -> Path:
+        return self._write(
+            [json.dumps({"device_id": f"R{self.serial}-{i}", "user_id": "new@bench.example"}) for i in range(count)]
+        )
+
+    def echo(self) -> Path:
+        return self._write([json.dumps({"device_id": "B0000000", "otp": "123456"})])
+
+
+SCENARIOS = {  # name: (method, route, bodies)
+    "baseline": ("POST", "/", lambda b, n: b.echo()),
+    "verify_valid": ("POST", "/api/v1/otp/verify", lambda b, n: b.valid_codes(n)),
+    "verify_wrong": ("POST", "/api/v1/otp/verify", lambda b, n: b.wrong_codes(n)),
+    "register": ("POST", "/api/v1/devices/register", lambda b, n: b.registrations(n)),
+    "health": ("GET", "/health", lambda b, n: None),
+}
+
+
+def run_config(
+    config: Config,
+    scenarios: list[str],
+    duration: float,
+    runs: int,
+    warmup: float,
+    connections: int,
+    devices: int,
+    expected_rps: int = 4000,
+) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="otp-bench-"))
+    try:
+        url = database_url(config, workdir)
+        pool = seed_devices(url, devices)
+        bodies = Bodies(workdir, pool)
+        service_port, baseline_port = free_port(), free_port()
+        service = start_service(config, url, service_port, workdir)
+        baseline = start_baseline(config.processes, baseline_port)
+        results = {}
+        try:
+            for name in ["baseline", *scenarios]:
+                method, route, make = SCENARIOS[name]
+                port = baseline_port if name == "baseline" else service_port
+                per_run = int(expected_rps * (duration + 2))
+                if warmup:
+                    wrk(port, make(bodies, int(expected_rps * (warmup + 1))), method, route, warmup, connections)
+                samples = [wrk(port, make(bodies, per_run), method, route, duration, connections) for _ in range(runs)]
+                results[name] = {
+                    "rps": statistics.median(s["rps"] for s in samples),
+                    "p50_ms": statistics.median(s["p50_us"] for s in samples) / 1000,
+                    "p99_ms": statistics.median(s["p99_us"] for s in samples) / 1000,
+                    "non_2xx": sum(s["non_2xx"] for s in samples),
+                    "socket_errors": sum(s["socket_errors"] for s in samples),
+                    "runs": [round(s["rps"]) for s in samples],
+                }
+            results["rss_mib"] = worker_rss(service.pid)
+        finally:
+            stop(service)
+            stop(baseline)
+        base = results["baseline"]["rps"]
+        for name in scenarios:
+            results[name]["ratio"] = results[name]["rps"] / base
+        return results
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def worker_rss(pid: int) -> list[float]:
+    """Resident memory of the serving processes (the children when there are several), MiB."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    pids = [int(c) for c in children] or [pid]
+    sizes = []
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                sizes.append(round(int(line.split()[1]) / 1024, 1))
+    return sizes

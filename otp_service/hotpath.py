@@ -1,0 +1,142 @@
+"""The verification hot path: the two common outcomes — a right code, a wrong one — in one SQL statement.
+
+The full path (in `service`) reads the device, decides, then writes. Most verifications can skip the
+read: a device's immutable key material and its last known clock offset are cached in the process,
+the decision is made on them, and the write is *conditional* on everything the decision assumed:
+same registration (salt), same offset, active, not locked, the step still later than the last one
+accepted, the failure count still below the lock threshold. If any of that is no longer true the
+statement changes nothing and the caller takes the full path, which reads and decides afresh. So a
+stale cache costs a round trip, never a wrong answer; and the state change and its audit row are
+still one atomic statement (PostgreSQL) or one transaction (SQLite).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+from peewee import Database
+
+from .database import is_postgres
+
+DEVICE_CACHE_SIZE = 65536  # entries of about 0.5 KiB: at most ~35 MiB per process
+
+AUDIT_COLUMNS = (
+    "timestamp, action, success, reason, device_id, user_id, ip_address, user_agent, request_id, additional_data"
+)
+
+
+@dataclass(slots=True)
+class CachedDevice:
+    """What a verification needs that only a new registration changes — plus the offset, which is a hint."""
+
+    salt: str
+    key: bytes
+    key_version: int
+    digits: int
+    interval: int
+    algorithm: str
+    drift: int
+
+
+class DeviceCache:
+    """A bounded, thread-safe LRU of CachedDevice by device id."""
+
+    def __init__(self, size: int = DEVICE_CACHE_SIZE):
+        self._items: OrderedDict[str, CachedDevice] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, device_id: str) -> CachedDevice | None:
+        with self._lock:
+            item = self._items.get(device_id)
+            if item is not None:
+                self._items.move_to_end(device_id)
+            return item
+
+    def put(self, device_id: str, item: CachedDevice) -> None:
+        with self._lock:
+            self._items[device_id] = item
+            self._items.move_to_end(device_id)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def discard(self, device_id: str) -> None:
+        with self._lock:
+            self._items.pop(device_id, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class HotPath:
+    def __init__(self, database: Database):
+        self.database = database
+        self.postgres = is_postgres(database)
+        p = database.param
+        unchanged = (
+            f"device_id = {p} AND salt = {p} AND drift = {p} AND is_active "
+            f"AND (locked_until IS NULL OR locked_until <= {p})"
+        )
+        self._accept = (
+            f"UPDATE devices SET last_step = {p}, drift = {p}, failed_attempts = 0, locked_until = NULL, "
+            f"usage_count = usage_count + 1, last_used = {p} WHERE {unchanged} AND last_step < {p} "
+            "RETURNING user_id"
+        )
+        self._fail = (
+            f"UPDATE devices SET failed_attempts = failed_attempts + 1 WHERE {unchanged} "
+            f"AND failed_attempts < {p} RETURNING user_id, failed_attempts"
+        )
+        values = f"{p}, 'OTP_VERIFICATION', {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}"
+        self._insert = f"INSERT INTO audit_logs ({AUDIT_COLUMNS}) VALUES ({values})"
+        if self.postgres:  # one round trip: the UPDATE and the audit INSERT in one statement
+            self._accept_pg = (
+                f"WITH upd AS ({self._accept}) INSERT INTO audit_logs ({AUDIT_COLUMNS}) "
+                f"SELECT {p}, 'OTP_VERIFICATION', TRUE, NULL, {p}, user_id, {p}, {p}, {p}, {p} "
+                "FROM upd RETURNING id"
+            )
+            self._fail_pg = (
+                f"WITH upd AS ({self._fail}) INSERT INTO audit_logs ({AUDIT_COLUMNS}) "
+                f"SELECT {p}, 'OTP_VERIFICATION', FALSE, 'INVALID_CODE', {p}, user_id, {p}, {p}, {p}, "
+                "'{\"failed_attempts\":' || failed_attempts || '}' FROM upd RETURNING id"
+            )
+
+    def accept(
+        self, device_id: str, cached: CachedDevice, step: int, drift: int, data: dict, ctx, now: datetime
+    ) -> bool:
+        """Record an accepted code; False when the cached assumptions no longer hold."""
+        where = (device_id, cached.salt, cached.drift, now)
+        audit = (
+            ctx.ip_address,
+            ctx.user_agent,
+            ctx.request_id,
+            json.dumps(data, separators=(",", ":"), sort_keys=True),
+        )
+        if self.postgres:
+            cursor = self.database.execute_sql(
+                self._accept_pg, (step, drift, now, *where, step, now, device_id, *audit)
+            )
+            return cursor.fetchone() is not None
+        with self.database.atomic():
+            row = self.database.execute_sql(self._accept, (step, drift, now, *where, step)).fetchone()
+            if row is not None:
+                self.database.execute_sql(self._insert, (now, True, None, device_id, row[0], *audit))
+            return row is not None
+
+    def fail(self, device_id: str, cached: CachedDevice, below: int, ctx, now: datetime) -> bool:
+        """Count a wrong code, as long as this failure cannot reach the lock threshold (`below`)."""
+        where = (device_id, cached.salt, cached.drift, now)
+        who = (ctx.ip_address, ctx.user_agent, ctx.request_id)
+        if self.postgres:
+            return (
+                self.database.execute_sql(self._fail_pg, (*where, below, now, device_id, *who)).fetchone() is not None
+            )
+        with self.database.atomic():
+            row = self.database.execute_sql(self._fail, (*where, below)).fetchone()
+            if row is not None:
+                data = json.dumps({"failed_attempts": row[1]}, separators=(",", ":"))
+                self.database.execute_sql(self._insert, (now, False, "INVALID_CODE", device_id, row[0], *who, data))
+            return row is not None
