@@ -77,6 +77,10 @@ class HotPath:
         self.database = database
         self.postgres = is_postgres(database)
         p = database.param
+        self._material = (
+            "SELECT salt, key_version, derived_key_hash, digits, interval, algorithm, drift "
+            f"FROM devices WHERE device_id = {p}"
+        )
         unchanged = (
             f"device_id = {p} AND salt = {p} AND drift = {p} AND is_active "
             f"AND (locked_until IS NULL OR locked_until <= {p})"
@@ -103,6 +107,10 @@ class HotPath:
                 f"SELECT {p}, 'OTP_VERIFICATION', FALSE, 'INVALID_CODE', {p}, user_id, {p}, {p}, {p}, "
                 "'{\"failed_attempts\":' || failed_attempts || '}' FROM upd RETURNING id"
             )
+
+    def material(self, device_id: str) -> tuple | None:
+        """(salt, key_version, derived_key_hash, digits, interval, algorithm, drift), or None if no such device."""
+        return self.database.execute_sql(self._material, (device_id,)).fetchone()
 
     def accept(
         self, device_id: str, cached: CachedDevice, step: int, drift: int, data: dict, ctx, now: datetime

@@ -287,7 +287,7 @@ class OtpService:
     def _verify_cached(self, device_id: str, otp: str | int, ctx: RequestContext, now: float) -> dict[str, Any] | None:
         """The hot path (see `hotpath`): decide on cached material, write conditionally in one statement.
         None when it cannot answer (not cached, ambiguous, or the cache was stale): take the full path."""
-        cached = self.devices.get(device_id)
+        cached = self.devices.get(device_id) or self._load_cached(device_id)
         if cached is None:
             return None
         try:
@@ -317,6 +317,21 @@ class OtpService:
             elif not decision.matches and self.hot.fail(device_id, cached, s.otp_max_failures - 1, ctx, when):
                 return {"device_id": device_id, "valid": False, "reason": "INVALID_CODE"}
         return None
+
+    def _load_cached(self, device_id: str) -> CachedDevice | None:
+        """Read a device's key material (one indexed SELECT) and cache it; None when the full path must judge."""
+        with self.unit_of_work():
+            row = self.hot.material(device_id)
+        if row is None:
+            return None
+        salt, version, fingerprint, digits, interval, algorithm, drift = row
+        try:
+            key = self.keyring.device_key(device_id, bytes.fromhex(salt), version, fingerprint)
+        except KeyUnavailable:
+            return None
+        cached = CachedDevice(salt, key, version, digits, interval, algorithm, drift)
+        self.devices.put(device_id, cached)
+        return cached
 
     def _check(
         self, device: Device, device_id: str, otp: str | int, ctx: RequestContext, now: float

@@ -230,25 +230,59 @@ def test_rotation_keeps_old_devices_working_and_signs_new_ones_with_the_new_secr
     assert service2.stats()["by_key_version"] == {"1": {"active": 1, "total": 1}, "2": {"active": 1, "total": 1}}
 
 
-def test_audit_row_and_state_change_commit_together(service, database, clock, monkeypatch):
-    """A failure after the state change (here: the audit insert) leaves neither behind."""
+def refuse_audit_inserts(database):
+    """Make the database itself refuse every audit row, as a full disk or a broken constraint would."""
+    with database.connection_context():
+        if database.__class__.__name__.endswith("SqliteDatabase"):
+            database.execute_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_logs BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        else:
+            database.execute_sql(
+                "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$"
+            )
+            database.execute_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_logs FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+
+
+def allow_audit_inserts(database):
+    with database.connection_context():
+        database.execute_sql("DROP TRIGGER refuse" + ("" if "Sqlite" in type(database).__name__ else " ON audit_logs"))
+
+
+def test_audit_row_and_state_change_commit_together(service, database, clock):
+    """When the audit row cannot be written, the state change it records is not kept either — on the
+    cached one-statement path, on the full path, and for every kind of operation."""
     reg = service.register("DEV-1", "alice", CTX)
-
-    def broken_audit(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(service, "_audit", broken_audit)
-    with pytest.raises(RuntimeError):
-        service.verify("DEV-1", code_at(reg, clock.now), CTX)
-    with pytest.raises(RuntimeError):
-        service.register("DEV-2", "bob", CTX)
-    with pytest.raises(RuntimeError):
-        service.deactivate("DEV-1", CTX)
-    row = device_row(database, "DEV-1")
-    assert (row.usage_count, row.last_step, row.is_active) == (0, -1, True)
+    service.verify("DEV-1", code_at(reg, clock.now), CTX)  # cached from now on
+    clock.advance(30)
+    before = device_row(database, "DEV-1")
+    refuse_audit_inserts(database)
+    try:
+        attempts = [
+            lambda: service.verify("DEV-1", code_at(reg, clock.now), CTX),  # hot path, success
+            lambda: service.verify("DEV-1", wrong_code(reg, clock.now), CTX),  # hot path, failure
+            lambda: service.register("DEV-2", "bob", CTX),
+            lambda: service.deactivate("DEV-1", CTX),
+            lambda: service.unlock("DEV-1", CTX),
+        ]
+        for attempt in attempts:
+            with pytest.raises(Exception, match="disk full"):
+                attempt()
+        service.devices.discard("DEV-1")  # and the full path
+        with pytest.raises(Exception, match="disk full"):
+            service.verify("DEV-1", code_at(reg, clock.now), CTX)
+    finally:
+        allow_audit_inserts(database)
+    after = device_row(database, "DEV-1")
+    fields = ("usage_count", "last_step", "failed_attempts", "is_active", "drift", "last_used")
+    assert [getattr(after, f) for f in fields] == [getattr(before, f) for f in fields]
     with database.connection_context():
         assert Device.get_or_none(Device.device_id == "DEV-2") is None
-    assert len(audit_rows(database)) == 1  # only the first registration
+    assert len(audit_rows(database)) == 2  # the registration and the first verification
+    assert service.verify("DEV-1", code_at(reg, clock.now), CTX)["valid"] is True  # and all is well again
 
 
 def test_user_audit_is_newest_first_with_keyset_pagination(service, clock):
