@@ -26,9 +26,35 @@ UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, MaxConnectionsExceeded)
 
 
 class _PostgresPool(PooledPostgresqlDatabase):
+    """The pool, plus statements every new connection prepares once (the hot path's), so PostgreSQL
+    parses and plans them once per connection instead of once per request."""
+
+    def __init__(self, *args, **kwargs):
+        self.prepared: dict[str, str] = {}  # name -> "PREPARE name AS …"
+        self._prepared_on: set[tuple[int, int]] = set()  # connections (id, backend pid) that have them
+        super().__init__(*args, **kwargs)
+
+    def prepare(self, name: str, statement: str) -> None:
+        if self.prepared.get(name) == statement:
+            return
+        self.prepared[name] = statement
+        self._prepared_on.clear()
+        self.close_idle()  # connections made before this statement existed; ones in use may never run it
+
     def _is_closed(self, conn):
         # The stock pool runs SELECT 1 on every checkout; the transaction status is local and free.
         return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
+
+    def _initialize_connection(self, conn):
+        # Called on every checkout; prepare once per physical connection.
+        super()._initialize_connection(conn)
+        marker = (id(conn), conn.info.backend_pid)
+        if self.prepared and marker not in self._prepared_on:
+            with conn.cursor() as cursor:
+                cursor.execute("DEALLOCATE ALL")
+                for statement in self.prepared.values():
+                    cursor.execute(statement)
+            self._prepared_on.add(marker)
 
 
 def open_database(url: str, pool_size: int = 8, timeout: float = 5.0) -> Database:

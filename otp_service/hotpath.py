@@ -96,17 +96,20 @@ class HotPath:
         )
         values = f"{p}, 'OTP_VERIFICATION', {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}"
         self._insert = f"INSERT INTO audit_logs ({AUDIT_COLUMNS}) VALUES ({values})"
-        if self.postgres:  # one round trip: the UPDATE and the audit INSERT in one statement
-            self._accept_pg = (
+        if self.postgres:  # one round trip: the UPDATE and the audit INSERT in one prepared statement
+            accept = (
                 f"WITH upd AS ({self._accept}) INSERT INTO audit_logs ({AUDIT_COLUMNS}) "
                 f"SELECT {p}, 'OTP_VERIFICATION', TRUE, NULL, {p}, user_id, {p}, {p}, {p}, {p} "
                 "FROM upd RETURNING id"
             )
-            self._fail_pg = (
+            fail = (
                 f"WITH upd AS ({self._fail}) INSERT INTO audit_logs ({AUDIT_COLUMNS}) "
                 f"SELECT {p}, 'OTP_VERIFICATION', FALSE, 'INVALID_CODE', {p}, user_id, {p}, {p}, {p}, "
                 "'{\"failed_attempts\":' || failed_attempts || '}' FROM upd RETURNING id"
             )
+            self._material = _prepare(database, "otp_material", self._material)
+            self._accept_pg = _prepare(database, "otp_accept", accept)
+            self._fail_pg = _prepare(database, "otp_fail", fail)
 
     def material(self, device_id: str) -> tuple | None:
         """(salt, key_version, derived_key_hash, digits, interval, algorithm, drift), or None if no such device."""
@@ -148,3 +151,16 @@ class HotPath:
                 data = json.dumps({"failed_attempts": row[1]}, separators=(",", ":"))
                 self.database.execute_sql(self._insert, (now, False, "INVALID_CODE", device_id, row[0], *who, data))
             return row is not None
+
+
+def _prepare(database: Database, name: str, sql: str) -> str:
+    """Register `sql` to be prepared on every new connection; returns the EXECUTE that runs it.
+
+    psycopg2 has no protocol-level prepare, so this uses SQL PREPARE with untyped parameters
+    ($1 … $n, types inferred by PostgreSQL) and EXECUTE with psycopg2's own parameters."""
+    count = sql.count("%s")
+    numbered = sql
+    for i in range(1, count + 1):
+        numbered = numbered.replace("%s", f"${i}", 1)
+    database.prepare(name, f"PREPARE {name} AS {numbered}")
+    return f"EXECUTE {name} ({', '.join(['%s'] * count)})"

@@ -286,29 +286,29 @@ class OtpService:
 
     def _verify_cached(self, device_id: str, otp: str | int, ctx: RequestContext, now: float) -> dict[str, Any] | None:
         """The hot path (see `hotpath`): decide on cached material, write conditionally in one statement.
-        None when it cannot answer (not cached, ambiguous, or the cache was stale): take the full path."""
-        cached = self.devices.get(device_id) or self._load_cached(device_id)
-        if cached is None:
-            return None
-        try:
-            code = otp_for_device(otp, cached.digits)
-        except errors.ValidationError:
-            return None  # perhaps re-registered with other digits: let the full path judge
-        s = self.settings
-        decision = check_code(
-            cached.key,
-            code,
-            now,
-            digits=cached.digits,
-            interval=cached.interval,
-            algorithm=cached.algorithm,
-            last_step=-1,
-            drift=cached.drift,
-            window=s.otp_window,
-            max_drift=s.otp_max_drift,
-        )
-        when = to_datetime(now)
-        with self.unit_of_work():
+        None when it cannot answer (unknown device, ambiguous code, or a stale cache): take the full path."""
+        with self.unit_of_work():  # one connection checkout for the read (if needed) and the write
+            cached = self.devices.get(device_id) or self._load_cached(device_id)
+            if cached is None:
+                return None
+            try:
+                code = otp_for_device(otp, cached.digits)
+            except errors.ValidationError:
+                return None  # perhaps re-registered with other digits: let the full path judge
+            s = self.settings
+            decision = check_code(
+                cached.key,
+                code,
+                now,
+                digits=cached.digits,
+                interval=cached.interval,
+                algorithm=cached.algorithm,
+                last_step=-1,
+                drift=cached.drift,
+                window=s.otp_window,
+                max_drift=s.otp_max_drift,
+            )
+            when = to_datetime(now)
             if decision.valid and len(decision.matches) == 1:
                 data = {"offset": decision.offset, "drift": decision.drift, "key_version": cached.key_version}
                 if self.hot.accept(device_id, cached, decision.step, decision.drift, data, ctx, when):
@@ -320,8 +320,7 @@ class OtpService:
 
     def _load_cached(self, device_id: str) -> CachedDevice | None:
         """Read a device's key material (one indexed SELECT) and cache it; None when the full path must judge."""
-        with self.unit_of_work():
-            row = self.hot.material(device_id)
+        row = self.hot.material(device_id)
         if row is None:
             return None
         salt, version, fingerprint, digits, interval, algorithm, drift = row
