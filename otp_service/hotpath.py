@@ -47,7 +47,7 @@ class DeviceCache:
 
     def __init__(self, size: int = DEVICE_CACHE_SIZE):
         self._items: OrderedDict[str, CachedDevice] = OrderedDict()
-        self._size = size
+        self.size = size
         self._lock = threading.Lock()
 
     def get(self, device_id: str) -> CachedDevice | None:
@@ -61,7 +61,7 @@ class DeviceCache:
         with self._lock:
             self._items[device_id] = item
             self._items.move_to_end(device_id)
-            while len(self._items) > self._size:
+            while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
     def discard(self, device_id: str) -> None:
@@ -110,6 +110,14 @@ class HotPath:
             self._material = _prepare(database, "otp_material", self._material)
             self._accept_pg = _prepare(database, "otp_accept", accept)
             self._fail_pg = _prepare(database, "otp_fail", fail)
+
+    def recent_material(self, limit: int) -> list[tuple]:
+        """(device_id, salt, …, drift) of the `limit` most recently used active devices, most recent first."""
+        order = "last_used DESC NULLS LAST" if self.postgres else "last_used IS NULL, last_used DESC"
+        return self.database.execute_sql(
+            "SELECT device_id, salt, key_version, derived_key_hash, digits, interval, algorithm, drift FROM devices "
+            f"WHERE is_active ORDER BY {order}, created_at DESC LIMIT {int(limit)}"
+        ).fetchall()
 
     def material(self, device_id: str) -> tuple | None:
         """(salt, key_version, derived_key_hash, digits, interval, algorithm, drift), or None if no such device."""

@@ -50,6 +50,9 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
         body_timeout=BODY_TIMEOUT_SECONDS,
     )
     server.add_sockets(sockets)
+    # Warm the device cache in the background: serving starts at once, and requests that arrive
+    # first simply take the read-then-write path.
+    warming = loop_executor_warm(state)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -66,10 +69,22 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
     if state.inflight:
         log.warning("grace period over; closing %d requests still in flight", state.inflight)
     await server.close_all_connections()
+    warming.cancel()
     state.executor.shutdown(wait=True, cancel_futures=True)
     state.service.database.close_all()
     log.info("stopped", extra={"pid": os.getpid()})
     return 0
+
+
+def loop_executor_warm(state) -> asyncio.Future:
+    async def warm() -> None:
+        try:
+            loaded = await state.run(state.service.warm_cache)
+            log.info("device cache warmed", extra={"devices": loaded, "pid": os.getpid()})
+        except Exception as exc:  # a cold cache is only slower; never fail start-up for it
+            log.warning("device cache not warmed: %s", type(exc).__name__)
+
+    return asyncio.ensure_future(warm())
 
 
 def _supervise(settings: Settings, processes: int, grace_seconds: float) -> int:

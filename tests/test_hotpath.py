@@ -140,3 +140,17 @@ def test_one_code_across_two_processes_and_many_threads_is_accepted_once(service
         assert sorted(results) == [False] * 23 + [True]
         clock.advance(30)
     assert len(audit(database, action="OTP_VERIFICATION", success=True)) == 2 + 5
+
+
+def test_warm_cache_loads_recent_active_devices_and_verification_uses_it(service, other, clock, database):
+    regs = {d: service.register(d, "alice", CTX) for d in ("A", "B", "C")}
+    service.deactivate("C", CTX)
+    assert other.warm_cache() == 2 and {d for d in "ABC" if other.devices.get(d)} == {"A", "B"}
+    assert other.warm_cache(limit=1) == 1
+    assert other.verify("A", code_at(regs["A"], clock.now), CTX)["valid"] is True
+
+
+def test_registration_caches_the_new_device(service):
+    service.register("N", "alice", CTX, digits=8)
+    cached = service.devices.get("N")
+    assert cached is not None and cached.digits == 8 and len(cached.key) == 32
