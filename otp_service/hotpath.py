@@ -1,4 +1,5 @@
-"""The verification hot path: the two common outcomes — a right code, a wrong one — in one SQL statement.
+"""The hot paths in hand-written SQL: verification (its two common outcomes, a right code and a wrong
+one) and, on PostgreSQL, registration, each in one statement.
 
 The full path (in `service`) reads the device, decides, then writes. Most verifications can skip the
 read: a device's immutable key material and its last known clock offset are cached in the process,
@@ -24,6 +25,26 @@ from .database import is_postgres
 
 DEVICE_CACHE_SIZE = 65536  # entries of about 0.5 KiB: at most ~35 MiB per process
 
+DEVICE_COLUMNS = (
+    "device_id",
+    "user_id",
+    "salt",
+    "key_version",
+    "derived_key_hash",
+    "digits",
+    "interval",
+    "algorithm",
+    "issuer",
+    "is_active",
+    "created_at",
+    "last_used",
+    "usage_count",
+    "deactivated_at",
+    "last_step",
+    "drift",
+    "failed_attempts",
+    "locked_until",
+)
 AUDIT_COLUMNS = (
     "timestamp, action, success, reason, device_id, user_id, ip_address, user_agent, request_id, additional_data"
 )
@@ -107,9 +128,40 @@ class HotPath:
                 f"SELECT {p}, 'OTP_VERIFICATION', FALSE, 'INVALID_CODE', {p}, user_id, {p}, {p}, {p}, "
                 "'{\"failed_attempts\":' || failed_attempts || '}' FROM upd RETURNING id"
             )
+            columns = ", ".join(DEVICE_COLUMNS)
+            takeover = ", ".join(f"{c} = EXCLUDED.{c}" for c in DEVICE_COLUMNS if c != "device_id")
+            created = "EXISTS (SELECT 1 FROM ins)"
+            register = (
+                f"WITH ins AS (INSERT INTO devices ({columns}) VALUES ({', '.join([p] * len(DEVICE_COLUMNS))}) "
+                f"ON CONFLICT (device_id) DO UPDATE SET {takeover} WHERE NOT devices.is_active RETURNING 1) "
+                f"INSERT INTO audit_logs ({AUDIT_COLUMNS}) SELECT {p}, 'DEVICE_REGISTERED', {created}, "
+                f"CASE WHEN {created} THEN NULL ELSE 'DEVICE_EXISTS' END, {p}, {p}, {p}, {p}, {p}, "
+                f"CASE WHEN {created} THEN {p} END RETURNING success"
+            )
+            self._register_pg = _prepare(database, "otp_register", register)
             self._material = _prepare(database, "otp_material", self._material)
             self._accept_pg = _prepare(database, "otp_accept", accept)
             self._fail_pg = _prepare(database, "otp_fail", fail)
+
+    def register(self, device_id: str, fields: dict, audit_data: dict, ctx) -> bool:
+        """PostgreSQL: insert the device, or take over an inactive row with its id, and audit the outcome,
+        in one statement. False when an active device holds the id (ON CONFLICT … WHERE NOT is_active)."""
+        values = [device_id if c == "device_id" else fields[c] for c in DEVICE_COLUMNS]
+        data = json.dumps(audit_data, separators=(",", ":"), sort_keys=True)
+        row = self.database.execute_sql(
+            self._register_pg,
+            (
+                *values,
+                fields["created_at"],
+                device_id,
+                fields["user_id"],
+                ctx.ip_address,
+                ctx.user_agent,
+                ctx.request_id,
+                data,
+            ),
+        ).fetchone()
+        return bool(row[0])
 
     def recent_material(self, limit: int) -> list[tuple]:
         """(device_id, salt, …, drift) of the `limit` most recently used active devices, most recent first."""

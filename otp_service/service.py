@@ -201,29 +201,26 @@ class OtpService:
             locked_until=None,
         )
         params = {k: fields[k] for k in ("digits", "interval", "algorithm")}
-        with self.unit_of_work(write=True):
-            if self._claim_device_id(device_id, fields):
+        audit_data = {**params, "key_version": version}
+        if self.hot.postgres:  # one statement: claim the id and write the audit row, whatever the outcome
+            with self.unit_of_work():
+                created = self.hot.register(device_id, fields, audit_data, ctx)
+        else:
+            with self.unit_of_work(write=True):
+                created = self._claim_device_id(device_id, fields)
                 self._audit(
                     Action.DEVICE_REGISTERED,
-                    True,
+                    created,
                     ctx,
                     now,
+                    reason=None if created else "DEVICE_EXISTS",
                     device_id=device_id,
                     user_id=user_id,
-                    data={**params, "key_version": version},
+                    data=audit_data if created else None,
                 )
-                failure = None
-            else:
-                self._audit(
-                    Action.DEVICE_REGISTERED,
-                    False,
-                    ctx,
-                    now,
-                    reason="DEVICE_EXISTS",
-                    device_id=device_id,
-                    user_id=user_id,
-                )
-                failure = errors.DeviceExists(f"An active device with id {device_id!r} is already registered.")
+        failure = (
+            None if created else errors.DeviceExists(f"An active device with id {device_id!r} is already registered.")
+        )
         metrics.REGISTRATIONS.labels("conflict" if failure else "created").inc()
         if failure:
             raise failure

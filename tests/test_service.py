@@ -344,3 +344,27 @@ def test_concurrent_failures_are_each_counted(service, database, clock):
     for t in threads:
         t.join()
     assert device_row(database, "DEV-1").failed_attempts == 4
+
+
+@pytest.mark.postgres
+def test_concurrent_registrations_of_one_id_create_exactly_one_device(service, database):
+    barrier = threading.Barrier(12)
+    outcomes = []
+
+    def attempt(n):
+        barrier.wait()
+        try:
+            outcomes.append(service.register("RACE", f"user{n}", CTX)["derived_key"])
+        except errors.DeviceExists:
+            outcomes.append(None)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    keys = [k for k in outcomes if k]
+    assert len(keys) == 1
+    rows = audit_rows(database, action="DEVICE_REGISTERED")
+    assert sorted((r.success, r.reason) for r in rows) == [(False, "DEVICE_EXISTS")] * 11 + [(True, None)]
+    assert device_row(database, "RACE").derived_key_hash == key_fingerprint(base64.b64decode(keys[0]))
