@@ -15,7 +15,11 @@ PAGE = """<!doctype html>
 """
 
 
+@tornado.web.stream_request_body  # never buffer a body sent to a page that takes none
 class DocsHandler(tornado.web.RequestHandler):
+    def data_received(self, chunk: bytes) -> None:
+        pass
+
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(PAGE)

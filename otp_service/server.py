@@ -24,7 +24,10 @@ from .config import Settings
 
 log = logging.getLogger("otp_service.server")
 
-MAX_BODY_BYTES = 64 * 1024  # hard cap at the connection; the API answers 413 above 16 KiB itself
+# The API refuses bodies over 16 KiB itself, with a 413 JSON answer, from the Content-Length before reading
+# them (its handlers stream bodies and keep at most 16 KiB). This connection-level cap only bounds how long
+# a chunked body without a length is read and discarded (with BODY_TIMEOUT_SECONDS).
+MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 IDLE_CONNECTION_SECONDS = 75  # longer than Render's proxy keep-alive, so the proxy closes first
 BODY_TIMEOUT_SECONDS = 10  # a client that trickles its body is cut off

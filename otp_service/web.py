@@ -84,10 +84,28 @@ def bearer_matches(header: str, keys: tuple[str, ...]) -> bool:
     return scheme.lower() == "bearer" and found
 
 
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
+    """Bodies are streamed in, so an oversized one is refused (413, JSON) from its Content-Length before a
+    byte of it is read, and a chunked one stops being kept once it passes the limit."""
+
     def initialize(self, state: AppState) -> None:
         self.state = state
         state.inflight += 1
+        self._body = bytearray()
+        self._body_too_large = False
+
+    def prepare(self):
+        length = self.request.headers.get("Content-Length", "0")
+        if length.isascii() and length.isdigit() and int(length) > MAX_JSON_BODY:
+            raise errors.PayloadTooLarge(f"The body is larger than {MAX_JSON_BODY} bytes.")
+
+    def data_received(self, chunk: bytes) -> None:
+        if len(self._body) + len(chunk) > MAX_JSON_BODY:
+            self._body_too_large = True
+            self._body.clear()
+        elif not self._body_too_large:
+            self._body += chunk
 
     def on_finish(self) -> None:
         self.state.inflight -= 1
@@ -135,10 +153,10 @@ class BaseHandler(tornado.web.RequestHandler):
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise errors.UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
-        if len(self.request.body) > MAX_JSON_BODY:
+        if self._body_too_large:
             raise errors.PayloadTooLarge(f"The body is larger than {MAX_JSON_BODY} bytes.")
         try:
-            body = json.loads(self.request.body or b"null")
+            body = json.loads(bytes(self._body) or b"null")
         except (ValueError, UnicodeDecodeError):
             raise errors.MalformedJSON("The body is not valid JSON.") from None
         if not isinstance(body, dict):
@@ -223,6 +241,7 @@ class ApiHandler(BaseHandler):
     scope = "default"
 
     async def prepare(self) -> None:
+        super().prepare()
         decision = await self.state.limiter.hit(self.scope, self.ip)
         self.keep_header("X-RateLimit-Limit", str(decision.limit))
         self.keep_header("X-RateLimit-Remaining", str(decision.remaining))

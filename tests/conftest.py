@@ -8,12 +8,16 @@ application that production runs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
+import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 
+import peewee
 import pytest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -22,6 +26,7 @@ from otp_service.app import build_state, make_app
 from otp_service.config import Settings
 from otp_service.database import migrate, open_database
 from otp_service.keys import Keyring
+from otp_service.server import MAX_BODY_BYTES
 from otp_service.service import OtpService
 from tests.openapi_check import check_response
 
@@ -54,6 +59,83 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [i for i in items if not i.get_closest_marker("redis")]
     if not PG_URL:
         items[:] = [i for i in items if not i.get_closest_marker("postgres")]
+
+
+# -- the secrets scan ------------------------------------------------------------------------------
+# Every key and code any test issues is remembered; after each test, every response body it received
+# (but the one registration response that must carry the key), every log line and every audit and
+# device row are searched for them. One hit fails the test that produced it.
+
+ISSUED_KEYS: set[str] = set()
+ISSUED_CODES: set[str] = set()
+SEEN_RESPONSES: list[tuple[str, str]] = []  # (path, body)
+
+
+class _LogCapture(logging.Handler):
+    """Keeps each record's message and its `extra` fields (the record's own timestamps are left out:
+    their digits are not codes)."""
+
+    lines: list[str] = []
+    standard = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def emit(self, record):
+        extra = {k: v for k, v in vars(record).items() if k not in self.standard}
+        self.lines.append(record.getMessage() + " " + json.dumps(extra, default=str))
+
+
+_LOG_CAPTURE = _LogCapture(level=logging.DEBUG)
+logging.getLogger().addHandler(_LOG_CAPTURE)
+logging.getLogger().setLevel(logging.DEBUG)
+
+
+def remember_registration(data: dict) -> None:
+    key = base64.b64decode(data["derived_key"])
+    ISSUED_KEYS.update({data["derived_key"], data["secret_base32"], key.hex(), base64.b32encode(key).decode()})
+
+
+def remember_code(code) -> None:
+    if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) >= 6:
+        ISSUED_CODES.add(code)
+    elif isinstance(code, int) and not isinstance(code, bool) and code >= 0:
+        ISSUED_CODES.add(str(code).zfill(6))
+
+
+def find_secrets(text: str, codes: bool = True) -> list[str]:
+    """Keys anywhere; codes only as whole tokens (not inside a longer number or a hex string)."""
+    hits = [k for k in ISSUED_KEYS | {API_KEY, MASTER_SECRET} if k in text]
+    if codes and ISSUED_CODES:
+        pattern = re.compile(r"(?<![0-9A-Za-z])(" + "|".join(sorted(ISSUED_CODES)) + r")(?![0-9A-Za-z])")
+        hits += pattern.findall(text)
+    return hits
+
+
+@pytest.fixture(autouse=True)
+def secrets_scan(request, monkeypatch):
+    original_register, original_verify = OtpService.register, OtpService.verify
+
+    def register(self, *args, **kwargs):
+        data = original_register(self, *args, **kwargs)
+        remember_registration(data)
+        return data
+
+    def verify(self, device_id, otp, *args, **kwargs):
+        remember_code(otp)
+        return original_verify(self, device_id, otp, *args, **kwargs)
+
+    monkeypatch.setattr(OtpService, "register", register)
+    monkeypatch.setattr(OtpService, "verify", verify)
+    SEEN_RESPONSES.clear()
+    _LOG_CAPTURE.lines.clear()
+    ISSUED_KEYS.clear()  # each test is scanned for what it issued itself
+    ISSUED_CODES.clear()
+    if _LOG_CAPTURE not in logging.getLogger().handlers:  # a test may have reconfigured logging
+        logging.getLogger().addHandler(_LOG_CAPTURE)
+        logging.getLogger().setLevel(logging.DEBUG)
+    yield
+    for path, body in SEEN_RESPONSES:
+        hits = find_secrets(body, codes=not path.startswith(("/metrics", "/api/v1/debug/")))
+        assert not hits, f"a response from {path} contains a secret"
+    assert not find_secrets("\n".join(_LOG_CAPTURE.lines)), "a log line contains a secret"
 
 
 class FakeClock:
@@ -106,7 +188,19 @@ def database(db_url):
     if not db_url.startswith("sqlite"):
         _reset_postgres(db)
     yield db
+    scan_tables_for_secrets(db)
     db.close_all()
+
+
+def scan_tables_for_secrets(database) -> None:
+    """Part of the secrets scan: no audit or device row may hold a key or a code."""
+    try:
+        with database.connection_context():
+            for table in ("audit_logs", "devices"):
+                rows = database.execute_sql(f"SELECT * FROM {table}").fetchall()
+                assert not find_secrets(json.dumps(rows, default=str)), f"{table} holds a secret"
+    except peewee.OperationalError:
+        pass  # the test took the database away (fault tests); those check their own rows
 
 
 @pytest.fixture
@@ -158,6 +252,12 @@ class Client:
         content_type = resp.headers.get("Content-Type", "")
         parsed = json.loads(data) if data and content_type.startswith("application/json") else {}
         check_response(method, path, resp.status, content_type, parsed)
+        if isinstance(body, dict) and "otp" in body:
+            remember_code(body["otp"])
+        if path.startswith("/api/v1/devices/register") and resp.status == 201:
+            remember_registration(parsed["data"])  # the one response allowed to carry the key
+        else:
+            SEEN_RESPONSES.append((path, data.decode("utf-8", "replace")))
         return Response(resp.status, resp.headers, parsed, data)
 
     def get(self, path, **kw):
@@ -185,7 +285,7 @@ class RunningServer:
         async def main():
             self.loop = asyncio.get_running_loop()
             self.state = build_state(settings, database=database, clock=clock)
-            self.server = HTTPServer(make_app(self.state), max_body_size=64 * 1024)
+            self.server = HTTPServer(make_app(self.state), max_body_size=MAX_BODY_BYTES, body_timeout=10)
             self.server.add_sockets(self._sockets)
             self._stop = asyncio.Event()
             self._ready.set()

@@ -44,14 +44,20 @@ def run_cli(*args: str, cwd: Path, timeout: float = 120, **env: str) -> subproce
 
 
 def start_cli(*args: str, cwd: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "otp_service", *args],
-        cwd=cwd,
-        env=cli_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """The server's output goes to files, not pipes: an unread pipe fills up and blocks the server's
+    logging, which would look exactly like a hung server."""
+    stamp = f"{os.getpid()}-{time.monotonic_ns()}"
+    out_path, err_path = Path(cwd) / f"server-{stamp}.out", Path(cwd) / f"server-{stamp}.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "otp_service", *args], cwd=cwd, env=cli_env(**env), stdout=out, stderr=err, text=True
+        )
+    proc.out_path, proc.err_path = out_path, err_path
+    return proc
+
+
+def output(proc: subprocess.Popen) -> tuple[str, str]:
+    return proc.out_path.read_text(), proc.err_path.read_text()
 
 
 def http(method: str, url: str, body=None, headers=None, timeout: float = 10) -> tuple[int, dict]:
@@ -70,7 +76,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 20) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.stderr.read()}")
+            raise AssertionError(f"server exited early: {output(proc)[1][-2000:]}")
         try:
             if http("GET", f"http://127.0.0.1:{port}/health", timeout=1)[0] == 200:
                 return

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY, MASTER_SECRET
-from tests.serving import free_port, http, run_cli, start_cli, wait_healthy
+from tests.serving import free_port, http, output, run_cli, start_cli, wait_healthy
 
 PROD = {"ENVIRONMENT": "production", "MASTER_SECRET": MASTER_SECRET, "API_KEY": API_KEY}
 
@@ -66,9 +66,9 @@ def test_development_serve_generates_keeps_and_prints_secrets(tmp_path):
         assert status == 201 and body["data"]["derived_key"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
     assert proc.returncode == 0
-    assert key in out  # printed for the developer
+    assert key in output(proc)[0]  # printed for the developer
     assert (tmp_path / "otp_service.db").exists()
     # A restart reuses the same secrets, so registered devices keep working.
     assert (tmp_path / ".dev-secrets").read_text() == secrets_file

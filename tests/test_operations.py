@@ -1,5 +1,6 @@
 """Operability: the OpenAPI description, Swagger UI, metrics, stored reports over the API, JSON logs."""
 
+import base64
 import io
 import json
 import logging
@@ -127,3 +128,18 @@ def test_logs_are_json_lines_without_secrets(make_server, settings, clock):
     text = stream.getvalue()
     for secret in (reg["derived_key"], reg["secret_base32"], code, API_KEY, settings.master_secret):
         assert secret not in text
+
+
+def test_the_secrets_scan_finds_what_it_looks_for():
+    from tests import conftest
+
+    conftest.remember_registration(
+        {
+            "derived_key": base64.b64encode(b"k" * 32).decode(),
+            "secret_base32": base64.b32encode(b"k" * 32).decode().rstrip("="),
+        }
+    )
+    conftest.remember_code("042917")
+    assert conftest.find_secrets(f'{{"note": "{(b"k" * 32).hex()}"}}')
+    assert conftest.find_secrets("otp=042917;") and not conftest.find_secrets("otp=0429170")
+    assert not conftest.find_secrets("otp=042917", codes=False)

@@ -1,0 +1,187 @@
+"""Attacks on the verification rules: brute force under the lockout policy, lockout as a denial of
+service, and replay races across two real service processes."""
+
+import json
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
+
+import pytest
+
+from otp_service import errors, totp
+from otp_service.models import AuditLog
+from otp_service.service import RequestContext, lock_seconds
+from tests.conftest import API_KEY, PG_URL
+from tests.helpers import code_at
+from tests.serving import free_port, run_cli, start_cli, wait_healthy
+
+ATTACKER = RequestContext("203.0.113.66", "attack-tool", None)
+OWNER = RequestContext("198.51.100.20", "AcmeBank-iOS", None)
+
+
+def guess_that_misses(rng, reg, now):
+    """A random 6-digit guess, re-drawn in the (rare) case it would be right: the simulation measures
+    how many guesses reach the code check, which bounds the chance of a lucky one."""
+    near = {code_at(reg, now, k) for k in range(-3, 4)}
+    while True:
+        guess = f"{rng.randrange(10**6):06d}"
+        if guess not in near:
+            return guess
+
+
+def test_brute_force_for_an_hour_reaches_the_code_check_ten_times(service, database, clock):
+    """One guess a second (RATE_LIMIT_VERIFY=60/minute) for a simulated hour against one device."""
+    reg = service.register("VICTIM", "alice", OWNER)
+    rng = random.Random(1)
+    start = clock.now
+    refused_locked = 0
+    while clock.now < start + 3600:
+        try:
+            result = service.verify("VICTIM", guess_that_misses(rng, reg, clock.now), ATTACKER)
+            assert result["valid"] is False
+        except errors.DeviceLocked:
+            refused_locked += 1
+        clock.advance(1)
+    with database.connection_context():
+        checked = AuditLog.select().where(AuditLog.reason == "INVALID_CODE").count()
+        locks = list(AuditLog.select().where(AuditLog.action == "DEVICE_LOCKED").order_by(AuditLog.id))
+    # The documented schedule: 5 failures, then locks of 60, 120, 240, 480, 960, 1920 s — 10 checks an hour.
+    elapsed, expected = 0, 0
+    while elapsed < 3600:
+        expected += 1
+        elapsed += lock_seconds(expected, 5, 60) or 1
+    assert checked == expected == 10 and refused_locked == 3600 - checked
+    assert [json.loads(row.additional_data)["lock_seconds"] for row in locks] == [60, 120, 240, 480, 960, 1920]
+    # So the chance that such an attacker gets in within the hour is at most 10 × 3 / 10^6 (window ±1).
+    assert checked * 3 / 10**6 < 5e-5
+    # The owner's next correct code after the lock expires works, and resets the counter.
+    locked_until = service.device_info("VICTIM")["locked_until"]
+    with pytest.raises(errors.DeviceLocked):
+        service.verify("VICTIM", code_at(reg, clock.now), OWNER)
+    clock.now = start + 4 + 60 + 120 + 240 + 480 + 960 + 1920 + 1
+    assert service.verify("VICTIM", code_at(reg, clock.now), OWNER)["valid"] is True
+    assert service.device_info("VICTIM")["failed_attempts"] == 0 and locked_until
+
+
+def test_lockout_as_denial_of_service_and_operator_unlock(service, clock):
+    """What an attacker with an API key can do to someone else's device: lock it (and keep it locked);
+    what it cannot: get in, or stop the operator from unlocking it."""
+    reg = service.register("VICTIM", "alice", OWNER)
+    rng = random.Random(2)
+    for _ in range(5):
+        service.verify("VICTIM", guess_that_misses(rng, reg, clock.now), ATTACKER)
+    with pytest.raises(errors.DeviceLocked):  # the owner is locked out: that is the denial of service
+        service.verify("VICTIM", code_at(reg, clock.now), OWNER)
+    for _ in range(20):  # guesses while locked are refused without being checked or extending the lock
+        with pytest.raises(errors.DeviceLocked):
+            service.verify("VICTIM", guess_that_misses(rng, reg, clock.now), ATTACKER)
+    assert service.device_info("VICTIM")["failed_attempts"] == 5
+    service.unlock("VICTIM", RequestContext("10.0.0.1", "ops-console", None))  # always works
+    assert service.verify("VICTIM", code_at(reg, clock.now), OWNER)["valid"] is True
+    # Unlocking resets the counter: the attacker needs five fresh failures to lock it again.
+    clock.advance(30)
+    for _ in range(4):
+        service.verify("VICTIM", guess_that_misses(rng, reg, clock.now), ATTACKER)
+    assert service.verify("VICTIM", code_at(reg, clock.now), OWNER)["valid"] is True
+
+
+def _post(port, body):
+    conn = HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(
+        "POST",
+        "/api/v1/otp/verify",
+        json.dumps(body),
+        {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    resp = conn.getresponse()
+    data = json.loads(resp.read())
+    conn.close()
+    return resp.status, data
+
+
+@pytest.fixture
+def two_processes(tmp_path, database):
+    """Two separate service processes on the same PostgreSQL database."""
+    env = {
+        "DATABASE_URL": PG_URL,
+        "ENVIRONMENT": "production",
+        "MASTER_SECRET": "m" * 40,
+        "API_KEY": API_KEY,
+        "RATE_LIMIT_VERIFY": "1000000/minute",
+        "RATE_LIMIT_DEFAULT": "1000000/minute",
+        "DB_POOL_SIZE": "16",
+    }
+    assert run_cli("migrate", cwd=tmp_path, **env).returncode == 0
+    ports, procs = [free_port(), free_port()], []
+    for port in ports:
+        procs.append(start_cli("serve", cwd=tmp_path, PORT=str(port), **env))
+    try:
+        for port, proc in zip(ports, procs, strict=True):
+            wait_healthy(port, proc)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.communicate(timeout=30)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_replay_race_across_two_processes_accepts_each_code_once(two_processes, database):
+    ports = two_processes
+    status, body = 0, None
+    conn = HTTPConnection("127.0.0.1", ports[0], timeout=30)
+    devices = {}
+    for n in range(12):
+        conn.request(
+            "POST",
+            "/api/v1/devices/register",
+            json.dumps({"device_id": f"RACE-{n}", "user_id": "u"}),
+            {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        status, body = resp.status, json.loads(resp.read())
+        assert status == 201
+        devices[f"RACE-{n}"] = body["data"]
+    conn.close()
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        for device_id, reg in devices.items():
+            code = code_at(reg, time.time())
+            barrier = threading.Barrier(40)
+
+            def attempt(i, device_id=device_id, code=code, barrier=barrier):
+                barrier.wait()
+                return _post(ports[i % 2], {"device_id": device_id, "otp": code})
+
+            results = list(pool.map(attempt, range(40)))
+            assert all(status == 200 for status, _ in results)
+            assert sorted(body["data"]["valid"] for _, body in results) == [False] * 39 + [True]
+    with database.connection_context():
+        successes = AuditLog.select().where((AuditLog.action == "OTP_VERIFICATION") & AuditLog.success).count()
+        replays = AuditLog.select().where(AuditLog.reason == "REPLAYED").count()
+    assert successes == 12 and replays == 12 * 39
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_code_for_an_earlier_step_is_refused_in_the_other_process(two_processes):
+    ports = two_processes
+    conn = HTTPConnection("127.0.0.1", ports[0], timeout=30)
+    conn.request(
+        "POST",
+        "/api/v1/devices/register",
+        json.dumps({"device_id": "STEP", "user_id": "u"}),
+        {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    reg = json.loads(conn.getresponse().read())["data"]
+    now = time.time()
+    later, earlier = code_at(reg, now, 1), code_at(reg, now)
+    assert totp.time_step(now) >= 0
+    assert _post(ports[0], {"device_id": "STEP", "otp": later})[1]["data"]["valid"] is True
+    assert _post(ports[1], {"device_id": "STEP", "otp": earlier})[1]["data"] == {
+        "device_id": "STEP",
+        "valid": False,
+        "reason": "REPLAYED",
+    }

@@ -1,0 +1,259 @@
+"""Faults in the services the API depends on: PostgreSQL restarted under load, Redis stopped and
+started again. These restart real servers, so they are marked `faults` (CI runs them; run them
+alone locally: `pytest -m faults`)."""
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from http.client import HTTPConnection
+
+import pytest
+
+from otp_service.models import AuditLog, Device
+from tests.conftest import API_KEY, PG_URL, settings_for
+from tests.helpers import code_at
+from tests.serving import free_port, run_cli, start_cli, wait_healthy
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+DB_TIMEOUT = 2
+
+
+def pg_cluster(action: str) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(
+        [
+            "pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            version,
+            "main",
+            action,
+            *(["-m", "fast"] if action == "stop" else []),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def pg_ready() -> bool:
+    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0
+
+
+def call(port, method, path, body=None):
+    rid = uuid.uuid4().hex
+    started = time.monotonic()
+    conn = HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(
+            method,
+            path,
+            json.dumps(body) if body is not None else None,
+            {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json", "X-Request-ID": rid},
+        )
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}"), time.monotonic() - started, rid
+    except OSError:
+        return None, {}, time.monotonic() - started, rid
+    finally:
+        conn.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not shutil.which("pg_ctlcluster"), reason="needs pg_ctlcluster to restart PostgreSQL")
+def test_postgres_restart_under_load(tmp_path, database, service):
+    env = {
+        "DATABASE_URL": PG_URL,
+        "ENVIRONMENT": "production",
+        "MASTER_SECRET": "m" * 40,
+        "API_KEY": API_KEY,
+        "RATE_LIMIT_VERIFY": "1000000/minute",
+        "RATE_LIMIT_DEFAULT": "1000000/minute",
+        "DB_TIMEOUT": str(DB_TIMEOUT),
+    }
+    assert run_cli("migrate", cwd=tmp_path, **env).returncode == 0
+    port = free_port()
+    proc = start_cli("serve", cwd=tmp_path, PORT=str(port), **env)
+    results, stop = [], threading.Event()
+    try:
+        wait_healthy(port, proc)
+        regs = {}
+        for n in range(120):
+            status, body, _, _ = call(port, "POST", "/api/v1/devices/register", {"device_id": f"F{n}", "user_id": "u"})
+            assert status == 201
+            regs[f"F{n}"] = body["data"]
+        pending = list(regs)
+
+        def load(worker):
+            n = 0
+            while not stop.is_set():
+                n += 1
+                if n % 3 == 0:
+                    results.append(
+                        (
+                            "register",
+                            *call(
+                                port,
+                                "POST",
+                                "/api/v1/devices/register",
+                                {"device_id": f"N{worker}-{n}", "user_id": "u"},
+                            ),
+                        )
+                    )
+                elif pending:
+                    device = pending.pop()
+                    results.append(
+                        (
+                            "verify",
+                            *call(
+                                port,
+                                "POST",
+                                "/api/v1/otp/verify",
+                                {"device_id": device, "otp": code_at(regs[device], time.time())},
+                            ),
+                        )
+                    )
+                time.sleep(0.02)
+
+        workers = [threading.Thread(target=load, args=(w,)) for w in range(4)]
+        for w in workers:
+            w.start()
+        time.sleep(1.5)
+        pg_cluster("stop")
+        time.sleep(1.0)
+        down_health = call(port, "GET", "/health")
+        time.sleep(2.0)
+        pg_cluster("start")
+        restarted = time.monotonic()
+        recovered = None
+        while time.monotonic() - restarted < 20:
+            if call(port, "GET", "/health")[0] == 200:
+                recovered = time.monotonic() - restarted
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+        stop.set()
+        for w in workers:
+            w.join(30)
+    finally:
+        stop.set()
+        if not pg_ready():
+            pg_cluster("start")
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+    assert down_health[0] == 503 and down_health[1]["data"]["database"] == "unreachable"
+    assert recovered is not None and recovered < 10, "the service did not recover by itself"
+    statuses = [status for _, status, *_ in results]
+    assert 503 in statuses and (200 in statuses or 201 in statuses)
+    for kind, status, body, seconds, _ in results:
+        assert status in (200, 201, 409, 503), (kind, status, body)  # never a 500, a hang or a dropped connection
+        assert seconds < DB_TIMEOUT * 2 + 3, f"{kind} took {seconds:.1f}s"
+        if status == 503:
+            assert body["error"]["code"] == "DATABASE_UNAVAILABLE" and "Traceback" not in json.dumps(body)
+    # Afterwards: every 2xx has exactly its audit row, and no device is half-written.
+    wait_for(pg_ready)
+    database.close_all()
+    with database.connection_context():
+        for kind, status, body, _, rid in results:
+            if status in (200, 201):
+                rows = list(AuditLog.select().where(AuditLog.request_id == rid))
+                assert len(rows) == 1 and rows[0].success is (kind == "register" or body["data"]["valid"])
+        for device in Device.select():
+            registered = (
+                AuditLog.select()
+                .where(
+                    (AuditLog.device_id == device.device_id)
+                    & (AuditLog.action == "DEVICE_REGISTERED")
+                    & AuditLog.success
+                )
+                .count()
+            )
+            used = (
+                AuditLog.select()
+                .where(
+                    (AuditLog.device_id == device.device_id)
+                    & (AuditLog.action == "OTP_VERIFICATION")
+                    & AuditLog.success
+                )
+                .count()
+            )
+            assert registered == 1 and used == device.usage_count
+
+
+def wait_for(predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis server of this test's own, so stopping it disturbs nothing else."""
+    port = free_port()
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
+
+    class Server:
+        url = f"redis://127.0.0.1:{port}/0"
+
+        def start(self):
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(
+                lambda: (
+                    subprocess.run(
+                        ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True
+                    ).stdout.strip()
+                    == "PONG"
+                ),
+                10,
+            )
+
+        def stop(self):
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    server = Server()
+    server.start()
+    yield server
+    if server.proc.poll() is None:
+        server.stop()
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_redis_stopped_and_started_again(make_server, db_url, own_redis, mode):
+    settings = settings_for(
+        db_url, REDIS_URL=own_redis.url, RATE_LIMIT_DEFAULT="4/minute", RATE_LIMIT_ON_REDIS_ERROR=mode
+    )
+    api = make_server(settings).client
+    assert [api.get("/api/v1/stats").status for _ in range(5)] == [200, 200, 200, 200, 429]  # shared counters
+    own_redis.stop()
+    during = [api.get("/api/v1/stats") for _ in range(3)]
+    if mode == "open":  # availability first: counted in process, and the outage is counted in the metrics
+        assert [r.status for r in during] == [200, 200, 200]
+        metrics = api.get("/metrics").raw.decode()
+        assert "otp_rate_limit_store_errors_total" in metrics and " 0.0" not in [
+            line[line.rfind(" ") :]
+            for line in metrics.splitlines()
+            if line.startswith("otp_rate_limit_store_errors_total")
+        ]
+    else:  # refuse rather than serve unlimited
+        assert all(r.status == 503 and r.body["error"]["code"] == "RATE_LIMITER_UNAVAILABLE" for r in during)
+    own_redis.start()  # an empty Redis: the service reconnects and counts there again
+    assert [api.get("/api/v1/stats").status for _ in range(5)] == [200, 200, 200, 200, 429]

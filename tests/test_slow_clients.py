@@ -1,0 +1,64 @@
+"""Slow and oversized clients: they are answered or cut off, and never starve the service."""
+
+import json
+import socket
+import time
+
+from tests.conftest import API_KEY
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return b"".join(chunks)
+
+
+def status_and_json(response: bytes) -> tuple[int, dict]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_a_huge_declared_body_is_refused_before_it_is_sent(api):
+    head = (
+        f"POST /api/v1/otp/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 50000000\r\n\r\n"
+    ).encode()
+    started = time.monotonic()
+    status, body = status_and_json(raw_request(api.port, head))  # no body sent at all: answered at once
+    assert status == 413 and body["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert time.monotonic() - started < 5
+
+
+def test_an_oversized_chunked_body_is_refused_with_json(api):
+    head = (
+        f"POST /api/v1/otp/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    chunk = b"x" * 8192
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4)) + b"0\r\n\r\n"
+    status, data = status_and_json(raw_request(api.port, head, body))
+    assert status == 413 and data["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_slowloris_connections_do_not_starve_other_clients(api):
+    """Many clients that send half a request and stop hold a socket each, not a worker: an async server
+    keeps answering everyone else at once (the idle timeout closes them later)."""
+    idle = []
+    try:
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", api.port), timeout=5)
+            sock.sendall(b"POST /api/v1/otp/verify HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            idle.append(sock)
+        started = time.monotonic()
+        for _ in range(20):
+            assert api.get("/health", auth=None).status == 200
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in idle:
+            sock.close()
