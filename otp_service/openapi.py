@@ -230,11 +230,12 @@ ERRORS = {
     409: "Conflict (`DEVICE_EXISTS`, `DEVICE_INACTIVE`)",
     413: "Body over 16 KiB (`PAYLOAD_TOO_LARGE`)",
     415: "Body is not application/json (`UNSUPPORTED_MEDIA_TYPE`)",
+    431: "Request headers over 16 KiB (`HEADERS_TOO_LARGE`)",
     429: "Too many requests (`RATE_LIMITED`) or device locked (`DEVICE_LOCKED`); see `Retry-After`",
     500: "Unexpected error (`INTERNAL_ERROR`): nothing internal is disclosed",
     503: "Dependency unavailable (`DATABASE_UNAVAILABLE`, `KEY_UNAVAILABLE`, `RATE_LIMITER_UNAVAILABLE`)",
 }
-API_ERRORS = (400, 401, 405, 429, 500, 503)
+API_ERRORS = (400, 401, 405, 429, 431, 500, 503)
 
 
 def _envelope(data_schema: dict[str, Any]) -> dict[str, Any]:
@@ -300,7 +301,7 @@ def build_spec(debug: bool = False) -> dict[str, Any]:
                 "summary": "Liveness and database check",
                 "tags": ["operations"],
                 "security": [],
-                "responses": {"200": health, "503": health},
+                "responses": {"200": health, "503": health, "431": _json(_ref("Error"), ERRORS[431])},
             },
             "head": {
                 "summary": "Liveness and database check, no body",
@@ -324,6 +325,7 @@ def build_spec(debug: bool = False) -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "text exposition format", "content": {"text/plain": {}}},
                     "401": _json(_ref("Error"), ERRORS[401]),
+                    "431": _json(_ref("Error"), ERRORS[431]),
                 },
             }
         },

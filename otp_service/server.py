@@ -28,7 +28,7 @@ log = logging.getLogger("otp_service.server")
 # them (its handlers stream bodies and keep at most 16 KiB). This connection-level cap only bounds how long
 # a chunked body without a length is read and discarded (with BODY_TIMEOUT_SECONDS).
 MAX_BODY_BYTES = 64 * 1024 * 1024
-MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_BYTES = 64 * 1024  # hard cap (connection closed); the API answers 431 JSON above 16 KiB itself
 IDLE_CONNECTION_SECONDS = 75  # longer than Render's proxy keep-alive, so the proxy closes first
 BODY_TIMEOUT_SECONDS = 10  # a client that trickles its body is cut off
 RESTART_BACKOFF_SECONDS = 1.0

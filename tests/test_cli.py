@@ -154,3 +154,31 @@ def test_sigterm_lets_a_slow_request_finish_and_health_turns_503(tmp_path, proce
     assert status == 201 and body["data"]["device_id"] == "SLOW"
     proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_metrics_are_aggregated_across_processes(tmp_path):
+    url = f"sqlite:///{tmp_path}/metrics.db"
+    assert run_cli("migrate", "--database-url", url, cwd=tmp_path).returncode == 0
+    port = free_port()
+    proc = start_cli("serve", "--processes", "2", cwd=tmp_path, DATABASE_URL=url, PORT=str(port), **PROD)
+    try:
+        wait_healthy(port, proc)
+        for _ in range(40):  # new connections: the kernel spreads them over both workers
+            assert http("GET", f"http://127.0.0.1:{port}/openapi.json")[0] == 200
+        import urllib.request
+
+        for _ in range(4):  # whichever worker answers, it reports both workers' requests
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}
+            )
+            text = urllib.request.urlopen(req, timeout=10).read().decode()
+            line = next(
+                x
+                for x in text.splitlines()
+                if x.startswith('otp_http_requests_total{handler="OpenApiHandler",method="GET",status="200"}')
+            )
+            assert float(line.split()[-1]) == 40.0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0

@@ -1,7 +1,8 @@
 """Schema-driven fuzzing: schemathesis generates requests for every operation of the service's own
 OpenAPI description (valid and invalid data). No answer may be a 5xx, every answer must conform to
 the description, and none may carry a traceback or a secret. FUZZ_EXAMPLES sets the examples per
-operation (CI: 25, a few hundred requests in all; `FUZZ_EXAMPLES=500 pytest -m fuzz` for a long run)."""
+operation (CI: 25, a few hundred requests in all, the same ones each run); for a long, exploring run:
+`FUZZ_EXAMPLES=500 FUZZ_RANDOM=1 pytest -m fuzz`."""
 
 import os
 
@@ -19,7 +20,12 @@ schema = schemathesis.openapi.from_dict(build_spec(debug=False))
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=not os.environ.get("FUZZ_RANDOM"),
+)  # CI replays the same examples; FUZZ_RANDOM=1 explores
 def test_every_operation_survives_generated_requests(case, api):
     response = case.call(
         base_url=f"http://127.0.0.1:{api.port}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30

@@ -62,3 +62,16 @@ def test_slowloris_connections_do_not_starve_other_clients(api):
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_oversized_headers_get_431_json_and_huge_ones_a_closed_connection(api):
+    big = "x" * 20_000
+    resp = api.get("/api/v1/stats", headers={"X-Padding": big})
+    assert resp.status == 431 and resp.body["error"]["code"] == "HEADERS_TOO_LARGE"
+    huge = (f"GET /api/v1/stats HTTP/1.1\r\nHost: x\r\nX-Padding: {'y' * 100_000}\r\n\r\n").encode()
+    try:
+        answer = raw_request(api.port, huge, timeout=5)
+    except (BrokenPipeError, ConnectionResetError):
+        answer = b""
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400")  # refused at the connection, never buffered
+    assert api.get("/health", auth=None).status == 200
