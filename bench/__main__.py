@@ -131,6 +131,7 @@ def main() -> None:
         ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stamp}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{stamp}.md").write_text("\n".join(md))
     (RESULTS / "latest.md").write_text("\n".join(md))
     print("\n".join(md))
 

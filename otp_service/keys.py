@@ -14,7 +14,7 @@ from functools import lru_cache
 
 KEY_LABEL = b"otp-service/device-key/v1\x00"
 SALT_BYTES = 16
-KEY_CACHE_SIZE = 65536  # bounded: about 10 MiB at most, see the README's performance notes
+KEY_CACHE_SIZE = 4096  # the full path only; the hot path keeps keys in its own bounded device cache
 
 
 class KeyUnavailable(Exception):
