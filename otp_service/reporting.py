@@ -120,18 +120,23 @@ def top_failing(column: str, start: datetime, end: datetime, limit: int = 10) ->
     return _stringify_times(frame, ["first", "last"])
 
 
+def _per_device():
+    """Per device (and its user): how many rows, from how many client IPs, first and last."""
+    return AuditLog.select(
+        AuditLog.device_id,
+        AuditLog.user_id,
+        fn.COUNT(AuditLog.id).alias("n"),
+        fn.COUNT(fn.DISTINCT(AuditLog.ip_address)),
+        fn.MIN(AuditLog.timestamp),
+        fn.MAX(AuditLog.timestamp),
+    )
+
+
 def brute_force_episodes(start: datetime, end: datetime, window_seconds: int = 600, threshold: int = 5) -> pd.DataFrame:
     """Bursts: at least `threshold` failed verifications of one device within one `window_seconds` bucket."""
     epoch = _epoch(AuditLog.timestamp)
     grouped = (
-        AuditLog.select(
-            AuditLog.device_id,
-            AuditLog.user_id,
-            fn.COUNT(AuditLog.id).alias("n"),
-            fn.COUNT(fn.DISTINCT(AuditLog.ip_address)),
-            fn.MIN(AuditLog.timestamp),
-            fn.MAX(AuditLog.timestamp),
-        )
+        _per_device()
         .where(
             _in_period(start, end)
             & (AuditLog.action == VERIFY)
@@ -149,14 +154,7 @@ def brute_force_episodes(start: datetime, end: datetime, window_seconds: int = 6
 def inactive_device_attempts(start: datetime, end: datetime) -> pd.DataFrame:
     """Verifications of deactivated devices: a lost or stolen phone still being used, or a stale integration."""
     query = (
-        AuditLog.select(
-            AuditLog.device_id,
-            AuditLog.user_id,
-            fn.COUNT(AuditLog.id).alias("n"),
-            fn.COUNT(fn.DISTINCT(AuditLog.ip_address)),
-            fn.MIN(AuditLog.timestamp),
-            fn.MAX(AuditLog.timestamp),
-        )
+        _per_device()
         .where(_in_period(start, end) & (AuditLog.action == VERIFY) & (AuditLog.reason == "DEVICE_INACTIVE"))
         .group_by(AuditLog.device_id, AuditLog.user_id)
         .order_by(SQL("n").desc(), AuditLog.device_id)
