@@ -150,12 +150,10 @@ def _db_timeout() -> float:
 def cmd_report(args: argparse.Namespace) -> int:
     from .reports import ReportError, parse_day, run_report
 
-    settings = Settings.from_env(_with_url(args))
+    url = _database_url(args)
     try:
         start, end = parse_day(args.start, "start"), parse_day(args.end, "end")
-        result = run_report(
-            args.kind, start, end, settings.database_url, Path(args.output_dir), store=not args.no_store
-        )
+        result = run_report(args.kind, start, end, url, Path(args.output_dir), store=not args.no_store)
     except ReportError as exc:
         return _fail(str(exc), 1)
     print(f"wrote {result.html} (notebook {result.notebook}, tables and figures in {result.data_dir})")
