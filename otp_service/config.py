@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 from limits import parse_many
 
-from .totp import ALGORITHMS, DIGITS_RANGE
+from .totp import ALGORITHMS, DIGITS_RANGE, INTERVAL_RANGE
 
 MIN_MASTER_SECRET_LENGTH = 32
-INTERVAL_RANGE = range(15, 301)
 DEFAULT_DATABASE_URL = "sqlite:///otp_service.db"
 
 

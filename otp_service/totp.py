@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 ALGORITHMS = {"SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}
 DIGITS_RANGE = range(6, 9)  # RFC 4226 §5.3 needs at least 6; 8 is the most a 31-bit value fills well.
+INTERVAL_RANGE = range(15, 301)  # seconds per step this service accepts (RFC 6238 recommends 30)
 _POW10 = [10**n for n in range(10)]
 
 

@@ -11,13 +11,12 @@ import re
 from typing import Any
 
 from .errors import ValidationError
-from .totp import ALGORITHMS, DIGITS_RANGE
+from .totp import ALGORITHMS, DIGITS_RANGE, INTERVAL_RANGE
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}", re.ASCII)
 ASCII_DIGITS = re.compile(r"[0-9]+", re.ASCII)
 MAX_USER_ID = 254
 MAX_ISSUER = 64
-INTERVAL_RANGE = range(15, 301)
 
 
 def _fail(field: str, message: str) -> ValidationError:
