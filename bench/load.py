@@ -222,7 +222,8 @@ class Bodies:
         )
 
     def echo(self) -> Path:
-        return self._write([json.dumps({"device_id": "B0000000", "otp": "123456"})])
+        # One line per wrk thread at least: each thread keeps only its share of the lines.
+        return self._write([json.dumps({"device_id": "B0000000", "otp": "123456"})] * 64)
 
 
 SCENARIOS = {  # name: (method, route, bodies)

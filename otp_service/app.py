@@ -9,9 +9,10 @@ import tornado.web
 
 from . import docs, web
 from .config import Settings
-from .database import open_database
+from .database import is_postgres, open_database
 from .keys import Keyring
 from .logs import access_log
+from .pgasync import AsyncPool
 from .ratelimit import RateLimiter
 from .service import OtpService
 
@@ -39,7 +40,9 @@ def build_state(settings: Settings, database=None, clock=None) -> web.AppState:
     """Everything a process needs to serve. Call it after any fork: it opens the database pool."""
     database = database or open_database(settings.database_url, settings.db_pool_size, settings.db_timeout)
     keyring = Keyring(settings.master_secrets, settings.master_secret_version)
-    service = OtpService(settings, keyring, database, **({"clock": clock} if clock else {}))
+    # PostgreSQL: the hot paths run on the event loop with their own small pool (see pgasync).
+    pg = AsyncPool.for_database(database, settings.db_pool_size, settings.db_timeout) if is_postgres(database) else None
+    service = OtpService(settings, keyring, database, pg=pg, **({"clock": clock} if clock else {}))
     limiter = RateLimiter(
         {"verify": settings.rate_limit_verify, "default": settings.rate_limit_default},
         redis_url=settings.redis_url,

@@ -146,22 +146,16 @@ class HotPath:
     def register(self, device_id: str, fields: dict, audit_data: dict, ctx) -> bool:
         """PostgreSQL: insert the device, or take over an inactive row with its id, and audit the outcome,
         in one statement. False when an active device holds the id (ON CONFLICT … WHERE NOT is_active)."""
+        return bool(
+            self.database.execute_sql(*self.register_statement(device_id, fields, audit_data, ctx)).fetchone()[0]
+        )
+
+    def register_statement(self, device_id: str, fields: dict, audit_data: dict, ctx) -> tuple[str, tuple]:
+        """The statement `register` runs, and its parameters; it returns one row, (created,)."""
         values = [device_id if c == "device_id" else fields[c] for c in DEVICE_COLUMNS]
         data = json.dumps(audit_data, separators=(",", ":"), sort_keys=True)
-        row = self.database.execute_sql(
-            self._register_pg,
-            (
-                *values,
-                fields["created_at"],
-                device_id,
-                fields["user_id"],
-                ctx.ip_address,
-                ctx.user_agent,
-                ctx.request_id,
-                data,
-            ),
-        ).fetchone()
-        return bool(row[0])
+        who = (ctx.ip_address, ctx.user_agent, ctx.request_id)
+        return self._register_pg, (*values, fields["created_at"], device_id, fields["user_id"], *who, data)
 
     def recent_material(self, limit: int) -> list[tuple]:
         """(device_id, salt, …, drift) of the `limit` most recently used active devices, most recent first."""
@@ -179,18 +173,11 @@ class HotPath:
         self, device_id: str, cached: CachedDevice, step: int, drift: int, data: dict, ctx, now: datetime
     ) -> bool:
         """Record an accepted code; False when the cached assumptions no longer hold."""
-        where = (device_id, cached.salt, cached.drift, now)
-        audit = (
-            ctx.ip_address,
-            ctx.user_agent,
-            ctx.request_id,
-            json.dumps(data, separators=(",", ":"), sort_keys=True),
-        )
         if self.postgres:
-            cursor = self.database.execute_sql(
-                self._accept_pg, (step, drift, now, *where, step, now, device_id, *audit)
-            )
-            return cursor.fetchone() is not None
+            statement = self.accept_statement(device_id, cached, step, drift, data, ctx, now)
+            return self.database.execute_sql(*statement).fetchone() is not None
+        where = (device_id, cached.salt, cached.drift, now)
+        audit = (ctx.ip_address, ctx.user_agent, ctx.request_id, _json(data))
         with self.database.atomic():
             row = self.database.execute_sql(self._accept, (step, drift, now, *where, step)).fetchone()
             if row is not None:
@@ -199,18 +186,40 @@ class HotPath:
 
     def fail(self, device_id: str, cached: CachedDevice, below: int, ctx, now: datetime) -> bool:
         """Count a wrong code, as long as this failure cannot reach the lock threshold (`below`)."""
-        where = (device_id, cached.salt, cached.drift, now)
-        who = (ctx.ip_address, ctx.user_agent, ctx.request_id)
         if self.postgres:
             return (
-                self.database.execute_sql(self._fail_pg, (*where, below, now, device_id, *who)).fetchone() is not None
+                self.database.execute_sql(*self.fail_statement(device_id, cached, below, ctx, now)).fetchone()
+                is not None
             )
+        where = (device_id, cached.salt, cached.drift, now)
+        who = (ctx.ip_address, ctx.user_agent, ctx.request_id)
         with self.database.atomic():
             row = self.database.execute_sql(self._fail, (*where, below)).fetchone()
             if row is not None:
-                data = json.dumps({"failed_attempts": row[1]}, separators=(",", ":"))
+                data = _json({"failed_attempts": row[1]})
                 self.database.execute_sql(self._insert, (now, False, "INVALID_CODE", device_id, row[0], *who, data))
             return row is not None
+
+    # PostgreSQL: each write is one prepared statement, run here through Peewee or on the event loop
+    # (`pgasync`); it returns a row when it applied, none when the cached assumptions no longer hold.
+
+    def accept_statement(
+        self, device_id: str, cached: CachedDevice, step: int, drift: int, data: dict, ctx, now: datetime
+    ) -> tuple[str, tuple]:
+        where = (device_id, cached.salt, cached.drift, now)
+        audit = (ctx.ip_address, ctx.user_agent, ctx.request_id, _json(data))
+        return self._accept_pg, (step, drift, now, *where, step, now, device_id, *audit)
+
+    def fail_statement(self, device_id: str, cached: CachedDevice, below: int, ctx, now: datetime) -> tuple[str, tuple]:
+        where = (device_id, cached.salt, cached.drift, now)
+        return self._fail_pg, (*where, below, now, device_id, ctx.ip_address, ctx.user_agent, ctx.request_id)
+
+    def material_statement(self, device_id: str) -> tuple[str, tuple]:
+        return self._material, (device_id,)
+
+
+def _json(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
 def _prepare(database: Database, name: str, sql: str) -> str:

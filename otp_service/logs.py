@@ -35,7 +35,8 @@ def access_log(handler) -> None:
     metrics.LATENCY.labels(name).observe(request.request_time())
     state = getattr(handler, "state", None)
     if state is not None:
-        metrics.DB_POOL_IN_USE.set(len(getattr(state.service.database, "_in_use", ())))
+        pg = state.service.pg
+        metrics.DB_POOL_IN_USE.set(len(getattr(state.service.database, "_in_use", ())) + (pg.in_use if pg else 0))
     logging.getLogger("otp_service.access").log(
         logging.INFO if status < 500 else logging.ERROR,
         "request",

@@ -75,6 +75,8 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
     warming.cancel()
     state.executor.shutdown(wait=True, cancel_futures=True)
     state.service.database.close_all()
+    if state.service.pg is not None:
+        state.service.pg.close()
     log.info("stopped", extra={"pid": os.getpid()})
     return 0
 

@@ -28,8 +28,9 @@ from .database import UNAVAILABLE_ERRORS
 from .hotpath import CachedDevice, DeviceCache, HotPath
 from .keys import Keyring, KeyUnavailable, key_fingerprint
 from .models import AuditLog, Device, Report
+from .pgasync import AsyncPool
 from .validation import otp_for_device
-from .verification import check_code
+from .verification import Outcome, check_code
 
 log = logging.getLogger("otp_service.service")
 
@@ -54,6 +55,17 @@ class RequestContext:
     ip_address: str | None = None
     user_agent: str | None = None
     request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NewDevice:
+    """A registration before its statement runs: the derived key and the row that will hold its salt."""
+
+    device_id: str
+    key: bytes
+    fields: dict[str, Any]
+    audit_data: dict[str, Any]
+    now: float
 
 
 SYSTEM = RequestContext(ip_address=None, user_agent="otp-service", request_id=None)
@@ -89,14 +101,21 @@ def otpauth_uri(secret_base32: str, device: Device) -> str:
 
 class OtpService:
     def __init__(
-        self, settings: Settings, keyring: Keyring, database: Database, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        keyring: Keyring,
+        database: Database,
+        clock: Callable[[], float] = time.time,
+        pg: AsyncPool | None = None,
     ):
+        """`pg`: the event-loop pool (PostgreSQL) that `verify_async`, `register_async` and `ping_async` use."""
         self.settings = settings
         self.keyring = keyring
         self.database = database
         self.clock = clock
         self.devices = DeviceCache()
         self.hot = HotPath(database)
+        self.pg = pg
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -179,6 +198,55 @@ class OtpService:
 
         An inactive device id may be registered again; it gets a new salt and so a new key.
         """
+        new = self._new_device(device_id, user_id, digits, interval, algorithm, issuer, now)
+        if self.hot.postgres:  # one statement: claim the id and write the audit row, whatever the outcome
+            with self.unit_of_work():
+                created = self.hot.register(device_id, new.fields, new.audit_data, ctx)
+        else:
+            with self.unit_of_work(write=True):
+                created = self._claim_device_id(device_id, new.fields)
+                self._audit(
+                    Action.DEVICE_REGISTERED,
+                    created,
+                    ctx,
+                    new.now,
+                    reason=None if created else "DEVICE_EXISTS",
+                    device_id=device_id,
+                    user_id=user_id,
+                    data=new.audit_data if created else None,
+                )
+        return self._registered(new, created)
+
+    async def register_async(
+        self,
+        device_id: str,
+        user_id: str,
+        ctx: RequestContext = SYSTEM,
+        *,
+        digits: int | None = None,
+        interval: int | None = None,
+        algorithm: str | None = None,
+        issuer: str | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any] | None:
+        """`register` on the event loop (PostgreSQL with `pg`): the same one statement, without a thread.
+        None when there is no `pg`: the caller then runs `register` on the thread pool."""
+        if self.pg is None:
+            return None
+        new = self._new_device(device_id, user_id, digits, interval, algorithm, issuer, now)
+        row = await self.pg.fetchone(*self.hot.register_statement(device_id, new.fields, new.audit_data, ctx))
+        return self._registered(new, bool(row[0]))
+
+    def _new_device(
+        self,
+        device_id: str,
+        user_id: str,
+        digits: int | None = None,
+        interval: int | None = None,
+        algorithm: str | None = None,
+        issuer: str | None = None,
+        now: float | None = None,
+    ) -> NewDevice:
         now = self.clock() if now is None else now
         key, salt, version = self.keyring.new_device_key(device_id)
         fields = dict(
@@ -200,44 +268,31 @@ class OtpService:
             failed_attempts=0,
             locked_until=None,
         )
-        params = {k: fields[k] for k in ("digits", "interval", "algorithm")}
-        audit_data = {**params, "key_version": version}
-        if self.hot.postgres:  # one statement: claim the id and write the audit row, whatever the outcome
-            with self.unit_of_work():
-                created = self.hot.register(device_id, fields, audit_data, ctx)
-        else:
-            with self.unit_of_work(write=True):
-                created = self._claim_device_id(device_id, fields)
-                self._audit(
-                    Action.DEVICE_REGISTERED,
-                    created,
-                    ctx,
-                    now,
-                    reason=None if created else "DEVICE_EXISTS",
-                    device_id=device_id,
-                    user_id=user_id,
-                    data=audit_data if created else None,
-                )
-        failure = (
-            None if created else errors.DeviceExists(f"An active device with id {device_id!r} is already registered.")
-        )
-        metrics.REGISTRATIONS.labels("conflict" if failure else "created").inc()
-        if failure:
-            raise failure
-        device = Device(device_id=device_id, **fields)
+        audit_data = {k: fields[k] for k in ("digits", "interval", "algorithm")} | {"key_version": version}
+        return NewDevice(device_id, key, fields, audit_data, now)
+
+    def _registered(self, new: NewDevice, created: bool) -> dict[str, Any]:
+        """The answer to a registration once its statement ran: the key, once, or DEVICE_EXISTS."""
+        metrics.REGISTRATIONS.labels("created" if created else "conflict").inc()
+        if not created:
+            raise errors.DeviceExists(f"An active device with id {new.device_id!r} is already registered.")
+        device = Device(device_id=new.device_id, **new.fields)
         self.devices.put(
-            device_id, CachedDevice(device.salt, key, version, device.digits, device.interval, device.algorithm, 0)
+            new.device_id,
+            CachedDevice(device.salt, new.key, device.key_version, device.digits, device.interval, device.algorithm, 0),
         )
-        secret_base32 = base64.b32encode(key).decode("ascii").rstrip("=")
+        secret_base32 = base64.b32encode(new.key).decode("ascii").rstrip("=")
         return {
-            "device_id": device_id,
-            "user_id": user_id,
-            "derived_key": base64.b64encode(key).decode("ascii"),
+            "device_id": new.device_id,
+            "user_id": device.user_id,
+            "derived_key": base64.b64encode(new.key).decode("ascii"),
             "secret_base32": secret_base32,
             "otpauth_uri": otpauth_uri(secret_base32, device),
-            **params,
-            "issuer": issuer,
-            "key_version": version,
+            "digits": device.digits,
+            "interval": device.interval,
+            "algorithm": device.algorithm,
+            "issuer": device.issuer,
+            "key_version": device.key_version,
             "created_at": isoformat(device.created_at),
         }
 
@@ -258,15 +313,22 @@ class OtpService:
         return True
 
     def verify(
-        self, device_id: str, otp: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
+        self,
+        device_id: str,
+        otp: str | int,
+        ctx: RequestContext = SYSTEM,
+        now: float | None = None,
+        *,
+        hot: bool = True,
     ) -> dict[str, Any]:
         """Check a code: RFC 6238 with a drift-centred window, replay refusal and lockout.
 
         The acceptance is one conditional UPDATE (`last_step < step`), so two requests with
-        the same code, in any processes, cannot both succeed.
+        the same code, in any processes, cannot both succeed. `hot=False` skips the hot path
+        (its caller has just tried it on the event loop, see `verify_async`).
         """
         now = self.clock() if now is None else now
-        outcome = self._verify_cached(device_id, otp, ctx, now)
+        outcome = self._verify_cached(device_id, otp, ctx, now) if hot else None
         if outcome is None:
             with self.unit_of_work(write=True):
                 device = self._device(device_id)
@@ -276,6 +338,32 @@ class OtpService:
                         Action.OTP_VERIFICATION, False, ctx, now, reason="DEVICE_NOT_FOUND", device_id=device_id
                     )
                     outcome = errors.DeviceNotFound(f"No device with id {device_id!r}.")
+        return self._verified(device_id, outcome)
+
+    async def verify_async(
+        self, device_id: str, otp: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
+    ) -> dict[str, Any] | None:
+        """The hot path on the event loop (PostgreSQL with `pg`): the same decision and the same one
+        statement as `_verify_cached`, without a thread. None when it cannot answer: the caller then
+        runs `verify(…, hot=False)` on the thread pool."""
+        if self.pg is None:
+            return None
+        now = self.clock() if now is None else now
+        cached = self.devices.get(device_id)
+        if cached is None:
+            row = await self.pg.fetchone(*self.hot.material_statement(device_id))
+            cached = row and self._cache_material(device_id, row)
+            if cached is None:
+                return None
+        decision = self._decide(otp, cached, now)
+        if decision is None:
+            return None
+        statement = self._hot_statement(device_id, cached, decision, ctx, now)
+        if await self.pg.fetchone(*statement) is None:
+            return None
+        return self._verified(device_id, self._hot_outcome(device_id, cached, decision))
+
+    def _verified(self, device_id: str, outcome: dict[str, Any] | Exception) -> dict[str, Any]:
         if isinstance(outcome, Exception):
             metrics.VERIFICATIONS.labels("refused", outcome.code).inc()
             raise outcome
@@ -289,40 +377,69 @@ class OtpService:
         None when it cannot answer (unknown device, ambiguous code, or a stale cache): take the full path."""
         with self.unit_of_work():  # one connection checkout for the read (if needed) and the write
             cached = self.devices.get(device_id) or self._load_cached(device_id)
-            if cached is None:
+            decision = None if cached is None else self._decide(otp, cached, now)
+            if decision is None:
                 return None
-            try:
-                code = otp_for_device(otp, cached.digits)
-            except errors.ValidationError:
-                return None  # perhaps re-registered with other digits: let the full path judge
-            s = self.settings
-            decision = check_code(
-                cached.key,
-                code,
-                now,
-                digits=cached.digits,
-                interval=cached.interval,
-                algorithm=cached.algorithm,
-                last_step=-1,
-                drift=cached.drift,
-                window=s.otp_window,
-                max_drift=s.otp_max_drift,
-            )
-            when = to_datetime(now)
-            if decision.valid and len(decision.matches) == 1:
-                data = {"offset": decision.offset, "drift": decision.drift, "key_version": cached.key_version}
-                if self.hot.accept(device_id, cached, decision.step, decision.drift, data, ctx, when):
-                    cached.drift = decision.drift
-                    return {"device_id": device_id, "valid": True}
-            elif not decision.matches and self.hot.fail(device_id, cached, s.otp_max_failures - 1, ctx, when):
-                return {"device_id": device_id, "valid": False, "reason": "INVALID_CODE"}
+            if self.hot.postgres:
+                applied = self.database.execute_sql(*self._hot_statement(device_id, cached, decision, ctx, now))
+                applied = applied.fetchone() is not None
+            elif decision.valid:
+                data = self._accept_data(cached, decision)
+                applied = self.hot.accept(device_id, cached, decision.step, decision.drift, data, ctx, to_datetime(now))
+            else:
+                applied = self.hot.fail(device_id, cached, self.settings.otp_max_failures - 1, ctx, to_datetime(now))
+        return self._hot_outcome(device_id, cached, decision) if applied else None
+
+    def _decide(self, otp: str | int, cached: CachedDevice, now: float) -> Outcome | None:
+        """The verdict on cached material, when the hot path can write it: a code that matches exactly one
+        step (accept) or none (a failure that cannot lock the device); None for anything else."""
+        try:
+            code = otp_for_device(otp, cached.digits)
+        except errors.ValidationError:
+            return None  # perhaps re-registered with other digits: let the full path judge
+        s = self.settings
+        decision = check_code(
+            cached.key,
+            code,
+            now,
+            digits=cached.digits,
+            interval=cached.interval,
+            algorithm=cached.algorithm,
+            last_step=-1,
+            drift=cached.drift,
+            window=s.otp_window,
+            max_drift=s.otp_max_drift,
+        )
+        if (decision.valid and len(decision.matches) == 1) or not decision.matches:
+            return decision
         return None
+
+    @staticmethod
+    def _accept_data(cached: CachedDevice, decision: Outcome) -> dict[str, Any]:
+        return {"offset": decision.offset, "drift": decision.drift, "key_version": cached.key_version}
+
+    def _hot_statement(
+        self, device_id: str, cached: CachedDevice, decision: Outcome, ctx: RequestContext, now: float
+    ) -> tuple[str, tuple]:
+        when = to_datetime(now)
+        if decision.valid:
+            data = self._accept_data(cached, decision)
+            return self.hot.accept_statement(device_id, cached, decision.step, decision.drift, data, ctx, when)
+        return self.hot.fail_statement(device_id, cached, self.settings.otp_max_failures - 1, ctx, when)
+
+    @staticmethod
+    def _hot_outcome(device_id: str, cached: CachedDevice, decision: Outcome) -> dict[str, Any]:
+        if decision.valid:
+            cached.drift = decision.drift
+            return {"device_id": device_id, "valid": True}
+        return {"device_id": device_id, "valid": False, "reason": "INVALID_CODE"}
 
     def _load_cached(self, device_id: str) -> CachedDevice | None:
         """Read a device's key material (one indexed SELECT) and cache it; None when the full path must judge."""
         row = self.hot.material(device_id)
-        if row is None:
-            return None
+        return None if row is None else self._cache_material(device_id, row)
+
+    def _cache_material(self, device_id: str, row: tuple) -> CachedDevice | None:
         salt, version, fingerprint, digits, interval, algorithm, drift = row
         try:
             key = self.keyring.device_key(device_id, bytes.fromhex(salt), version, fingerprint)
@@ -615,6 +732,13 @@ class OtpService:
     def ping(self) -> None:
         with self.unit_of_work():
             self.database.execute_sql("SELECT 1")
+
+    async def ping_async(self) -> bool:
+        """`ping` on the event loop; False when there is no `pg` (the caller then runs `ping`)."""
+        if self.pg is None:
+            return False
+        await self.pg.fetchone("SELECT 1")
+        return True
 
 
 def describe(device: Device) -> dict[str, Any]:

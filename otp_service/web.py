@@ -218,7 +218,8 @@ class HealthHandler(BaseHandler):
         settings = self.state.settings
         database = "ok"
         try:
-            await asyncio.wait_for(self.state.run(self.service.ping), timeout=settings.db_timeout)
+            if not await asyncio.wait_for(self.service.ping_async(), timeout=settings.db_timeout):
+                await asyncio.wait_for(self.state.run(self.service.ping), timeout=settings.db_timeout)
         except (TimeoutError, errors.ServiceError):
             database = "unreachable"
         status = "draining" if self.state.draining else ("ok" if database == "ok" else "degraded")
@@ -293,7 +294,10 @@ class RegisterHandler(ApiHandler):
         }
         device_id = validation.device_id(body.get("device_id"))
         user_id = validation.user_id(body.get("user_id"))
-        data = await self.state.run(partial(self.service.register, device_id, user_id, self.context, **options))
+        context = self.context
+        data = await self.service.register_async(device_id, user_id, context, **options)
+        if data is None:  # no event-loop pool (SQLite): the same work on the thread pool
+            data = await self.state.run(partial(self.service.register, device_id, user_id, context, **options))
         self.respond(data, "Device registered successfully; store the key now, it is never shown again.", 201)
 
 
@@ -306,7 +310,12 @@ class VerifyHandler(ApiHandler):
         if "otp" not in body:
             raise errors.ValidationError("otp is required", details={"field": "otp"})
         otp = validation.otp_syntax(body["otp"])
-        data = await self.state.run(self.service.verify, device_id, otp, self.context)
+        context = self.context
+        data = await self.service.verify_async(device_id, otp, context)
+        if data is None:  # the hot path could not answer (or there is no event-loop pool): the full path
+            data = await self.state.run(
+                partial(self.service.verify, device_id, otp, context, hot=self.service.pg is None)
+            )
         self.respond(data, "OTP verification completed")
 
 

@@ -1,0 +1,182 @@
+"""The event-loop PostgreSQL pool (`pgasync`) and the hot paths that run on it: same answers and audit
+rows as the thread-pool paths, bounded waits, and recovery from dead or stuck connections."""
+
+import asyncio
+import time
+
+import psycopg2
+import pytest
+
+from otp_service import errors
+from otp_service.hotpath import HotPath
+from otp_service.keys import Keyring
+from otp_service.models import AuditLog, Device
+from otp_service.pgasync import AsyncPool
+from otp_service.service import OtpService, RequestContext
+from tests.conftest import PG_URL
+from tests.helpers import code_at, wrong_code
+
+pytestmark = pytest.mark.postgres
+
+CTX = RequestContext("198.51.100.7", "tests", "async")
+
+
+def pool_for(database, size=4, timeout=5.0) -> AsyncPool:
+    return AsyncPool.for_database(database, size, timeout)
+
+
+@pytest.fixture
+def fast(settings, database, clock):
+    """A service whose hot paths run on the event loop, as the server builds it on PostgreSQL."""
+    keyring = Keyring(settings.master_secrets, settings.master_secret_version)
+    service = OtpService(settings, keyring, database, clock=clock, pg=pool_for(database))
+    yield service
+    service.pg.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def verification_rows(database, device_id):
+    with database.connection_context():
+        rows = AuditLog.select().where(AuditLog.device_id == device_id, AuditLog.action == "OTP_VERIFICATION")
+        return [(r.success, r.reason, r.ip_address, r.request_id) for r in rows.order_by(AuditLog.id)]
+
+
+def test_register_and_verify_on_the_event_loop_write_the_same_rows(fast, database, clock):
+    reg = run(fast.register_async("A1", "alice", CTX))
+    assert reg["device_id"] == "A1" and reg["secret_base32"] and reg["key_version"] == 1
+    assert run(fast.verify_async("A1", code_at(reg, clock.now), CTX)) == {"device_id": "A1", "valid": True}
+    assert run(fast.verify_async("A1", wrong_code(reg, clock.now), CTX)) == {
+        "device_id": "A1",
+        "valid": False,
+        "reason": "INVALID_CODE",
+    }
+    assert verification_rows(database, "A1") == [
+        (True, None, "198.51.100.7", "async"),
+        (False, "INVALID_CODE", "198.51.100.7", "async"),
+    ]
+    info = fast.device_info("A1")
+    assert (info["usage_count"], info["failed_attempts"]) == (1, 1)
+    with pytest.raises(errors.DeviceExists):
+        run(fast.register_async("A1", "mallory", CTX))
+    with database.connection_context():
+        assert Device.get(Device.device_id == "A1").user_id == "alice"
+
+
+def test_a_code_sent_many_times_at_once_is_accepted_once(fast, database, clock):
+    reg = fast.register("R1", "alice", CTX)
+    code = code_at(reg, clock.now)
+
+    async def storm():
+        return await asyncio.gather(*(fast.verify_async("R1", code, CTX) for _ in range(12)))
+
+    answers = run(storm())
+    assert answers.count({"device_id": "R1", "valid": True}) == 1
+    assert answers.count(None) == 11  # the statement changed nothing: the full path judges these
+    assert fast.verify("R1", code, CTX, hot=False) == {"device_id": "R1", "valid": False, "reason": "REPLAYED"}
+    assert [row[0] for row in verification_rows(database, "R1")] == [True, False]
+
+
+def test_stale_cache_writes_nothing_and_leaves_the_verdict_to_the_full_path(fast, service, database, clock):
+    reg = fast.register("S1", "alice", CTX)
+    assert run(fast.verify_async("S1", code_at(reg, clock.now), CTX))["valid"]
+    clock.advance(30)
+    service.deactivate("S1", CTX)  # another process, behind this one's cache
+    assert run(fast.verify_async("S1", code_at(reg, clock.now), CTX)) is None
+    with pytest.raises(errors.DeviceInactive):
+        fast.verify("S1", code_at(reg, clock.now), CTX, hot=False)
+    assert [row[:2] for row in verification_rows(database, "S1")] == [(True, None), (False, "DEVICE_INACTIVE")]
+
+
+def test_unknown_device_is_left_to_the_full_path(fast):
+    assert run(fast.verify_async("NOPE", "123456", CTX)) is None
+    with pytest.raises(errors.DeviceNotFound):
+        fast.verify("NOPE", "123456", CTX, hot=False)
+
+
+def test_new_connections_prepare_the_hot_statements(database):
+    statement, args = HotPath(database).material_statement("no-such-device")
+    assert statement.startswith("EXECUTE otp_material")
+    pool = pool_for(database)
+    try:
+        assert run(pool.fetchone(statement, args)) is None  # would fail if the connection had not prepared it
+    finally:
+        pool.close()
+
+
+def test_concurrency_is_bounded_by_the_pool_size(database):
+    pool, peak = pool_for(database, size=2), []
+
+    async def sleeper():
+        row = await pool.fetchone("SELECT pg_sleep(0.05), 1")
+        peak.append(pool.in_use)
+        return row[1]
+
+    async def main():
+        return await asyncio.gather(*(sleeper() for _ in range(8)))
+
+    try:
+        assert run(main()) == [1] * 8
+        assert max(peak) <= 2 and pool.in_use == 0
+        assert len(pool._idle) == 2
+    finally:
+        pool.close()
+
+
+def test_a_statement_over_the_timeout_is_a_503_and_the_pool_recovers(database):
+    pool = pool_for(database, size=1, timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(errors.DatabaseUnavailable):
+            run(pool.fetchone("SELECT pg_sleep(3)"))
+        assert time.monotonic() - started < 1.5
+        assert run(pool.fetchone("SELECT 42")) == (42,)
+    finally:
+        pool.close()
+
+
+def test_a_connection_killed_by_the_server_is_a_503_then_a_reconnect(database):
+    pool = pool_for(database, size=2)
+    try:
+        (pid,) = run(pool.fetchone("SELECT pg_backend_pid()"))
+        admin = psycopg2.connect(PG_URL)
+        admin.autocommit = True
+        admin.cursor().execute("SELECT pg_terminate_backend(%s)", (pid,))
+        admin.close()
+        time.sleep(0.2)
+        with pytest.raises(errors.DatabaseUnavailable):
+            run(pool.fetchone("SELECT 1"))
+        assert run(pool.fetchone("SELECT 1")) == (1,)
+        (new_pid,) = run(pool.fetchone("SELECT pg_backend_pid()"))
+        assert new_pid != pid
+    finally:
+        pool.close()
+
+
+def test_a_cancelled_statement_does_not_return_its_busy_connection(database):
+    pool = pool_for(database, size=1)
+
+    async def main():
+        task = asyncio.ensure_future(pool.fetchone("SELECT pg_sleep(2)"))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool._idle == [] and pool.in_use == 0
+        return await pool.fetchone("SELECT 7")
+
+    try:
+        assert run(main()) == (7,)
+    finally:
+        pool.close()
+
+
+def test_an_unreachable_server_is_a_quick_503(database):
+    params = {**database.connect_params, "port": 1, "host": "127.0.0.1"}
+    pool = AsyncPool({"dbname": database.database, **params}, 2, 2.0, {})
+    started = time.monotonic()
+    with pytest.raises(errors.DatabaseUnavailable):
+        run(pool.fetchone("SELECT 1"))
+    assert time.monotonic() - started < 2.5
