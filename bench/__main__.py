@@ -71,7 +71,7 @@ def http_table(rows: list[dict], scenarios: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["all", "http", "totp", "report"])
+    parser.add_argument("what", nargs="?", default="all", choices=["all", "http", "totp", "report", "soak"])
     parser.add_argument("--databases", default="sqlite,postgres", type=lambda s: s.split(","))
     parser.add_argument("--processes", default="1,2", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--limiters", default="memory,redis", type=lambda s: s.split(","))
@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--devices", type=int, default=150_000, help="devices seeded for fresh valid codes")
     parser.add_argument("--report-rows", type=int, default=1_000_000)
+    parser.add_argument("--soak-verifications", type=int, default=1_000_000, help="verifications in the memory soak")
+    parser.add_argument("--soak-devices", type=int, default=100_000, help="devices the soak cycles over")
     parser.add_argument("--quick", action="store_true", help="PostgreSQL, 2 processes, memory limits, 1 short run")
     args = parser.parse_args()
     if args.quick:
@@ -127,6 +129,26 @@ def main() -> None:
             "",
             f"{r['audit_rows']:,} audit rows: `report audit` took **{r['report_seconds']} s**, peak memory "
             f"**{r['peak_rss_mib']} MiB** (HTML {r['html_kib']} KiB; filling the table took {r['fill_seconds']} s).",
+            "",
+        ]
+    if args.what in ("all", "soak"):
+        from otp_service.hotpath import DEVICE_CACHE_SIZE
+
+        from .load import run_soak
+
+        print(f"… memory soak, {args.soak_verifications:,} verifications", file=sys.stderr, flush=True)
+        result["soak"] = s = run_soak(args.soak_verifications, args.soak_devices, args.connections)
+        series = " → ".join(
+            f"{x['verifications'] // 1000}k: {max(x['rss_mib'])}"
+            for x in s["samples"][:: max(1, len(s["samples"]) // 8)]
+        )
+        md += [
+            f"## Memory soak (PostgreSQL, 2 processes, wrong codes cycling over {s['devices']:,} devices; "
+            f"the device cache holds {DEVICE_CACHE_SIZE:,})",
+            "",
+            f"{s['verifications']:,} verifications in {s['seconds']} s ({s['non_2xx']} non-2xx): peak resident size "
+            f"**{s['peak_rss_mib']} MiB** per process. Largest process, MiB, by verifications: {series}, "
+            f"final {max(s['samples'][-1]['rss_mib'])}.",
             "",
         ]
     RESULTS.mkdir(exist_ok=True)

@@ -121,7 +121,7 @@ def config_is_postgres(url: str) -> bool:
     return url.startswith("postgres")
 
 
-def start_service(config: Config, url: str, port: int, workdir: Path) -> subprocess.Popen:
+def start_service(config: Config, url: str, port: int, workdir: Path, extra: dict | None = None) -> subprocess.Popen:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -137,6 +137,7 @@ def start_service(config: Config, url: str, port: int, workdir: Path) -> subproc
         "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
         "DB_POOL_SIZE": os.environ.get("BENCH_DB_POOL_SIZE", "8"),
     }
+    env.update(extra or {})
     env.pop("REDIS_URL", None)
     if config.limiter == "redis":
         env["REDIS_URL"] = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -216,6 +217,14 @@ class Bodies:
         pool = self.devices[-min(len(self.devices), 5000) :]
         return self._write([json.dumps({"device_id": pool[i % len(pool)][0], "otp": "000000"}) for i in range(count)])
 
+    def wrong_codes_for_all(self) -> Path:
+        """One wrong code per device, in a shuffled order (wrk cycles through the file)."""
+        import random
+
+        order = list(range(len(self.devices)))
+        random.Random(7).shuffle(order)
+        return self._write([json.dumps({"device_id": self.devices[i][0], "otp": "000000"}) for i in order])
+
     def registrations(self, count: int) -> Path:
         return self._write(
             [json.dumps({"device_id": f"R{self.serial}-{i}", "user_id": "new@bench.example"}) for i in range(count)]
@@ -292,3 +301,38 @@ def worker_rss(pid: int) -> list[float]:
             if line.startswith("VmRSS:"):
                 sizes.append(round(int(line.split()[1]) / 1024, 1))
     return sizes
+
+
+def run_soak(verifications: int, devices: int, connections: int, chunk_seconds: float = 30.0) -> dict:
+    """Resident memory of each serving process while `verifications` verifications go through (PostgreSQL,
+    2 processes): wrong codes cycling over more devices than the device cache holds, so every cache
+    fills and evicts, and every request writes its audit row. RSS is read after every chunk."""
+    config = Config("postgres", 2, "memory")
+    workdir = Path(tempfile.mkdtemp(prefix="otp-soak-"))
+    try:
+        url = database_url(config, workdir)
+        pool = seed_devices(url, devices)
+        bodies = Bodies(workdir, pool).wrong_codes_for_all()
+        port = free_port()
+        service = start_service(config, url, port, workdir, {"OTP_MAX_FAILURES": str(verifications // devices + 10)})
+        done, samples, non_2xx, started = 0, [], 0, time.monotonic()
+        try:
+            samples.append({"verifications": 0, "rss_mib": worker_rss(service.pid)})
+            while done < verifications:
+                result = wrk(port, bodies, "POST", "/api/v1/otp/verify", chunk_seconds, connections)
+                done += result["requests"]
+                non_2xx += result["non_2xx"] + result["socket_errors"]
+                samples.append({"verifications": done, "rss_mib": worker_rss(service.pid)})
+                print(f"  soak: {done:,} verifications, RSS {samples[-1]['rss_mib']} MiB", file=sys.stderr, flush=True)
+        finally:
+            stop(service)
+        return {
+            "verifications": done,
+            "devices": devices,
+            "seconds": round(time.monotonic() - started),
+            "non_2xx": non_2xx,
+            "samples": samples,
+            "peak_rss_mib": max(max(s["rss_mib"]) for s in samples),
+        }
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
