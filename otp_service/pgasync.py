@@ -49,7 +49,8 @@ class AsyncPool:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.timeout)
+            async with asyncio.timeout(self.timeout):  # cheaper than wait_for: no task, one timer
+                await self._slots.acquire()
         except TimeoutError:
             raise self._unavailable(TimeoutError()) from None
         self.in_use += 1
@@ -94,7 +95,8 @@ class AsyncPool:
 
     async def _wait(self, conn: psycopg2.extensions.connection) -> None:
         """Poll the connection until its operation completes, sleeping on its socket in between."""
-        await asyncio.wait_for(_poll(conn), self.timeout)
+        async with asyncio.timeout(self.timeout):
+            await _poll(conn)
 
     def _discard(self, conn: psycopg2.extensions.connection | None) -> None:
         if conn is not None:

@@ -35,7 +35,7 @@ from .verification import Outcome, check_code
 log = logging.getLogger("otp_service.service")
 
 MAX_LOCK_SECONDS = 3600
-USER_AGENT_MAX = 256
+USER_AGENT_MAX = 256  # the audit column's size
 
 
 class Action:
@@ -50,11 +50,15 @@ class Action:
 
 @dataclass(frozen=True)
 class RequestContext:
-    """Who is asking, as the audit trail records it."""
+    """Who is asking, as the audit trail records it (the User-Agent cut to what its column holds)."""
 
     ip_address: str | None = None
     user_agent: str | None = None
     request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.user_agent is not None and len(self.user_agent) > USER_AGENT_MAX:
+            object.__setattr__(self, "user_agent", self.user_agent[:USER_AGENT_MAX])
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ class OtpService:
             device_id=device_id,
             user_id=user_id,
             ip_address=ctx.ip_address,
-            user_agent=(ctx.user_agent or None) and ctx.user_agent[:USER_AGENT_MAX],
+            user_agent=ctx.user_agent or None,
             request_id=ctx.request_id,
             additional_data=json.dumps(data, separators=(",", ":"), sort_keys=True) if data else None,
         ).execute()

@@ -218,8 +218,9 @@ class HealthHandler(BaseHandler):
         settings = self.state.settings
         database = "ok"
         try:
-            if not await asyncio.wait_for(self.service.ping_async(), timeout=settings.db_timeout):
-                await asyncio.wait_for(self.state.run(self.service.ping), timeout=settings.db_timeout)
+            async with asyncio.timeout(settings.db_timeout):
+                if not await self.service.ping_async():
+                    await self.state.run(self.service.ping)
         except (TimeoutError, errors.ServiceError):
             database = "unreachable"
         status = "draining" if self.state.draining else ("ok" if database == "ok" else "degraded")

@@ -104,6 +104,22 @@ def test_several_api_keys_for_rotation(make_server, settings, db_url):
     assert api.get("/api/v1/stats", auth="old-key").status == 401
 
 
+def test_a_long_user_agent_is_audited_truncated_on_every_path(api, clock, database):
+    """The audit column holds 256 characters; a longer User-Agent must not turn a request into a 500."""
+    agent = {"User-Agent": "ua-" + "x" * 1000}
+    reg = api.post(REGISTER, {"device_id": "UA-1", "user_id": "alice"}, headers=agent)
+    assert reg.status == 201, reg.body
+    ok = api.post(VERIFY, {"device_id": "UA-1", "otp": code_at(reg.body["data"], clock.now)}, headers=agent)
+    assert ok.status == 200 and ok.body["data"]["valid"] is True
+    wrong = api.post(VERIFY, {"device_id": "UA-1", "otp": wrong_code(reg.body["data"], clock.now)}, headers=agent)
+    assert wrong.status == 200 and wrong.body["data"]["valid"] is False
+    assert api.post(VERIFY, {"device_id": "NONE", "otp": "123456"}, headers=agent).status == 404
+    assert api.get("/api/v1/stats", auth="wrong-key", headers=agent).status == 401
+    rows = audit(database)
+    assert len(rows) == 5
+    assert {r.user_agent for r in rows} == {("ua-" + "x" * 1000)[:256]}
+
+
 def test_request_id_is_echoed_or_generated(api):
     assert api.get("/health", auth=None, headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
     generated = api.get("/health", auth=None, headers={"X-Request-ID": "bad id\twith spaces"}).headers["X-Request-ID"]
