@@ -37,6 +37,11 @@ AUTH_FAILURES = Counter("otp_auth_failures_total", "Requests with a missing or w
 DB_POOL_IN_USE = Gauge(
     "otp_db_pool_connections_in_use", "Database connections checked out", multiprocess_mode="livesum"
 )
+HOT_BATCH_SIZE = Histogram(
+    "otp_verify_batch_size",
+    "Verification writes committed together in one statement (group commit, PostgreSQL)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 DB_UNAVAILABLE = Counter("otp_database_unavailable_total", "Operations refused because the database was unreachable")
 
 

@@ -46,6 +46,13 @@ class AsyncPool:
 
     async def fetchone(self, sql: str, args: tuple = ()) -> tuple | None:
         """Run one statement (autocommit: it is its own transaction) and return its first row, if any."""
+        rows = await self._run(sql, args, many=False)
+        return rows[0] if rows else None
+
+    async def fetchall(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return await self._run(sql, args, many=True)
+
+    async def _run(self, sql: str, args: tuple, many: bool) -> list[tuple]:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.size)
         try:
@@ -60,7 +67,11 @@ class AsyncPool:
             with conn.cursor() as cursor:
                 cursor.execute(sql, args)
                 await self._wait(conn)
-                return cursor.fetchone() if cursor.description else None
+                if cursor.description is None:
+                    return []
+                return cursor.fetchall() if many else cursor.fetchmany(1)
+        except psycopg2.extensions.TransactionRollbackError:
+            raise  # a deadlock or serialization failure: the statement is undone, the connection is fine
         except CONNECTION_ERRORS as exc:
             self._discard(conn)
             conn = None

@@ -25,6 +25,7 @@ from peewee import Database, IntegrityError, fn
 from . import errors, metrics, totp
 from .config import Settings
 from .database import UNAVAILABLE_ERRORS
+from .groupcommit import GroupCommit, Write
 from .hotpath import CachedDevice, DeviceCache, HotPath
 from .keys import Keyring, KeyUnavailable, key_fingerprint
 from .models import AuditLog, Device, Report
@@ -120,6 +121,7 @@ class OtpService:
         self.devices = DeviceCache()
         self.hot = HotPath(database)
         self.pg = pg
+        self.commits = GroupCommit(pg, self.hot.batch, settings.otp_max_failures - 1) if pg else None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -347,9 +349,9 @@ class OtpService:
     async def verify_async(
         self, device_id: str, otp: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
     ) -> dict[str, Any] | None:
-        """The hot path on the event loop (PostgreSQL with `pg`): the same decision and the same one
-        statement as `_verify_cached`, without a thread. None when it cannot answer: the caller then
-        runs `verify(…, hot=False)` on the thread pool."""
+        """The hot path on the event loop (PostgreSQL with `pg`): the same decision as `_verify_cached`,
+        its write committed with others' (`groupcommit`), without a thread. None when it cannot answer:
+        the caller then runs `verify(…, hot=False)` on the thread pool."""
         if self.pg is None:
             return None
         now = self.clock() if now is None else now
@@ -362,8 +364,7 @@ class OtpService:
         decision = self._decide(otp, cached, now)
         if decision is None:
             return None
-        statement = self._hot_statement(device_id, cached, decision, ctx, now)
-        if await self.pg.fetchone(*statement) is None:
+        if not await self.commits.apply(self._write(device_id, cached, decision, ctx, now)):
             return None
         return self._verified(device_id, self._hot_outcome(device_id, cached, decision))
 
@@ -430,6 +431,24 @@ class OtpService:
             data = self._accept_data(cached, decision)
             return self.hot.accept_statement(device_id, cached, decision.step, decision.drift, data, ctx, when)
         return self.hot.fail_statement(device_id, cached, self.settings.otp_max_failures - 1, ctx, when)
+
+    def _write(self, device_id: str, cached: CachedDevice, decision: Outcome, ctx: RequestContext, now: float) -> Write:
+        """The hot path's write as group commit batches it."""
+        accepted = decision.valid
+        return Write(
+            device_id,
+            cached.salt,
+            cached.drift,
+            decision.step if accepted else -1,
+            decision.drift if accepted else 0,
+            to_datetime(now),
+            ctx.ip_address,
+            ctx.user_agent,
+            ctx.request_id,
+            json.dumps(self._accept_data(cached, decision), separators=(",", ":"), sort_keys=True)
+            if accepted
+            else None,
+        )
 
     @staticmethod
     def _hot_outcome(device_id: str, cached: CachedDevice, decision: Outcome) -> dict[str, Any]:

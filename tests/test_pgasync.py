@@ -2,6 +2,7 @@
 rows as the thread-pool paths, bounded waits, and recovery from dead or stuck connections."""
 
 import asyncio
+import json
 import time
 
 import psycopg2
@@ -180,3 +181,55 @@ def test_an_unreachable_server_is_a_quick_503(database):
     with pytest.raises(errors.DatabaseUnavailable):
         run(pool.fetchone("SELECT 1"))
     assert time.monotonic() - started < 2.5
+
+
+def test_concurrent_verifications_share_one_statement_and_keep_their_own_outcomes(fast, database, clock):
+    regs = [fast.register(f"G{i}", f"user{i}", CTX) for i in range(20)]  # registration caches the key material
+    codes = [code_at(r, clock.now) if i % 2 == 0 else wrong_code(r, clock.now) for i, r in enumerate(regs)]
+
+    async def login_storm():
+        return await asyncio.gather(*(fast.verify_async(f"G{i}", codes[i], CTX) for i in range(20)))
+
+    answers = run(login_storm())
+    assert fast.commits.batches == 1
+    assert [a["valid"] for a in answers] == [i % 2 == 0 for i in range(20)]
+    for i in range(20):
+        expected = (True, None) if i % 2 == 0 else (False, "INVALID_CODE")
+        assert verification_rows(database, f"G{i}") == [(*expected, "198.51.100.7", "async")]
+        info = fast.device_info(f"G{i}")
+        assert (info["usage_count"], info["failed_attempts"]) == ((1, 0) if i % 2 == 0 else (0, 1))
+    with database.connection_context():
+        failures = AuditLog.select().where(AuditLog.reason == "INVALID_CODE")
+        assert {json.loads(r.additional_data)["failed_attempts"] for r in failures} == {1}
+
+
+def test_a_row_locked_elsewhere_is_skipped_not_waited_for(fast, database, clock):
+    reg = fast.register("L1", "alice", CTX)
+    holder = psycopg2.connect(PG_URL)
+    try:
+        holder.cursor().execute("SELECT 1 FROM devices WHERE device_id = 'L1' FOR UPDATE")
+        started = time.monotonic()
+        assert run(fast.verify_async("L1", code_at(reg, clock.now), CTX)) is None  # left to the full path
+        assert time.monotonic() - started < 1
+    finally:
+        holder.rollback()
+        holder.close()
+    assert verification_rows(database, "L1") == []
+    assert fast.verify("L1", code_at(reg, clock.now), CTX, hot=False)["valid"] is True
+
+
+def test_a_batch_the_database_refuses_fails_every_request_in_it_and_applies_nothing(fast, database, clock):
+    regs = [fast.register(f"F{i}", "alice", CTX) for i in range(5)]
+    params = {**database.connect_params, "port": 1, "host": "127.0.0.1"}
+    fast.commits.pool = AsyncPool({"dbname": database.database, **params}, 2, 2.0, {})
+
+    async def storm():
+        return await asyncio.gather(
+            *(fast.verify_async(f"F{i}", code_at(r, clock.now), CTX) for i, r in enumerate(regs)),
+            return_exceptions=True,
+        )
+
+    answers = run(storm())
+    assert fast.commits.batches == 1
+    assert all(isinstance(a, errors.DatabaseUnavailable) for a in answers)
+    assert all(verification_rows(database, f"F{i}") == [] for i in range(5))
