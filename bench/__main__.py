@@ -53,18 +53,25 @@ def http_table(rows: list[dict], scenarios: list[str]) -> str:
     lines = [
         "| database | procs | limits | baseline req/s | "
         + " | ".join(f"{s} req/s (ratio, p50/p99 ms)" for s in scenarios)
-        + " | non-2xx | RSS MiB |",
-        "|---" * (6 + len(scenarios)) + "|",
+        + " | non-2xx | RSS MiB | audit check |",
+        "|---" * (7 + len(scenarios)) + "|",
     ]
     for r in rows:
         cells = [
             f"{r[s]['rps']:.0f} (**{r[s]['ratio']:.0%}**, {r[s]['p50_ms']:.1f}/{r[s]['p99_ms']:.1f})" for s in scenarios
         ]
         errors = sum(r[s]["non_2xx"] + r[s]["socket_errors"] for s in scenarios)
+        proof = [
+            f"{s}: {r[s]['audit_rows_per_request']:.2f} rows/req"
+            + (f", {r[s]['accepted_share']:.0%} accepted" if "accepted_share" in r[s] else "")
+            + (f", batch {r[s]['mean_batch']}" if "mean_batch" in r[s] else "")
+            for s in scenarios
+            if "audit_rows_per_request" in r[s]
+        ]
         lines.append(
             f"| {r['database']} | {r['processes']} | {r['limiter']} | {r['baseline']['rps']:.0f} | "
             + " | ".join(cells)
-            + f" | {errors} | {', '.join(map(str, r['rss_mib']))} |"
+            + f" | {errors} | {', '.join(map(str, r['rss_mib']))} | {'; '.join(proof)} |"
         )
     return "\n".join(lines)
 
