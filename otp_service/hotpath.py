@@ -139,7 +139,8 @@ class HotPath:
                 f"CASE WHEN {created} THEN {p} END RETURNING success"
             )
             self._register_pg = _prepare(database, "otp_register", register)
-            self.batch = _prepare(database, "otp_verify_batch", VERIFY_BATCH)
+            self.verify_batch = _prepare(database, "otp_verify_batch", VERIFY_BATCH)
+            self.register_batch = _prepare(database, "otp_register_batch", REGISTER_BATCH)
             self._material = _prepare(database, "otp_material", self._material)
             self._accept_pg = _prepare(database, "otp_accept", accept)
             self._fail_pg = _prepare(database, "otp_fail", fail)
@@ -253,6 +254,34 @@ UNION ALL
 SELECT at, 'OTP_VERIFICATION', FALSE, 'INVALID_CODE', device_id, user_id, ip, ua, rid,
        '{{"failed_attempts":' || failed_attempts || '}}' FROM fl
 RETURNING device_id
+"""
+
+
+# Many registrations in one statement (see `groupcommit`), one element of each array per registration:
+# each inserts its device, or takes over an inactive row with its id, exactly as `register` does, and
+# writes its audit row whatever the outcome. A new device starts as `OtpService._new_device` describes
+# it (tests/test_pgasync.py compares the rows both paths write). Returns (device_id, created) for each.
+REGISTER_BATCH = f"""
+WITH i AS (
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[], %s::int[], %s::int[],
+                         %s::text[], %s::text[], %s::timestamp[], %s::text[], %s::text[], %s::text[], %s::text[])
+        AS t(device_id, user_id, salt, key_version, derived_key_hash, digits, interval, algorithm, issuer,
+             created_at, ip, ua, rid, data)
+), ins AS (
+    INSERT INTO devices ({", ".join(DEVICE_COLUMNS)})
+    SELECT device_id, user_id, salt, key_version, derived_key_hash, digits, interval, algorithm, issuer,
+           TRUE, created_at, NULL, 0, NULL, -1, 0, 0, NULL
+    FROM i ORDER BY device_id
+    ON CONFLICT (device_id) DO UPDATE SET {", ".join(f"{c} = EXCLUDED.{c}" for c in DEVICE_COLUMNS[1:])}
+    WHERE NOT devices.is_active
+    RETURNING device_id
+)
+INSERT INTO audit_logs ({AUDIT_COLUMNS})
+SELECT i.created_at, 'DEVICE_REGISTERED', ins.device_id IS NOT NULL,
+       CASE WHEN ins.device_id IS NULL THEN 'DEVICE_EXISTS' END, i.device_id, i.user_id, i.ip, i.ua, i.rid,
+       CASE WHEN ins.device_id IS NOT NULL THEN i.data END
+FROM i LEFT JOIN ins ON ins.device_id = i.device_id
+RETURNING device_id, success
 """
 
 

@@ -37,10 +37,14 @@ AUTH_FAILURES = Counter("otp_auth_failures_total", "Requests with a missing or w
 DB_POOL_IN_USE = Gauge(
     "otp_db_pool_connections_in_use", "Database connections checked out", multiprocess_mode="livesum"
 )
-HOT_BATCH_SIZE = Histogram(
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+VERIFY_BATCH_SIZE = Histogram(
     "otp_verify_batch_size",
-    "Verification writes committed together in one statement (group commit, PostgreSQL)",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+    "Verification writes committed together in one statement (group commit)",
+    buckets=BATCH_BUCKETS,
+)
+REGISTER_BATCH_SIZE = Histogram(
+    "otp_register_batch_size", "Registrations committed together in one statement (group commit)", buckets=BATCH_BUCKETS
 )
 DB_UNAVAILABLE = Counter("otp_database_unavailable_total", "Operations refused because the database was unreachable")
 

@@ -25,7 +25,7 @@ from peewee import Database, IntegrityError, fn
 from . import errors, metrics, totp
 from .config import Settings
 from .database import UNAVAILABLE_ERRORS
-from .groupcommit import GroupCommit, Write
+from .groupcommit import AlreadyWaiting, GroupCommit
 from .hotpath import CachedDevice, DeviceCache, HotPath
 from .keys import Keyring, KeyUnavailable, key_fingerprint
 from .models import AuditLog, Device, Report
@@ -121,7 +121,11 @@ class OtpService:
         self.devices = DeviceCache()
         self.hot = HotPath(database)
         self.pg = pg
-        self.commits = GroupCommit(pg, self.hot.batch, settings.otp_max_failures - 1) if pg else None
+        self.verify_commits = self.register_commits = None
+        if pg is not None:
+            below = settings.otp_max_failures - 1  # a hot-path failure never reaches the lock threshold
+            self.verify_commits = GroupCommit(pg, self.hot.verify_batch, metrics.VERIFY_BATCH_SIZE, (below,))
+            self.register_commits = GroupCommit(pg, self.hot.register_batch, metrics.REGISTER_BATCH_SIZE)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -235,13 +239,23 @@ class OtpService:
         issuer: str | None = None,
         now: float | None = None,
     ) -> dict[str, Any] | None:
-        """`register` on the event loop (PostgreSQL with `pg`): the same one statement, without a thread.
-        None when there is no `pg`: the caller then runs `register` on the thread pool."""
+        """`register` on the event loop (PostgreSQL with `pg`), committed with others' (`groupcommit`).
+        None when it cannot answer (no `pg`, or the same id twice at once): the caller then runs `register`
+        on the thread pool."""
         if self.pg is None:
             return None
         new = self._new_device(device_id, user_id, digits, interval, algorithm, issuer, now)
-        row = await self.pg.fetchone(*self.hot.register_statement(device_id, new.fields, new.audit_data, ctx))
-        return self._registered(new, bool(row[0]))
+        f = new.fields
+        row = (device_id, f["user_id"], f["salt"], f["key_version"], f["derived_key_hash"], f["digits"])
+        row += (f["interval"], f["algorithm"], f["issuer"], f["created_at"], ctx.ip_address, ctx.user_agent)
+        row += (ctx.request_id, json.dumps(new.audit_data, separators=(",", ":"), sort_keys=True))
+        try:
+            result = await self.register_commits.apply(device_id, row)
+        except AlreadyWaiting:
+            return None  # the same id twice at once: `register` on the thread pool waits its turn
+        if result is None:
+            return None  # the batch was rolled back (a deadlock with another process's): nothing was written
+        return self._registered(new, result[1])
 
     def _new_device(
         self,
@@ -364,7 +378,10 @@ class OtpService:
         decision = self._decide(otp, cached, now)
         if decision is None:
             return None
-        if not await self.commits.apply(self._write(device_id, cached, decision, ctx, now)):
+        try:
+            if await self.verify_commits.apply(device_id, self._write(device_id, cached, decision, ctx, now)) is None:
+                return None  # no longer applied: the full path reads and decides afresh
+        except AlreadyWaiting:
             return None
         return self._verified(device_id, self._hot_outcome(device_id, cached, decision))
 
@@ -432,22 +449,20 @@ class OtpService:
             return self.hot.accept_statement(device_id, cached, decision.step, decision.drift, data, ctx, when)
         return self.hot.fail_statement(device_id, cached, self.settings.otp_max_failures - 1, ctx, when)
 
-    def _write(self, device_id: str, cached: CachedDevice, decision: Outcome, ctx: RequestContext, now: float) -> Write:
-        """The hot path's write as group commit batches it."""
-        accepted = decision.valid
-        return Write(
+    def _write(self, device_id: str, cached: CachedDevice, decision: Outcome, ctx: RequestContext, now: float) -> tuple:
+        """The hot path's write as a row of `hotpath.VERIFY_BATCH` (a step of -1: a counted failure)."""
+        data = self._accept_data(cached, decision) if decision.valid else None
+        return (
             device_id,
             cached.salt,
             cached.drift,
-            decision.step if accepted else -1,
-            decision.drift if accepted else 0,
+            decision.step if decision.valid else -1,
+            decision.drift if decision.valid else 0,
             to_datetime(now),
             ctx.ip_address,
             ctx.user_agent,
             ctx.request_id,
-            json.dumps(self._accept_data(cached, decision), separators=(",", ":"), sort_keys=True)
-            if accepted
-            else None,
+            json.dumps(data, separators=(",", ":"), sort_keys=True) if data else None,
         )
 
     @staticmethod

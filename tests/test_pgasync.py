@@ -191,7 +191,7 @@ def test_concurrent_verifications_share_one_statement_and_keep_their_own_outcome
         return await asyncio.gather(*(fast.verify_async(f"G{i}", codes[i], CTX) for i in range(20)))
 
     answers = run(login_storm())
-    assert fast.commits.batches == 1
+    assert fast.verify_commits.batches == 1
     assert [a["valid"] for a in answers] == [i % 2 == 0 for i in range(20)]
     for i in range(20):
         expected = (True, None) if i % 2 == 0 else (False, "INVALID_CODE")
@@ -221,7 +221,7 @@ def test_a_row_locked_elsewhere_is_skipped_not_waited_for(fast, database, clock)
 def test_a_batch_the_database_refuses_fails_every_request_in_it_and_applies_nothing(fast, database, clock):
     regs = [fast.register(f"F{i}", "alice", CTX) for i in range(5)]
     params = {**database.connect_params, "port": 1, "host": "127.0.0.1"}
-    fast.commits.pool = AsyncPool({"dbname": database.database, **params}, 2, 2.0, {})
+    fast.verify_commits.pool = AsyncPool({"dbname": database.database, **params}, 2, 2.0, {})
 
     async def storm():
         return await asyncio.gather(
@@ -230,6 +230,59 @@ def test_a_batch_the_database_refuses_fails_every_request_in_it_and_applies_noth
         )
 
     answers = run(storm())
-    assert fast.commits.batches == 1
+    assert fast.verify_commits.batches == 1
     assert all(isinstance(a, errors.DatabaseUnavailable) for a in answers)
     assert all(verification_rows(database, f"F{i}") == [] for i in range(5))
+
+
+def device_row(database, device_id):
+    with database.connection_context():
+        row = Device.select().where(Device.device_id == device_id).dicts().get()
+    return {k: v for k, v in row.items() if k not in ("device_id", "salt", "derived_key_hash")}
+
+
+def test_a_batched_registration_writes_the_same_row_as_register(fast, database, clock):
+    fast.register("SYNC", "alice", CTX, digits=8, issuer="Acme")
+    run(fast.register_async("ASYNC", "alice", CTX, digits=8, issuer="Acme"))
+    assert device_row(database, "ASYNC") == device_row(database, "SYNC")
+    with database.connection_context():
+        rows = list(AuditLog.select().where(AuditLog.action == "DEVICE_REGISTERED").order_by(AuditLog.id).dicts())
+    for row in rows:
+        row.pop("id"), row.pop("device_id")
+    assert rows[0] == rows[1]
+
+
+def test_concurrent_registrations_share_one_statement_and_keep_their_own_outcomes(fast, database, clock):
+    fast.register("TAKEN", "owner", CTX)
+    fast.register("RETIRED", "owner", CTX)
+    fast.deactivate("RETIRED", CTX)
+    ids = [f"N{i}" for i in range(8)] + ["TAKEN", "RETIRED"]
+
+    async def signups():
+        return await asyncio.gather(
+            *(fast.register_async(device_id, "newcomer", CTX) for device_id in ids), return_exceptions=True
+        )
+
+    answers = run(signups())
+    assert fast.register_commits.batches == 1
+    assert [a["device_id"] for a in answers[:8]] == ids[:8] and answers[9]["device_id"] == "RETIRED"
+    assert isinstance(answers[8], errors.DeviceExists)
+    assert fast.device_info("TAKEN")["user_id"] == "owner"
+    assert fast.device_info("RETIRED")["user_id"] == "newcomer" and fast.device_info("RETIRED")["is_active"]
+    with database.connection_context():
+        audit = {
+            (r.device_id, r.success, r.reason)
+            for r in AuditLog.select().where(AuditLog.action == "DEVICE_REGISTERED", AuditLog.user_id == "newcomer")
+        }
+    assert audit == {(i, True, None) for i in ids[:8]} | {("TAKEN", False, "DEVICE_EXISTS"), ("RETIRED", True, None)}
+
+
+def test_the_same_id_twice_at_once_leaves_the_second_to_the_thread_pool_path(fast, database):
+    async def twice():
+        return await asyncio.gather(fast.register_async("TWICE", "a", CTX), fast.register_async("TWICE", "b", CTX))
+
+    first, second = run(twice())
+    assert first["device_id"] == "TWICE" and second is None
+    with pytest.raises(errors.DeviceExists):
+        fast.register("TWICE", "b", CTX)
+    assert fast.device_info("TWICE")["user_id"] == "a"
