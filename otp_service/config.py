@@ -54,6 +54,7 @@ class Settings:
     port: int = 8000
     db_pool_size: int = 8
     db_timeout: float = 5.0
+    access_log: bool = True
     generated: tuple[str, ...] = ()  # names of secrets generated for this development run
 
     @property
@@ -187,6 +188,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         port=_int(env, "PORT", 8000, range(1, 65536)),
         db_pool_size=_int(env, "DB_POOL_SIZE", 8, range(1, 201)),
         db_timeout=float(_int(env, "DB_TIMEOUT", 5, range(1, 61))),
+        access_log=_bool(env, "ACCESS_LOG", True),
         generated=tuple(generated),
     )
 

@@ -6,6 +6,7 @@ the access log records the route pattern and status, never bodies or headers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 
@@ -13,6 +14,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from . import metrics
 
+HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
@@ -27,16 +29,20 @@ def configure_logging(level: str = "INFO", stream=None) -> None:
 
 
 def access_log(handler) -> None:
-    """Tornado's `log_function`: one structured line per request, and the request metrics."""
+    """Tornado's `log_function`: the request metrics, and one structured line per request (ACCESS_LOG)."""
     request = handler.request
     status = handler.get_status()
     name = type(handler).__name__
-    metrics.REQUESTS.labels(name, request.method, str(status)).inc()
-    metrics.LATENCY.labels(name).observe(request.request_time())
+    duration = request.request_time()
+    method = request.method if request.method in HTTP_METHODS else "OTHER"  # a client can send any token
+    _request_counter(name, method, status).inc()
+    _latency_histogram(name).observe(duration)
     state = getattr(handler, "state", None)
     if state is not None:
         pg = state.service.pg
-        metrics.DB_POOL_IN_USE.set(len(getattr(state.service.database, "_in_use", ())) + (pg.in_use if pg else 0))
+        _set_pool_gauge(len(getattr(state.service.database, "_in_use", ())) + (pg.in_use if pg else 0))
+        if not state.settings.access_log:
+            return
     logging.getLogger("otp_service.access").log(
         logging.INFO if status < 500 else logging.ERROR,
         "request",
@@ -45,8 +51,30 @@ def access_log(handler) -> None:
             "path": request.path,
             "handler": name,
             "status": status,
-            "duration_ms": round(1000.0 * request.request_time(), 2),
+            "duration_ms": round(1000.0 * duration, 2),
             "request_id": getattr(handler, "request_id", None),
-            "client_ip": handler.ip if hasattr(handler, "state") else request.remote_ip,
+            "client_ip": handler.ip if state is not None else request.remote_ip,
         },
     )
+
+
+# Per-request metric updates, with the labelled children looked up once (the lookup costs as much as the update).
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_counter(handler: str, method: str, status: int):
+    return metrics.REQUESTS.labels(handler, method, str(status))
+
+
+@functools.lru_cache(maxsize=64)
+def _latency_histogram(handler: str):
+    return metrics.LATENCY.labels(handler)
+
+
+_pool_in_use = [-1]
+
+
+def _set_pool_gauge(value: int) -> None:
+    if value != _pool_in_use[0]:
+        _pool_in_use[0] = value
+        metrics.DB_POOL_IN_USE.set(value)

@@ -13,8 +13,8 @@ import ipaddress
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -123,7 +123,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         if not hasattr(self, "request_id"):  # called again by clear() before an error response
             sent = self.request.headers.get("X-Request-ID", "")
-            self.request_id = sent if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+            self.request_id = sent if REQUEST_ID.fullmatch(sent) else secrets.token_hex(16)
             self.kept_headers: dict[str, str] = {}
         self.set_header("X-Request-ID", self.request_id)
         for name, value in self.kept_headers.items():

@@ -74,6 +74,50 @@ def test_metrics_need_a_token_and_count_what_happens(make_server, db_url, clock)
     assert reg["derived_key"] not in text and API_KEY not in text
 
 
+def metric(api, series: str) -> float:
+    """A sample's value from /metrics (0 if absent); counters are per test process, so tests compare deltas."""
+    for line in api.get("/metrics").raw.decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_invented_methods_do_not_create_metric_series(api):
+    other = 'otp_http_requests_total{handler="HealthHandler",method="OTHER",status="405"}'
+    before = metric(api, other)
+    for i in range(30):
+        assert api.request(f"BREW{i}", "/health", auth=None).status == 405
+    assert metric(api, other) == before + 30
+    assert "BREW" not in api.get("/metrics").raw.decode()
+
+
+def test_group_commit_batches_are_measured_on_postgresql(api, backend, clock):
+    series = ("otp_verify_batch_size_count", "otp_register_batch_size_count")
+    before = [metric(api, name) for name in series]
+    reg = api.post("/api/v1/devices/register", {"device_id": "B1", "user_id": "u"}).body["data"]
+    assert api.post("/api/v1/otp/verify", {"device_id": "B1", "otp": code_at(reg, clock.now)}).body["data"]["valid"]
+    expected = 1.0 if backend == "postgres" else 0.0  # SQLite writes on the thread pool, one at a time
+    assert [metric(api, name) - b for name, b in zip(series, before, strict=True)] == [expected, expected]
+
+
+def test_access_log_can_be_turned_off_and_metrics_still_count(make_server, db_url):
+    health = 'otp_http_requests_total{handler="HealthHandler",method="GET",status="200"}'
+    stream = io.StringIO()
+    configure_logging("INFO", stream)
+    try:
+        quiet = make_server(settings_for(db_url, ACCESS_LOG="false")).client
+        before = metric(quiet, health)
+        quiet.get("/health", auth=None, headers={"X-Request-ID": "quiet-1"})
+        loud = make_server(settings_for(db_url)).client
+        loud.get("/health", auth=None, headers={"X-Request-ID": "loud-1"})
+        after = metric(quiet, health)
+    finally:
+        logging.getLogger().handlers.clear()
+    ids = [json.loads(line).get("request_id") for line in stream.getvalue().splitlines()]
+    assert "loud-1" in ids and "quiet-1" not in ids
+    assert after == before + 2
+
+
 def test_metrics_accept_an_api_key_without_a_token(api):
     assert api.get("/metrics").status == 200
 
