@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -21,7 +22,7 @@ RESULTS = Path(__file__).with_name("results")
 
 
 def machine() -> str:
-    cpus = len(__import__("os").sched_getaffinity(0))
+    cpus = len(os.sched_getaffinity(0))
     model = next(
         (
             line.split(":", 1)[1].strip()
@@ -99,6 +100,7 @@ def main() -> None:
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     result = {"when": stamp, "machine": machine(), "settings": {k: v for k, v in vars(args).items()}}
+    result["settings"]["access_log"] = os.environ.get("BENCH_ACCESS_LOG", "true")
     md = [f"# Benchmark {stamp}", "", f"Machine: {result['machine']}.", ""]
     if args.what in ("all", "totp"):
         from .micro import run as micro
@@ -119,7 +121,7 @@ def main() -> None:
         result["http"] = run_http(args)
         md += [
             f"## HTTP ({args.connections} connections, wrk -t2, {args.runs} × {args.duration:.0f} s, medians; "
-            f"ratio = scenario / empty Tornado handler, same run)",
+            f"ratio = scenario / empty Tornado handler, same run; access log {result['settings']['access_log']})",
             "",
             http_table(result["http"], args.scenarios),
             "",

@@ -135,6 +135,7 @@ def start_service(config: Config, url: str, port: int, workdir: Path, extra: dic
         "RATE_LIMIT_DEFAULT": "1000000000/minute",
         "OTP_MAX_FAILURES": "100",
         "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
+        "ACCESS_LOG": os.environ.get("BENCH_ACCESS_LOG", "true"),
         "DB_POOL_SIZE": os.environ.get("BENCH_DB_POOL_SIZE", "8"),
     }
     env.update(extra or {})
