@@ -1,5 +1,5 @@
 """Group commit for the hot writes of one process (PostgreSQL, on the event loop): verifications and
-registrations.
+registrations; the same mechanism batches the reads of uncached devices' key material.
 
 Each write is still decided on its own and still gets its own conditional change and audit row; what
 is shared is the round trip and the commit. Writes that arrive while a batch is in flight wait for it

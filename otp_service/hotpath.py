@@ -9,6 +9,10 @@ accepted, the failure count still below the lock threshold. If any of that is no
 statement changes nothing and the caller takes the full path, which reads and decides afresh. So a
 stale cache costs a round trip, never a wrong answer; and the state change and its audit row are
 still one atomic statement (PostgreSQL) or one transaction (SQLite).
+
+On PostgreSQL the server runs these on the event loop (`pgasync`) in their batched forms below
+(`VERIFY_BATCH`, `REGISTER_BATCH`, the material read), many requests to a statement (`groupcommit`);
+the single-row forms serve `OtpService.verify`/`register` called directly (CLI, demo data, tests).
 """
 
 from __future__ import annotations
@@ -141,6 +145,12 @@ class HotPath:
             self._register_pg = _prepare(database, "otp_register", register)
             self.verify_batch = _prepare(database, "otp_verify_batch", VERIFY_BATCH)
             self.register_batch = _prepare(database, "otp_register_batch", REGISTER_BATCH)
+            self.material_batch = _prepare(
+                database,
+                "otp_material_batch",
+                "SELECT device_id, salt, key_version, derived_key_hash, digits, interval, algorithm, drift "
+                "FROM devices WHERE device_id = ANY(%s::text[])",
+            )
             self._material = _prepare(database, "otp_material", self._material)
             self._accept_pg = _prepare(database, "otp_accept", accept)
             self._fail_pg = _prepare(database, "otp_fail", fail)
@@ -175,11 +185,11 @@ class HotPath:
         self, device_id: str, cached: CachedDevice, step: int, drift: int, data: dict, ctx, now: datetime
     ) -> bool:
         """Record an accepted code; False when the cached assumptions no longer hold."""
-        if self.postgres:
-            statement = self.accept_statement(device_id, cached, step, drift, data, ctx, now)
-            return self.database.execute_sql(*statement).fetchone() is not None
         where = (device_id, cached.salt, cached.drift, now)
         audit = (ctx.ip_address, ctx.user_agent, ctx.request_id, _json(data))
+        if self.postgres:  # one prepared statement: the conditional UPDATE and its audit INSERT
+            args = (step, drift, now, *where, step, now, device_id, *audit)
+            return self.database.execute_sql(self._accept_pg, args).fetchone() is not None
         with self.database.atomic():
             row = self.database.execute_sql(self._accept, (step, drift, now, *where, step)).fetchone()
             if row is not None:
@@ -188,33 +198,17 @@ class HotPath:
 
     def fail(self, device_id: str, cached: CachedDevice, below: int, ctx, now: datetime) -> bool:
         """Count a wrong code, as long as this failure cannot reach the lock threshold (`below`)."""
-        if self.postgres:
-            return (
-                self.database.execute_sql(*self.fail_statement(device_id, cached, below, ctx, now)).fetchone()
-                is not None
-            )
         where = (device_id, cached.salt, cached.drift, now)
         who = (ctx.ip_address, ctx.user_agent, ctx.request_id)
+        if self.postgres:
+            args = (*where, below, now, device_id, *who)
+            return self.database.execute_sql(self._fail_pg, args).fetchone() is not None
         with self.database.atomic():
             row = self.database.execute_sql(self._fail, (*where, below)).fetchone()
             if row is not None:
                 data = _json({"failed_attempts": row[1]})
                 self.database.execute_sql(self._insert, (now, False, "INVALID_CODE", device_id, row[0], *who, data))
             return row is not None
-
-    # PostgreSQL: each write is one prepared statement, run here through Peewee or on the event loop
-    # (`pgasync`); it returns a row when it applied, none when the cached assumptions no longer hold.
-
-    def accept_statement(
-        self, device_id: str, cached: CachedDevice, step: int, drift: int, data: dict, ctx, now: datetime
-    ) -> tuple[str, tuple]:
-        where = (device_id, cached.salt, cached.drift, now)
-        audit = (ctx.ip_address, ctx.user_agent, ctx.request_id, _json(data))
-        return self._accept_pg, (step, drift, now, *where, step, now, device_id, *audit)
-
-    def fail_statement(self, device_id: str, cached: CachedDevice, below: int, ctx, now: datetime) -> tuple[str, tuple]:
-        where = (device_id, cached.salt, cached.drift, now)
-        return self._fail_pg, (*where, below, now, device_id, ctx.ip_address, ctx.user_agent, ctx.request_id)
 
     def material_statement(self, device_id: str) -> tuple[str, tuple]:
         return self._material, (device_id,)

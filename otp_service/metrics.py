@@ -46,6 +46,11 @@ VERIFY_BATCH_SIZE = Histogram(
 REGISTER_BATCH_SIZE = Histogram(
     "otp_register_batch_size", "Registrations committed together in one statement (group commit)", buckets=BATCH_BUCKETS
 )
+READ_BATCH_SIZE = Histogram(
+    "otp_key_material_batch_size",
+    "Uncached devices' key material read together in one statement",
+    buckets=BATCH_BUCKETS,
+)
 DB_UNAVAILABLE = Counter("otp_database_unavailable_total", "Operations refused because the database was unreachable")
 
 

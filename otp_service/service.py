@@ -121,11 +121,12 @@ class OtpService:
         self.devices = DeviceCache()
         self.hot = HotPath(database)
         self.pg = pg
-        self.verify_commits = self.register_commits = None
+        self.verify_commits = self.register_commits = self.material_reads = None
         if pg is not None:
             below = settings.otp_max_failures - 1  # a hot-path failure never reaches the lock threshold
             self.verify_commits = GroupCommit(pg, self.hot.verify_batch, metrics.VERIFY_BATCH_SIZE, (below,))
             self.register_commits = GroupCommit(pg, self.hot.register_batch, metrics.REGISTER_BATCH_SIZE)
+            self.material_reads = GroupCommit(pg, self.hot.material_batch, metrics.READ_BATCH_SIZE)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -369,12 +370,9 @@ class OtpService:
         if self.pg is None:
             return None
         now = self.clock() if now is None else now
-        cached = self.devices.get(device_id)
+        cached = self.devices.get(device_id) or await self._load_cached_async(device_id)
         if cached is None:
-            row = await self.pg.fetchone(*self.hot.material_statement(device_id))
-            cached = row and self._cache_material(device_id, row)
-            if cached is None:
-                return None
+            return None
         decision = self._decide(otp, cached, now)
         if decision is None:
             return None
@@ -384,6 +382,16 @@ class OtpService:
         except AlreadyWaiting:
             return None
         return self._verified(device_id, self._hot_outcome(device_id, cached, decision))
+
+    async def _load_cached_async(self, device_id: str) -> CachedDevice | None:
+        """`_load_cached` on the event loop, with the reads of concurrently requested uncached devices batched
+        into one statement (a login storm after a deploy is many of them at once)."""
+        try:
+            row = await self.material_reads.apply(device_id, (device_id,))
+        except AlreadyWaiting:  # this device's material is already being read for another request
+            row = await self.pg.fetchone(*self.hot.material_statement(device_id))
+            return None if row is None else self._cache_material(device_id, row)
+        return None if row is None else self._cache_material(device_id, row[1:])
 
     def _verified(self, device_id: str, outcome: dict[str, Any] | Exception) -> dict[str, Any]:
         if isinstance(outcome, Exception):
@@ -402,14 +410,12 @@ class OtpService:
             decision = None if cached is None else self._decide(otp, cached, now)
             if decision is None:
                 return None
-            if self.hot.postgres:
-                applied = self.database.execute_sql(*self._hot_statement(device_id, cached, decision, ctx, now))
-                applied = applied.fetchone() is not None
-            elif decision.valid:
+            when = to_datetime(now)
+            if decision.valid:
                 data = self._accept_data(cached, decision)
-                applied = self.hot.accept(device_id, cached, decision.step, decision.drift, data, ctx, to_datetime(now))
+                applied = self.hot.accept(device_id, cached, decision.step, decision.drift, data, ctx, when)
             else:
-                applied = self.hot.fail(device_id, cached, self.settings.otp_max_failures - 1, ctx, to_datetime(now))
+                applied = self.hot.fail(device_id, cached, self.settings.otp_max_failures - 1, ctx, when)
         return self._hot_outcome(device_id, cached, decision) if applied else None
 
     def _decide(self, otp: str | int, cached: CachedDevice, now: float) -> Outcome | None:
@@ -439,15 +445,6 @@ class OtpService:
     @staticmethod
     def _accept_data(cached: CachedDevice, decision: Outcome) -> dict[str, Any]:
         return {"offset": decision.offset, "drift": decision.drift, "key_version": cached.key_version}
-
-    def _hot_statement(
-        self, device_id: str, cached: CachedDevice, decision: Outcome, ctx: RequestContext, now: float
-    ) -> tuple[str, tuple]:
-        when = to_datetime(now)
-        if decision.valid:
-            data = self._accept_data(cached, decision)
-            return self.hot.accept_statement(device_id, cached, decision.step, decision.drift, data, ctx, when)
-        return self.hot.fail_statement(device_id, cached, self.settings.otp_max_failures - 1, ctx, when)
 
     def _write(self, device_id: str, cached: CachedDevice, decision: Outcome, ctx: RequestContext, now: float) -> tuple:
         """The hot path's write as a row of `hotpath.VERIFY_BATCH` (a step of -1: a counted failure)."""

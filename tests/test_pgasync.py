@@ -286,3 +286,16 @@ def test_the_same_id_twice_at_once_leaves_the_second_to_the_thread_pool_path(fas
     with pytest.raises(errors.DeviceExists):
         fast.register("TWICE", "b", CTX)
     assert fast.device_info("TWICE")["user_id"] == "a"
+
+
+def test_uncached_devices_are_read_together(fast, service, database, clock):
+    regs = {f"C{i}": service.register(f"C{i}", "alice", CTX) for i in range(10)}  # another process's cache
+    assert len(fast.devices) == 0
+
+    async def logins():
+        return await asyncio.gather(*(fast.verify_async(d, code_at(r, clock.now), CTX) for d, r in regs.items()))
+
+    assert [a["valid"] for a in run(logins())] == [True] * 10
+    assert fast.material_reads.batches == 1 and fast.verify_commits.batches == 1
+    assert len(fast.devices) == 10
+    assert run(fast.verify_async("NO-SUCH", "123456", CTX)) is None
