@@ -297,7 +297,7 @@ class RegisterHandler(ApiHandler):
         user_id = validation.user_id(body.get("user_id"))
         context = self.context
         data = await self.service.register_async(device_id, user_id, context, **options)
-        if data is None:  # no event-loop pool (SQLite): the same work on the thread pool
+        if data is None:  # no event-loop pool (SQLite), or the same id twice at once: the thread pool
             data = await self.state.run(partial(self.service.register, device_id, user_id, context, **options))
         self.respond(data, "Device registered successfully; store the key now, it is never shown again.", 201)
 
