@@ -126,22 +126,19 @@ async def _poll(conn: psycopg2.extensions.connection) -> None:
         state = conn.poll()
         if state == psycopg2.extensions.POLL_OK:
             return
-        ready = loop.create_future()
-        fd = conn.fileno()
         if state == psycopg2.extensions.POLL_READ:
-            loop.add_reader(fd, _resolve, ready)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(fd)
+            watch, unwatch = loop.add_reader, loop.remove_reader
         elif state == psycopg2.extensions.POLL_WRITE:
-            loop.add_writer(fd, _resolve, ready)
-            try:
-                await ready
-            finally:
-                loop.remove_writer(fd)
+            watch, unwatch = loop.add_writer, loop.remove_writer
         else:
             raise psycopg2.OperationalError(f"unexpected poll state {state}")
+        ready = loop.create_future()
+        fd = conn.fileno()
+        watch(fd, _resolve, ready)
+        try:
+            await ready
+        finally:
+            unwatch(fd)
 
 
 def _resolve(future: asyncio.Future) -> None:
