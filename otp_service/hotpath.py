@@ -158,16 +158,24 @@ class HotPath:
     def register(self, device_id: str, fields: dict, audit_data: dict, ctx) -> bool:
         """PostgreSQL: insert the device, or take over an inactive row with its id, and audit the outcome,
         in one statement. False when an active device holds the id (ON CONFLICT … WHERE NOT is_active)."""
-        return bool(
-            self.database.execute_sql(*self.register_statement(device_id, fields, audit_data, ctx)).fetchone()[0]
-        )
-
-    def register_statement(self, device_id: str, fields: dict, audit_data: dict, ctx) -> tuple[str, tuple]:
-        """The statement `register` runs, and its parameters; it returns one row, (created,)."""
         values = [device_id if c == "device_id" else fields[c] for c in DEVICE_COLUMNS]
-        data = json.dumps(audit_data, separators=(",", ":"), sort_keys=True)
         who = (ctx.ip_address, ctx.user_agent, ctx.request_id)
-        return self._register_pg, (*values, fields["created_at"], device_id, fields["user_id"], *who, data)
+        args = (*values, fields["created_at"], device_id, fields["user_id"], *who, _json(audit_data))
+        return bool(self.database.execute_sql(self._register_pg, args).fetchone()[0])
+
+    # One write's row for the batched statements below (`groupcommit`), in their arrays' order.
+
+    @staticmethod
+    def verify_row(device_id: str, cached: CachedDevice, step: int, drift: int, data: dict | None, ctx, now) -> tuple:
+        """For VERIFY_BATCH: an accepted code (step, the new drift, the audit data) or, with step -1, a failure."""
+        who = (ctx.ip_address, ctx.user_agent, ctx.request_id)
+        return (device_id, cached.salt, cached.drift, step, drift, now, *who, _json(data) if data else None)
+
+    @staticmethod
+    def register_row(device_id: str, fields: dict, audit_data: dict, ctx) -> tuple:
+        """For REGISTER_BATCH."""
+        new = tuple(fields[c] for c in REGISTER_BATCH_FIELDS)
+        return (device_id, *new, ctx.ip_address, ctx.user_agent, ctx.request_id, _json(audit_data))
 
     def recent_material(self, limit: int) -> list[tuple]:
         """(device_id, salt, …, drift) of the `limit` most recently used active devices, most recent first."""
@@ -250,6 +258,18 @@ SELECT at, 'OTP_VERIFICATION', FALSE, 'INVALID_CODE', device_id, user_id, ip, ua
 RETURNING device_id
 """
 
+
+REGISTER_BATCH_FIELDS = (
+    "user_id",
+    "salt",
+    "key_version",
+    "derived_key_hash",
+    "digits",
+    "interval",
+    "algorithm",
+    "issuer",
+    "created_at",
+)
 
 # Many registrations in one statement (see `groupcommit`), one element of each array per registration:
 # each inserts its device, or takes over an inactive row with its id, exactly as `register` does, and

@@ -246,10 +246,7 @@ class OtpService:
         if self.pg is None:
             return None
         new = self._new_device(device_id, user_id, digits, interval, algorithm, issuer, now)
-        f = new.fields
-        row = (device_id, f["user_id"], f["salt"], f["key_version"], f["derived_key_hash"], f["digits"])
-        row += (f["interval"], f["algorithm"], f["issuer"], f["created_at"], ctx.ip_address, ctx.user_agent)
-        row += (ctx.request_id, json.dumps(new.audit_data, separators=(",", ":"), sort_keys=True))
+        row = self.hot.register_row(device_id, new.fields, new.audit_data, ctx)
         try:
             result = await self.register_commits.apply(device_id, row)
         except AlreadyWaiting:
@@ -448,19 +445,11 @@ class OtpService:
 
     def _write(self, device_id: str, cached: CachedDevice, decision: Outcome, ctx: RequestContext, now: float) -> tuple:
         """The hot path's write as a row of `hotpath.VERIFY_BATCH` (a step of -1: a counted failure)."""
-        data = self._accept_data(cached, decision) if decision.valid else None
-        return (
-            device_id,
-            cached.salt,
-            cached.drift,
-            decision.step if decision.valid else -1,
-            decision.drift if decision.valid else 0,
-            to_datetime(now),
-            ctx.ip_address,
-            ctx.user_agent,
-            ctx.request_id,
-            json.dumps(data, separators=(",", ":"), sort_keys=True) if data else None,
-        )
+        when = to_datetime(now)
+        if decision.valid:
+            data = self._accept_data(cached, decision)
+            return self.hot.verify_row(device_id, cached, decision.step, decision.drift, data, ctx, when)
+        return self.hot.verify_row(device_id, cached, -1, 0, None, ctx, when)
 
     @staticmethod
     def _hot_outcome(device_id: str, cached: CachedDevice, decision: Outcome) -> dict[str, Any]:
