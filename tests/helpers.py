@@ -1,8 +1,9 @@
-"""Helpers that play the part of an authenticator app holding a registered key."""
+"""Helpers that play the part of an authenticator app holding a registered key, and read the audit trail."""
 
 import base64
 
 from otp_service import totp
+from otp_service.models import AuditLog
 
 
 def code_at(registration: dict, at: float, offset_steps: int = 0) -> str:
@@ -20,3 +21,12 @@ def wrong_code(registration: dict, at: float) -> str:
     while str(candidate).zfill(digits) in near:
         candidate += 1
     return str(candidate).zfill(digits)
+
+
+def audit_rows(database, **where) -> list[AuditLog]:
+    """Audit rows in order, filtered by column equality."""
+    with database.connection_context():
+        query = AuditLog.select().order_by(AuditLog.id)
+        for name, value in where.items():
+            query = query.where(getattr(AuditLog, name) == value)
+        return list(query)

@@ -32,6 +32,19 @@ def cli_env(**env: str) -> dict[str, str]:
     return base
 
 
+def production_env(database_url: str, api_key: str, **extra: str) -> dict[str, str]:
+    """What a production instance on `database_url` needs, with limits high enough for load tests."""
+    return {
+        "DATABASE_URL": database_url,
+        "ENVIRONMENT": "production",
+        "MASTER_SECRET": "m" * 40,
+        "API_KEY": api_key,
+        "RATE_LIMIT_VERIFY": "1000000/minute",
+        "RATE_LIMIT_DEFAULT": "1000000/minute",
+        **extra,
+    }
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "otp_service", *args],

@@ -6,9 +6,8 @@ import uuid
 import pyotp
 import pytest
 
-from otp_service.models import AuditLog
 from tests.conftest import API_KEY, settings_for
-from tests.helpers import code_at, wrong_code
+from tests.helpers import audit_rows, code_at, wrong_code
 from tests.test_totp import seed_client_generate
 
 REGISTER = "/api/v1/devices/register"
@@ -27,14 +26,6 @@ def assert_error(resp, status, code):
     assert resp.body["error"]["code"] == code
     assert resp.body["message"] and "Traceback" not in resp.raw.decode()
     assert resp.body["error"]["request_id"] == resp.headers["X-Request-ID"]
-
-
-def audit(database, **where):
-    with database.connection_context():
-        query = AuditLog.select().order_by(AuditLog.id)
-        for name, value in where.items():
-            query = query.where(getattr(AuditLog, name) == value)
-        return list(query)
 
 
 def test_health(api):
@@ -92,7 +83,7 @@ def test_authentication_required_and_audited(api, database):
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     resp = api.get("/api/v1/stats", auth=None, headers={"Authorization": f"Basic {API_KEY}"})
     assert_error(resp, 401, "UNAUTHORIZED")
-    rows = audit(database, action="AUTH_FAILED")
+    rows = audit_rows(database, action="AUTH_FAILED")
     assert len(rows) == 4 and all(r.user_agent == "pytest-client/1.0" and r.ip_address == "127.0.0.1" for r in rows)
     assert all(API_KEY not in (r.additional_data or "") for r in rows)
 
@@ -115,7 +106,7 @@ def test_a_long_user_agent_is_audited_truncated_on_every_path(api, clock, databa
     assert wrong.status == 200 and wrong.body["data"]["valid"] is False
     assert api.post(VERIFY, {"device_id": "NONE", "otp": "123456"}, headers=agent).status == 404
     assert api.get("/api/v1/stats", auth="wrong-key", headers=agent).status == 401
-    rows = audit(database)
+    rows = audit_rows(database)
     assert len(rows) == 5
     assert {r.user_agent for r in rows} == {("ua-" + "x" * 1000)[:256]}
 
@@ -155,13 +146,13 @@ def test_registration_validation(api, database, body, field):
     resp = api.post(REGISTER, body)
     assert_error(resp, 400, "VALIDATION_ERROR")
     assert resp.body["error"]["field"] == field and field in resp.body["message"]
-    assert audit(database) == []
+    assert audit_rows(database) == []
 
 
 def test_duplicate_registration_conflicts(api, database):
     register(api)
     assert_error(api.post(REGISTER, {"device_id": "DEV-1", "user_id": "mallory"}), 409, "DEVICE_EXISTS")
-    assert [(r.success, r.reason) for r in audit(database, action="DEVICE_REGISTERED")] == [
+    assert [(r.success, r.reason) for r in audit_rows(database, action="DEVICE_REGISTERED")] == [
         (True, None),
         (False, "DEVICE_EXISTS"),
     ]
@@ -222,7 +213,7 @@ def test_lockout_and_unlock_over_http(api, clock, database):
     resp = api.post("/api/v1/devices/DEV-1/unlock")
     assert resp.status == 200 and resp.body["data"]["locked_until"] is None
     assert api.post(VERIFY, {"device_id": "DEV-1", "otp": code_at(data, clock.now)}).body["data"]["valid"] is True
-    assert [r.action for r in audit(database, action="DEVICE_LOCKED")] == ["DEVICE_LOCKED"]
+    assert [r.action for r in audit_rows(database, action="DEVICE_LOCKED")] == ["DEVICE_LOCKED"]
     assert_error(api.post("/api/v1/devices/GHOST/unlock"), 404, "DEVICE_NOT_FOUND")
 
 
@@ -357,7 +348,7 @@ def test_rate_limit_per_client_ip(make_server, db_url, database):
     assert_error(limited, 429, "RATE_LIMITED")
     assert 1 <= int(limited.headers["Retry-After"]) <= 60 and limited.headers["X-RateLimit-Remaining"] == "0"
     # One audit row per client and window, not one per refused request.
-    assert len(audit(database, action="RATE_LIMITED")) == 1
+    assert len(audit_rows(database, action="RATE_LIMITED")) == 1
 
 
 def test_forwarded_for_is_trusted_only_for_configured_hops(make_server, db_url):

@@ -15,7 +15,7 @@ from otp_service.models import AuditLog
 from otp_service.service import RequestContext, lock_seconds
 from tests.conftest import API_KEY, PG_URL
 from tests.helpers import code_at
-from tests.serving import free_port, run_cli, start_cli, wait_healthy
+from tests.serving import free_port, production_env, run_cli, start_cli, wait_healthy
 
 ATTACKER = RequestContext("203.0.113.66", "attack-tool", None)
 OWNER = RequestContext("198.51.100.20", "AcmeBank-iOS", None)
@@ -104,15 +104,7 @@ def _post(port, body):
 @pytest.fixture
 def two_processes(tmp_path, database):
     """Two separate service processes on the same PostgreSQL database."""
-    env = {
-        "DATABASE_URL": PG_URL,
-        "ENVIRONMENT": "production",
-        "MASTER_SECRET": "m" * 40,
-        "API_KEY": API_KEY,
-        "RATE_LIMIT_VERIFY": "1000000/minute",
-        "RATE_LIMIT_DEFAULT": "1000000/minute",
-        "DB_POOL_SIZE": "16",
-    }
+    env = production_env(PG_URL, API_KEY, DB_POOL_SIZE="16")
     assert run_cli("migrate", cwd=tmp_path, **env).returncode == 0
     ports, procs = [free_port(), free_port()], []
     for port in ports:

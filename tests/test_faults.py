@@ -16,7 +16,7 @@ import pytest
 from otp_service.models import AuditLog, Device
 from tests.conftest import API_KEY, PG_URL, settings_for
 from tests.helpers import code_at
-from tests.serving import free_port, run_cli, start_cli, wait_healthy
+from tests.serving import free_port, production_env, run_cli, start_cli, wait_healthy
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 DB_TIMEOUT = 2
@@ -65,15 +65,7 @@ def call(port, method, path, body=None):
 @pytest.mark.postgres
 @pytest.mark.skipif(not shutil.which("pg_ctlcluster"), reason="needs pg_ctlcluster to restart PostgreSQL")
 def test_postgres_restart_under_load(tmp_path, database, service):
-    env = {
-        "DATABASE_URL": PG_URL,
-        "ENVIRONMENT": "production",
-        "MASTER_SECRET": "m" * 40,
-        "API_KEY": API_KEY,
-        "RATE_LIMIT_VERIFY": "1000000/minute",
-        "RATE_LIMIT_DEFAULT": "1000000/minute",
-        "DB_TIMEOUT": str(DB_TIMEOUT),
-    }
+    env = production_env(PG_URL, API_KEY, DB_TIMEOUT=str(DB_TIMEOUT))
     assert run_cli("migrate", cwd=tmp_path, **env).returncode == 0
     port = free_port()
     proc = start_cli("serve", cwd=tmp_path, PORT=str(port), **env)

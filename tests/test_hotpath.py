@@ -9,9 +9,8 @@ import pytest
 
 from otp_service import errors
 from otp_service.keys import Keyring
-from otp_service.models import AuditLog
 from otp_service.service import OtpService, RequestContext
-from tests.helpers import code_at, wrong_code
+from tests.helpers import audit_rows, code_at, wrong_code
 
 CTX = RequestContext("198.51.100.1", "tests", "r")
 
@@ -29,14 +28,6 @@ def warm(service, device_id, reg, clock):
     clock.advance(30)
 
 
-def audit(database, **where):
-    with database.connection_context():
-        q = AuditLog.select().order_by(AuditLog.id)
-        for k, v in where.items():
-            q = q.where(getattr(AuditLog, k) == v)
-        return list(q)
-
-
 def test_hot_path_answers_and_audits_like_the_full_path(service, database, clock):
     reg = service.register("D", "alice", CTX)
     warm(service, "D", reg, clock)
@@ -46,7 +37,7 @@ def test_hot_path_answers_and_audits_like_the_full_path(service, database, clock
         "valid": False,
         "reason": "INVALID_CODE",
     }
-    rows = audit(database, action="OTP_VERIFICATION")
+    rows = audit_rows(database, action="OTP_VERIFICATION")
     assert [(r.success, r.reason, r.user_id, r.ip_address, r.request_id) for r in rows[1:]] == [
         (True, None, "alice", "198.51.100.1", "r"),
         (False, "INVALID_CODE", "alice", "198.51.100.1", "r"),
@@ -103,7 +94,7 @@ def test_the_failure_that_locks_takes_the_full_path(service, database, clock):
     warm(service, "D", reg, clock)
     for _ in range(5):
         service.verify("D", wrong_code(reg, clock.now), CTX)
-    assert len(audit(database, action="DEVICE_LOCKED")) == 1
+    assert len(audit_rows(database, action="DEVICE_LOCKED")) == 1
     assert service.device_info("D")["locked_until"] is not None
 
 
@@ -139,7 +130,7 @@ def test_one_code_across_two_processes_and_many_threads_is_accepted_once(service
             t.join()
         assert sorted(results) == [False] * 23 + [True]
         clock.advance(30)
-    assert len(audit(database, action="OTP_VERIFICATION", success=True)) == 2 + 5
+    assert len(audit_rows(database, action="OTP_VERIFICATION", success=True)) == 2 + 5
 
 
 def test_warm_cache_loads_recent_active_devices_and_verification_uses_it(service, other, clock, database):

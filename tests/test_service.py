@@ -8,20 +8,12 @@ import pytest
 
 from otp_service import errors, totp
 from otp_service.keys import Keyring, key_fingerprint
-from otp_service.models import AuditLog, Device
+from otp_service.models import Device
 from otp_service.service import OtpService, RequestContext, lock_seconds
 from tests.conftest import settings_for
-from tests.helpers import code_at, wrong_code
+from tests.helpers import audit_rows, code_at, wrong_code
 
 CTX = RequestContext(ip_address="203.0.113.7", user_agent="tests", request_id="req-1")
-
-
-def audit_rows(database, **where):
-    with database.connection_context():
-        query = AuditLog.select().order_by(AuditLog.id)
-        for name, value in where.items():
-            query = query.where(getattr(AuditLog, name) == value)
-        return list(query)
 
 
 def device_row(database, device_id):
