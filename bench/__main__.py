@@ -141,7 +141,7 @@ def main() -> None:
             "",
         ]
     if args.what in ("all", "soak"):
-        from otp_service.hotpath import DEVICE_CACHE_SIZE
+        from otp_service.engine import DEVICE_CACHE_SIZE
 
         from .load import run_soak
 

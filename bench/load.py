@@ -78,7 +78,7 @@ def seed_devices(url: str, count: int) -> list[tuple[str, bytes]]:
     from otp_service.database import migrate, open_database
     from otp_service.keys import Keyring, key_fingerprint
     from otp_service.models import Device
-    from otp_service.service import to_datetime
+    from otp_service.transitions import to_datetime
 
     database = open_database(url, 1)
     migrate(database)
@@ -320,9 +320,9 @@ def batch_stats(port: int) -> tuple[float, float]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
     total = count = 0.0
     for line in urllib.request.urlopen(request, timeout=5).read().decode().splitlines():
-        if line.startswith("otp_verify_batch_size_sum"):
+        if line.startswith("otp_apply_batch_size_sum"):
             total = float(line.split()[-1])
-        elif line.startswith("otp_verify_batch_size_count"):
+        elif line.startswith("otp_apply_batch_size_count"):
             count = float(line.split()[-1])
     return total, count
 

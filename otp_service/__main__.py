@@ -182,9 +182,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     from . import errors
     from .database import UNAVAILABLE_ERRORS, migrate, open_database
     from .demo_data import generate
-    from .keys import Keyring
     from .reports import ReportError, parse_day
-    from .service import OtpService
+    from .service import build_service
 
     settings = Settings.from_env(_with_url(args))
     if not (1 <= args.devices <= 100_000 and 1 <= args.days <= 3650):
@@ -196,7 +195,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     try:
         database = open_database(settings.database_url, 2, settings.db_timeout)
         migrate(database)
-        service = OtpService(settings, Keyring(settings.master_secrets, settings.master_secret_version), database)
+        service = build_service(settings, database)
         done = generate(service, devices=args.devices, days=args.days, seed=args.seed, end=end)
     except UNAVAILABLE_ERRORS as exc:
         return _fail(f"cannot reach the database: {str(exc).strip()}", 1)

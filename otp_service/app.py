@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import tornado.web
 
 from . import docs, web
 from .config import Settings
-from .database import is_postgres, open_database
-from .keys import Keyring
 from .logs import access_log
-from .pgasync import AsyncPool
 from .ratelimit import RateLimiter
-from .service import OtpService
+from .service import AsyncOtpService, build_service
 
 # Routes are written as OpenAPI path templates, so the spec and the router name paths the same way.
 API_ROUTES = [
@@ -38,18 +34,13 @@ DEBUG_ROUTES = [("/api/v1/debug/devices/{device_id}/otp", web.DebugOtpHandler)]
 
 def build_state(settings: Settings, database=None, clock=None) -> web.AppState:
     """Everything a process needs to serve. Call it after any fork: it opens the database pool."""
-    database = database or open_database(settings.database_url, settings.db_pool_size, settings.db_timeout)
-    keyring = Keyring(settings.master_secrets, settings.master_secret_version)
-    # PostgreSQL: the hot paths run on the event loop with their own small pool (see pgasync).
-    pg = AsyncPool.for_database(database, settings.db_pool_size, settings.db_timeout) if is_postgres(database) else None
-    service = OtpService(settings, keyring, database, pg=pg, **({"clock": clock} if clock else {}))
+    service = AsyncOtpService(build_service(settings, database, clock))
     limiter = RateLimiter(
         {"verify": settings.rate_limit_verify, "default": settings.rate_limit_default},
         redis_url=settings.redis_url,
         fail_open=settings.rate_limit_fail_open,
     )
-    executor = ThreadPoolExecutor(max_workers=settings.db_pool_size, thread_name_prefix="db")
-    return web.AppState(settings=settings, service=service, executor=executor, limiter=limiter)
+    return web.AppState(settings=settings, service=service, limiter=limiter)
 
 
 def debug_enabled(settings: Settings) -> bool:

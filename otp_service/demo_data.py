@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from . import errors, totp
-from .service import Action, OtpService, RequestContext
+from .audit import RequestContext
+from .models import Action
+from .service import OtpService
 
 DEFAULT_END = datetime(2026, 3, 1, tzinfo=UTC)
 USER_AGENTS = ("AcmeBank-iOS/5.2", "AcmeBank-Android/5.1", "AcmeWeb/2026.02 (Chrome)", "AcmeWeb/2026.02 (Firefox)")
@@ -201,7 +203,7 @@ def demo_database(url: str, devices: int = 40, days: int = 28, seed: int = 7, en
 
     from .config import Settings
     from .database import migrate, open_database
-    from .keys import Keyring
+    from .service import build_service
 
     settings = Settings.from_env(
         {
@@ -213,6 +215,6 @@ def demo_database(url: str, devices: int = 40, days: int = 28, seed: int = 7, en
     )
     database = open_database(url, 1)
     migrate(database)
-    generate(OtpService(settings, Keyring(settings.master_secrets, 1), database), devices, days, seed, end)
+    generate(build_service(settings, database), devices, days, seed, end)
     database.close_all()
     return url

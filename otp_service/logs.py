@@ -39,8 +39,7 @@ def access_log(handler) -> None:
     _latency_histogram(name).observe(duration)
     state = getattr(handler, "state", None)
     if state is not None:
-        pg = state.service.pg
-        _set_pool_gauge(len(getattr(state.service.database, "_in_use", ())) + (pg.in_use if pg else 0))
+        _set_pool_gauge(state.service.connections_in_use)
         if not state.settings.access_log:
             return
     logging.getLogger("otp_service.access").log(

@@ -38,18 +38,13 @@ DB_POOL_IN_USE = Gauge(
     "otp_db_pool_connections_in_use", "Database connections checked out", multiprocess_mode="livesum"
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-VERIFY_BATCH_SIZE = Histogram(
-    "otp_verify_batch_size",
-    "Verification writes committed together in one statement (group commit)",
+APPLY_BATCH_SIZE = Histogram(
+    "otp_apply_batch_size",
+    "Device transitions (verifications, registrations, …) committed together in one statement (group commit)",
     buckets=BATCH_BUCKETS,
-)
-REGISTER_BATCH_SIZE = Histogram(
-    "otp_register_batch_size", "Registrations committed together in one statement (group commit)", buckets=BATCH_BUCKETS
 )
 READ_BATCH_SIZE = Histogram(
-    "otp_key_material_batch_size",
-    "Uncached devices' key material read together in one statement",
-    buckets=BATCH_BUCKETS,
+    "otp_read_batch_size", "Uncached device states read together in one statement", buckets=BATCH_BUCKETS
 )
 DB_UNAVAILABLE = Counter("otp_database_unavailable_total", "Operations refused because the database was unreachable")
 

@@ -1,4 +1,4 @@
-"""The two tables: devices and their audit trail.
+"""The tables (devices, their audit trail, stored reports) and the actions the trail records.
 
 The models are bound to a proxy so that the same code serves SQLite in development and
 PostgreSQL in production; `database.open_database` decides which one at start-up.
@@ -6,6 +6,8 @@ The schema itself is owned by `migrations/`, not by these classes.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 from peewee import (
     AutoField,
@@ -21,6 +23,18 @@ from peewee import (
 )
 
 db = DatabaseProxy()
+
+
+class Action(StrEnum):
+    """What an audit row records. Stored as text; clients and reports branch on these, so never rename one."""
+
+    DEVICE_REGISTERED = "DEVICE_REGISTERED"
+    OTP_VERIFICATION = "OTP_VERIFICATION"
+    DEVICE_DEACTIVATED = "DEVICE_DEACTIVATED"
+    DEVICE_LOCKED = "DEVICE_LOCKED"
+    DEVICE_UNLOCKED = "DEVICE_UNLOCKED"
+    AUTH_FAILED = "AUTH_FAILED"
+    RATE_LIMITED = "RATE_LIMITED"
 
 
 class BaseModel(Model):
@@ -48,6 +62,7 @@ class Device(BaseModel):
     drift = IntegerField(default=0)  # observed clock offset of the device, in steps
     failed_attempts = IntegerField(default=0)
     locked_until = DateTimeField(null=True)
+    version = BigIntegerField(default=0)  # +1 with every change: a write applies only to the version it was decided on
 
     class Meta:
         table_name = "devices"

@@ -18,8 +18,7 @@ import pandas as pd
 from peewee import SQL, Case, Database, fn
 
 from .database import is_postgres, open_database
-from .models import AuditLog, Device, db
-from .service import Action
+from .models import Action, AuditLog, Device, db
 
 VERIFY = Action.OTP_VERIFICATION
 

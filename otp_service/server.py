@@ -73,10 +73,7 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
         log.warning("grace period over; closing %d requests still in flight", state.inflight)
     await server.close_all_connections()
     warming.cancel()
-    state.executor.shutdown(wait=True, cancel_futures=True)
-    state.service.database.close_all()
-    if state.service.pg is not None:
-        state.service.pg.close()
+    state.service.close()
     log.info("stopped", extra={"pid": os.getpid()})
     return 0
 
@@ -84,7 +81,7 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
 def loop_executor_warm(state) -> asyncio.Future:
     async def warm() -> None:
         try:
-            loaded = await state.run(state.service.warm_cache)
+            loaded = await state.service.warm_cache()
             log.info("device cache warmed", extra={"devices": loaded, "pid": os.getpid()})
         except Exception as exc:  # a cold cache is only slower; never fail start-up for it
             log.warning("device cache not warmed: %s", type(exc).__name__)

@@ -1,4 +1,4 @@
-"""Thin Tornado handlers: parse the request, call the domain off the event loop, answer in the JSON envelope.
+"""Thin Tornado handlers: parse the request, await one call of the service, answer in the JSON envelope.
 
 Every response is `{"success", "message", "data"}`, errors add `"error": {"code", ...}`.
 No request can produce an HTML error page or a traceback: `write_error` renders every
@@ -9,26 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import tornado.web
-from tornado.ioloop import IOLoop
 
 from . import __version__, errors, metrics, validation
+from .audit import RequestContext, normal_ip
 from .config import Settings
+from .models import Action
 from .ratelimit import RateLimiter
-from .service import Action, OtpService, RequestContext
+from .service import AsyncOtpService
 
 log = logging.getLogger("otp_service.web")
 
@@ -43,35 +40,28 @@ class AppState:
     """What every handler shares within one process."""
 
     settings: Settings
-    service: OtpService
-    executor: ThreadPoolExecutor
+    service: AsyncOtpService
     limiter: RateLimiter
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     inflight: int = 0
     rate_limit_audited: OrderedDict = field(default_factory=OrderedDict)
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run blocking database work on the bounded pool, whose size matches the connection pool."""
-        return await IOLoop.current().run_in_executor(self.executor, fn, *args)
-
 
 def client_ip(remote_ip: str, forwarded_for: str | None, trusted_hops: int) -> str:
-    """The client's address, trusting only as many X-Forwarded-For entries as there are proxies we run behind.
+    """The client's address in normal form, trusting only as many X-Forwarded-For entries as there are
+    proxies we run behind.
 
     Each trusted proxy appends the address it saw, so with N proxies the client's address
     is the N-th entry from the right; anything further left was written by the client.
     """
+    own = normal_ip(remote_ip) or ""
     if trusted_hops == 0 or not forwarded_for:
-        return remote_ip
+        return own
     chain = [part.strip() for part in forwarded_for.split(",")]
     if len(chain) < trusted_hops:
-        return remote_ip
-    candidate = chain[-trusted_hops]
-    try:
-        return str(ipaddress.ip_address(candidate))
-    except ValueError:
-        return remote_ip
+        return own
+    return normal_ip(chain[-trusted_hops]) or own
 
 
 def bearer_matches(header: str, keys: tuple[str, ...]) -> bool:
@@ -114,7 +104,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.state.inflight -= 1
 
     @property
-    def service(self) -> OtpService:
+    def service(self) -> AsyncOtpService:
         return self.state.service
 
     def set_default_headers(self) -> None:
@@ -219,8 +209,7 @@ class HealthHandler(BaseHandler):
         database = "ok"
         try:
             async with asyncio.timeout(settings.db_timeout):
-                if not await self.service.ping_async():
-                    await self.state.run(self.service.ping)
+                await self.service.ping()
         except (TimeoutError, errors.ServiceError):
             database = "unreachable"
         status = "draining" if self.state.draining else ("ok" if database == "ok" else "degraded")
@@ -260,7 +249,7 @@ class ApiHandler(BaseHandler):
             )
         if not self._authenticated():
             metrics.AUTH_FAILURES.inc()
-            await self.state.run(self.service.record, Action.AUTH_FAILED, self.context)
+            await self.service.record(Action.AUTH_FAILED, self.context)
             raise errors.Unauthorized("A valid API key is required: send Authorization: Bearer <API_KEY>.")
 
     def _authenticated(self) -> bool:
@@ -276,8 +265,8 @@ class ApiHandler(BaseHandler):
         seen.move_to_end(key)
         while len(seen) > AUDITED_LIMIT_CACHE:
             seen.popitem(last=False)
-        record = partial(self.service.record, reason=self.scope.upper(), data={"route": self.request.path})
-        await self.state.run(record, Action.RATE_LIMITED, self.context)
+        data = {"route": self.request.path[:200]}
+        await self.service.record(Action.RATE_LIMITED, self.context, reason=self.scope.upper(), data=data)
 
 
 class RegisterHandler(ApiHandler):
@@ -295,10 +284,7 @@ class RegisterHandler(ApiHandler):
         }
         device_id = validation.device_id(body.get("device_id"))
         user_id = validation.user_id(body.get("user_id"))
-        context = self.context
-        data = await self.service.register_async(device_id, user_id, context, **options)
-        if data is None:  # no event-loop pool (SQLite), or the same id twice at once: the thread pool
-            data = await self.state.run(partial(self.service.register, device_id, user_id, context, **options))
+        data = await self.service.register(device_id, user_id, self.context, **options)
         self.respond(data, "Device registered successfully; store the key now, it is never shown again.", 201)
 
 
@@ -311,37 +297,30 @@ class VerifyHandler(ApiHandler):
         if "otp" not in body:
             raise errors.ValidationError("otp is required", details={"field": "otp"})
         otp = validation.otp_syntax(body["otp"])
-        context = self.context
-        data = await self.service.verify_async(device_id, otp, context)
-        if data is None:  # the hot path could not answer (or there is no event-loop pool): the full path
-            data = await self.state.run(
-                partial(self.service.verify, device_id, otp, context, hot=self.service.pg is None)
-            )
+        data = await self.service.verify(device_id, otp, self.context)
         self.respond(data, "OTP verification completed")
 
 
 class DeactivateHandler(ApiHandler):
     async def post(self, device_id: str) -> None:
-        data = await self.state.run(self.service.deactivate, validation.device_id(device_id), self.context)
+        data = await self.service.deactivate(validation.device_id(device_id), self.context)
         self.respond(data, "Device deactivated")
 
 
 class UnlockHandler(ApiHandler):
     async def post(self, device_id: str) -> None:
-        data = await self.state.run(self.service.unlock, validation.device_id(device_id), self.context)
+        data = await self.service.unlock(validation.device_id(device_id), self.context)
         self.respond(data, "Device unlocked")
 
 
 class DeviceHandler(ApiHandler):
     async def get(self, device_id: str) -> None:
-        self.respond(await self.state.run(self.service.device_info, validation.device_id(device_id)), "Device found")
+        self.respond(await self.service.device_info(validation.device_id(device_id)), "Device found")
 
 
 class UserDevicesHandler(ApiHandler):
     async def get(self, user_id: str) -> None:
-        self.respond(
-            await self.state.run(self.service.user_devices, validation.user_id(user_id)), "Devices of the user"
-        )
+        self.respond(await self.service.user_devices(validation.user_id(user_id)), "Devices of the user")
 
 
 class UserAuditHandler(ApiHandler):
@@ -349,19 +328,19 @@ class UserAuditHandler(ApiHandler):
         uid = validation.user_id(user_id)
         limit = validation.limit(self.get_query_argument("limit", None))
         before = validation.cursor(self.get_query_argument("before", None))
-        self.respond(await self.state.run(self.service.user_audit, uid, limit, before), "Audit trail of the user")
+        self.respond(await self.service.user_audit(uid, limit, before), "Audit trail of the user")
 
 
 class StatsHandler(ApiHandler):
     async def get(self) -> None:
-        self.respond(await self.state.run(self.service.stats), "Usage statistics")
+        self.respond(await self.service.stats(), "Usage statistics")
 
 
 class ReportsHandler(ApiHandler):
     async def get(self) -> None:
         limit = validation.limit(self.get_query_argument("limit", None))
         before = validation.cursor(self.get_query_argument("before", None))
-        self.respond(await self.state.run(self.service.list_reports, limit, before), "Stored reports")
+        self.respond(await self.service.list_reports(limit, before), "Stored reports")
 
 
 class ReportHtmlHandler(ApiHandler):
@@ -372,7 +351,7 @@ class ReportHtmlHandler(ApiHandler):
     async def get(self, report_id: str) -> None:
         if not report_id.isascii() or not report_id.isdigit() or len(report_id) > 18:
             raise errors.NotFound(f"No report with id {report_id!r}.")
-        report, content = await self.state.run(self.service.report_content, int(report_id), self.part)
+        report, content = await self.service.report_content(int(report_id), self.part)
         name = f"{report.kind}-{report.period_start:%Y-%m-%d}_{report.period_end:%Y-%m-%d}"
         if self.part == "html":
             self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -414,5 +393,5 @@ class MetricsHandler(BaseHandler):
 
 class DebugOtpHandler(ApiHandler):
     async def get(self, device_id: str) -> None:
-        data = await self.state.run(self.service.current_code, validation.device_id(device_id))
+        data = await self.service.current_code(validation.device_id(device_id))
         self.respond(data, "Current code (debug only)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import http.client
 import json
 import logging
@@ -18,6 +19,7 @@ import threading
 from dataclasses import dataclass
 
 import peewee
+import psycopg2
 import pytest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -27,7 +29,7 @@ from otp_service.config import Settings
 from otp_service.database import migrate, open_database
 from otp_service.keys import Keyring
 from otp_service.server import MAX_BODY_BYTES
-from otp_service.service import OtpService
+from otp_service.service import AsyncOtpService, OtpService
 from tests.openapi_check import check_response
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
@@ -53,12 +55,32 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that need a service which is not configured are not collected as passing or skipped;
-    the header above says what ran. CI always configures both."""
-    if not REDIS_URL:
-        items[:] = [i for i in items if not i.get_closest_marker("redis")]
-    if not PG_URL:
-        items[:] = [i for i in items if not i.get_closest_marker("postgres")]
+    """Tests that need a server which is not configured are skipped, each with the reason in the summary
+    (`-ra`). CI configures both."""
+    missing = {
+        "redis": None if REDIS_URL else "needs REDIS_URL (a Redis server for the shared rate-limit tests)",
+        "postgres": None if PG_URL else "needs TEST_DATABASE_URL (a PostgreSQL database, which the tests wipe)",
+    }
+    for item in items:
+        for marker, reason in missing.items():
+            if reason and item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_sessionstart(session):
+    """A configured server that cannot be reached is one clear message up front, not an error per test."""
+    if PG_URL:
+        try:
+            psycopg2.connect(PG_URL, connect_timeout=5).close()
+        except psycopg2.Error as exc:
+            pytest.exit(f"TEST_DATABASE_URL={PG_URL}: cannot connect ({str(exc).strip()})", returncode=3)
+    if REDIS_URL:
+        import redis
+
+        try:
+            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).ping()
+        except redis.RedisError as exc:
+            pytest.exit(f"REDIS_URL={REDIS_URL}: cannot connect ({exc})", returncode=3)
 
 
 # -- the secrets scan ------------------------------------------------------------------------------
@@ -114,37 +136,32 @@ def find_secrets(text: str, codes: bool = True) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def secrets_scan(request, monkeypatch):
-    original_register, original_verify = OtpService.register, OtpService.verify
+    """Every path (blocking or on the event loop) runs a command as a plan; its answer is wrapped here."""
+    original_register, original_verify = OtpService.plan_register, OtpService.plan_verify
 
-    def register(self, *args, **kwargs):
-        data = original_register(self, *args, **kwargs)
-        remember_registration(data)
-        return data
+    def plan_register(self, *args, **kwargs):
+        plan = original_register(self, *args, **kwargs)
 
-    def verify(self, device_id, otp, *args, **kwargs):
-        result = original_verify(self, device_id, otp, *args, **kwargs)
-        if result["valid"]:  # an accepted code is a secret whoever sent it; fuzzers' guesses are not
-            remember_code(otp)
-        return result
-
-    original_register_async, original_verify_async = OtpService.register_async, OtpService.verify_async
-
-    async def register_async(self, *args, **kwargs):
-        data = await original_register_async(self, *args, **kwargs)
-        if data is not None:
+        def answer(transition):
+            data = plan.answer(transition)
             remember_registration(data)
-        return data
+            return data
 
-    async def verify_async(self, device_id, otp, *args, **kwargs):
-        result = await original_verify_async(self, device_id, otp, *args, **kwargs)
-        if result is not None and result["valid"]:
-            remember_code(otp)
-        return result
+        return dataclasses.replace(plan, answer=answer)
 
-    monkeypatch.setattr(OtpService, "register", register)
-    monkeypatch.setattr(OtpService, "verify", verify)
-    monkeypatch.setattr(OtpService, "register_async", register_async)
-    monkeypatch.setattr(OtpService, "verify_async", verify_async)
+    def plan_verify(self, device_id, otp, *args, **kwargs):
+        plan = original_verify(self, device_id, otp, *args, **kwargs)
+
+        def answer(transition):
+            result = plan.answer(transition)
+            if result["valid"]:  # an accepted code is a secret whoever sent it; fuzzers' guesses are not
+                remember_code(otp)
+            return result
+
+        return dataclasses.replace(plan, answer=answer)
+
+    monkeypatch.setattr(OtpService, "plan_register", plan_register)
+    monkeypatch.setattr(OtpService, "plan_verify", plan_verify)
     SEEN_RESPONSES.clear()
     _LOG_CAPTURE.lines.clear()
     ISSUED_KEYS.clear()  # each test is scanned for what it issued itself
@@ -219,7 +236,8 @@ def scan_tables_for_secrets(database) -> None:
         with database.connection_context():
             for table in ("audit_logs", "devices"):
                 rows = database.execute_sql(f"SELECT * FROM {table}").fetchall()
-                assert not find_secrets(json.dumps(rows, default=str)), f"{table} holds a secret"
+                text = _LogCapture.times.sub("<time>", json.dumps(rows, default=str))  # microseconds are digits
+                assert not find_secrets(text), f"{table} holds a secret"
     except peewee.OperationalError:
         pass  # the test took the database away (fault tests); those check their own rows
 
@@ -234,10 +252,37 @@ def settings(db_url):
     return settings_for(db_url)
 
 
+class EventLoopService(OtpService):
+    """The service as the server runs it on PostgreSQL — commands on an event loop (`AsyncOtpService`), their
+    statements shared with concurrent ones — behind the blocking interface the tests call, from any thread."""
+
+    def start(self) -> EventLoopService:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.front = AsyncOtpService(self)
+        return self
+
+    def execute(self, plan):
+        return asyncio.run_coroutine_threadsafe(self.front.execute(plan), self.loop).result(60)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.front.executor.shutdown(wait=True)
+        self.front.pool.close()
+
+
 @pytest.fixture
-def service(settings, database, clock):
+def service(settings, database, clock, backend):
+    """SQLite: the blocking service the thread pool runs. PostgreSQL: the event-loop path the server runs."""
     keyring = Keyring(settings.master_secrets, settings.master_secret_version)
-    return OtpService(settings, keyring, database, clock=clock)
+    if backend == "sqlite":
+        yield OtpService(settings, keyring, database, clock=clock)
+        return
+    service = EventLoopService(settings, keyring, database, clock=clock).start()
+    yield service
+    service.stop()
 
 
 @dataclass
@@ -313,9 +358,9 @@ class RunningServer:
             await self._stop.wait()
             self.server.stop()
             await self.server.close_all_connections()
-            self.state.executor.shutdown(wait=True)
-            if self.state.service.pg is not None:
-                self.state.service.pg.close()
+            self.state.service.executor.shutdown(wait=True)
+            if self.state.service.pool is not None:
+                self.state.service.pool.close()
 
         asyncio.run(main())
 

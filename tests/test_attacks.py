@@ -11,8 +11,9 @@ from http.client import HTTPConnection
 import pytest
 
 from otp_service import errors, totp
+from otp_service.audit import RequestContext
 from otp_service.models import AuditLog
-from otp_service.service import RequestContext, lock_seconds
+from otp_service.verification import lock_seconds
 from tests.conftest import API_KEY, PG_URL
 from tests.helpers import code_at
 from tests.serving import free_port, production_env, run_cli, start_cli, wait_healthy

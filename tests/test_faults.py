@@ -1,11 +1,8 @@
-"""Faults in the services the API depends on: PostgreSQL restarted under load, Redis stopped and
-started again. These restart real servers, so they are marked `faults` (CI runs them; run them
-alone locally: `pytest -m faults`)."""
+"""Faults in the services the API depends on: PostgreSQL stopped and started under load, Redis stopped
+and started again. Each test stops servers of its own (`tests/throwaway.py`), never the machine's."""
 
 import json
-import os
 import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -13,34 +10,24 @@ from http.client import HTTPConnection
 
 import pytest
 
+from otp_service.database import open_database
 from otp_service.models import AuditLog, Device
-from tests.conftest import API_KEY, PG_URL, settings_for
+from tests.conftest import API_KEY, settings_for
 from tests.helpers import code_at
 from tests.serving import free_port, production_env, run_cli, start_cli, wait_healthy
+from tests.throwaway import ThrowawayPostgres, ThrowawayRedis, postgres_available, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 DB_TIMEOUT = 2
 
 
-def pg_cluster(action: str) -> None:
-    version = sorted(os.listdir("/etc/postgresql"))[0]
-    subprocess.run(
-        [
-            "pg_ctlcluster",
-            "--skip-systemctl-redirect",
-            version,
-            "main",
-            action,
-            *(["-m", "fast"] if action == "stop" else []),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
-def pg_ready() -> bool:
-    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL cluster of this test's own, so stopping it disturbs nothing else."""
+    server = ThrowawayPostgres()
+    server.start()
+    yield server
+    server.remove()
 
 
 def call(port, method, path, body=None):
@@ -62,10 +49,9 @@ def call(port, method, path, body=None):
         conn.close()
 
 
-@pytest.mark.postgres
-@pytest.mark.skipif(not shutil.which("pg_ctlcluster"), reason="needs pg_ctlcluster to restart PostgreSQL")
-def test_postgres_restart_under_load(tmp_path, database, service):
-    env = production_env(PG_URL, API_KEY, DB_TIMEOUT=str(DB_TIMEOUT))
+@pytest.mark.skipif(postgres_available() is not None, reason=str(postgres_available()))
+def test_postgres_restart_under_load(tmp_path, own_postgres):
+    env = production_env(own_postgres.url, API_KEY, DB_TIMEOUT=str(DB_TIMEOUT))
     assert run_cli("migrate", cwd=tmp_path, **env).returncode == 0
     port = free_port()
     proc = start_cli("serve", cwd=tmp_path, PORT=str(port), **env)
@@ -114,11 +100,11 @@ def test_postgres_restart_under_load(tmp_path, database, service):
         for w in workers:
             w.start()
         time.sleep(1.5)
-        pg_cluster("stop")
+        own_postgres.stop()
         time.sleep(1.0)
         down_health = call(port, "GET", "/health")
         time.sleep(2.0)
-        pg_cluster("start")
+        own_postgres.start()
         restarted = time.monotonic()
         recovered = None
         while time.monotonic() - restarted < 20:
@@ -132,8 +118,8 @@ def test_postgres_restart_under_load(tmp_path, database, service):
             w.join(30)
     finally:
         stop.set()
-        if not pg_ready():
-            pg_cluster("start")
+        if not own_postgres.ready():
+            own_postgres.start()
         proc.terminate()
         proc.communicate(timeout=30)
 
@@ -147,8 +133,8 @@ def test_postgres_restart_under_load(tmp_path, database, service):
         if status == 503:
             assert body["error"]["code"] == "DATABASE_UNAVAILABLE" and "Traceback" not in json.dumps(body)
     # Afterwards: every 2xx has exactly its audit row, and no device is half-written.
-    wait_for(pg_ready)
-    database.close_all()
+    wait_for(own_postgres.ready)
+    database = open_database(own_postgres.url, 1)
     with database.connection_context():
         for kind, status, body, _, rid in results:
             if status in (200, 201):
@@ -174,56 +160,16 @@ def test_postgres_restart_under_load(tmp_path, database, service):
                 .count()
             )
             assert registered == 1 and used == device.usage_count
-
-
-def wait_for(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    database.close_all()
 
 
 @pytest.fixture
 def own_redis(tmp_path):
     """A Redis server of this test's own, so stopping it disturbs nothing else."""
-    port = free_port()
-    command = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
-
-    class Server:
-        url = f"redis://127.0.0.1:{port}/0"
-
-        def start(self):
-            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_for(
-                lambda: (
-                    subprocess.run(
-                        ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True
-                    ).stdout.strip()
-                    == "PONG"
-                ),
-                10,
-            )
-
-        def stop(self):
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    server = Server()
+    server = ThrowawayRedis(tmp_path)
     server.start()
     yield server
-    if server.proc.poll() is None:
+    if server.running():
         server.stop()
 
 

@@ -7,9 +7,11 @@ import threading
 import pytest
 
 from otp_service import errors, totp
+from otp_service.audit import RequestContext
 from otp_service.keys import Keyring, key_fingerprint
 from otp_service.models import Device
-from otp_service.service import OtpService, RequestContext, lock_seconds
+from otp_service.service import OtpService
+from otp_service.verification import lock_seconds
 from tests.conftest import settings_for
 from tests.helpers import audit_rows, code_at, wrong_code
 
@@ -151,8 +153,7 @@ def test_deactivation_is_idempotent_and_blocks_verification(service, database, c
     with pytest.raises(errors.DeviceNotFound):
         service.deactivate("NOPE", CTX)
     reasons = [(a.action, a.success, a.reason) for a in audit_rows(database)]
-    assert reasons[1:] == [
-        ("DEVICE_DEACTIVATED", True, None),
+    assert reasons[1:] == [  # the second deactivation answers like the first and records nothing new
         ("DEVICE_DEACTIVATED", True, None),
         ("OTP_VERIFICATION", False, "DEVICE_INACTIVE"),
         ("DEVICE_DEACTIVATED", False, "DEVICE_NOT_FOUND"),
@@ -245,17 +246,17 @@ def allow_audit_inserts(database):
 
 
 def test_audit_row_and_state_change_commit_together(service, database, clock):
-    """When the audit row cannot be written, the state change it records is not kept either — on the
-    cached one-statement path, on the full path, and for every kind of operation."""
+    """When the audit row cannot be written, the state change it records is not kept either — whether the
+    decision was made on a remembered state or a fresh read, and for every kind of operation."""
     reg = service.register("DEV-1", "alice", CTX)
-    service.verify("DEV-1", code_at(reg, clock.now), CTX)  # cached from now on
+    service.verify("DEV-1", code_at(reg, clock.now), CTX)  # its state is remembered from now on
     clock.advance(30)
     before = device_row(database, "DEV-1")
     refuse_audit_inserts(database)
     try:
         attempts = [
-            lambda: service.verify("DEV-1", code_at(reg, clock.now), CTX),  # hot path, success
-            lambda: service.verify("DEV-1", wrong_code(reg, clock.now), CTX),  # hot path, failure
+            lambda: service.verify("DEV-1", code_at(reg, clock.now), CTX),  # success
+            lambda: service.verify("DEV-1", wrong_code(reg, clock.now), CTX),  # failure
             lambda: service.register("DEV-2", "bob", CTX),
             lambda: service.deactivate("DEV-1", CTX),
             lambda: service.unlock("DEV-1", CTX),
@@ -263,7 +264,7 @@ def test_audit_row_and_state_change_commit_together(service, database, clock):
         for attempt in attempts:
             with pytest.raises(Exception, match="disk full"):
                 attempt()
-        service.devices.discard("DEV-1")  # and the full path
+        service.engine.cache.discard("DEV-1")  # and on a fresh read
         with pytest.raises(Exception, match="disk full"):
             service.verify("DEV-1", code_at(reg, clock.now), CTX)
     finally:

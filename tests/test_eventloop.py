@@ -1,5 +1,6 @@
-"""The event-loop PostgreSQL pool (`pgasync`) and the hot paths that run on it: same answers and audit
-rows as the thread-pool paths, bounded waits, and recovery from dead or stuck connections."""
+"""PostgreSQL on the event loop (`pg_eventloop`) and the commands that run on it: the same answers and
+audit rows as the blocking paths, shared statements that keep each request's own outcome, bounded waits,
+and recovery from dead or stuck connections."""
 
 import asyncio
 import json
@@ -9,11 +10,12 @@ import psycopg2
 import pytest
 
 from otp_service import errors
-from otp_service.hotpath import HotPath
+from otp_service.audit import RequestContext
 from otp_service.keys import Keyring
 from otp_service.models import AuditLog, Device
-from otp_service.pgasync import AsyncPool
-from otp_service.service import OtpService, RequestContext
+from otp_service.pg_eventloop import AsyncPool
+from otp_service.service import AsyncOtpService, OtpService
+from otp_service.store import PostgresStore
 from tests.conftest import PG_URL
 from tests.helpers import code_at, wrong_code
 
@@ -28,11 +30,16 @@ def pool_for(database, size=4, timeout=5.0) -> AsyncPool:
 
 @pytest.fixture
 def fast(settings, database, clock):
-    """A service whose hot paths run on the event loop, as the server builds it on PostgreSQL."""
+    """The service as the server builds it on PostgreSQL: commands on the event loop."""
     keyring = Keyring(settings.master_secrets, settings.master_secret_version)
-    service = OtpService(settings, keyring, database, clock=clock, pg=pool_for(database))
+    service = AsyncOtpService(OtpService(settings, keyring, database, clock=clock))
     yield service
-    service.pg.close()
+    service.executor.shutdown(wait=True)
+    service.pool.close()
+
+
+def batches(fast, kind="writes") -> int:
+    return getattr(fast.service.engine.loop_store, kind).batches
 
 
 def run(coro):
@@ -45,11 +52,11 @@ def verification_rows(database, device_id):
         return [(r.success, r.reason, r.ip_address, r.request_id) for r in rows.order_by(AuditLog.id)]
 
 
-def test_register_and_verify_on_the_event_loop_write_the_same_rows(fast, database, clock):
-    reg = run(fast.register_async("A1", "alice", CTX))
+def test_register_and_verify_on_the_event_loop(fast, database, clock):
+    reg = run(fast.register("A1", "alice", CTX))
     assert reg["device_id"] == "A1" and reg["secret_base32"] and reg["key_version"] == 1
-    assert run(fast.verify_async("A1", code_at(reg, clock.now), CTX)) == {"device_id": "A1", "valid": True}
-    assert run(fast.verify_async("A1", wrong_code(reg, clock.now), CTX)) == {
+    assert run(fast.verify("A1", code_at(reg, clock.now), CTX)) == {"device_id": "A1", "valid": True}
+    assert run(fast.verify("A1", wrong_code(reg, clock.now), CTX)) == {
         "device_id": "A1",
         "valid": False,
         "reason": "INVALID_CODE",
@@ -58,51 +65,49 @@ def test_register_and_verify_on_the_event_loop_write_the_same_rows(fast, databas
         (True, None, "198.51.100.7", "async"),
         (False, "INVALID_CODE", "198.51.100.7", "async"),
     ]
-    info = fast.device_info("A1")
+    info = run(fast.device_info("A1"))
     assert (info["usage_count"], info["failed_attempts"]) == (1, 1)
     with pytest.raises(errors.DeviceExists):
-        run(fast.register_async("A1", "mallory", CTX))
+        run(fast.register("A1", "mallory", CTX))
     with database.connection_context():
         assert Device.get(Device.device_id == "A1").user_id == "alice"
 
 
 def test_a_code_sent_many_times_at_once_is_accepted_once(fast, database, clock):
-    reg = fast.register("R1", "alice", CTX)
+    reg = fast.service.register("R1", "alice", CTX)
     code = code_at(reg, clock.now)
 
     async def storm():
-        return await asyncio.gather(*(fast.verify_async("R1", code, CTX) for _ in range(12)))
+        return await asyncio.gather(*(fast.verify("R1", code, CTX) for _ in range(12)))
 
     answers = run(storm())
     assert answers.count({"device_id": "R1", "valid": True}) == 1
-    assert answers.count(None) == 11  # the statement changed nothing: the full path judges these
-    assert fast.verify("R1", code, CTX, hot=False) == {"device_id": "R1", "valid": False, "reason": "REPLAYED"}
-    assert [row[0] for row in verification_rows(database, "R1")] == [True, False]
+    assert answers.count({"device_id": "R1", "valid": False, "reason": "REPLAYED"}) == 11
+    assert [row[0] for row in verification_rows(database, "R1")] == [True] + [False] * 11
 
 
-def test_stale_cache_writes_nothing_and_leaves_the_verdict_to_the_full_path(fast, service, database, clock):
-    reg = fast.register("S1", "alice", CTX)
-    assert run(fast.verify_async("S1", code_at(reg, clock.now), CTX))["valid"]
+def test_a_stale_state_is_decided_again_not_answered_from(fast, service, database, clock):
+    reg = fast.service.register("S1", "alice", CTX)
+    assert run(fast.verify("S1", code_at(reg, clock.now), CTX))["valid"]
     clock.advance(30)
-    service.deactivate("S1", CTX)  # another process, behind this one's cache
-    assert run(fast.verify_async("S1", code_at(reg, clock.now), CTX)) is None
+    service.deactivate("S1", CTX)  # another process, behind this one's back
     with pytest.raises(errors.DeviceInactive):
-        fast.verify("S1", code_at(reg, clock.now), CTX, hot=False)
+        run(fast.verify("S1", code_at(reg, clock.now), CTX))
     assert [row[:2] for row in verification_rows(database, "S1")] == [(True, None), (False, "DEVICE_INACTIVE")]
 
 
-def test_unknown_device_is_left_to_the_full_path(fast):
-    assert run(fast.verify_async("NOPE", "123456", CTX)) is None
+def test_an_unknown_device_is_answered_and_audited_on_the_event_loop(fast, database):
     with pytest.raises(errors.DeviceNotFound):
-        fast.verify("NOPE", "123456", CTX, hot=False)
+        run(fast.verify("NOPE", "123456", CTX))
+    assert verification_rows(database, "NOPE") == [(False, "DEVICE_NOT_FOUND", "198.51.100.7", "async")]
 
 
-def test_new_connections_prepare_the_hot_statements(database):
-    statement, args = HotPath(database).material_statement("no-such-device")
-    assert statement.startswith("EXECUTE otp_material")
+def test_new_connections_prepare_the_statements(database):
+    statement = PostgresStore(database).read_statement
+    assert statement.startswith("EXECUTE otp_read")
     pool = pool_for(database)
     try:
-        assert run(pool.fetchone(statement, args)) is None  # would fail if the connection had not prepared it
+        assert run(pool.fetchone(statement, (["no-such-device"],))) is None  # needs the prepared statement
     finally:
         pool.close()
 
@@ -184,55 +189,83 @@ def test_an_unreachable_server_is_a_quick_503(database):
 
 
 def test_concurrent_verifications_share_one_statement_and_keep_their_own_outcomes(fast, database, clock):
-    regs = [fast.register(f"G{i}", f"user{i}", CTX) for i in range(20)]  # registration caches the key material
+    regs = [fast.service.register(f"G{i}", f"user{i}", CTX) for i in range(20)]  # their states are cached
     codes = [code_at(r, clock.now) if i % 2 == 0 else wrong_code(r, clock.now) for i, r in enumerate(regs)]
 
     async def login_storm():
-        return await asyncio.gather(*(fast.verify_async(f"G{i}", codes[i], CTX) for i in range(20)))
+        return await asyncio.gather(*(fast.verify(f"G{i}", codes[i], CTX) for i in range(20)))
 
     answers = run(login_storm())
-    assert fast.verify_commits.batches == 1
+    assert batches(fast) == 1
     assert [a["valid"] for a in answers] == [i % 2 == 0 for i in range(20)]
     for i in range(20):
         expected = (True, None) if i % 2 == 0 else (False, "INVALID_CODE")
         assert verification_rows(database, f"G{i}") == [(*expected, "198.51.100.7", "async")]
-        info = fast.device_info(f"G{i}")
+        info = fast.service.device_info(f"G{i}")
         assert (info["usage_count"], info["failed_attempts"]) == ((1, 0) if i % 2 == 0 else (0, 1))
     with database.connection_context():
         failures = AuditLog.select().where(AuditLog.reason == "INVALID_CODE")
         assert {json.loads(r.additional_data)["failed_attempts"] for r in failures} == {1}
 
 
-def test_a_row_locked_elsewhere_is_skipped_not_waited_for(fast, database, clock):
-    reg = fast.register("L1", "alice", CTX)
+def test_a_row_locked_elsewhere_does_not_hold_up_the_others_and_is_settled_under_the_lock(fast, database, clock):
+    busy, free = fast.service.register("L1", "alice", CTX), fast.service.register("L2", "bob", CTX)
     holder = psycopg2.connect(PG_URL)
-    try:
+
+    async def main():
         holder.cursor().execute("SELECT 1 FROM devices WHERE device_id = 'L1' FOR UPDATE")
+        waiting = asyncio.ensure_future(fast.verify("L1", code_at(busy, clock.now), CTX))
+        await asyncio.sleep(0.3)
         started = time.monotonic()
-        assert run(fast.verify_async("L1", code_at(reg, clock.now), CTX)) is None  # left to the full path
-        assert time.monotonic() - started < 1
+        assert (await fast.verify("L2", code_at(free, clock.now), CTX))["valid"] is True
+        assert time.monotonic() - started < 0.5 and not waiting.done()
+        holder.rollback()  # the row lock the last attempt waits for is released
+        return await waiting
+
+    try:
+        assert run(main()) == {"device_id": "L1", "valid": True}
     finally:
-        holder.rollback()
         holder.close()
-    assert verification_rows(database, "L1") == []
-    assert fast.verify("L1", code_at(reg, clock.now), CTX, hot=False)["valid"] is True
+    assert [row[0] for row in verification_rows(database, "L1")] == [True]
 
 
-def test_a_batch_the_database_refuses_fails_every_request_in_it_and_applies_nothing(fast, database, clock):
-    regs = [fast.register(f"F{i}", "alice", CTX) for i in range(5)]
+def test_when_the_database_is_unreachable_every_request_of_the_batch_gets_a_503(fast, database, clock):
+    regs = [fast.service.register(f"F{i}", "alice", CTX) for i in range(5)]
     params = {**database.connect_params, "port": 1, "host": "127.0.0.1"}
-    fast.verify_commits.pool = AsyncPool({"dbname": database.database, **params}, 2, 2.0, {})
+    fast.service.engine.loop_store.writes.pool = AsyncPool({"dbname": database.database, **params}, 2, 2.0, {})
 
     async def storm():
         return await asyncio.gather(
-            *(fast.verify_async(f"F{i}", code_at(r, clock.now), CTX) for i, r in enumerate(regs)),
+            *(fast.verify(f"F{i}", code_at(r, clock.now), CTX) for i, r in enumerate(regs)),
             return_exceptions=True,
         )
 
     answers = run(storm())
-    assert fast.verify_commits.batches == 1
+    assert batches(fast) == 1
     assert all(isinstance(a, errors.DatabaseUnavailable) for a in answers)
     assert all(verification_rows(database, f"F{i}") == [] for i in range(5))
+
+
+def test_a_row_the_database_refuses_fails_only_its_own_request(fast, database, clock):
+    """Every value is checked before it reaches a column; should one slip through, the others in its
+    statement are sent again on their own and answered as if it had not been there."""
+    regs = [fast.service.register(f"I{i}", "alice", CTX) for i in range(6)]
+
+    async def mixed():
+        too_long = fast.service.plan_register("I-BAD", "u" * 300, CTX)  # user_id holds 254: refused
+        return await asyncio.gather(
+            fast.execute(too_long),
+            *(fast.verify(f"I{i}", code_at(r, clock.now), CTX) for i, r in enumerate(regs)),
+            return_exceptions=True,
+        )
+
+    bad, *good = run(mixed())
+    assert isinstance(bad, psycopg2.DataError)
+    assert good == [{"device_id": f"I{i}", "valid": True} for i in range(6)]
+    assert all(verification_rows(database, f"I{i}") == [(True, None, "198.51.100.7", "async")] for i in range(6))
+    with database.connection_context():
+        assert not Device.select().where(Device.device_id == "I-BAD").exists()
+        assert not AuditLog.select().where(AuditLog.device_id == "I-BAD").exists()
 
 
 def device_row(database, device_id):
@@ -241,9 +274,9 @@ def device_row(database, device_id):
     return {k: v for k, v in row.items() if k not in ("device_id", "salt", "derived_key_hash")}
 
 
-def test_a_batched_registration_writes_the_same_row_as_register(fast, database, clock):
-    fast.register("SYNC", "alice", CTX, digits=8, issuer="Acme")
-    run(fast.register_async("ASYNC", "alice", CTX, digits=8, issuer="Acme"))
+def test_a_registration_on_the_event_loop_writes_the_same_row_as_a_blocking_one(fast, database, clock):
+    fast.service.register("SYNC", "alice", CTX, digits=8, issuer="Acme")
+    run(fast.register("ASYNC", "alice", CTX, digits=8, issuer="Acme"))
     assert device_row(database, "ASYNC") == device_row(database, "SYNC")
     with database.connection_context():
         rows = list(AuditLog.select().where(AuditLog.action == "DEVICE_REGISTERED").order_by(AuditLog.id).dicts())
@@ -253,49 +286,52 @@ def test_a_batched_registration_writes_the_same_row_as_register(fast, database, 
 
 
 def test_concurrent_registrations_share_one_statement_and_keep_their_own_outcomes(fast, database, clock):
-    fast.register("TAKEN", "owner", CTX)
-    fast.register("RETIRED", "owner", CTX)
-    fast.deactivate("RETIRED", CTX)
+    fast.service.register("TAKEN", "owner", CTX)
+    fast.service.register("RETIRED", "owner", CTX)
+    fast.service.deactivate("RETIRED", CTX)
     ids = [f"N{i}" for i in range(8)] + ["TAKEN", "RETIRED"]
 
     async def signups():
         return await asyncio.gather(
-            *(fast.register_async(device_id, "newcomer", CTX) for device_id in ids), return_exceptions=True
+            *(fast.register(device_id, "newcomer", CTX) for device_id in ids), return_exceptions=True
         )
 
     answers = run(signups())
-    assert fast.register_commits.batches == 1
+    assert batches(fast) == 1
     assert [a["device_id"] for a in answers[:8]] == ids[:8] and answers[9]["device_id"] == "RETIRED"
     assert isinstance(answers[8], errors.DeviceExists)
-    assert fast.device_info("TAKEN")["user_id"] == "owner"
-    assert fast.device_info("RETIRED")["user_id"] == "newcomer" and fast.device_info("RETIRED")["is_active"]
+    assert fast.service.device_info("TAKEN")["user_id"] == "owner"
+    retired = fast.service.device_info("RETIRED")
+    assert retired["user_id"] == "newcomer" and retired["is_active"]
     with database.connection_context():
         audit = {
             (r.device_id, r.success, r.reason)
             for r in AuditLog.select().where(AuditLog.action == "DEVICE_REGISTERED", AuditLog.user_id == "newcomer")
         }
-    assert audit == {(i, True, None) for i in ids[:8]} | {("TAKEN", False, "DEVICE_EXISTS"), ("RETIRED", True, None)}
+    assert audit == {(i, True, None) for i in ids[:8]} | {("RETIRED", True, None)}
+    with database.connection_context():
+        refused = AuditLog.get(AuditLog.action == "DEVICE_REGISTERED", AuditLog.reason == "DEVICE_EXISTS")
+    assert (refused.device_id, refused.user_id, refused.success) == ("TAKEN", "owner", False)
 
 
-def test_the_same_id_twice_at_once_leaves_the_second_to_the_thread_pool_path(fast, database):
+def test_the_same_id_twice_at_once_takes_turns(fast, database):
     async def twice():
-        return await asyncio.gather(fast.register_async("TWICE", "a", CTX), fast.register_async("TWICE", "b", CTX))
+        return await asyncio.gather(
+            fast.register("TWICE", "a", CTX), fast.register("TWICE", "b", CTX), return_exceptions=True
+        )
 
     first, second = run(twice())
-    assert first["device_id"] == "TWICE" and second is None
-    with pytest.raises(errors.DeviceExists):
-        fast.register("TWICE", "b", CTX)
-    assert fast.device_info("TWICE")["user_id"] == "a"
+    assert first["device_id"] == "TWICE" and isinstance(second, errors.DeviceExists)
+    assert fast.service.device_info("TWICE")["user_id"] == "a"
 
 
 def test_uncached_devices_are_read_together(fast, service, database, clock):
     regs = {f"C{i}": service.register(f"C{i}", "alice", CTX) for i in range(10)}  # another process's cache
-    assert len(fast.devices) == 0
+    assert len(fast.service.engine.cache) == 0
 
     async def logins():
-        return await asyncio.gather(*(fast.verify_async(d, code_at(r, clock.now), CTX) for d, r in regs.items()))
+        return await asyncio.gather(*(fast.verify(d, code_at(r, clock.now), CTX) for d, r in regs.items()))
 
     assert [a["valid"] for a in run(logins())] == [True] * 10
-    assert fast.material_reads.batches == 1 and fast.verify_commits.batches == 1
-    assert len(fast.devices) == 10
-    assert run(fast.verify_async("NO-SUCH", "123456", CTX)) is None
+    assert batches(fast, "reads") == 1 and batches(fast) == 1
+    assert len(fast.service.engine.cache) == 10

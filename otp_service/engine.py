@@ -1,0 +1,183 @@
+"""Carrying a decision to the database: decide on the device's state, write only if that state is still
+current, and decide again on the newer state when it is not.
+
+`settle` is that loop, written once and free of I/O: it yields what it needs done (read a state, apply a
+transition, or — after a few lost races — read, decide and apply under the row lock) and is driven by
+`Engine.run` (blocking: CLI, demo data, thread pool) or `Engine.run_async` (the event loop, where reads
+and writes of many requests share statements). Either way the answer a caller gets is the verdict of the
+transition that was applied, made on the state the row had when it applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Generator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .audit import RequestContext
+from .store import Decide, Store
+from .transitions import UNKNOWN, DeviceState, Transition
+
+OPTIMISTIC_ATTEMPTS = 4  # then the row lock: a device under a storm of requests from several processes
+DEVICE_CACHE_SIZE = 65536  # states of about 0.5 KiB: at most ~35 MiB per process
+
+
+class Read(NamedTuple):
+    device_id: str
+
+
+class Apply(NamedTuple):
+    transition: Transition
+    ctx: RequestContext
+
+
+class ApplyLocked(NamedTuple):
+    device_id: str
+    decide: Decide
+    ctx: RequestContext
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One command, ready to run: its decision as a function of the device's state, and how to answer."""
+
+    device_id: str
+    decide: Decide
+    ctx: RequestContext
+    answer: Callable[[Transition], dict[str, Any]]
+    assume: Any = UNKNOWN  # the state to decide on first when none is cached (registration: None, absent)
+
+
+def settle(plan: Plan, known: Any, optimistic: bool) -> Generator[Read | Apply | ApplyLocked, Any, Transition]:
+    """Decide and apply until a transition applies; returns it. `known`: the state to try first."""
+    if optimistic:
+        state = known
+        for _ in range(OPTIMISTIC_ATTEMPTS):
+            if state is UNKNOWN:
+                state = yield Read(plan.device_id)
+            transition = plan.decide(state)  # even one that writes nothing: `state` may be stale
+            applied, state = yield Apply(transition, plan.ctx)
+            if applied:
+                return transition
+    return (yield ApplyLocked(plan.device_id, plan.decide, plan.ctx))
+
+
+class Engine:
+    """Runs plans against a store, keeping the last state it saw of each device (a hint: a stale one
+    costs a lost race, never a wrong answer)."""
+
+    def __init__(self, store: Store, cache: DeviceCache | None = None):
+        self.store = store
+        self.cache = cache or DeviceCache()
+        self.loop_store: Any = None  # EventLoopStore, for run_async (PostgreSQL)
+        self._held: dict[str, list] = {}
+
+    def run(self, plan: Plan) -> dict[str, Any]:
+        steps = settle(plan, self._known(plan), self.store.optimistic)
+        reply = None
+        while True:
+            try:
+                op = steps.send(reply)
+            except StopIteration as done:
+                return plan.answer(self._applied(done.value))
+            if isinstance(op, Read):
+                reply = self._seen(op.device_id, self.store.read(op.device_id))
+            elif isinstance(op, Apply):
+                reply = self._outcome(op.transition, self.store.apply(*op))
+            else:
+                reply = self.store.apply_locked(*op)
+
+    async def run_async(self, plan: Plan) -> dict[str, Any]:
+        """`run` on the event loop. Requests for one device take turns within the process, so only
+        other processes can overtake a decision."""
+        async with self._turn(plan.device_id):
+            steps = settle(plan, self._known(plan), optimistic=True)
+            reply = None
+            while True:
+                try:
+                    op = steps.send(reply)
+                except StopIteration as done:
+                    return plan.answer(self._applied(done.value))
+                if isinstance(op, Read):
+                    reply = self._seen(op.device_id, await self.loop_store.read(op.device_id))
+                elif isinstance(op, Apply):
+                    reply = self._outcome(op.transition, await self.loop_store.apply(*op))
+                else:
+                    reply = await self.loop_store.apply_locked(*op)
+
+    def warm(self, limit: int | None = None) -> int:
+        """Cache the states of the most recently used active devices; returns how many."""
+        states = self.store.recent(min(limit or self.cache.size, self.cache.size))
+        for state in reversed(states):
+            self.cache.put(state)
+        return len(states)
+
+    def _known(self, plan: Plan) -> Any:
+        return self.cache.get(plan.device_id, plan.assume)
+
+    def _seen(self, device_id: str, state: Any) -> Any:
+        """Remember what a read or a lost race showed of the device (None: absent; UNKNOWN: read it again)."""
+        if state is None or state is UNKNOWN:
+            self.cache.discard(device_id)
+        else:
+            self.cache.put(state)
+        return state
+
+    def _outcome(self, transition: Transition, outcome: tuple[bool, DeviceState | None]) -> tuple:
+        applied, current = outcome
+        if not applied:
+            self._seen(transition.device_id, current)
+        return outcome
+
+    def _applied(self, transition: Transition) -> Transition:
+        self._seen(transition.device_id, transition.current)
+        return transition
+
+    @asynccontextmanager
+    async def _turn(self, device_id: str) -> AsyncIterator[None]:
+        entry = self._held.get(device_id)
+        if entry is None:
+            entry = self._held[device_id] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._held[device_id]
+
+
+class DeviceCache:
+    """A bounded, thread-safe LRU of device states by id."""
+
+    def __init__(self, size: int = DEVICE_CACHE_SIZE):
+        self._items: OrderedDict[str, DeviceState] = OrderedDict()
+        self.size = size
+        self._lock = threading.Lock()
+
+    def get(self, device_id: str, default: Any = None) -> Any:
+        with self._lock:
+            item = self._items.get(device_id)
+            if item is None:
+                return default
+            self._items.move_to_end(device_id)
+            return item
+
+    def put(self, state: DeviceState) -> None:
+        with self._lock:
+            self._items[state.device_id] = state
+            self._items.move_to_end(state.device_id)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def discard(self, device_id: str) -> None:
+        with self._lock:
+            self._items.pop(device_id, None)
+
+    def __len__(self) -> int:
+        return len(self._items)

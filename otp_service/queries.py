@@ -1,0 +1,150 @@
+"""The read side: device info, a user's devices and audit trail, statistics, stored reports.
+
+Plain functions over the models; the caller (`service.OtpService`) runs each in a unit of work. Nothing
+here changes state or decides anything, and nothing returned can help derive a key.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from peewee import fn
+
+from . import errors
+from .models import Action, AuditLog, Device, Report
+from .transitions import isoformat, to_datetime
+
+
+def device(device_id: str) -> Device:
+    found = Device.get_or_none(Device.device_id == device_id)
+    if found is None:
+        raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
+    return found
+
+
+def device_info(device_id: str) -> dict[str, Any]:
+    return describe(device(device_id))
+
+
+def user_devices(user_id: str) -> dict[str, Any]:
+    devices = Device.select().where(Device.user_id == user_id).order_by(Device.created_at, Device.device_id)
+    return {"user_id": user_id, "devices": [describe(d) for d in devices]}
+
+
+def user_audit(user_id: str, limit: int = 50, before: int | None = None) -> dict[str, Any]:
+    """Newest first, keyset-paginated on the row id so deep pages cost the same as the first."""
+    query = AuditLog.select().where(AuditLog.user_id == user_id)
+    if before is not None:
+        query = query.where(AuditLog.id < before)
+    rows = list(query.order_by(AuditLog.id.desc()).limit(limit + 1))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"user_id": user_id, "entries": [audit_entry(r) for r in rows], "next_before": rows[-1].id if more else None}
+
+
+def stats(now: float) -> dict[str, Any]:
+    windows = {"last_24h": to_datetime(now - 86400), "last_7d": to_datetime(now - 7 * 86400)}
+    by_state = dict(Device.select(Device.is_active, fn.COUNT(Device.device_id)).group_by(Device.is_active).tuples())
+    by_version = {
+        str(v): {"active": a or 0, "total": t}
+        for v, t, a in Device.select(
+            Device.key_version, fn.COUNT(Device.device_id), fn.SUM(Device.is_active.cast("integer"))
+        )
+        .group_by(Device.key_version)
+        .tuples()
+    }
+    activity = {name: _activity(since) for name, since in windows.items()}
+    active, inactive = by_state.get(True, 0), by_state.get(False, 0)
+    return {
+        "devices": {"total": active + inactive, "active": active, "inactive": inactive},
+        "by_key_version": by_version,
+        **activity,
+        "generated_at": isoformat(to_datetime(now)),
+    }
+
+
+def _activity(since: datetime) -> dict[str, int]:
+    counts = {
+        (action, bool(ok)): n
+        for action, ok, n in AuditLog.select(AuditLog.action, AuditLog.success, fn.COUNT(AuditLog.id))
+        .where((AuditLog.timestamp >= since) & AuditLog.action.in_([Action.DEVICE_REGISTERED, Action.OTP_VERIFICATION]))
+        .group_by(AuditLog.action, AuditLog.success)
+        .tuples()
+    }
+    return {
+        "registrations": counts.get((Action.DEVICE_REGISTERED, True), 0),
+        "verifications_succeeded": counts.get((Action.OTP_VERIFICATION, True), 0),
+        "verifications_failed": counts.get((Action.OTP_VERIFICATION, False), 0),
+    }
+
+
+def list_reports(limit: int = 50, before: int | None = None) -> dict[str, Any]:
+    query = Report.select(Report.id, Report.kind, Report.period_start, Report.period_end, Report.created_at)
+    if before is not None:
+        query = query.where(Report.id < before)
+    rows = list(query.order_by(Report.id.desc()).limit(limit + 1))
+    more = len(rows) > limit
+    entries = [
+        {
+            "id": r.id,
+            "kind": r.kind,
+            "period_start": isoformat(r.period_start),
+            "period_end": isoformat(r.period_end),
+            "created_at": isoformat(r.created_at),
+            "html_url": f"/api/v1/reports/{r.id}",
+            "data_url": f"/api/v1/reports/{r.id}/data",
+        }
+        for r in rows[:limit]
+    ]
+    return {"reports": entries, "next_before": entries[-1]["id"] if more else None}
+
+
+def report_content(report_id: int, part: str) -> tuple[Report, bytes | str]:
+    """One stored report's HTML or CSV zip (only the requested column is read)."""
+    column = {"html": Report.html, "data": Report.data_zip}[part]
+    row = (
+        Report.select(Report.id, Report.kind, Report.period_start, Report.period_end, column)
+        .where(Report.id == report_id)
+        .first()
+    )
+    if row is None:
+        raise errors.NotFound(f"No report with id {report_id}.")
+    return row, (row.html if part == "html" else bytes(row.data_zip))
+
+
+def describe(device: Device) -> dict[str, Any]:
+    """Everything about a device except anything that could help derive its key."""
+    return {
+        "device_id": device.device_id,
+        "user_id": device.user_id,
+        "is_active": device.is_active,
+        "created_at": isoformat(device.created_at),
+        "last_used": isoformat(device.last_used),
+        "usage_count": device.usage_count,
+        "deactivated_at": isoformat(device.deactivated_at),
+        "digits": device.digits,
+        "interval": device.interval,
+        "algorithm": device.algorithm,
+        "issuer": device.issuer,
+        "key_version": device.key_version,
+        "failed_attempts": device.failed_attempts,
+        "locked_until": isoformat(device.locked_until),
+    }
+
+
+def audit_entry(row: AuditLog) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "timestamp": isoformat(row.timestamp),
+        "action": row.action,
+        "success": row.success,
+        "reason": row.reason,
+        "device_id": row.device_id,
+        "user_id": row.user_id,
+        "ip_address": row.ip_address,
+        "user_agent": row.user_agent,
+        "request_id": row.request_id,
+        "additional_data": json.loads(row.additional_data) if row.additional_data else None,
+    }

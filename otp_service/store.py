@@ -1,0 +1,238 @@
+"""Reading a device's state, and applying a transition only if the device still has the state it was
+decided on — with its audit rows, in the same statement (PostgreSQL) or transaction (SQLite).
+
+No rule lives here. The guard is the row's `version`: an UPDATE applies where `version` still equals the
+version the decision read, an INSERT where no row exists yet, and a transition that changes nothing
+(a refusal) is recorded where the row is still at that version (or still absent). When the guard fails,
+nothing is written and the caller (`engine`) decides again on the state this returns.
+
+PostgreSQL runs one prepared statement for any number of transitions (`APPLY`, one array element per
+transition, `group_commit` fills it); a lone request is a batch of one. Rows another transaction holds
+are skipped, not waited for (SKIP LOCKED): a batch never waits behind one busy device, and two batches
+cannot deadlock. `apply_locked` is the fallback for a device under contention: it reads the row FOR
+UPDATE, decides and applies in one transaction, so it cannot lose. SQLite serialises writers, so there
+every transition is read, decided and applied in one IMMEDIATE transaction.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+from peewee import Database
+
+from .audit import AUDIT_COLUMNS, RequestContext, audit_row
+from .database import is_postgres
+from .models import AuditLog, Device
+from .transitions import STATE_COLUMNS, DeviceState, Transition
+
+Decide = Callable[[DeviceState | None], Transition]
+Applied = tuple[bool, DeviceState | None]  # (applied, the device's state when not applied)
+LOCKED_ROUNDS = 5  # a row that exists is locked at once; only an id inserted meanwhile takes a second round
+
+_COLUMNS = ", ".join(STATE_COLUMNS)
+_NEW_COLUMNS = STATE_COLUMNS[1:]  # device_id is the key, the rest is the row to write
+_PG_TYPES = {
+    "device_id": "text",
+    "user_id": "text",
+    "salt": "text",
+    "key_version": "int",
+    "derived_key_hash": "text",
+    "digits": "int",
+    "interval": "int",
+    "algorithm": "text",
+    "issuer": "text",
+    "is_active": "bool",
+    "created_at": "timestamp",
+    "last_used": "timestamp",
+    "usage_count": "int",
+    "deactivated_at": "timestamp",
+    "last_step": "bigint",
+    "drift": "int",
+    "failed_attempts": "int",
+    "locked_until": "timestamp",
+    "version": "bigint",
+}
+_EVENT_TYPES = ("int", "timestamp", "text", "bool", "text", "text", "text", "text", "text", "text", "text")
+
+
+def _unnest(types: Sequence[str]) -> str:
+    return f"unnest({', '.join(f'%s::{t}[]' for t in types)})"
+
+
+# Transitions: i (position in the batch), device id, expected version (NULL: must not exist), whether it
+# writes the row, then the row to write. Audit rows: i of their transition, then the audit columns.
+APPLY = f"""
+WITH t AS (
+    SELECT * FROM {_unnest(("int", "text", "bigint", "bool", *(_PG_TYPES[c] for c in _NEW_COLUMNS)))}
+        AS t(i, device_id, expected, writes, {", ".join(_NEW_COLUMNS)})
+), ev AS (
+    SELECT * FROM {_unnest(_EVENT_TYPES)} WITH ORDINALITY AS e(i, {", ".join(AUDIT_COLUMNS)}, n)
+), mine AS (
+    SELECT d.device_id FROM devices d JOIN t ON d.device_id = t.device_id
+    WHERE t.writes AND t.expected IS NOT NULL FOR UPDATE OF d SKIP LOCKED
+), upd AS (
+    UPDATE devices d SET {", ".join(f"{c} = t.{c}" for c in _NEW_COLUMNS)}
+    FROM t JOIN mine ON mine.device_id = t.device_id
+    WHERE d.device_id = t.device_id AND d.version = t.expected
+    RETURNING t.i
+), ins AS (
+    INSERT INTO devices ({_COLUMNS})
+    SELECT {_COLUMNS} FROM t WHERE t.writes AND t.expected IS NULL ORDER BY device_id
+    ON CONFLICT (device_id) DO NOTHING
+    RETURNING device_id
+), unchanged AS (
+    SELECT t.i FROM t LEFT JOIN devices d ON d.device_id = t.device_id
+    WHERE NOT t.writes AND d.version IS NOT DISTINCT FROM t.expected
+), applied AS (
+    SELECT i FROM upd
+    UNION ALL SELECT t.i FROM t JOIN ins ON ins.device_id = t.device_id
+    UNION ALL SELECT i FROM unchanged
+), logged AS (
+    INSERT INTO audit_logs ({", ".join(AUDIT_COLUMNS)})
+    SELECT {", ".join(f"e.{c}" for c in AUDIT_COLUMNS)} FROM ev e JOIN applied a ON a.i = e.i ORDER BY e.i, e.n
+)
+SELECT t.i, a.i IS NOT NULL, {", ".join(f"d.{c}" for c in STATE_COLUMNS)}
+FROM t LEFT JOIN applied a ON a.i = t.i LEFT JOIN devices d ON a.i IS NULL AND d.device_id = t.device_id
+"""
+READ = f"SELECT {_COLUMNS} FROM devices WHERE device_id = ANY(%s::text[])"
+
+
+def apply_args(batch: Sequence[tuple[Transition, RequestContext]]) -> tuple[list, ...]:
+    """APPLY's parameters for these transitions: one list per array, in the statement's order."""
+    rows, events = [], []
+    for i, (transition, ctx) in enumerate(batch):
+        after = transition.after
+        new = (None,) * len(_NEW_COLUMNS) if after is None else tuple(getattr(after, c) for c in _NEW_COLUMNS)
+        rows.append((i, transition.device_id, transition.expected_version, after is not None, *new))
+        user_id = transition.user_id
+        for event in transition.events:
+            events.append((i, *audit_row(event, transition.at, transition.device_id, user_id, ctx)))
+    columns = len(_NEW_COLUMNS) + 4, len(AUDIT_COLUMNS) + 1
+    return (*_transpose(rows, columns[0]), *_transpose(events, columns[1]))
+
+
+def apply_results(rows: Sequence[tuple], count: int) -> list[Applied]:
+    """APPLY's answer, in the batch's order."""
+    results: list[Applied] = [(False, None)] * count
+    for i, applied, *state in rows:
+        results[i] = (True, None) if applied else (False, None if state[0] is None else DeviceState(*state))
+    return results
+
+
+def read_results(rows: Sequence[tuple], device_ids: Sequence[str]) -> list[DeviceState | None]:
+    found = {row[0]: DeviceState(*row) for row in rows}
+    return [found.get(device_id) for device_id in device_ids]
+
+
+def _transpose(rows: list[tuple], width: int) -> tuple[list, ...]:
+    return tuple(list(column) for column in zip(*rows, strict=True)) if rows else tuple([] for _ in range(width))
+
+
+class Store(ABC):
+    """The device table as the engine sees it; `open_store` picks the database's kind."""
+
+    optimistic = True  # decide on a cached or read state and apply if unchanged (else: always apply_locked)
+
+    def __init__(self, database: Database):
+        self.database = database
+
+    @abstractmethod
+    def read(self, device_id: str) -> DeviceState | None:
+        """The device's state now, or None if there is no such device."""
+
+    @abstractmethod
+    def apply(self, transition: Transition, ctx: RequestContext) -> Applied:
+        """Write the transition and its audit rows if the device is still at `transition.before`'s version."""
+
+    @abstractmethod
+    def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:
+        """Read, decide and apply with the row held, so the decision cannot be overtaken."""
+
+    def recent(self, limit: int) -> list[DeviceState]:
+        """The `limit` most recently used active devices, most recent first (to warm a cache)."""
+        query = (
+            Device.select(*(getattr(Device, c) for c in STATE_COLUMNS))
+            .where(Device.is_active)
+            .order_by(Device.last_used.desc(nulls="LAST"), Device.created_at.desc())
+            .limit(limit)
+        )
+        return [DeviceState(*row) for row in query.tuples()]
+
+    def record(self, rows: list[tuple]) -> None:
+        """Audit rows (in AUDIT_COLUMNS order) of events that change no device."""
+        AuditLog.insert_many(rows, fields=[getattr(AuditLog, c) for c in AUDIT_COLUMNS]).execute()
+
+
+class PostgresStore(Store):
+    def __init__(self, database: Database):
+        super().__init__(database)
+        self.apply_statement = _prepare(database, "otp_apply", APPLY)
+        self.read_statement = _prepare(database, "otp_read", READ)
+
+    def read(self, device_id: str) -> DeviceState | None:
+        return read_results(self.database.execute_sql(self.read_statement, ([device_id],)).fetchall(), [device_id])[0]
+
+    def apply(self, transition: Transition, ctx: RequestContext) -> Applied:
+        rows = self.database.execute_sql(self.apply_statement, apply_args([(transition, ctx)])).fetchall()
+        return apply_results(rows, 1)[0]
+
+    def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:
+        lock = f"SELECT {_COLUMNS} FROM devices WHERE device_id = %s FOR UPDATE"
+        for _ in range(LOCKED_ROUNDS):
+            with self.database.atomic():
+                row = self.database.execute_sql(lock, (device_id,)).fetchone()
+                transition = decide(None if row is None else DeviceState(*row))
+                if transition.empty or self.apply(transition, ctx)[0]:
+                    return transition
+        raise RuntimeError(f"device {device_id!r} changed under a row lock {LOCKED_ROUNDS} times")
+
+
+class SqliteStore(Store):
+    optimistic = False  # writers queue for the database lock anyway: decide inside the write transaction
+
+    def read(self, device_id: str) -> DeviceState | None:
+        query = Device.select(*(getattr(Device, c) for c in STATE_COLUMNS)).where(Device.device_id == device_id)
+        row = query.tuples().first()
+        return None if row is None else DeviceState(*row)
+
+    def apply(self, transition: Transition, ctx: RequestContext) -> Applied:
+        with self.database.atomic():  # IMMEDIATE: no other writer until it commits
+            current = self.read(transition.device_id)
+            if (None if current is None else current.version) != transition.expected_version:
+                return False, current
+            if transition.after is not None:
+                values = {c: getattr(transition.after, c) for c in STATE_COLUMNS}
+                if current is None:
+                    Device.insert(values).execute()
+                else:
+                    Device.update(values).where(Device.device_id == transition.device_id).execute()
+            user_id = transition.user_id
+            rows = [audit_row(e, transition.at, transition.device_id, user_id, ctx) for e in transition.events]
+            if rows:
+                self.record(rows)
+        return True, None
+
+    def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:
+        with self.database.atomic():
+            transition = decide(self.read(device_id))
+            if not transition.empty:
+                self.apply(transition, ctx)  # a savepoint inside our transaction: nobody can change the row
+        return transition
+
+
+def open_store(database: Database) -> Store:
+    return PostgresStore(database) if is_postgres(database) else SqliteStore(database)
+
+
+def _prepare(database: Database, name: str, sql: str) -> str:
+    """Register `sql` to be prepared on every new connection; returns the EXECUTE that runs it.
+
+    psycopg2 has no protocol-level prepare, so this uses SQL PREPARE with numbered parameters and
+    EXECUTE with psycopg2's own. Each parameter is written `%s::type` in `sql`, and the EXECUTE repeats
+    the cast, so an array of only NULLs still takes its type."""
+    parts = sql.split("%s")
+    casts = [part[: len(part) - len(part.lstrip(":abcdefghijklmnopqrstuvwxyz[]"))] for part in parts[1:]]
+    numbered = parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+    database.prepare(name, f"PREPARE {name} AS {numbered}")
+    return f"EXECUTE {name} ({', '.join(f'%s{cast}' for cast in casts)})"
