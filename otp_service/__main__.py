@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import DEFAULT_DATABASE_URL, ConfigError, Settings, check_database_url
+from .config import ConfigError, Settings, database_url, environment, read
 
 DEV_SECRETS_FILE = Path(".dev-secrets")
 
@@ -24,7 +24,7 @@ def _dev_environment() -> dict[str, str]:
     Production never reads or writes the file: there the secrets must come from the environment.
     """
     env = dict(os.environ)
-    if env.get("ENVIRONMENT", "development") == "production":
+    if environment(env) == "production":
         return env
     stored: dict[str, str] = {}
     if DEV_SECRETS_FILE.exists():
@@ -55,7 +55,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from .database import UNAVAILABLE_ERRORS, migrate, open_database
 
     try:
-        database = open_database(_database_url(args), 1, _db_timeout())
+        database = open_database(_database_url(args), 1, read(os.environ, ["DB_TIMEOUT"])["db_timeout"])
         applied = migrate(database)
     except UNAVAILABLE_ERRORS as exc:
         return _fail(f"cannot reach the database: {exc}".strip(), 1)
@@ -76,10 +76,11 @@ def _prepare_multiprocess_metrics(processes: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    defaults = read(os.environ, ["WEB_CONCURRENCY", "SHUTDOWN_GRACE_SECONDS"])
     if args.processes is None:
-        args.processes = _env_int("WEB_CONCURRENCY", 1)
+        args.processes = defaults["web_concurrency"]
     if args.grace is None:
-        args.grace = float(_env_int("SHUTDOWN_GRACE_SECONDS", 20))
+        args.grace = defaults["shutdown_grace_seconds"]
     if args.processes < 1:
         return _fail("--processes (or WEB_CONCURRENCY) must be at least 1")
     _prepare_multiprocess_metrics(args.processes)
@@ -88,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     settings = load_settings()
-    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    configure_logging(settings.log_level)
     try:
         database = open_database(settings.database_url, 1, settings.db_timeout)
         if settings.production and not args.migrate:
@@ -132,19 +133,12 @@ def _with_url(args: argparse.Namespace) -> dict[str, str]:
 
 def _database_url(args: argparse.Namespace) -> str:
     """Commands that only touch the database (migrate, report) need no secrets, only its URL."""
-    return check_database_url(args.database_url or os.environ.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL)
-
-
-def _env_int(name: str, default: int) -> int:
-    """A whole-number default for a command-line option; a bad value is a configuration error, not a traceback."""
-    raw = os.environ.get(name, "").strip() or str(default)
-    if not raw.isascii() or not raw.isdigit():
-        raise ConfigError(name, f"must be a whole number, got {raw!r}")
-    return int(raw)
-
-
-def _db_timeout() -> float:
-    return float(_env_int("DB_TIMEOUT", 5))
+    if args.database_url:
+        try:
+            return database_url(args.database_url)
+        except ValueError as exc:
+            raise ConfigError("--database-url", str(exc)) from None
+    return read(os.environ, ["DATABASE_URL"])["database_url"]
 
 
 def cmd_report(args: argparse.Namespace) -> int:

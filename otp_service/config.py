@@ -1,7 +1,8 @@
-"""Settings read once from the environment.
+"""Settings, read once from the environment, from one table: each variable's name, parser and default.
 
-Every value is checked at start-up so that a bad deployment fails with one line naming
-the variable, instead of failing later on the first request that needs it.
+Every value is checked at start-up so that a bad deployment fails with one line naming the variable,
+instead of failing later on the first request that needs it. No other module reads the environment
+(but for PROMETHEUS_MULTIPROC_DIR, prometheus_client's own, which `serve` sets before importing it).
 """
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from limits import parse_many
 
 from .totp import ALGORITHMS, DIGITS_RANGE, INTERVAL_RANGE
 
 MIN_MASTER_SECRET_LENGTH = 32
+MIN_PRODUCTION_API_KEY_LENGTH = 16
 DEFAULT_DATABASE_URL = "sqlite:///otp_service.db"
+ENVIRONMENTS = ("development", "production", "test")
 
 
 class ConfigError(ValueError):
@@ -28,33 +32,181 @@ class ConfigError(ValueError):
         self.variable = variable
 
 
+# -- parsers: text in, value out, ValueError with the problem ------------------------------------
+
+
+def whole(allowed: range) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not re.fullmatch(r"[0-9]{1,9}", raw):
+            raise ValueError(f"must be a whole number, got {raw!r}")
+        if int(raw) not in allowed:
+            raise ValueError(f"must be between {allowed.start} and {allowed.stop - 1}, got {int(raw)}")
+        return int(raw)
+
+    return parse
+
+
+def seconds(allowed: range) -> Callable[[str], float]:
+    parse_whole = whole(allowed)
+    return lambda raw: float(parse_whole(raw))
+
+
+def boolean(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
+def choice(*choices: str, fold: bool = False) -> Callable[[str], str]:
+    """One of `choices`; with `fold`, in any case (and answered in the case written here)."""
+    canonical = {c.lower() if fold else c: c for c in choices}
+
+    def parse(raw: str) -> str:
+        value = canonical.get(raw.lower() if fold else raw)
+        if value is None:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def rate(raw: str) -> str:
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ValueError(f"must be a rate such as '60/minute', got {raw!r}") from None
+    return raw
+
+
+def database_url(raw: str) -> str:
+    if not re.match(r"^(sqlite|postgres|postgresql)(\+pool)?://", raw):
+        raise ValueError("must start with sqlite://, postgres:// or postgresql://")
+    return raw
+
+
+def redis_url(raw: str) -> str:
+    if raw and not re.match(r"^rediss?://", raw):
+        raise ValueError("must start with redis:// or rediss://")
+    return raw
+
+
+def text(raw: str) -> str:
+    return raw
+
+
+def key_list(raw: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def previous_secrets(raw: str) -> dict[int, str]:
+    found: dict[int, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        version, sep, secret = item.partition(":")
+        if not sep or not version.isascii() or not version.isdigit() or not secret:
+            raise ValueError("must be 'version:secret' pairs separated by commas")
+        if len(secret) < MIN_MASTER_SECRET_LENGTH:
+            raise ValueError(f"version {version}: secret shorter than {MIN_MASTER_SECRET_LENGTH} characters")
+        found[int(version)] = secret
+    return found
+
+
+def master_secret(raw: str) -> str:
+    if raw and len(raw) < MIN_MASTER_SECRET_LENGTH:
+        raise ValueError(f"must be at least {MIN_MASTER_SECRET_LENGTH} characters")
+    return raw
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    parse: Callable[[str], Any]
+    default: str  # as it would be written in the environment; an empty or unset variable takes it
+
+    @property
+    def field(self) -> str:
+        return self.name.lower()
+
+
+VARIABLES = (
+    Variable("ENVIRONMENT", choice(*ENVIRONMENTS, fold=True), "development"),
+    Variable("DATABASE_URL", database_url, DEFAULT_DATABASE_URL),
+    Variable("MASTER_SECRET", master_secret, ""),
+    Variable("MASTER_SECRET_VERSION", whole(range(1, 1_000_000)), "1"),
+    Variable("MASTER_SECRETS_PREVIOUS", previous_secrets, ""),
+    Variable("API_KEY", key_list, ""),
+    Variable("DEBUG", boolean, "false"),
+    Variable("OTP_DIGITS", whole(DIGITS_RANGE), "6"),
+    Variable("OTP_INTERVAL", whole(INTERVAL_RANGE), "30"),
+    Variable("OTP_ALGORITHM", choice(*ALGORITHMS, fold=True), "SHA1"),
+    Variable("OTP_WINDOW", whole(range(0, 11)), "1"),
+    Variable("OTP_MAX_DRIFT", whole(range(0, 101)), "10"),
+    Variable("OTP_MAX_FAILURES", whole(range(1, 101)), "5"),
+    Variable("OTP_LOCKOUT_SECONDS", whole(range(1, 3601)), "60"),
+    Variable("RATE_LIMIT_VERIFY", rate, "60/minute"),
+    Variable("RATE_LIMIT_DEFAULT", rate, "120/minute"),
+    Variable("RATE_LIMIT_ON_REDIS_ERROR", choice("open", "closed"), "open"),
+    Variable("REDIS_URL", redis_url, ""),
+    Variable("METRICS_TOKEN", text, ""),
+    Variable("TRUSTED_PROXY_HOPS", whole(range(0, 11)), "0"),
+    Variable("HOST", text, "127.0.0.1"),
+    Variable("PORT", whole(range(1, 65536)), "8000"),
+    Variable("WEB_CONCURRENCY", whole(range(1, 65)), "1"),
+    Variable("SHUTDOWN_GRACE_SECONDS", seconds(range(0, 3601)), "20"),
+    Variable("DB_POOL_SIZE", whole(range(1, 201)), "8"),
+    Variable("DB_TIMEOUT", seconds(range(1, 61)), "5"),
+    Variable("OTP_APPLICATION_NAME", text, "otp-service"),
+    Variable("LOG_LEVEL", choice("DEBUG", "INFO", "WARNING", "ERROR", fold=True), "INFO"),
+    Variable("ACCESS_LOG", boolean, "true"),
+)
+BY_NAME = {v.name: v for v in VARIABLES}
+
+
+def read(env: Mapping[str, str], names: Iterable[str]) -> dict[str, Any]:
+    """The named variables, parsed, by field name (`DB_TIMEOUT` → `db_timeout`)."""
+    values = {}
+    for name in names:
+        variable = BY_NAME[name]
+        raw = env.get(name, "").strip() or variable.default
+        try:
+            values[variable.field] = variable.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(name, str(exc)) from None
+    return values
+
+
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
-    master_secret: str = ""
-    master_secret_version: int = 1
-    master_secrets_previous: dict[int, str] = field(default_factory=dict)
-    api_keys: tuple[str, ...] = ()
-    environment: str = "development"
-    debug: bool = False
-    otp_digits: int = 6
-    otp_interval: int = 30
-    otp_algorithm: str = "SHA1"
-    otp_window: int = 1
-    otp_max_drift: int = 10
-    otp_max_failures: int = 5
-    otp_lockout_seconds: int = 60
-    rate_limit_verify: str = "60/minute"
-    rate_limit_default: str = "120/minute"
-    rate_limit_fail_open: bool = True
-    redis_url: str = ""
-    metrics_token: str = ""
-    trusted_proxy_hops: int = 0
-    host: str = "127.0.0.1"
-    port: int = 8000
-    db_pool_size: int = 8
-    db_timeout: float = 5.0
-    access_log: bool = True
+    environment: str
+    database_url: str
+    master_secret: str
+    master_secret_version: int
+    master_secrets_previous: dict[int, str]
+    api_key: tuple[str, ...]
+    debug: bool
+    otp_digits: int
+    otp_interval: int
+    otp_algorithm: str
+    otp_window: int
+    otp_max_drift: int
+    otp_max_failures: int
+    otp_lockout_seconds: int
+    rate_limit_verify: str
+    rate_limit_default: str
+    rate_limit_on_redis_error: str
+    redis_url: str
+    metrics_token: str
+    trusted_proxy_hops: int
+    host: str
+    port: int
+    web_concurrency: int
+    shutdown_grace_seconds: float
+    db_pool_size: int
+    db_timeout: float
+    otp_application_name: str
+    log_level: str
+    access_log: bool
     generated: tuple[str, ...] = ()  # names of secrets generated for this development run
 
     @property
@@ -62,138 +214,48 @@ class Settings:
         return self.environment == "production"
 
     @property
+    def api_keys(self) -> tuple[str, ...]:
+        return self.api_key
+
+    @property
+    def rate_limit_fail_open(self) -> bool:
+        return self.rate_limit_on_redis_error == "open"
+
+    @property
     def master_secrets(self) -> dict[int, str]:
         return {**self.master_secrets_previous, self.master_secret_version: self.master_secret}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        return _parse(env)
-
-
-def _get(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name, "").strip()
-    return value if value else default
-
-
-def _int(env: Mapping[str, str], name: str, default: int, allowed: range) -> int:
-    raw = _get(env, name, str(default))
-    if not re.fullmatch(r"[0-9]{1,9}", raw):
-        raise ConfigError(name, f"must be a whole number, got {raw!r}")
-    value = int(raw)
-    if value not in allowed:
-        raise ConfigError(name, f"must be between {allowed.start} and {allowed.stop - 1}, got {value}")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = _get(env, name, "true" if default else "false").lower()
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(name, f"must be true or false, got {raw!r}")
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    raw = _get(env, name, default)
-    if raw not in choices:
-        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
-    return raw
-
-
-def _rate(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = _get(env, name, default)
-    try:
-        parse_many(raw)
-    except ValueError:
-        raise ConfigError(name, f"must be a rate such as '60/minute', got {raw!r}") from None
-    return raw
-
-
-def _previous_secrets(raw: str) -> dict[int, str]:
-    found: dict[int, str] = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        version, sep, secret = item.partition(":")
-        if not sep or not version.isascii() or not version.isdigit() or not secret:
-            raise ConfigError("MASTER_SECRETS_PREVIOUS", "must be 'version:secret' pairs separated by commas")
-        if len(secret) < MIN_MASTER_SECRET_LENGTH:
+        """Every variable, checked, with development secrets generated where none are set (and refused
+        in production)."""
+        values = read(os.environ if env is None else env, BY_NAME)
+        production = values["environment"] == "production"
+        if production and values["debug"]:
+            raise ConfigError("DEBUG", "must be false when ENVIRONMENT=production")
+        generated = []
+        if not values["master_secret"]:
+            if production:
+                raise ConfigError(
+                    "MASTER_SECRET", f"is required in production ({MIN_MASTER_SECRET_LENGTH}+ characters)"
+                )
+            values["master_secret"] = secrets.token_urlsafe(32)
+            generated.append("MASTER_SECRET")
+        if not values["api_key"]:
+            if production:
+                raise ConfigError("API_KEY", "is required in production")
+            values["api_key"] = (secrets.token_urlsafe(24),)
+            generated.append("API_KEY")
+        if production and any(len(k) < MIN_PRODUCTION_API_KEY_LENGTH for k in values["api_key"]):
             raise ConfigError(
-                "MASTER_SECRETS_PREVIOUS",
-                f"version {version}: secret shorter than {MIN_MASTER_SECRET_LENGTH} characters",
+                "API_KEY", f"every key must be at least {MIN_PRODUCTION_API_KEY_LENGTH} characters in production"
             )
-        found[int(version)] = secret
-    return found
+        if values["master_secret_version"] in values["master_secrets_previous"]:
+            version = values["master_secret_version"]
+            raise ConfigError("MASTER_SECRETS_PREVIOUS", f"must not repeat the current version {version}")
+        return cls(**values, generated=tuple(generated))
 
 
-def check_database_url(raw: str) -> str:
-    if not re.match(r"^(sqlite|postgres|postgresql)(\+pool)?://", raw):
-        raise ConfigError("DATABASE_URL", "must start with sqlite://, postgres:// or postgresql://")
-    return raw
-
-
-def _parse(env: Mapping[str, str]) -> Settings:
-    environment = _choice(env, "ENVIRONMENT", "development", ("development", "production", "test"))
-    production = environment == "production"
-    debug = _bool(env, "DEBUG", False)
-    if production and debug:
-        raise ConfigError("DEBUG", "must be false when ENVIRONMENT=production")
-
-    generated = []
-    master_secret = _get(env, "MASTER_SECRET", "")
-    if not master_secret:
-        if production:
-            raise ConfigError("MASTER_SECRET", "is required in production (32+ characters)")
-        master_secret = secrets.token_urlsafe(32)
-        generated.append("MASTER_SECRET")
-    if len(master_secret) < MIN_MASTER_SECRET_LENGTH:
-        raise ConfigError("MASTER_SECRET", f"must be at least {MIN_MASTER_SECRET_LENGTH} characters")
-
-    api_keys = tuple(k.strip() for k in _get(env, "API_KEY", "").split(",") if k.strip())
-    if not api_keys:
-        if production:
-            raise ConfigError("API_KEY", "is required in production")
-        api_keys = (secrets.token_urlsafe(24),)
-        generated.append("API_KEY")
-    if production and any(len(k) < 16 for k in api_keys):
-        raise ConfigError("API_KEY", "every key must be at least 16 characters in production")
-
-    version = _int(env, "MASTER_SECRET_VERSION", 1, range(1, 1_000_000))
-    previous = _previous_secrets(_get(env, "MASTER_SECRETS_PREVIOUS", ""))
-    if version in previous:
-        raise ConfigError("MASTER_SECRETS_PREVIOUS", f"must not repeat the current version {version}")
-
-    return Settings(
-        database_url=check_database_url(_get(env, "DATABASE_URL", DEFAULT_DATABASE_URL)),
-        master_secret=master_secret,
-        master_secret_version=version,
-        master_secrets_previous=previous,
-        api_keys=api_keys,
-        environment=environment,
-        debug=debug,
-        otp_digits=_int(env, "OTP_DIGITS", 6, DIGITS_RANGE),
-        otp_interval=_int(env, "OTP_INTERVAL", 30, INTERVAL_RANGE),
-        otp_algorithm=_choice(env, "OTP_ALGORITHM", "SHA1", tuple(ALGORITHMS)),
-        otp_window=_int(env, "OTP_WINDOW", 1, range(0, 11)),
-        otp_max_drift=_int(env, "OTP_MAX_DRIFT", 10, range(0, 101)),
-        otp_max_failures=_int(env, "OTP_MAX_FAILURES", 5, range(1, 101)),
-        otp_lockout_seconds=_int(env, "OTP_LOCKOUT_SECONDS", 60, range(1, 3601)),
-        rate_limit_verify=_rate(env, "RATE_LIMIT_VERIFY", "60/minute"),
-        rate_limit_default=_rate(env, "RATE_LIMIT_DEFAULT", "120/minute"),
-        rate_limit_fail_open=_choice(env, "RATE_LIMIT_ON_REDIS_ERROR", "open", ("open", "closed")) == "open",
-        redis_url=_redis_url(_get(env, "REDIS_URL", "")),
-        metrics_token=_get(env, "METRICS_TOKEN", ""),
-        trusted_proxy_hops=_int(env, "TRUSTED_PROXY_HOPS", 0, range(0, 11)),
-        host=_get(env, "HOST", "127.0.0.1"),
-        port=_int(env, "PORT", 8000, range(1, 65536)),
-        db_pool_size=_int(env, "DB_POOL_SIZE", 8, range(1, 201)),
-        db_timeout=float(_int(env, "DB_TIMEOUT", 5, range(1, 61))),
-        access_log=_bool(env, "ACCESS_LOG", True),
-        generated=tuple(generated),
-    )
-
-
-def _redis_url(raw: str) -> str:
-    if raw and not re.match(r"^rediss?://", raw):
-        raise ConfigError("REDIS_URL", "must start with redis:// or rediss://")
-    return raw
+def environment(env: Mapping[str, str]) -> str:
+    """ENVIRONMENT as the settings read it (trimmed, lower case, checked)."""
+    return read(env, ["ENVIRONMENT"])["environment"]

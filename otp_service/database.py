@@ -8,7 +8,6 @@ request reconnects — see `service.unit_of_work`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -57,7 +56,9 @@ class _PostgresPool(PooledPostgresqlDatabase):
             self._prepared_on.add(marker)
 
 
-def open_database(url: str, pool_size: int = 8, timeout: float = 5.0) -> Database:
+def open_database(
+    url: str, pool_size: int = 8, timeout: float = 5.0, application_name: str = "otp-service"
+) -> Database:
     """A pooled database for `url`, bound to the models' proxy.
 
     `timeout` bounds how long anything waits: a connection attempt, a free pool slot, a
@@ -89,7 +90,7 @@ def open_database(url: str, pool_size: int = 8, timeout: float = 5.0) -> Databas
             port=parsed.port,
             connect_timeout=max(1, int(timeout)),
             options=f"-c statement_timeout={int(timeout * 1000)}",
-            application_name=os.environ.get("OTP_APPLICATION_NAME", "otp-service"),
+            application_name=application_name,
         )
     else:
         raise ValueError(f"unsupported database URL scheme {parsed.scheme!r}")

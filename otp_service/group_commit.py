@@ -2,7 +2,7 @@
 
 Each request is still decided on its own and gets its own guarded transition and audit rows; what is
 shared is the round trip and the commit. Requests that arrive while a statement is in flight wait for
-it and go together in the next one (`store.APPLY`, `store.READ`: one array element per request). With
+it and go together in the next one (`store.APPLY`, `store.READ`: one element per request). With
 no load a request goes out at once, alone; under load the batches grow by themselves and the database's
 cost per request falls (measured on the benchmark machine: ~290 µs of PostgreSQL CPU per single-row
 statement, ~80 µs per row in batches of 8, ~50 µs in batches of 16).

@@ -249,7 +249,9 @@ def build_service(
     settings: Settings, database: Database | None = None, clock: Callable[[], float] | None = None
 ) -> OtpService:
     """The service over `database` (default: DATABASE_URL, pooled), for the app, the CLI and the demo data."""
-    database = database or open_database(settings.database_url, settings.db_pool_size, settings.db_timeout)
+    database = database or open_database(
+        settings.database_url, settings.db_pool_size, settings.db_timeout, settings.otp_application_name
+    )
     keyring = Keyring(settings.master_secrets, settings.master_secret_version)
     return OtpService(settings, keyring, database, **({"clock": clock} if clock else {}))
 

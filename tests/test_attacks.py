@@ -1,18 +1,20 @@
 """Attacks on the verification rules: brute force under the lockout policy, lockout as a denial of
 service, and replay races across two real service processes."""
 
+import base64
 import json
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from http.client import HTTPConnection
 
 import pytest
 
 from otp_service import errors, totp
 from otp_service.audit import RequestContext
-from otp_service.models import AuditLog
+from otp_service.models import AuditLog, Device
 from otp_service.verification import lock_seconds
 from tests.conftest import API_KEY, PG_URL
 from tests.helpers import code_at
@@ -88,14 +90,10 @@ def test_lockout_as_denial_of_service_and_operator_unlock(service, clock):
     assert service.verify("VICTIM", code_at(reg, clock.now), OWNER)["valid"] is True
 
 
-def _post(port, body):
+def _post(port, body, request_id=None, path="/api/v1/otp/verify"):
     conn = HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request(
-        "POST",
-        "/api/v1/otp/verify",
-        json.dumps(body),
-        {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
-    )
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    conn.request("POST", path, json.dumps(body), headers | ({"X-Request-ID": request_id} if request_id else {}))
     resp = conn.getresponse()
     data = json.loads(resp.read())
     conn.close()
@@ -178,3 +176,137 @@ def test_code_for_an_earlier_step_is_refused_in_the_other_process(two_processes)
         "valid": False,
         "reason": "REPLAYED",
     }
+
+
+def _register(port, device_id):
+    status, body = _post(port, {"device_id": device_id, "user_id": "victim"}, path="/api/v1/devices/register")
+    assert status == 201
+    return body["data"]
+
+
+def _burst(ports, device_id, codes):
+    """Every code at once, alternately to each process; (request id, code, status, body) for each."""
+    barrier = threading.Barrier(len(codes))
+
+    def attempt(i):
+        rid = f"{device_id}-{i}"
+        barrier.wait()
+        return (rid, codes[i], *_post(ports[i % 2], {"device_id": device_id, "otp": codes[i]}, rid))
+
+    with ThreadPoolExecutor(max_workers=len(codes)) as pool:
+        return list(pool.map(attempt, range(len(codes))))
+
+
+def _wrong_codes(reg, count):
+    near = {code_at(reg, time.time(), k) for k in range(-3, 4)}
+    return [c for c in (f"{n:06d}" for n in range(100, 100 + count + len(near))) if c not in near][:count]
+
+
+def _check_against_the_rule(database, reg, results, failures_before=0):
+    """Replay the device's audit trail, in the order the rows were written, through the rule itself
+    (`verification.decide`) with the code each request sent: every row, and every answer, must be what
+    the rule says for the state the earlier rows left. Returns the number of codes checked and refused."""
+
+    from otp_service.transitions import DeviceState, to_datetime
+    from otp_service.verification import Policy, decide
+
+    key = base64.b64decode(reg["derived_key"])
+    sent = {rid: (code, status, body) for rid, code, status, body in results}
+    with database.connection_context():
+        rows = list(
+            AuditLog.select()
+            .where((AuditLog.device_id == reg["device_id"]) & (AuditLog.request_id.in_(list(sent))))
+            .order_by(AuditLog.id)
+        )
+    created = to_datetime(time.time() - 3600)
+    state = DeviceState(
+        reg["device_id"],
+        "victim",
+        "",
+        1,
+        "",
+        6,
+        30,
+        "SHA1",
+        None,
+        True,
+        created,
+        None,
+        0,
+        None,
+        -1,
+        0,
+        failures_before,
+        None,
+        0,
+    )
+    checked = 0
+    verifications = [r for r in rows if r.action == "OTP_VERIFICATION"]
+    assert len(verifications) == len(results), "every answered request has exactly one verification row"
+    for row in verifications:
+        code, status, body = sent[row.request_id]
+        now = (row.timestamp - datetime(1970, 1, 1)).total_seconds()
+        transition = decide(reg["device_id"], state, key, code, now, Policy())
+        assert (row.success, row.reason) == (
+            transition.verdict == "ACCEPTED",
+            None if transition.verdict == "ACCEPTED" else transition.verdict,
+        )
+        if transition.verdict == "DEVICE_LOCKED":
+            assert status == 429 and body["error"]["code"] == "DEVICE_LOCKED"
+        else:
+            assert status == 200 and body["data"]["valid"] is (transition.verdict == "ACCEPTED")
+            checked += transition.verdict == "INVALID_CODE"
+        state = transition.after or state
+    return checked
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_burst_of_wrong_codes_gets_exactly_the_failure_budget_checked(two_processes, database):
+    """60 wrong codes at once against fresh devices, half to each process, three times: five are checked
+    (the budget), the other 55 are refused as locked without being checked, on every device."""
+    ports = two_processes
+    for round_ in range(3):
+        reg = _register(ports[round_ % 2], f"FRESH-{round_}")
+        results = _burst(ports, reg["device_id"], _wrong_codes(reg, 60))
+        statuses = sorted(status for _, _, status, _ in results)
+        assert statuses == [200] * 5 + [429] * 55
+        assert _check_against_the_rule(database, reg, results) == 5
+        with database.connection_context():
+            device = Device.get_by_id(reg["device_id"])
+            locks = AuditLog.select().where(
+                (AuditLog.device_id == reg["device_id"]) & (AuditLog.action == "DEVICE_LOCKED")
+            )
+            assert device.failed_attempts == 5 and device.locked_until is not None and locks.count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_burst_against_a_device_one_failure_short_of_its_lock_gets_one_code_checked(two_processes, database):
+    ports = two_processes
+    for round_ in range(3):
+        reg = _register(ports[0], f"SHORT-{round_}")
+        for code in _wrong_codes(reg, 4):
+            assert _post(ports[1], {"device_id": reg["device_id"], "otp": code})[1]["data"]["reason"] == "INVALID_CODE"
+        results = _burst(ports, reg["device_id"], _wrong_codes(reg, 60))
+        assert sorted(status for _, _, status, _ in results) == [200] + [429] * 59
+        assert _check_against_the_rule(database, reg, results, failures_before=4) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_correct_code_inside_a_burst_is_judged_on_the_state_it_lands_on(two_processes, database):
+    """The owner's code among 59 wrong ones: accepted if it lands before the fifth failure (and then it
+    resets the count), refused as locked if after; never both, and never more than the budget checked."""
+    ports = two_processes
+    accepted = 0
+    for round_ in range(3):
+        reg = _register(ports[0], f"MIXED-{round_}")
+        codes = _wrong_codes(reg, 59)
+        codes.insert(29, code_at(reg, time.time()))
+        results = _burst(ports, reg["device_id"], codes)
+        checked = _check_against_the_rule(database, reg, results)
+        owner = next(r for r in results if r[1] == codes[29])
+        accepted += owner[2] == 200 and owner[3]["data"]["valid"]
+        assert checked <= (4 + 5 if owner[2] == 200 and owner[3]["data"]["valid"] else 5)
+        assert sum(1 for r in results if r[2] == 200 and r[3]["data"]["valid"]) <= 1

@@ -1,8 +1,11 @@
 """Settings from the environment: defaults, every refusal, one clear message naming the variable."""
 
+import re
+from pathlib import Path
+
 import pytest
 
-from otp_service.config import ConfigError, Settings
+from otp_service.config import VARIABLES, ConfigError, Settings, environment
 
 GOOD_SECRET = "m" * 32
 
@@ -75,3 +78,26 @@ def test_bad_values_name_the_variable(env, variable):
     for secret in (env.get("MASTER_SECRET"), env.get("API_KEY")):
         if secret and len(secret) > 4:
             assert secret not in str(exc.value)
+
+
+def test_environment_is_normalised_once_so_production_checks_cannot_be_skipped():
+    """'production ' with a trailing space (or in capitals) is production: its secrets are required."""
+    for spelling in ("production ", " Production", "PRODUCTION"):
+        with pytest.raises(ConfigError) as exc:
+            parse(ENVIRONMENT=spelling)
+        assert exc.value.variable == "MASTER_SECRET"
+    assert environment({"ENVIRONMENT": "production "}) == "production"
+
+
+def test_every_variable_has_one_default_and_a_row_in_the_readme():
+    """The table in config.py is the one place a variable is named, parsed and defaulted; the README's
+    configuration table lists exactly those (and prometheus_client's own folder variable)."""
+    defaults = parse()
+    for variable in VARIABLES:
+        if variable.name not in ("MASTER_SECRET", "API_KEY"):  # generated in development
+            assert getattr(defaults, variable.field) == variable.parse(variable.default), variable.name
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z_]+)`(?: / `([A-Z_]+)`)?", table, re.M))
+    names = {name for pair in documented for name in pair if name}
+    assert names == {v.name for v in VARIABLES} | {"PROMETHEUS_MULTIPROC_DIR"}
