@@ -11,6 +11,7 @@ import ipaddress
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from .transitions import AuditEvent
@@ -31,6 +32,7 @@ AUDIT_COLUMNS = (
 )
 
 
+@lru_cache(maxsize=4096)  # every request asks for its client's address, and clients come back
 def normal_ip(value: str | None) -> str | None:
     """An IP address in its normal text form, or None: no IPv6 zone id ("fe80::1%eth0" is a client-chosen
     string of any length), no IPv4-mapped disguise of an IPv4 address."""

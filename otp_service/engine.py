@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Generator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -74,7 +73,7 @@ class Engine:
         self.store = store
         self.cache = cache or DeviceCache()
         self.loop_store: Any = None  # EventLoopStore, for run_async (PostgreSQL)
-        self._held: dict[str, list] = {}
+        self._turns: dict[str, list] = {}  # device id -> [lock, requests holding or waiting for it]
 
     def run(self, plan: Plan) -> dict[str, Any]:
         steps = settle(plan, self._known(plan), self.store.optimistic)
@@ -94,20 +93,32 @@ class Engine:
     async def run_async(self, plan: Plan) -> dict[str, Any]:
         """`run` on the event loop. Requests for one device take turns within the process, so only
         other processes can overtake a decision."""
-        async with self._turn(plan.device_id):
-            steps = settle(plan, self._known(plan), optimistic=True)
-            reply = None
-            while True:
-                try:
-                    op = steps.send(reply)
-                except StopIteration as done:
-                    return plan.answer(self._applied(done.value))
-                if isinstance(op, Read):
-                    reply = self._seen(op.device_id, await self.loop_store.read(op.device_id))
-                elif isinstance(op, Apply):
-                    reply = self._outcome(op.transition, await self.loop_store.apply(*op))
-                else:
-                    reply = await self.loop_store.apply_locked(*op)
+        turn = self._turns.get(plan.device_id)
+        if turn is None:
+            turn = self._turns[plan.device_id] = [asyncio.Lock(), 0]
+        turn[1] += 1
+        try:
+            async with turn[0]:
+                return await self._settle_async(plan)
+        finally:
+            turn[1] -= 1
+            if not turn[1]:
+                del self._turns[plan.device_id]
+
+    async def _settle_async(self, plan: Plan) -> dict[str, Any]:
+        steps = settle(plan, self._known(plan), optimistic=True)
+        reply = None
+        while True:
+            try:
+                op = steps.send(reply)
+            except StopIteration as done:
+                return plan.answer(self._applied(done.value))
+            if isinstance(op, Read):
+                reply = self._seen(op.device_id, await self.loop_store.read(op.device_id))
+            elif isinstance(op, Apply):
+                reply = self._outcome(op.transition, await self.loop_store.apply(*op))
+            else:
+                reply = await self.loop_store.apply_locked(*op)
 
     def warm(self, limit: int | None = None) -> int:
         """Cache the states of the most recently used active devices; returns how many."""
@@ -136,20 +147,6 @@ class Engine:
     def _applied(self, transition: Transition) -> Transition:
         self._seen(transition.device_id, transition.current)
         return transition
-
-    @asynccontextmanager
-    async def _turn(self, device_id: str) -> AsyncIterator[None]:
-        entry = self._held.get(device_id)
-        if entry is None:
-            entry = self._held[device_id] = [asyncio.Lock(), 0]
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del self._held[device_id]
 
 
 class DeviceCache:

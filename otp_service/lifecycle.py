@@ -4,7 +4,6 @@ audit rows; `store` applies it only if the device is still in the state it was d
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 
 from .models import Action
@@ -17,7 +16,7 @@ def decide_register(device_id: str, state: DeviceState | None, fresh: DeviceStat
     if state is not None and state.is_active:
         event = AuditEvent(Action.DEVICE_REGISTERED, False, "DEVICE_EXISTS")
         return Transition(device_id, at, state, None, (event,), "DEVICE_EXISTS")
-    after = replace(fresh, version=0 if state is None else state.version + 1)
+    after = fresh._replace(version=0 if state is None else state.version + 1)
     data = {"digits": fresh.digits, "interval": fresh.interval, "algorithm": fresh.algorithm}
     event = AuditEvent(Action.DEVICE_REGISTERED, True, None, data | {"key_version": fresh.key_version})
     return Transition(device_id, at, state, after, (event,), "REGISTERED")
@@ -30,7 +29,7 @@ def decide_deactivate(device_id: str, state: DeviceState | None, at: datetime) -
         return Transition(device_id, at, None, None, (event,), "DEVICE_NOT_FOUND")
     if not state.is_active:
         return Transition(device_id, at, state, None, (), "ALREADY_DEACTIVATED")
-    after = replace(state, is_active=False, deactivated_at=at, version=state.version + 1)
+    after = state._replace(is_active=False, deactivated_at=at, version=state.version + 1)
     return Transition(device_id, at, state, after, (AuditEvent(Action.DEVICE_DEACTIVATED, True),), "DEACTIVATED")
 
 
@@ -39,5 +38,5 @@ def decide_unlock(device_id: str, state: DeviceState | None, at: datetime) -> Tr
     if state is None:
         event = AuditEvent(Action.DEVICE_UNLOCKED, False, "DEVICE_NOT_FOUND")
         return Transition(device_id, at, None, None, (event,), "DEVICE_NOT_FOUND")
-    after = replace(state, failed_attempts=0, locked_until=None, version=state.version + 1)
+    after = state._replace(failed_attempts=0, locked_until=None, version=state.version + 1)
     return Transition(device_id, at, state, after, (AuditEvent(Action.DEVICE_UNLOCKED, True),), "UNLOCKED")

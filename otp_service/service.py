@@ -371,7 +371,7 @@ def _verified(transition: Transition) -> dict[str, Any]:
         metrics.VERIFICATIONS.labels("invalid", verdict).inc()
         log.debug("verification failed", extra={"device_id": device_id, "reason": verdict})  # audited and counted
         answer = {"device_id": device_id, "valid": False, "reason": verdict}
-        if "locked_until" in transition.details:  # this failure locked the device: the app can tell its user
+        if transition.details:  # this failure locked the device: the app can tell its user
             metrics.LOCKOUTS.inc()
             answer["locked_until"] = isoformat(transition.details["locked_until"])
         return answer

@@ -57,22 +57,28 @@ _PG_TYPES = {
 }
 _EVENT_TYPES = ("timestamp", "text", "bool", "text", "text", "text", "text", "text", "text", "text")
 _T_KEYS = ("i", "device_id", "expected", "writes", *_NEW_COLUMNS)
+_NO_ROW = (None,) * len(_NEW_COLUMNS)
 _E_KEYS = ("i", "n", *AUDIT_COLUMNS)
 
 
-def _record(names: Sequence[str], types: Sequence[str]) -> str:
-    return ", ".join(f'"{name}" {type_}' for name, type_ in zip(names, types, strict=True))
+def _elements(names: Sequence[str], types: Sequence[str], alias: str) -> str:
+    """The rows of a JSON array of arrays, one column per position: `(r->>0)::int AS i, …`."""
+    columns = ", ".join(
+        f'(r->>{n}){"" if type_ == "text" else "::" + type_} AS "{name}"'
+        for n, (name, type_) in enumerate(zip(names, types, strict=True))
+    )
+    return f"(SELECT {columns} FROM jsonb_array_elements(%s::jsonb) r) AS {alias}"
 
 
-# The batch comes as two JSON documents (psycopg2 adapts one string far faster than hundreds of array
-# elements): transitions — i (position in the batch), device id, expected version (NULL: must not exist),
-# whether it writes the row, then the row to write — and audit rows: i of their transition, n their order.
+# The batch comes as two JSON arrays of arrays (psycopg2 adapts one string far faster than hundreds of
+# array elements): transitions — i (position in the batch), device id, expected version (NULL: must not
+# exist), whether it writes the row, then the row to write — and audit rows: i of their transition, n
+# their order, then the audit columns.
 APPLY = f"""
 WITH t AS (
-    SELECT * FROM json_to_recordset(%s::json)
-        AS t({_record(_T_KEYS, ("int", "text", "bigint", "bool", *(_PG_TYPES[c] for c in _NEW_COLUMNS)))})
+    SELECT * FROM {_elements(_T_KEYS, ("int", "text", "bigint", "bool", *(_PG_TYPES[c] for c in _NEW_COLUMNS)), "t")}
 ), ev AS (
-    SELECT * FROM json_to_recordset(%s::json) AS e({_record(_E_KEYS, ("int", "int", *_EVENT_TYPES))})
+    SELECT * FROM {_elements(_E_KEYS, ("int", "int", *_EVENT_TYPES), "e")}
 ), mine AS (
     SELECT d.device_id FROM devices d JOIN t ON d.device_id = t.device_id
     WHERE t.writes AND t.expected IS NOT NULL FOR UPDATE OF d SKIP LOCKED
@@ -97,8 +103,11 @@ WITH t AS (
     INSERT INTO audit_logs ({", ".join(AUDIT_COLUMNS)})
     SELECT {", ".join(f"e.{c}" for c in AUDIT_COLUMNS)} FROM ev e JOIN applied a ON a.i = e.i ORDER BY e.n
 )
-SELECT t.i, a.i IS NOT NULL, {", ".join(f"d.{c}" for c in STATE_COLUMNS)}
-FROM t LEFT JOIN applied a ON a.i = t.i LEFT JOIN devices d ON a.i IS NULL AND d.device_id = t.device_id
+SELECT t.i, a.i IS NOT NULL, d.*
+FROM t LEFT JOIN applied a ON a.i = t.i
+LEFT JOIN LATERAL (  -- the state that won, for a transition that did not apply (read only for those)
+    SELECT {_COLUMNS} FROM devices WHERE a.i IS NULL AND device_id = t.device_id
+) d ON TRUE
 """
 READ = f"SELECT {_COLUMNS} FROM devices WHERE device_id = ANY(%s::text[])"
 
@@ -108,17 +117,16 @@ def apply_args(batch: Sequence[tuple[Transition, RequestContext]]) -> tuple[str,
     rows, events = [], []
     for i, (transition, ctx) in enumerate(batch):
         after = transition.after
-        new = (None,) * len(_NEW_COLUMNS) if after is None else tuple(getattr(after, c) for c in _NEW_COLUMNS)
-        values = (i, transition.device_id, transition.expected_version, after is not None, *new)
-        rows.append(dict(zip(_T_KEYS, values, strict=True)))
+        new = _NO_ROW if after is None else after[1:]
+        rows.append((i, transition.device_id, transition.expected_version, after is not None, *new))
         user_id = transition.user_id
         for event in transition.events:
             row = audit_row(event, transition.at, transition.device_id, user_id, ctx)
-            events.append(dict(zip(_E_KEYS, (i, len(events), *row), strict=True)))
+            events.append((i, len(events), *row))
     return _json(rows), _json(events)
 
 
-def _json(rows: list[dict]) -> str:
+def _json(rows: list[tuple]) -> str:
     return json.dumps(rows, separators=(",", ":"), default=datetime.isoformat)
 
 

@@ -9,16 +9,15 @@ decision made by the same function on the state that was current when the write 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from .models import Action
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceState:
-    """One row of `devices`, field for field (the store reads and writes them in this order)."""
+class DeviceState(NamedTuple):
+    """One row of `devices`, field for field (the store reads and writes them in this order). A tuple:
+    the hot path builds one from every row it reads and a new one for every change (`_replace`)."""
 
     device_id: str
     user_id: str
@@ -41,12 +40,11 @@ class DeviceState:
     version: int  # +1 with every change
 
 
-STATE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(DeviceState))
+STATE_COLUMNS: tuple[str, ...] = DeviceState._fields
 UNKNOWN: Any = type("Unknown", (), {"__repr__": lambda self: "UNKNOWN"})()  # a state not read (yet, or again)
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
+class AuditEvent(NamedTuple):
     """One audit row, before the store adds who asked (the request context) and the row id."""
 
     action: Action
@@ -55,8 +53,7 @@ class AuditEvent:
     data: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(NamedTuple):
     """A decision: the state it was made on (`before`, None: no such device), the state to write (`after`,
     None: nothing changes) and the audit rows, which are written with it or not at all.
 
@@ -68,7 +65,7 @@ class Transition:
     after: DeviceState | None
     events: tuple[AuditEvent, ...]
     verdict: str
-    details: dict[str, Any] = field(default_factory=dict)  # what the answer reports beyond the verdict
+    details: dict[str, Any] | None = None  # what the answer reports beyond the verdict
 
     @property
     def expected_version(self) -> int | None:

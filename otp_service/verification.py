@@ -16,7 +16,7 @@ current, so a wrong code is counted before any later one is checked, in every pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 
 from . import totp
@@ -115,8 +115,7 @@ def decide(
         max_drift=policy.max_drift,
     )
     if outcome.valid:
-        after = replace(
-            state,
+        after = state._replace(
             last_step=outcome.step,
             drift=outcome.drift,
             failed_attempts=0,
@@ -134,12 +133,12 @@ def decide(
 
     failures = state.failed_attempts + 1
     events = [AuditEvent(Action.OTP_VERIFICATION, False, "INVALID_CODE", {"failed_attempts": failures})]
-    locked_until, details = state.locked_until, {}
+    locked_until, details = state.locked_until, None
     seconds = lock_seconds(failures, policy.max_failures, policy.lockout_seconds)
     if seconds:
         locked_until = at + timedelta(seconds=seconds)
         details = {"locked_until": locked_until}
         data = {"failed_attempts": failures, "lock_seconds": seconds, "locked_until": isoformat(locked_until)}
         events.append(AuditEvent(Action.DEVICE_LOCKED, True, "TOO_MANY_FAILURES", data))
-    after = replace(state, failed_attempts=failures, locked_until=locked_until, version=state.version + 1)
+    after = state._replace(failed_attempts=failures, locked_until=locked_until, version=state.version + 1)
     return Transition(device_id, at, state, after, tuple(events), "INVALID_CODE", details)

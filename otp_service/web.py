@@ -16,6 +16,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import tornado.web
@@ -124,7 +125,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.kept_headers[name] = value
         self.set_header(name, value)
 
-    @property
+    @cached_property
     def ip(self) -> str:
         return client_ip(
             self.request.remote_ip or "",

@@ -4,7 +4,6 @@ has moved on. First its loop alone (`settle`, pure), then against a real databas
 
 import json
 import threading
-from dataclasses import replace
 
 import pytest
 
@@ -48,7 +47,7 @@ def test_settle_reads_first_when_nothing_is_known():
 def test_settle_decides_again_on_the_state_that_won_the_race():
     steps = settle(unlock_plan(), STATE, optimistic=True)
     next(steps)
-    newer = replace(STATE, failed_attempts=5, version=9)
+    newer = STATE._replace(failed_attempts=5, version=9)
     op = steps.send((False, newer))
     assert isinstance(op, Apply) and op.transition.before is newer and op.transition.expected_version == 9
 
@@ -57,9 +56,9 @@ def test_settle_takes_the_row_lock_after_losing_every_optimistic_race():
     steps = settle(unlock_plan(), STATE, optimistic=True)
     op = next(steps)
     for n in range(OPTIMISTIC_ATTEMPTS - 1):
-        op = steps.send((False, replace(STATE, version=10 + n)))
+        op = steps.send((False, STATE._replace(version=10 + n)))
         assert isinstance(op, Apply)
-    op = steps.send((False, replace(STATE, version=99)))
+    op = steps.send((False, STATE._replace(version=99)))
     assert isinstance(op, ApplyLocked) and op.device_id == "D"
 
 
