@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .audit import RequestContext
+from .metrics import OVERTAKEN
 from .store import Decide, Store
 from .transitions import UNKNOWN, DeviceState, Transition
+
+_OVERTAKEN_OPTIMISTIC, _OVERTAKEN_LOCKED = OVERTAKEN.labels("optimistic"), OVERTAKEN.labels("locked")
 
 OPTIMISTIC_ATTEMPTS = 4  # then the row lock: a device under a storm of requests from several processes
 DEVICE_CACHE_SIZE = 65536  # states of about 0.5 KiB: at most ~35 MiB per process
@@ -88,6 +91,8 @@ class Engine:
             elif isinstance(op, Apply):
                 reply = self._outcome(op.transition, self.store.apply(*op))
             else:
+                if self.store.optimistic:  # else every command takes the row lock: nothing overtook it
+                    _OVERTAKEN_LOCKED.inc()
                 reply = self.store.apply_locked(*op)
 
     async def run_async(self, plan: Plan) -> dict[str, Any]:
@@ -118,6 +123,7 @@ class Engine:
             elif isinstance(op, Apply):
                 reply = self._outcome(op.transition, await self.loop_store.apply(*op))
             else:
+                _OVERTAKEN_LOCKED.inc()
                 reply = await self.loop_store.apply_locked(*op)
 
     def warm(self, limit: int | None = None) -> int:
@@ -141,6 +147,7 @@ class Engine:
     def _outcome(self, transition: Transition, outcome: tuple[bool, DeviceState | None]) -> tuple:
         applied, current = outcome
         if not applied:
+            _OVERTAKEN_OPTIMISTIC.inc()
             self._seen(transition.device_id, current)
         return outcome
 

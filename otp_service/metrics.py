@@ -46,6 +46,11 @@ APPLY_BATCH_SIZE = Histogram(
 READ_BATCH_SIZE = Histogram(
     "otp_read_batch_size", "Uncached device states read together in one statement", buckets=BATCH_BUCKETS
 )
+OVERTAKEN = Counter(
+    "otp_decisions_overtaken_total",
+    "Decisions made again because another request or process had changed the device first",
+    ["phase"],  # optimistic: decided again on the newer state; locked: settled under the row lock
+)
 DB_UNAVAILABLE = Counter("otp_database_unavailable_total", "Operations refused because the database was unreachable")
 
 

@@ -80,8 +80,8 @@ WITH t AS (
 ), ev AS (
     SELECT * FROM {_elements(_E_KEYS, ("int", "int", *_EVENT_TYPES), "e")}
 ), mine AS (
-    SELECT d.device_id FROM devices d JOIN t ON d.device_id = t.device_id
-    WHERE t.writes AND t.expected IS NOT NULL FOR UPDATE OF d SKIP LOCKED
+    SELECT d.device_id FROM devices d JOIN t ON d.device_id = t.device_id  -- a stale row is not even locked
+    WHERE t.writes AND d.version = t.expected FOR UPDATE OF d SKIP LOCKED
 ), upd AS (
     UPDATE devices d SET {", ".join(f"{c} = t.{c}" for c in _NEW_COLUMNS)}
     FROM t JOIN mine ON mine.device_id = t.device_id
