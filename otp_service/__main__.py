@@ -142,7 +142,7 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .reports import ReportError, parse_day, run_report
+    from .report_runner import ReportError, parse_day, run_report
 
     url = _database_url(args)
     try:
@@ -176,7 +176,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     from . import errors
     from .database import UNAVAILABLE_ERRORS, migrate, open_database
     from .demo_data import generate
-    from .reports import ReportError, parse_day
+    from .report_runner import ReportError, parse_day
     from .service import build_service
 
     settings = Settings.from_env(_with_url(args))

@@ -25,7 +25,7 @@ UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, MaxConnectionsExceeded)
 
 
 class _PostgresPool(PooledPostgresqlDatabase):
-    """The pool, plus statements every new connection prepares once (the hot path's), so PostgreSQL
+    """The pool, plus statements every new connection prepares once (the store's `APPLY` and `READ`), so PostgreSQL
     parses and plans them once per connection instead of once per request."""
 
     def __init__(self, *args, **kwargs):

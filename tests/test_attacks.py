@@ -58,7 +58,6 @@ def test_brute_force_for_an_hour_reaches_the_code_check_ten_times(service, datab
     assert checked == expected == 10 and refused_locked == 3600 - checked
     assert [json.loads(row.additional_data)["lock_seconds"] for row in locks] == [60, 120, 240, 480, 960, 1920]
     # So the chance that such an attacker gets in within the hour is at most 10 × 3 / 10^6 (window ±1).
-    assert checked * 3 / 10**6 < 5e-5
     # The owner's next correct code after the lock expires works, and resets the counter.
     locked_until = service.device_info("VICTIM")["locked_until"]
     with pytest.raises(errors.DeviceLocked):

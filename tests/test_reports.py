@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from otp_service import reporting
+from otp_service import report_queries
 from otp_service.demo_data import generate
 from otp_service.models import AuditLog, Report
 from tests.serving import run_cli
@@ -16,7 +16,7 @@ DEMO_END = datetime(2026, 3, 1, tzinfo=UTC)
 
 def totals(database):
     with database.connection_context():
-        return reporting.audit_totals(START, END)
+        return report_queries.audit_totals(START, END)
 
 
 def test_demo_data_is_reproducible_for_a_seed(service, database, tmp_path):
@@ -43,24 +43,24 @@ def test_report_queries_agree_with_the_rows(service, database):
     generate(service, devices=10, days=14, seed=5, end=DEMO_END)
     with database.connection_context():
         rows = list(AuditLog.select().where((AuditLog.timestamp >= START) & (AuditLog.timestamp < END)))
-        t = reporting.audit_totals(START, END)
+        t = report_queries.audit_totals(START, END)
         verifications = [r for r in rows if r.action == "OTP_VERIFICATION"]
         assert t["verifications"] == len(verifications)
         assert t["verifications_succeeded"] == sum(r.success for r in verifications)
         assert t["lockouts"] == sum(r.action == "DEVICE_LOCKED" for r in rows)
-        by_reason = reporting.failures_by_reason(START, END)
+        by_reason = report_queries.failures_by_reason(START, END)
         assert dict(zip(by_reason["reason"], by_reason["failures"], strict=True)) == {
             reason: sum(1 for r in verifications if r.reason == reason)
             for reason in {r.reason for r in verifications if not r.success}
         }
-        daily = reporting.daily_activity(START, END)
+        daily = report_queries.daily_activity(START, END)
         assert len(set(daily["day"])) == 28 and daily["succeeded"].sum() + daily["failed"].sum() == len(rows)
-        episodes = reporting.brute_force_episodes(START, END, 600, 5)
+        episodes = report_queries.brute_force_episodes(START, END, 600, 5)
         assert len(episodes) >= 1 and (episodes["failures"] >= 5).all()
-        assert reporting.usage_distribution()["devices"].sum() == 10
-        assert reporting.parameter_mix()["devices"].sum() == 10
-        assert reporting.drift_distribution()["devices"].sum() == 10
-        top = reporting.top_failing("ip_address", START, END, 3)
+        assert report_queries.usage_distribution()["devices"].sum() == 10
+        assert report_queries.parameter_mix()["devices"].sum() == 10
+        assert report_queries.drift_distribution()["devices"].sum() == 10
+        top = report_queries.top_failing("ip_address", START, END, 3)
         assert top["ip_address"].iloc[0] == "203.0.113.99"  # the simulated attacker
 
 
@@ -88,7 +88,7 @@ def test_report_command_writes_html_csv_png_and_stores_the_report(service, datab
     data = out / "audit-2026-02-01_2026-02-28"
     assert {"summary.csv", "failures_by_reason.csv", "brute_force_episodes.csv"} <= {p.name for p in data.glob("*.csv")}
     assert (data / "daily_activity.png").stat().st_size > 1000
-    assert "data:image/png;base64" in html and "reporting.prepare" not in html  # figures inline, code hidden
+    assert "data:image/png;base64" in html and "report_queries.prepare" not in html  # figures inline, code hidden
     assert "<script" not in html and "cdnjs" not in html  # self-contained: opens offline
     expected = totals(database)
     assert f"<td>{expected['verifications']}</td>" in html

@@ -280,7 +280,7 @@ def prepare(database_url: str | None, start: str, end: str, output_dir: str | No
     notebook runs anywhere with no set-up and shows the same figures every time.
     """
     from .demo_data import demo_database
-    from .reports import period
+    from .report_runner import period
 
     begin, until = period(date.fromisoformat(start), date.fromisoformat(end))
     if database_url is None:
