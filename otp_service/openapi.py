@@ -109,7 +109,11 @@ SCHEMAS: dict[str, Any] = {
         },
     ),
     "Verification": _obj(
-        ["device_id", "valid"], device_id=DEVICE_ID, valid=BOOL, reason=_s(enum=["INVALID_CODE", "REPLAYED"])
+        ["device_id", "valid"],
+        device_id=DEVICE_ID,
+        valid=BOOL,
+        reason=_s(enum=["INVALID_CODE", "REPLAYED"]),
+        locked_until={**TIME, "description": "present when this failure locked the device: until when"},
     ),
     "Deactivation": _obj(
         ["device_id", "is_active", "deactivated_at"],
