@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
+from .audit import AUDIT_COLUMNS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -161,19 +162,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "UserDevices": _obj(["user_id", "devices"], user_id=_s(), devices={"type": "array", "items": _ref("Device")}),
     "AuditEntry": _obj(
-        [
-            "id",
-            "timestamp",
-            "action",
-            "success",
-            "reason",
-            "device_id",
-            "user_id",
-            "ip_address",
-            "user_agent",
-            "request_id",
-            "additional_data",
-        ],
+        ["id", *AUDIT_COLUMNS],
         id=INT,
         timestamp=TIME,
         action=_s(),
