@@ -8,6 +8,7 @@ failure, expected or not, in the same shape.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -16,7 +17,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import tornado.web
@@ -66,14 +67,20 @@ def client_ip(remote_ip: str, forwarded_for: str | None, trusted_hops: int) -> s
 
 
 def bearer_matches(header: str, keys: tuple[str, ...]) -> bool:
-    """`Authorization: Bearer <token>` naming one of `keys`, compared against every key with no early exit,
-    so timing reveals neither which key nor how much of one matched."""
+    """`Authorization: Bearer <token>` naming one of `keys`. The SHA-256 of the token is compared with that of
+    every key, with no early exit: equal-length values, so timing reveals neither which key matched, nor how
+    much of one, nor any key's length."""
     scheme, _, token = header.partition(" ")
-    sent = token.strip().encode("utf-8", "surrogateescape")
+    sent = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
     found = False
-    for key in keys:
-        found |= hmac.compare_digest(sent, key.encode("utf-8"))
+    for digest in _digests(keys):
+        found |= hmac.compare_digest(sent, digest)
     return scheme.lower() == "bearer" and found
+
+
+@lru_cache(maxsize=8)
+def _digests(keys: tuple[str, ...]) -> tuple[bytes, ...]:
+    return tuple(hashlib.sha256(key.encode("utf-8")).digest() for key in keys)
 
 
 @tornado.web.stream_request_body
@@ -151,7 +158,7 @@ class BaseHandler(tornado.web.RequestHandler):
             raise errors.PayloadTooLarge(f"The body is larger than {MAX_JSON_BODY} bytes.")
         try:
             body = json.loads(bytes(self._body) or b"null")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nesting deeper than Python's stack: not JSON we take
             raise errors.MalformedJSON("The body is not valid JSON.") from None
         if not isinstance(body, dict):
             raise errors.MalformedJSON("The body must be a JSON object.")

@@ -88,6 +88,23 @@ def test_authentication_required_and_audited(api, database):
     assert all(API_KEY not in (r.additional_data or "") for r in rows)
 
 
+def test_api_keys_are_compared_as_equal_length_digests(monkeypatch):
+    """Whatever the length of the token sent or of the keys, every comparison is of two 32-byte digests,
+    and every key is compared (no early exit): timing tells nothing of which key, or of any key's length."""
+    import hmac
+
+    from otp_service.web import bearer_matches
+
+    compared = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((len(a), len(b))) or real(a, b))
+    keys = ("short-key-0123456789", "a-much-longer-key-" + "x" * 60)
+    assert bearer_matches("Bearer " + keys[0], keys) and bearer_matches("bearer " + keys[1], keys)
+    assert not bearer_matches("Bearer " + keys[0][:-1], keys) and not bearer_matches("Basic " + keys[0], keys)
+    assert not bearer_matches("Bearer " + "y" * 5000, keys)
+    assert compared == [(32, 32)] * 10
+
+
 def test_several_api_keys_for_rotation(make_server, settings, db_url):
     api = make_server(settings_for(db_url, API_KEY=f"old-key-0123456789abcdef, {API_KEY}")).client
     assert api.get("/api/v1/stats", auth="old-key-0123456789abcdef").status == 200
@@ -303,6 +320,10 @@ def test_protocol_errors_are_json(api):
         api.request("POST", REGISTER, raw=b"\xff\xfe", headers={"Content-Type": "application/json"}),
         400,
         "MALFORMED_JSON",
+    )
+    deep = b"[" * 8000 + b"]" * 8000  # under the 16 KiB limit, deeper than Python's recursion limit
+    assert_error(
+        api.request("POST", VERIFY, raw=deep, headers={"Content-Type": "application/json"}), 400, "MALFORMED_JSON"
     )
     assert_error(
         api.request("POST", REGISTER, raw=b"device_id=x", headers={"Content-Type": "text/plain"}),
