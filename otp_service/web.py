@@ -91,6 +91,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def initialize(self, state: AppState) -> None:
         self.state = state
         state.inflight += 1
+        self._counted_out = False
         self._body = bytearray()
         self._body_too_large = False
 
@@ -109,7 +110,18 @@ class BaseHandler(tornado.web.RequestHandler):
             self._body += chunk
 
     def on_finish(self) -> None:
-        self.state.inflight -= 1
+        self._ended()
+
+    def on_connection_close(self) -> None:
+        """The client hung up before the answer (perhaps mid-body): the request has ended too."""
+        super().on_connection_close()
+        self._ended()
+
+    def _ended(self) -> None:
+        """Counted out of `inflight` exactly once, whichever of finish and connection close comes first."""
+        if not self._counted_out:
+            self._counted_out = True
+            self.state.inflight -= 1
 
     @property
     def service(self) -> AsyncOtpService:

@@ -75,3 +75,28 @@ def test_oversized_headers_get_431_json_and_huge_ones_a_closed_connection(api):
         answer = b""
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")  # refused at the connection, never buffered
     assert api.get("/health", auth=None).status == 200
+
+
+def test_requests_abandoned_mid_body_are_no_longer_counted_in_flight(make_server, settings):
+    """A client that hangs up halfway through its body ends its request: a graceful stop must not wait
+    the whole grace period for requests that will never finish."""
+    server = make_server(settings)
+    head = (
+        f"POST /api/v1/otp/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(4)]
+    for sock in sockets:
+        sock.sendall(head + b'{"device_id": ')
+    deadline = time.monotonic() + 5
+    while server.state.inflight < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.state.inflight == 4
+    for sock in sockets:
+        sock.close()
+    deadline = time.monotonic() + 5
+    while server.state.inflight and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.state.inflight == 0
+    assert server.client.get("/health", auth=None).status == 200  # and a finished request is counted once
+    assert server.state.inflight == 0
