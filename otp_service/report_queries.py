@@ -296,6 +296,22 @@ def prepare(database_url: str | None, start: str, end: str, output_dir: str | No
     return ReportContext(database, begin, until, output, source, generated)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """OWASP's rule against CSV injection: a text cell that Excel or LibreOffice would read as a formula
+    (it starts with = + - @, a tab or a carriage return) gets a leading apostrophe. User ids, user agents
+    and the like are chosen by whoever calls the API; a report must not run them on a reader's machine."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if pd.api.types.is_string_dtype(safe[column]) or pd.api.types.is_object_dtype(safe[column]):
+            safe[column] = safe[column].map(
+                lambda v: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+            )
+    return safe
+
+
 class ReportOutput:
     """Where a report notebook writes its CSV tables and PNG figures."""
 
@@ -305,7 +321,10 @@ class ReportOutput:
         self.files: list[str] = []
 
     def table(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
-        frame.to_csv(self.directory / f"{name}.csv", index=False)
+        """Write `frame` as CSV, with every cell a spreadsheet would run as a formula neutralised; the
+        frame itself is returned as it was, for the page."""
+        # RFC 4180 line ends: a cell holding a carriage return is then quoted, not cut in two
+        spreadsheet_safe(frame).to_csv(self.directory / f"{name}.csv", index=False, lineterminator="\r\n")
         self.files.append(f"{name}.csv")
         return frame
 

