@@ -8,6 +8,7 @@ Periods are half-open, [start, end), in naive UTC like the stored timestamps.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -273,22 +274,28 @@ class ReportContext:
         )
 
 
-def prepare(database_url: str | None, start: str, end: str, output_dir: str | None) -> ReportContext:
-    """Open the report's database (or build the demo one), parse the inclusive dates, make the output folder.
+def prepare(data: str, start: str, end: str, output_dir: str | None) -> ReportContext:
+    """Open the report's database, parse the inclusive dates, make the output folder.
 
-    With no database the report builds the deterministic demo history in a temporary SQLite file, so the
-    notebook runs anywhere with no set-up and shows the same figures every time.
+    `data`: "demo" builds the deterministic demo history in a temporary SQLite file, so the notebook runs
+    anywhere with no set-up and shows the same figures every time; "DATABASE_URL" opens the database
+    that environment variable names (the `report` command sets it: a URL given as a parameter, password
+    and all, would be written into the executed notebook).
     """
+    from .config import read
     from .demo_data import demo_database
     from .report_runner import period
 
     begin, until = period(date.fromisoformat(start), date.fromisoformat(end))
-    if database_url is None:
+    if data == "demo":
         database_url = demo_database(f"sqlite:///{tempfile.mkdtemp(prefix='otp-demo-')}/demo.db")
         source = "demo history (synthetic: 40 devices, 28 days to 2026-03-01, seed 7)"
-    else:
+    elif data == "DATABASE_URL":
+        database_url = read(os.environ, ["DATABASE_URL"])["database_url"]
         parsed = urlparse(database_url)
         source = f"{parsed.scheme}://{parsed.hostname or ''}{parsed.path}" if parsed.hostname else database_url
+    else:
+        raise ValueError(f'data must be "demo" or "DATABASE_URL", got {data!r}')
     database = open_database(database_url, 1)
     database.connect()
     output = ReportOutput(output_dir or tempfile.mkdtemp(prefix="otp-report-"))

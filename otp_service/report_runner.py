@@ -6,8 +6,12 @@ in the `reports` table, because a scheduled job's disk is thrown away after the 
 from __future__ import annotations
 
 import io
+import os
 import re
+import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -55,6 +59,7 @@ def run_report(
     if kind not in NOTEBOOKS:
         raise ReportError(f"unknown report {kind!r}; choose {' or '.join(NOTEBOOKS)}")
     period(start, end)
+    database_url = local_database_url(database_url)
     try:
         database = open_database(database_url, 1, 5)
         if pending_migrations(database):
@@ -65,22 +70,21 @@ def run_report(
     name = f"{kind}-{start}_{end}"
     output_dir.mkdir(parents=True, exist_ok=True)
     notebook, html_path, data_dir = output_dir / f"{name}.ipynb", output_dir / f"{name}.html", output_dir / name
+    parameters = {"data": "DATABASE_URL", "start": str(start), "end": str(end), "output_dir": str(data_dir.resolve())}
     try:
-        executed = papermill.execute_notebook(
-            str(NOTEBOOKS_DIR / NOTEBOOKS[kind]),
-            str(notebook),
-            kernel_name="python3",
-            progress_bar=False,
-            cwd=str(NOTEBOOKS_DIR),
-            execution_timeout=timeout,
-            parameters={
-                "database_url": database_url,
-                "start": str(start),
-                "end": str(end),
-                "output_dir": str(data_dir.resolve()),
-                "title": TITLES[kind],
-            },
-        )
+        # The database URL (and its password) reaches the kernel in its environment, never as a parameter:
+        # papermill writes parameters into the notebook it saves.
+        with _environment(DATABASE_URL=database_url), _private_kernel() as km:
+            executed = papermill.execute_notebook(
+                str(NOTEBOOKS_DIR / NOTEBOOKS[kind]),
+                str(notebook),
+                kernel_name="python3",
+                km=km,
+                progress_bar=False,
+                cwd=str(NOTEBOOKS_DIR),
+                execution_timeout=timeout,
+                parameters={**parameters, "title": TITLES[kind]},
+            )
     except papermill.PapermillExecutionError as exc:
         raise ReportError(f"the {kind} notebook failed: {exc.ename}: {exc.evalue}") from None
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
@@ -89,6 +93,52 @@ def run_report(
     report_id = _store(database, kind, start, end, html, data_dir) if store else None
     database.close_all()
     return ReportResult(notebook, html_path, data_dir, report_id)
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
+def _private_kernel() -> Iterator[object]:
+    """A kernel that talks over Unix sockets in a private folder, not plain-text TCP on the loopback
+    (which any local user could connect to, and which ipykernel warns about on every run)."""
+    from jupyter_client.manager import KernelManager
+
+    with tempfile.TemporaryDirectory(prefix="otp-kernel-") as sockets:
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
+        try:
+            yield km
+        finally:
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
+
+
+def local_database_url(url: str) -> str:
+    """An SQLite URL with its path made absolute against the caller's working directory (the notebook runs
+    elsewhere, where a relative path would name a new, empty file); refused if there is no such file."""
+    if not url.startswith("sqlite"):
+        return url
+    path = url.split("://", 1)[1].split("?", 1)[0]
+    path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db and sqlite:////abs.db
+    if not path or path == ":memory:":
+        raise ReportError("a report needs a database file, not an in-memory database")
+    absolute = Path(path).resolve()
+    if not absolute.is_file():
+        raise ReportError(
+            f"there is no database at {absolute}: run `python -m otp_service migrate` or check DATABASE_URL"
+        )
+    return f"sqlite:///{absolute}"
 
 
 def self_contained(html: str) -> str:

@@ -8,6 +8,7 @@ import pytest
 from otp_service import report_queries
 from otp_service.demo_data import generate
 from otp_service.models import AuditLog, Report
+from otp_service.report_runner import NOTEBOOKS_DIR
 from tests.serving import run_cli
 
 START, END = datetime(2026, 2, 1), datetime(2026, 3, 1)
@@ -64,9 +65,21 @@ def test_report_queries_agree_with_the_rows(service, database):
         assert top["ip_address"].iloc[0] == "203.0.113.99"  # the simulated attacker
 
 
+PASSWORD = "report-pass-0123456789"
+
+
+def as_a_user_would_write_it(db_url: str) -> str:
+    """SQLite: a path relative to the working directory. PostgreSQL: with a password in the URL (the test
+    server trusts local connections, so it is ignored there — but it must not be written anywhere)."""
+    if db_url.startswith("sqlite"):
+        return "sqlite:///test.db"
+    return db_url.replace("://postgres@", f"://postgres:{PASSWORD}@")
+
+
 @pytest.mark.slow
 def test_report_command_writes_html_csv_png_and_stores_the_report(service, database, db_url, tmp_path):
     generate(service, devices=10, days=14, seed=5, end=DEMO_END)
+    url = as_a_user_would_write_it(db_url)
     result = run_cli(
         "report",
         "audit",
@@ -75,14 +88,20 @@ def test_report_command_writes_html_csv_png_and_stores_the_report(service, datab
         "--end",
         "2026-02-28",
         "--database-url",
-        db_url,
+        url,
         "--output-dir",
-        str(tmp_path / "out"),
+        "out",
         cwd=tmp_path,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+    assert "IPKernelApp" not in result.stderr and "WARNING" not in result.stderr  # the kernel talks over IPC
+    assert not list((NOTEBOOKS_DIR).glob("*.db")), "a relative SQLite path must not name a file beside the notebooks"
     out = tmp_path / "out"
+    for path in out.rglob("*"):  # neither the URL's password nor the URL itself in anything the report wrote
+        if path.is_file():
+            content = path.read_bytes()
+            assert PASSWORD.encode() not in content and url.encode() not in content, path
     html = (out / "audit-2026-02-01_2026-02-28.html").read_text()
     assert (out / "audit-2026-02-01_2026-02-28.ipynb").exists()
     data = out / "audit-2026-02-01_2026-02-28"
