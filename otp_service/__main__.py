@@ -12,6 +12,7 @@ import secrets
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 
 from .config import ConfigError, Settings, database_url, environment, read
 
@@ -106,22 +107,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except UNAVAILABLE_ERRORS as exc:
         return _fail(f"cannot reach the database: {exc}".strip(), 1)
     if not settings.production:
-        _print_welcome(settings)
+        _print_welcome(settings, key_from_environment=bool(os.environ.get("API_KEY", "").strip()))
     return serve(settings, processes=args.processes, grace_seconds=args.grace)
 
 
-def _print_welcome(settings: Settings) -> None:
+def _print_welcome(settings: Settings, key_from_environment: bool) -> None:
+    """The development banner. A key the operator set in the environment is never printed (the banner may
+    end up in a platform's logs); one generated into .dev-secrets is, so a newcomer can try the API."""
     base = f"http://{settings.host}:{settings.port}"
-    key = settings.api_keys[0]
+    if key_from_environment:
+        key, where = "<your API_KEY>", "from the environment; not shown"
+    else:
+        key, where = settings.api_keys[0], f"development only; kept in {DEV_SECRETS_FILE}"
     print(
         f"""
-otp-service {settings.environment} on {base}  (database: {settings.database_url})
-  API key:  {key}   (development only; kept in {DEV_SECRETS_FILE})
+otp-service {settings.environment} on {base}  (database: {masked_url(settings.database_url)})
+  API key:  {key}   ({where})
   Try:      curl -s -X POST {base}/api/v1/devices/register -H 'Authorization: Bearer {key}' \\
               -H 'Content-Type: application/json' -d '{{"device_id": "DEVICE-123", "user_id": "user@example.com"}}'
 """,
         flush=True,
     )
+
+
+def masked_url(url: str) -> str:
+    """A database URL fit to print: its password replaced by ***."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    return urlunparse(parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)))
 
 
 def _with_url(args: argparse.Namespace) -> dict[str, str]:

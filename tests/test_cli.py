@@ -74,6 +74,25 @@ def test_development_serve_generates_keeps_and_prints_secrets(tmp_path):
     assert (tmp_path / ".dev-secrets").read_text() == secrets_file
 
 
+def test_the_banner_never_prints_a_key_or_password_the_operator_set(tmp_path):
+    """A deploy that forgets ENVIRONMENT=production runs in development and prints the banner to the
+    platform's logs: a key from the environment and the database password must not be in it."""
+    port, key = free_port(), "operator-set-key-0123456789"
+    url = f"sqlite:///{tmp_path}/banner.db"
+    proc = start_cli("serve", cwd=tmp_path, PORT=str(port), API_KEY=key, DATABASE_URL=url)
+    try:
+        wait_healthy(port, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    stdout, stderr = output(proc)
+    assert key not in stdout + stderr and "<your API_KEY>" in stdout and "from the environment" in stdout
+    from otp_service.__main__ import masked_url
+
+    assert masked_url("postgres://otp:s3cr3t-pw@db.internal:5432/otp") == "postgres://otp:***@db.internal:5432/otp"
+    assert masked_url(url) == url
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sigterm_stops_every_process_cleanly(tmp_path, processes):
     url = f"sqlite:///{tmp_path}/serve.db"
