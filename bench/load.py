@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("wrk_script.lua")
 API_KEY = "bench-api-key-0123456789abcdef"
+METRICS_TOKEN = "bench-metrics-token-0123456789abcdef"
 MASTER_SECRET = "bench-master-secret-0123456789abcdefghijkl"
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_DB = "otp_bench"
@@ -128,6 +129,7 @@ def start_service(config: Config, url: str, port: int, workdir: Path, extra: dic
         "DATABASE_URL": url,
         "MASTER_SECRET": MASTER_SECRET,
         "API_KEY": API_KEY,
+        "METRICS_TOKEN": METRICS_TOKEN,
         "ENVIRONMENT": "production",
         "PORT": str(port),
         "HOST": "127.0.0.1",
@@ -317,7 +319,9 @@ def audit_counts(url: str) -> dict[tuple[str, bool], int]:
 
 def batch_stats(port: int) -> tuple[float, float]:
     """(sum, count) of the group-commit batch-size histogram, over every worker."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
     total = count = 0.0
     for line in urllib.request.urlopen(request, timeout=5).read().decode().splitlines():
         if line.startswith("otp_apply_batch_size_sum"):

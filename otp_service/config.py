@@ -20,6 +20,7 @@ from .totp import ALGORITHMS, DIGITS_RANGE, INTERVAL_RANGE
 
 MIN_MASTER_SECRET_LENGTH = 32
 MIN_PRODUCTION_API_KEY_LENGTH = 16
+MIN_METRICS_TOKEN_LENGTH = 32
 DEFAULT_DATABASE_URL = "sqlite:///otp_service.db"
 ENVIRONMENTS = ("development", "production", "test")
 
@@ -250,6 +251,13 @@ class Settings:
             raise ConfigError(
                 "API_KEY", f"every key must be at least {MIN_PRODUCTION_API_KEY_LENGTH} characters in production"
             )
+        if production and len(values["metrics_token"]) < MIN_METRICS_TOKEN_LENGTH:
+            raise ConfigError(
+                "METRICS_TOKEN",
+                f"is required in production ({MIN_METRICS_TOKEN_LENGTH}+ characters, not one of the API keys)",
+            )
+        if values["metrics_token"] and values["metrics_token"] in values["api_key"]:
+            raise ConfigError("METRICS_TOKEN", "must not be one of the API keys (a scraper needs no API access)")
         if values["master_secret_version"] in values["master_secrets_previous"]:
             version = values["master_secret_version"]
             raise ConfigError("MASTER_SECRETS_PREVIOUS", f"must not repeat the current version {version}")

@@ -313,12 +313,11 @@ def build_spec(debug: bool = False) -> dict[str, Any]:
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics (Bearer METRICS_TOKEN, or an API key when none is set)",
+                "summary": "Prometheus metrics (Bearer METRICS_TOKEN, or an API key when none is set; rate limited)",
                 "tags": ["operations"],
                 "responses": {
                     "200": {"description": "text exposition format", "content": {"text/plain": {}}},
-                    "401": _json(_ref("Error"), ERRORS[401]),
-                    "431": _json(_ref("Error"), ERRORS[431]),
+                    **{str(code): _json(_ref("Error"), ERRORS[code]) for code in (401, 429, 431, 503)},
                 },
             }
         },

@@ -398,14 +398,16 @@ class OpenApiHandler(BaseHandler):
         self.finish(spec)
 
 
-class MetricsHandler(BaseHandler):
-    """Prometheus text format; needs METRICS_TOKEN when one is set, else an API key."""
+class MetricsHandler(ApiHandler):
+    """Prometheus text format; rate limited and audited like /api, so it cannot be used to test keys. It
+    needs METRICS_TOKEN when one is set (always in production), else an API key."""
 
-    def get(self) -> None:
+    def _authenticated(self) -> bool:
         settings = self.state.settings
         keys = (settings.metrics_token,) if settings.metrics_token else settings.api_keys
-        if not bearer_matches(self.request.headers.get("Authorization", ""), keys):
-            raise errors.Unauthorized("Send Authorization: Bearer <METRICS_TOKEN or API_KEY> to read metrics.")
+        return bearer_matches(self.request.headers.get("Authorization", ""), keys)
+
+    def get(self) -> None:
         body, content_type = metrics.exposition()
         self.set_header("Content-Type", content_type)
         self.finish(body)

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -39,6 +40,7 @@ def production_env(database_url: str, api_key: str, **extra: str) -> dict[str, s
         "ENVIRONMENT": "production",
         "MASTER_SECRET": "m" * 40,
         "API_KEY": api_key,
+        "METRICS_TOKEN": METRICS_TOKEN,
         "RATE_LIMIT_VERIFY": "1000000/minute",
         "RATE_LIMIT_DEFAULT": "1000000/minute",
         **extra,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY, MASTER_SECRET
-from tests.serving import free_port, http, output, run_cli, start_cli, wait_healthy
+from tests.serving import METRICS_TOKEN, free_port, http, output, run_cli, start_cli, wait_healthy
 
-PROD = {"ENVIRONMENT": "production", "MASTER_SECRET": MASTER_SECRET, "API_KEY": API_KEY}
+PROD = {"ENVIRONMENT": "production", "MASTER_SECRET": MASTER_SECRET, "API_KEY": API_KEY, "METRICS_TOKEN": METRICS_TOKEN}
 
 
 @pytest.mark.parametrize(
@@ -20,6 +20,8 @@ PROD = {"ENVIRONMENT": "production", "MASTER_SECRET": MASTER_SECRET, "API_KEY": 
         ({"ENVIRONMENT": "production", "MASTER_SECRET": MASTER_SECRET}, "API_KEY"),
         ({**PROD, "MASTER_SECRET": "short"}, "MASTER_SECRET"),
         ({**PROD, "DEBUG": "true"}, "DEBUG"),
+        ({**PROD, "METRICS_TOKEN": ""}, "METRICS_TOKEN"),
+        ({**PROD, "METRICS_TOKEN": "short-token"}, "METRICS_TOKEN"),
         ({"OTP_DIGITS": "9"}, "OTP_DIGITS"),
         ({"DATABASE_URL": "ftp://x"}, "DATABASE_URL"),
     ],
@@ -188,7 +190,7 @@ def test_metrics_are_aggregated_across_processes(tmp_path):
 
         for _ in range(4):  # whichever worker answers, it reports both workers' requests
             req = urllib.request.Request(
-                f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}
+                f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
             )
             text = urllib.request.urlopen(req, timeout=10).read().decode()
             line = next(

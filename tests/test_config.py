@@ -36,6 +36,7 @@ def test_production_with_secrets():
         API_KEY="k" * 20 + ", " + "j" * 20,
         MASTER_SECRETS_PREVIOUS="1:" + "o" * 32,
         MASTER_SECRET_VERSION="2",
+        METRICS_TOKEN="t" * 32,
     )
     assert s.production and s.api_keys == ("k" * 20, "j" * 20) and not s.generated
     assert s.master_secrets == {1: "o" * 32, 2: GOOD_SECRET}
@@ -48,6 +49,11 @@ def test_production_with_secrets():
         ({"ENVIRONMENT": "production", "MASTER_SECRET": "short", "API_KEY": "k" * 20}, "MASTER_SECRET"),
         ({"ENVIRONMENT": "production", "MASTER_SECRET": GOOD_SECRET}, "API_KEY"),
         ({"ENVIRONMENT": "production", "MASTER_SECRET": GOOD_SECRET, "API_KEY": "short"}, "API_KEY"),
+        ({"ENVIRONMENT": "production", "MASTER_SECRET": GOOD_SECRET, "API_KEY": "k" * 20}, "METRICS_TOKEN"),
+        (
+            {"ENVIRONMENT": "production", "MASTER_SECRET": GOOD_SECRET, "API_KEY": "k" * 40, "METRICS_TOKEN": "k" * 40},
+            "METRICS_TOKEN",
+        ),
         ({"ENVIRONMENT": "production", "MASTER_SECRET": GOOD_SECRET, "API_KEY": "k" * 20, "DEBUG": "true"}, "DEBUG"),
         ({"ENVIRONMENT": "staging"}, "ENVIRONMENT"),
         ({"MASTER_SECRET": "too-short"}, "MASTER_SECRET"),

@@ -14,7 +14,7 @@ from otp_service.logs import configure_logging
 from otp_service.models import Report
 from otp_service.openapi import build_spec
 from tests.conftest import API_KEY, settings_for
-from tests.helpers import code_at
+from tests.helpers import audit_rows, code_at
 from tests.openapi_check import check_response
 
 METHODS = ("get", "head", "post", "put", "patch", "delete")
@@ -56,6 +56,18 @@ def test_swagger_ui_only_with_debug_and_from_the_package(api, make_server, db_ur
     assert page.status == 200 and b"/docs/static/swagger-ui-bundle.js" in page.raw and b"https://" not in page.raw
     asset = debug.get("/docs/static/swagger-ui-bundle.js", auth=None)
     assert asset.status == 200 and len(asset.raw) > 100_000
+
+
+def test_metrics_cannot_be_used_to_test_keys(make_server, db_url, database):
+    """/metrics is rate limited and audited like /api: 30 wrong tokens in a row get 5 answers, then 429s."""
+    api = make_server(
+        settings_for(db_url, METRICS_TOKEN="metrics-token-0123456789", RATE_LIMIT_DEFAULT="5/minute")
+    ).client
+    statuses = [api.get("/metrics", auth=f"guess-{n:04d}").status for n in range(30)]
+    assert statuses == [401] * 5 + [429] * 25
+    failed = audit_rows(database, action="AUTH_FAILED")
+    assert len(failed) == 5 and all(r.ip_address == "127.0.0.1" for r in failed)
+    assert len(audit_rows(database, action="RATE_LIMITED")) == 1  # once per client and window
 
 
 def test_metrics_need_a_token_and_count_what_happens(make_server, db_url, clock):
