@@ -15,13 +15,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib \
     ENVIRONMENT=production \
     HOST=0.0.0.0 \
-    PORT=8000
+    PORT=8000 \
+    DATABASE_URL=sqlite:////app/data/otp_service.db
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin otp
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY otp_service ./otp_service
 COPY notebooks ./notebooks
-RUN mkdir -p /app/reports && chown otp:otp /app/reports
+# The only places the service writes: the default SQLite database (to try the image; deploy with
+# PostgreSQL) and report output. The code stays root-owned and read-only to the service.
+RUN mkdir -p /app/data /app/reports && chown otp:otp /app/data /app/reports
 USER otp
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \

@@ -86,6 +86,11 @@ def test_dockerfile_builds_a_small_non_root_image_running_the_documented_entry_p
     assert {".git", ".venv", "*.db", "reports", ".dev-secrets"} <= set(ignored)
     for copied in re.findall(r"^COPY (?!--from)(\S+)", DOCKERFILE, re.MULTILINE):
         assert (ROOT / copied).exists(), copied
+    # The image's user can write where its default SQLite database lives (and nowhere in the code).
+    default_db = re.search(r"DATABASE_URL=sqlite:///(/\S+)/[^/\s]+\.db", DOCKERFILE).group(1)
+    owned = re.search(r"^RUN mkdir -p .*&& chown otp:otp (.+)$", DOCKERFILE, re.MULTILINE).group(1).split()
+    assert default_db in owned and "/app" not in owned
+    assert "docker build" in readme and "docker run" in readme and (ROOT / "LICENSE").read_text().startswith("MIT")
 
 
 @pytest.mark.slow
