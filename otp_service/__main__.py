@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
+from . import __version__
 from .config import ConfigError, Settings, database_url, environment, read
 
 DEV_SECRETS_FILE = Path(".dev-secrets")
@@ -91,6 +92,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     configure_logging(settings.log_level)
+    problem = _cannot_listen(settings.host, settings.port)
+    if problem:
+        return _fail(f"cannot listen on {settings.host}:{settings.port}: {problem}", 1)
     try:
         database = open_database(settings.database_url, 1, settings.db_timeout)
         if settings.production and not args.migrate:
@@ -109,6 +113,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.production:
         _print_welcome(settings, key_from_environment=bool(os.environ.get("API_KEY", "").strip()))
     return serve(settings, processes=args.processes, grace_seconds=args.grace)
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the service could not bind its port (already in use, not allowed), or None: checked before the
+    banner invites anyone to connect, and before any worker starts."""
+    from tornado.netutil import bind_sockets
+
+    try:
+        for sock in bind_sockets(port, host):
+            sock.close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _print_welcome(settings: Settings, key_from_environment: bool) -> None:
@@ -156,11 +173,15 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report_runner import ReportError, parse_day, run_report
+    from .report_runner import ReportError, parse_day, period, run_report
 
     url = _database_url(args)
     try:
         start, end = parse_day(args.start, "start"), parse_day(args.end, "end")
+        period(start, end)
+    except ReportError as exc:  # bad input: the same exit code as every command's
+        return _fail(str(exc))
+    try:
         result = run_report(args.kind, start, end, url, Path(args.output_dir), store=not args.no_store)
     except ReportError as exc:
         return _fail(str(exc), 1)
@@ -213,52 +234,76 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m otp_service", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+URL_HELP = "database URL (default: DATABASE_URL, else sqlite:///otp_service.db)"
 
-    p = sub.add_parser("serve", help="serve the HTTP API")
-    p.add_argument(
-        "--processes",
-        type=int,
-        default=None,
-        help="worker processes (default: WEB_CONCURRENCY or 1)",
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help; those whose default comes from elsewhere say so themselves."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+REPORT_KINDS = ["audit", "usage"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 1 the work failed (database unreachable, a report that failed); 2 bad input or
+    configuration (one line naming what is wrong)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m otp_service",
+        description="TOTP (RFC 6238) device registration and verification over HTTP, and its reports.",
+        epilog="Configuration comes from environment variables (see the README's Configuration table).",
     )
+    parser.add_argument("--version", action="version", version=f"otp-service {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    formatter = _Help
+
+    p = sub.add_parser("serve", help="serve the HTTP API", formatter_class=formatter)
+    p.add_argument("--processes", type=int, default=None, help="worker processes (default: WEB_CONCURRENCY, else 1)")
     p.add_argument(
         "--grace",
         type=float,
         default=None,
-        help="seconds to let requests finish after SIGTERM",
+        help="seconds requests may finish after SIGTERM (default: SHUTDOWN_GRACE_SECONDS, else 20)",
     )
     p.add_argument("--migrate", action="store_true", help="apply pending migrations first (also in production)")
     p.set_defaults(run=cmd_serve)
 
-    p = sub.add_parser("migrate", help="apply pending database migrations")
-    p.add_argument("--database-url")
+    p = sub.add_parser("migrate", help="apply pending database migrations", formatter_class=formatter)
+    p.add_argument("--database-url", help=URL_HELP)
     p.set_defaults(run=cmd_migrate)
 
-    p = sub.add_parser("report", help="run a report notebook into HTML, CSV and PNG files (and the database)")
-    p.add_argument("kind", choices=["audit", "usage"])
+    p = sub.add_parser(
+        "report",
+        help="run a report notebook into HTML, CSV and PNG files (and the database)",
+        formatter_class=formatter,
+    )
+    p.add_argument("kind", choices=REPORT_KINDS, help="which report")
     p.add_argument("--start", required=True, help="first day, YYYY-MM-DD (UTC)")
     p.add_argument("--end", required=True, help="last day, YYYY-MM-DD (UTC), included")
-    p.add_argument("--database-url")
-    p.add_argument("--output-dir", default="reports")
+    p.add_argument("--database-url", help=URL_HELP)
+    p.add_argument("--output-dir", default="reports", help="folder for the HTML, notebook, CSV and PNG files")
     p.add_argument("--no-store", action="store_true", help="do not keep the report in the database")
     p.set_defaults(run=cmd_report)
 
-    p = sub.add_parser("scheduled-report", help="the report for the period that just ended (for cron jobs)")
-    p.add_argument("kind", choices=["audit", "usage"])
-    p.add_argument("--period", choices=["day", "month"], default="day")
-    p.add_argument("--database-url")
-    p.add_argument("--output-dir", default="reports")
+    p = sub.add_parser(
+        "scheduled-report", help="the report for the period that just ended (for cron jobs)", formatter_class=formatter
+    )
+    p.add_argument("kind", choices=REPORT_KINDS, help="which report")
+    p.add_argument("--period", choices=["day", "month"], default="day", help="yesterday, or last calendar month")
+    p.add_argument("--database-url", help=URL_HELP)
+    p.add_argument("--output-dir", default="reports", help="folder for the HTML, notebook, CSV and PNG files")
     p.set_defaults(run=cmd_scheduled_report)
 
-    p = sub.add_parser("demo-data", help="fill a database with realistic synthetic history")
-    p.add_argument("--devices", type=int, default=40)
-    p.add_argument("--days", type=int, default=28)
-    p.add_argument("--seed", type=int, default=7)
+    p = sub.add_parser("demo-data", help="fill a database with realistic synthetic history", formatter_class=formatter)
+    p.add_argument("--devices", type=int, default=40, help="simulated devices (1-100000)")
+    p.add_argument("--days", type=int, default=28, help="days of history (1-3650)")
+    p.add_argument("--seed", type=int, default=7, help="random seed: the same seed gives the same history")
     p.add_argument("--end", default="2026-03-01", help="end of the simulated history, YYYY-MM-DD (UTC)")
-    p.add_argument("--database-url")
+    p.add_argument("--database-url", help=URL_HELP)
     p.set_defaults(run=cmd_demo_data)
 
     try:

@@ -15,6 +15,7 @@ from peewee import Database, InterfaceError, OperationalError
 from playhouse.migrations import Runner
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase, PooledSqliteDatabase
 
+from .config import ConfigError
 from .models import db as proxy
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -69,8 +70,9 @@ def open_database(
     if scheme == "sqlite":
         path = unquote(url.split("://", 1)[1].split("?", 1)[0])
         path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db and sqlite:////abs.db
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not Path(path).resolve().parent.is_dir():
+            # A typo in a path must not quietly create a new, empty database somewhere else.
+            raise ConfigError("DATABASE_URL", f"the folder {Path(path).resolve().parent} does not exist")
         database = PooledSqliteDatabase(
             path or ":memory:",
             max_connections=pool_size,

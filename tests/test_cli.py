@@ -203,3 +203,46 @@ def test_metrics_are_aggregated_across_processes(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_cli_basics_version_help_and_one_line_errors(tmp_path):
+    version = run_cli("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("otp-service ")
+    top = run_cli("--help", cwd=tmp_path).stdout
+    assert all(command in top for command in ("serve", "migrate", "report", "scheduled-report", "demo-data"))
+    for command in ("serve", "migrate", "report", "scheduled-report", "demo-data"):
+        text = run_cli(command, "--help", cwd=tmp_path).stdout
+        assert "(default: None)" not in text and text.count("--") >= 2, command
+    assert "(default: 40)" in run_cli("demo-data", "--help", cwd=tmp_path).stdout
+    # A bad date is exit 2 in every command, with one line.
+    for argv in (("report", "audit", "--start", "2026-13-01", "--end", "2026-02-01"), ("demo-data", "--end", "x")):
+        result = run_cli(*argv, cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and "YYYY-MM-DD" in result.stderr
+    # A typo in a SQLite path creates nothing; a report against a missing file says so.
+    missing = run_cli("migrate", "--database-url", "sqlite:///no/such/dir/x.db", cwd=tmp_path)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and not (tmp_path / "no").exists()
+    report = run_cli(
+        "report",
+        "audit",
+        "--start",
+        "2026-02-01",
+        "--end",
+        "2026-02-02",
+        "--database-url",
+        "sqlite:///absent.db",
+        cwd=tmp_path,
+    )
+    assert report.returncode == 1 and "there is no database" in report.stderr and not (tmp_path / "absent.db").exists()
+
+
+def test_a_port_in_use_is_one_line_not_a_banner_and_a_traceback(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", cwd=tmp_path, PORT=str(port), timeout=30)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "Try:" not in result.stdout
+    assert result.stderr.strip() == f"otp-service: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert not (tmp_path / "otp_service.db").exists()  # nothing done before finding out
