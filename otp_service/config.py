@@ -148,6 +148,7 @@ VARIABLES = (
     Variable("RATE_LIMIT_VERIFY", rate, "60/minute"),
     Variable("RATE_LIMIT_DEFAULT", rate, "120/minute"),
     Variable("RATE_LIMIT_ON_REDIS_ERROR", choice("open", "closed"), "open"),
+    Variable("RATE_LIMIT_IPV6_PREFIX", whole(range(32, 129)), "64"),
     Variable("REDIS_URL", redis_url, ""),
     Variable("METRICS_TOKEN", text, ""),
     Variable("TRUSTED_PROXY_HOPS", whole(range(0, 11)), "0"),
@@ -196,6 +197,7 @@ class Settings:
     rate_limit_verify: str
     rate_limit_default: str
     rate_limit_on_redis_error: str
+    rate_limit_ipv6_prefix: int
     redis_url: str
     metrics_token: str
     trusted_proxy_hops: int

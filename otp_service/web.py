@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -64,6 +65,14 @@ def client_ip(remote_ip: str, forwarded_for: str | None, trusted_hops: int) -> s
     if len(chain) < trusted_hops:
         return own
     return normal_ip(chain[-trusted_hops]) or own
+
+
+@lru_cache(maxsize=4096)
+def client_network(ip: str, ipv6_prefix: int) -> str:
+    """`ip` itself for IPv4 (or no address), its /`ipv6_prefix` network for IPv6."""
+    if ":" not in ip:
+        return ip
+    return str(ipaddress.ip_network(f"{ip}/{ipv6_prefix}", strict=False))
 
 
 def bearer_matches(header: str, keys: tuple[str, ...]) -> bool:
@@ -151,6 +160,12 @@ class BaseHandler(tornado.web.RequestHandler):
             self.request.headers.get("X-Forwarded-For"),
             self.state.settings.trusted_proxy_hops,
         )
+
+    @cached_property
+    def limit_key(self) -> str:
+        """What the rate limits count: an IPv4 client by its address, an IPv6 client by its network
+        (RATE_LIMIT_IPV6_PREFIX, /64): one subscriber usually holds a whole /64 and could rotate within it."""
+        return client_network(self.ip, self.state.settings.rate_limit_ipv6_prefix)
 
     @property
     def context(self) -> RequestContext:
@@ -256,7 +271,7 @@ class ApiHandler(BaseHandler):
 
     async def prepare(self) -> None:
         super().prepare()
-        decision = await self.state.limiter.hit(self.scope, self.ip)
+        decision = await self.state.limiter.hit(self.scope, self.limit_key)
         self.keep_header("X-RateLimit-Limit", str(decision.limit))
         self.keep_header("X-RateLimit-Remaining", str(decision.remaining))
         if not decision.allowed:
@@ -277,7 +292,7 @@ class ApiHandler(BaseHandler):
 
     async def _audit_rate_limit(self, retry_after: int) -> None:
         """One RATE_LIMITED row per client and window, so a flood cannot turn into a flood of writes."""
-        seen, key = self.state.rate_limit_audited, (self.ip, self.scope)
+        seen, key = self.state.rate_limit_audited, (self.limit_key, self.scope)
         now = time.monotonic()
         if seen.get(key, 0) > now:
             return

@@ -384,6 +384,23 @@ def test_forwarded_for_is_trusted_only_for_configured_hops(make_server, db_url):
     assert proxied.get("/api/v1/stats", headers=other).status == 200
 
 
+def test_ipv6_clients_are_limited_per_network_and_addresses_are_stored_in_normal_form(make_server, db_url, database):
+    api = make_server(settings_for(db_url, RATE_LIMIT_DEFAULT="3/minute", TRUSTED_PROXY_HOPS="1")).client
+
+    def stats(address):
+        return api.get("/api/v1/stats", headers={"X-Forwarded-For": address}).status
+
+    # Four addresses of one /64 share its budget; the next /64 has its own; IPv4 counts per address.
+    assert [stats(f"2001:db8:0:7::{n}") for n in range(1, 5)] == [200, 200, 200, 429]
+    assert stats("2001:db8:0:8::1") == 200
+    assert [stats("192.0.2.1"), stats("192.0.2.2"), stats("192.0.2.3"), stats("192.0.2.4")] == [200] * 4
+    # A zone id (any length the client likes) or an IPv4-mapped disguise is not what is stored.
+    api.get("/api/v1/stats", auth="wrong", headers={"X-Forwarded-For": "fe80::1%" + "x" * 300})
+    api.get("/api/v1/stats", auth="wrong", headers={"X-Forwarded-For": "::ffff:192.0.2.77"})
+    stored = [r.ip_address for r in audit_rows(database, action="AUTH_FAILED")]
+    assert stored == ["fe80::1", "192.0.2.77"]
+
+
 @pytest.mark.redis
 def test_rate_limits_are_shared_through_redis(make_server, db_url):
     import os

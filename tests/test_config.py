@@ -104,6 +104,6 @@ def test_every_variable_has_one_default_and_a_row_in_the_readme():
             assert getattr(defaults, variable.field) == variable.parse(variable.default), variable.name
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"^\| `([A-Z_]+)`(?: / `([A-Z_]+)`)?", table, re.M))
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)`(?: / `([A-Z0-9_]+)`)?", table, re.M))
     names = {name for pair in documented for name in pair if name}
     assert names == {v.name for v in VARIABLES} | {"PROMETHEUS_MULTIPROC_DIR"}
