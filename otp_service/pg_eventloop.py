@@ -11,7 +11,9 @@ wrappers cost more than the hop they save).
 
 A connection is opened on first use, prepares the same statements as the Peewee pool's connections
 (`_PostgresPool.prepared`), and is dropped, with every idle one, on any connection-level error, so
-the next request reconnects after a server restart. Every wait is bounded by the pool's timeout.
+the next request reconnects after a server restart. Every wait is bounded: a connection or a free slot by
+the pool's timeout, a statement by the server's statement_timeout (the same value) and, should the server
+stop answering altogether, by `statement_wait`.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class AsyncPool:
             conn = self._idle.pop() if self._idle else await self._connect()
             with conn.cursor() as cursor:
                 cursor.execute(sql, args)
-                await self._wait(conn)
+                await self._wait(conn, self.statement_wait)
                 if cursor.description is None:
                     return []
                 return cursor.fetchall() if many else cursor.fetchmany(1)
@@ -110,9 +112,17 @@ class AsyncPool:
             raise
         return conn
 
-    async def _wait(self, conn: psycopg2.extensions.connection) -> None:
+    @property
+    def statement_wait(self) -> float:
+        """How long to wait for a statement's answer. Longer than the server's statement_timeout (the pool's
+        timeout): a slow statement is cancelled by the server, which rolls it back and says so, and the
+        answer is a true 503. A client that gave up first could not know whether its write had committed
+        (and would answer 503 for a change that was made, audited and counted)."""
+        return 2 * self.timeout + 1
+
+    async def _wait(self, conn: psycopg2.extensions.connection, limit: float | None = None) -> None:
         """Poll the connection until its operation completes, sleeping on its socket in between."""
-        async with asyncio.timeout(self.timeout):
+        async with asyncio.timeout(self.timeout if limit is None else limit):
             await _poll(conn)
 
     def _discard(self, conn: psycopg2.extensions.connection | None) -> None:

@@ -131,16 +131,47 @@ def test_concurrency_is_bounded_by_the_pool_size(database):
         pool.close()
 
 
+def pool_with_statement_timeout(database, seconds: float) -> AsyncPool:
+    """A pool as the server builds it: its timeout is also its connections' statement_timeout."""
+    params = {**database.connect_params, "options": f"-c statement_timeout={int(seconds * 1000)}"}
+    return AsyncPool({"dbname": database.database, **params}, 1, seconds, {})
+
+
 def test_a_statement_over_the_timeout_is_a_503_and_the_pool_recovers(database):
-    pool = pool_for(database, size=1, timeout=0.3)
+    pool = pool_with_statement_timeout(database, 0.3)
     try:
         started = time.monotonic()
         with pytest.raises(errors.DatabaseUnavailable):
             run(pool.fetchone("SELECT pg_sleep(3)"))
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 1.5  # the server cancelled it
         assert run(pool.fetchone("SELECT 42")) == (42,)
     finally:
         pool.close()
+
+
+def test_a_write_that_committed_is_never_answered_503(database):
+    """A busy process notices a statement's answer late. A statement the server completed within its
+    statement_timeout is answered with its result, never a 503 (its write committed: it was audited, and a
+    code it accepted cannot be used again)."""
+    pool = pool_with_statement_timeout(database, 1.0)
+
+    async def main():
+        done = asyncio.ensure_future(
+            pool.fetchone(
+                "INSERT INTO audit_logs (timestamp, action, success) SELECT now(), 'LATE_ANSWER', true "
+                "FROM pg_sleep(0.8) RETURNING id"
+            )
+        )
+        await asyncio.sleep(0.1)
+        time.sleep(1.2)  # the event loop is busy with other requests while the server finishes the statement
+        return await done
+
+    try:
+        (row_id,) = run(main())
+    finally:
+        pool.close()
+    with database.connection_context():
+        assert AuditLog.get_by_id(row_id).action == "LATE_ANSWER"
 
 
 def test_a_connection_killed_by_the_server_is_a_503_then_a_reconnect(database):
