@@ -100,3 +100,22 @@ def test_requests_abandoned_mid_body_are_no_longer_counted_in_flight(make_server
     assert server.state.inflight == 0
     assert server.client.get("/health", auth=None).status == 200  # and a finished request is counted once
     assert server.state.inflight == 0
+
+
+def test_requests_tornado_refuses_as_malformed_are_not_left_in_flight(make_server, settings):
+    """Both Content-Length and Transfer-Encoding, or a Content-Length that is not a number: Tornado answers
+    400 itself and drops the connection; the request must not stay counted (a graceful stop would wait)."""
+    server = make_server(settings)
+    auth = f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n".encode()
+    heads = [
+        b"POST /api/v1/otp/verify HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /api/v1/otp/verify HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: abc\r\n\r\n",
+    ]
+    for head in heads:
+        assert raw_request(server.port, head, timeout=5).startswith(b"HTTP/1.1 400")
+    deadline = time.monotonic() + 5
+    while server.state.inflight and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.state.inflight == 0
