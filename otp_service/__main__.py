@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -36,8 +37,11 @@ def _dev_environment() -> dict[str, str]:
                 stored[name.strip()] = value.strip()
     fresh = {name: stored.get(name) or secrets.token_urlsafe(32) for name in ("MASTER_SECRET", "API_KEY")}
     if fresh != {k: stored.get(k) for k in fresh}:
-        DEV_SECRETS_FILE.write_text("".join(f"{k}={v}\n" for k, v in fresh.items()))
-        DEV_SECRETS_FILE.chmod(0o600)
+        # Created readable by its owner only (not written first and restricted after).
+        descriptor = os.open(DEV_SECRETS_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write("".join(f"{k}={v}\n" for k, v in fresh.items()))
+        DEV_SECRETS_FILE.chmod(0o600)  # a file left from an older version may have been created wider
     for name, value in fresh.items():
         if not env.get(name):
             env[name] = value
@@ -65,16 +69,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_multiprocess_metrics(processes: int) -> None:
+def _prepare_multiprocess_metrics(processes: int) -> str | None:
     """Several processes share metrics through files; the folder must be set (and empty) before
-    prometheus_client is first imported, and its files from an earlier run must go."""
+    prometheus_client is first imported, and its files from an earlier run must go. Returns the folder
+    when this process made it (and so removes it when it is done)."""
     if processes <= 1:
-        return
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="otp-metrics-")
+        return None
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = given or tempfile.mkdtemp(prefix="otp-metrics-")
     Path(folder).mkdir(parents=True, exist_ok=True)
     for stale in Path(folder).glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    return None if given else folder
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -85,7 +92,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.grace = defaults["shutdown_grace_seconds"]
     if args.processes < 1:
         return _fail("--processes (or WEB_CONCURRENCY) must be at least 1")
-    _prepare_multiprocess_metrics(args.processes)
+    made = _prepare_multiprocess_metrics(args.processes)
+    try:
+        return _serve(args)
+    finally:
+        if made and os.getpid() == _MAIN_PID:  # forked workers return through here too
+            shutil.rmtree(made, ignore_errors=True)
+
+
+_MAIN_PID = os.getpid()
+
+
+def _serve(args: argparse.Namespace) -> int:
     from .database import UNAVAILABLE_ERRORS, migrate, open_database, pending_migrations
     from .logs import configure_logging
     from .server import serve

@@ -71,7 +71,7 @@ def test_development_serve_generates_keeps_and_prints_secrets(tmp_path):
         proc.wait(timeout=30)
     assert proc.returncode == 0
     assert key in output(proc)[0]  # printed for the developer
-    assert (tmp_path / "otp_service.db").exists()
+    assert (tmp_path / "otp_service.db").exists() and (tmp_path / ".dev-secrets").stat().st_mode & 0o777 == 0o600
     # A restart reuses the same secrets, so registered devices keep working.
     assert (tmp_path / ".dev-secrets").read_text() == secrets_file
 
@@ -100,16 +100,21 @@ def test_sigterm_stops_every_process_cleanly(tmp_path, processes):
     url = f"sqlite:///{tmp_path}/serve.db"
     assert run_cli("migrate", "--database-url", url, cwd=tmp_path).returncode == 0
     port = free_port()
-    proc = start_cli("serve", "--processes", str(processes), cwd=tmp_path, DATABASE_URL=url, PORT=str(port), **PROD)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**PROD, "TMPDIR": str(temp)}
+    proc = start_cli("serve", "--processes", str(processes), cwd=tmp_path, DATABASE_URL=url, PORT=str(port), **env)
     wait_healthy(port, proc)
     children = _children(proc.pid)
     assert len(children) == (processes if processes > 1 else 0)
+    assert len(list(temp.glob("otp-metrics-*"))) == (1 if processes > 1 else 0)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     assert proc.returncode == 0
     for pid in children:  # no orphan keeps serving
         status = Path(f"/proc/{pid}/status")
         assert not status.exists() or "zombie" in status.read_text().lower()
+    assert not list(temp.glob("otp-metrics-*"))  # the metrics folder it made is gone with it
 
 
 def _children(pid: int) -> list[int]:
