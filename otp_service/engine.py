@@ -25,7 +25,7 @@ from .transitions import UNKNOWN, DeviceState, Transition
 _OVERTAKEN_OPTIMISTIC, _OVERTAKEN_LOCKED = OVERTAKEN.labels("optimistic"), OVERTAKEN.labels("locked")
 
 OPTIMISTIC_ATTEMPTS = 4  # then the row lock: a device under a storm of requests from several processes
-DEVICE_CACHE_SIZE = 65536  # states of about 0.5 KiB: at most ~35 MiB per process
+DEVICE_CACHE_SIZE = 32768  # states of about 0.75 KiB each: at most ~25 MiB per process
 
 
 class Read(NamedTuple):
