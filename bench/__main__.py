@@ -1,4 +1,4 @@
-"""python -m bench [http|totp|report|all] — runs the benchmarks and writes bench/results/.
+"""python -m bench [http|totp|report|soak|all] — runs the benchmarks and writes bench/results/.
 
 Figures on a shared machine drift by ±15-25 % between runs, so HTTP throughput is reported as a
 ratio against an empty Tornado handler measured in the same run, with the same process count,

@@ -53,7 +53,8 @@ def load_settings(dev_secrets: bool = True) -> Settings:
 
 
 def _fail(message: str, code: int = 2) -> int:
-    print(f"otp-service: {message}", file=sys.stderr)
+    """One line on stderr (a driver's message may span several) and the exit code."""
+    print(f"otp-service: {' '.join(message.split())}", file=sys.stderr)
     return code
 
 

@@ -88,7 +88,9 @@ def run_report(
     except papermill.PapermillExecutionError as exc:
         raise ReportError(f"the {kind} notebook failed: {exc.ename}: {exc.evalue}") from None
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    html = self_contained(exporter.from_notebook_node(executed)[0])
+    html = self_contained(
+        exporter.from_notebook_node(executed, resources={"metadata": {"name": f"{TITLES[kind]}, {start} to {end}"}})[0]
+    )
     html_path.write_text(html, encoding="utf-8")
     report_id = _store(database, kind, start, end, html, data_dir) if store else None
     database.close_all()

@@ -18,6 +18,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property, lru_cache
 from typing import Any
 
@@ -259,7 +260,8 @@ class HealthHandler(BaseHandler):
         if self.request.method == "HEAD":
             self.finish()
             return
-        self.finish(json.dumps({"success": ok, "message": "healthy" if ok else "unhealthy", "data": data}))
+        envelope = {"success": ok, "message": "healthy" if ok else "unhealthy", "data": data}
+        self.finish(json.dumps(envelope, separators=(",", ":")))
 
     head = get
 
@@ -387,7 +389,8 @@ class ReportHtmlHandler(ApiHandler):
         if not report_id.isascii() or not report_id.isdigit() or len(report_id) > 18:
             raise errors.NotFound(f"No report with id {report_id!r}.")
         report, content = await self.service.report_content(int(report_id), self.part)
-        name = f"{report.kind}-{report.period_start:%Y-%m-%d}_{report.period_end:%Y-%m-%d}"
+        last_day = report.period_end - timedelta(days=1)  # stored half-open; files are named by inclusive days
+        name = f"{report.kind}-{report.period_start:%Y-%m-%d}_{last_day:%Y-%m-%d}"
         if self.part == "html":
             self.set_header("Content-Type", "text/html; charset=utf-8")
             # The page needs no script and nothing from elsewhere; say so to the browser.

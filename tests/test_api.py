@@ -33,6 +33,7 @@ def test_health(api):
     assert resp.status == 200
     assert resp.body["data"]["status"] == "ok" and resp.body["data"]["database"] == "ok"
     assert resp.body["data"]["version"] and resp.body["data"]["uptime_seconds"] >= 0
+    assert resp.raw.startswith(b"{\"success\":true,")  # compact, like every other answer
     assert api.request("HEAD", "/health", auth=None).status == 200
 
 

@@ -157,6 +157,8 @@ def test_stored_reports_are_listed_and_served(api, database):
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
     data = api.get(f"/api/v1/reports/{report_id}/data")
     assert data.status == 200 and data.headers["Content-Type"] == "application/zip"
+    # named by its inclusive days, like the files the report command writes (the period is stored half-open)
+    assert data.headers["Content-Disposition"] == 'attachment; filename="audit-2026-02-01_2026-02-01.zip"'
     assert zipfile.ZipFile(io.BytesIO(data.raw)).read("summary.csv").startswith(b"measure")
     for missing in ("9999", "abc", "1x"):
         assert api.get(f"/api/v1/reports/{missing}").status == 404

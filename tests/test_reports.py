@@ -109,6 +109,7 @@ def test_report_command_writes_html_csv_png_and_stores_the_report(service, datab
     assert (data / "daily_activity.png").stat().st_size > 1000
     assert "data:image/png;base64" in html and "report_queries.prepare" not in html  # figures inline, code hidden
     assert "<script" not in html and "cdnjs" not in html  # self-contained: opens offline
+    assert "<title>OTP service audit report, 2026-02-01 to 2026-02-28</title>" in html
     expected = totals(database)
     assert f"<td>{expected['verifications']}</td>" in html
     with database.connection_context():
