@@ -65,8 +65,11 @@ class RequestContext:
 SYSTEM = RequestContext(ip_address=None, user_agent="otp-service", request_id=None)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode  # made once: json.dumps makes one a call
+
+
 def compact_json(data: dict[str, Any] | None) -> str | None:
-    return None if not data else json.dumps(data, separators=(",", ":"), sort_keys=True)
+    return None if not data else _COMPACT(data)
 
 
 def audit_row(

@@ -179,6 +179,14 @@ class DeviceCache:
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
+    def refresh(self, state: DeviceState) -> None:
+        """A newer state of a device this process remembers (another process wrote it); others are ignored,
+        so a process remembers only what it has used."""
+        with self._lock:
+            current = self._items.get(state.device_id)
+            if current is not None and state.version > current.version:
+                self._items[state.device_id] = state
+
     def discard(self, device_id: str) -> None:
         with self._lock:
             self._items.pop(device_id, None)

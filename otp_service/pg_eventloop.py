@@ -175,7 +175,7 @@ class EventLoopStore:
         self.writes = GroupCommit(
             pool,
             sync.apply_statement,
-            store.apply_args,
+            lambda items: store.apply_args(items, sync.sender),
             lambda rows, items: store.apply_results(rows, len(items)),
             metrics.APPLY_BATCH_SIZE,
             rolled_back=(False, UNKNOWN),  # undone whole (a deadlock): read again
@@ -190,3 +190,51 @@ class EventLoopStore:
     async def apply_locked(self, device_id: str, decide: store.Decide, ctx: RequestContext) -> Transition:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self._apply_locked, device_id, decide, ctx)
+
+
+class StateListener:
+    """Keeps the device states this process remembers current: LISTENs for the states that other
+    processes' writes notify (`store.APPLY`) and passes each on. Without it a state another process
+    changed costs a lost race when next used here (a round trip); with it, usually nothing. Correctness
+    never depends on it: a write still applies only on the state it was decided on."""
+
+    def __init__(self, pool: AsyncPool, sender: str, refresh: Callable[[DeviceState], None]):
+        self._params, self.sender, self.refresh = pool._params, sender, refresh
+        self.received = 0
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting (after a pause) when the connection is lost."""
+        loop = asyncio.get_running_loop()
+        while True:
+            conn = None
+            try:
+                conn = psycopg2.connect(async_=True, **self._params)
+                await _poll(conn)
+                with conn.cursor() as cursor:
+                    cursor.execute(f"LISTEN {store.STATES_CHANNEL}")
+                    await _poll(conn)
+                while True:
+                    ready = loop.create_future()
+                    loop.add_reader(conn.fileno(), _resolve, ready)
+                    try:
+                        await ready
+                    finally:
+                        loop.remove_reader(conn.fileno())
+                    conn.poll()
+                    while conn.notifies:
+                        self._receive(conn.notifies.pop(0).payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the server went away, or a payload we cannot read: start afresh
+                log.warning("device state listener restarting: %s", type(exc).__name__)
+                await asyncio.sleep(1)
+            finally:
+                if conn is not None:
+                    conn.close()
+
+    def _receive(self, payload: str) -> None:
+        if payload.startswith(f'["{self.sender}"'):  # our own writes: known already
+            return
+        for state in store.states_from_notification(payload)[1]:
+            self.received += 1
+            self.refresh(state)

@@ -44,6 +44,7 @@ def serve(settings: Settings, processes: int = 1, grace_seconds: float = 20.0) -
 
 async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
     state = build_state(settings)
+    state.service.start()
     server = HTTPServer(
         make_app(state),
         xheaders=False,

@@ -34,7 +34,7 @@ from .database import UNAVAILABLE_ERRORS, open_database
 from .engine import Engine, Plan
 from .keys import Keyring, KeyUnavailable, key_fingerprint
 from .models import Action, Report
-from .pg_eventloop import AsyncPool, EventLoopStore
+from .pg_eventloop import AsyncPool, EventLoopStore, StateListener
 from .store import Decide, PostgresStore, open_store
 from .transitions import AuditEvent, DeviceState, Transition, isoformat, to_datetime
 
@@ -268,6 +268,14 @@ class AsyncOtpService:
             self.pool = AsyncPool.for_database(service.database, settings.db_pool_size, settings.db_timeout)
             loop_store = EventLoopStore(self.pool, service.store, service.apply_locked, self.executor)
             service.engine.loop_store = loop_store
+        self._listening: asyncio.Future | None = None
+
+    def start(self) -> None:
+        """Call on the running event loop: on PostgreSQL, start keeping remembered device states current
+        with other processes' writes (`pg_eventloop.StateListener`)."""
+        if self.pool is not None and self._listening is None:
+            listener = StateListener(self.pool, self.service.store.sender, self.service.engine.cache.refresh)
+            self._listening = asyncio.ensure_future(listener.run())
 
     async def thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work on the bounded pool, whose size matches the connection pool."""
@@ -330,6 +338,8 @@ class AsyncOtpService:
         return peewee_pool + (self.pool.in_use if self.pool is not None else 0)
 
     def close(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.service.database.close_all()
         if self.pool is not None:

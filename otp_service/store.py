@@ -17,6 +17,7 @@ every transition is read, decided and applied in one IMMEDIATE transaction.
 from __future__ import annotations
 
 import json
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -34,6 +35,8 @@ LOCKED_ROUNDS = 5  # a row that exists is locked at once; only an id inserted me
 
 _COLUMNS = ", ".join(STATE_COLUMNS)
 _NEW_COLUMNS = STATE_COLUMNS[1:]  # device_id is the key, the rest is the row to write
+STATES_CHANNEL = "otp_device_states"
+STATES_PER_NOTIFICATION = 12
 _PG_TYPES = {
     "device_id": "text",
     "user_id": "text",
@@ -67,7 +70,7 @@ def _elements(names: Sequence[str], types: Sequence[str], alias: str) -> str:
         f'(r->>{n}){"" if type_ == "text" else "::" + type_} AS "{name}"'
         for n, (name, type_) in enumerate(zip(names, types, strict=True))
     )
-    return f"(SELECT {columns} FROM jsonb_array_elements(%s::jsonb) r) AS {alias}"
+    return f"(SELECT {columns}, r AS element FROM jsonb_array_elements(%s::jsonb) r) AS {alias}"
 
 
 # The batch comes as two JSON arrays of arrays (psycopg2 adapts one string far faster than hundreds of
@@ -102,18 +105,41 @@ WITH t AS (
 ), logged AS (
     INSERT INTO audit_logs ({", ".join(AUDIT_COLUMNS)})
     SELECT {", ".join(f"e.{c}" for c in AUDIT_COLUMNS)} FROM ev e JOIN applied a ON a.i = e.i ORDER BY e.n
+), told AS (  -- the new states, for the other processes that remember these devices (delivered on commit),
+    -- a few to a notification (a payload holds 8000 bytes; a state, at most about 600): the transitions'
+    -- own elements of the batch, as sent, after the sender's name
+    SELECT pg_notify('{STATES_CHANNEL}', '["' || %s::text || '",[' || string_agg(t.element::text, ',') || ']]')
+    FROM t JOIN applied a ON a.i = t.i WHERE t.writes GROUP BY t.i / {STATES_PER_NOTIFICATION}
 )
-SELECT t.i, a.i IS NOT NULL, d.*
+SELECT t.i, a.i IS NOT NULL, {", ".join(f"d.{c}" for c in STATE_COLUMNS)}
 FROM t LEFT JOIN applied a ON a.i = t.i
-LEFT JOIN LATERAL (  -- the state that won, for a transition that did not apply (read only for those)
-    SELECT {_COLUMNS} FROM devices WHERE a.i IS NULL AND device_id = t.device_id
-) d ON TRUE
+LEFT JOIN (  -- the state that won, for a transition that did not apply (read only for those)
+    SELECT m.i, {", ".join(f"w.{c}" for c in STATE_COLUMNS)}
+    FROM t m JOIN devices w ON w.device_id = m.device_id
+    WHERE NOT EXISTS (SELECT FROM applied x WHERE x.i = m.i)
+) d ON d.i = t.i
+WHERE (SELECT count(*) FROM told) >= 0  -- makes the notifications happen (a plain SELECT in WITH runs only if read)
 """
 READ = f"SELECT {_COLUMNS} FROM devices WHERE device_id = ANY(%s::text[])"
+_TIMES = [n for n, c in enumerate(STATE_COLUMNS) if _PG_TYPES[c] == "timestamp"]
 
 
-def apply_args(batch: Sequence[tuple[Transition, RequestContext]]) -> tuple[str, str]:
-    """APPLY's parameters for these transitions: the transitions and their audit rows, as JSON."""
+def states_from_notification(payload: str) -> tuple[str, list[DeviceState]]:
+    """(sender, states) from one of APPLY's notifications: its transitions' elements, as `apply_args` made them."""
+    sender, elements = json.loads(payload)
+    states = []
+    for element in elements:
+        values = [element[1], *element[4:]]  # the device id, then the row the transition wrote
+        for n in _TIMES:
+            if values[n] is not None:
+                values[n] = datetime.fromisoformat(values[n])
+        states.append(DeviceState(*values))
+    return sender, states
+
+
+def apply_args(batch: Sequence[tuple[Transition, RequestContext]], sender: str) -> tuple[str, str, str]:
+    """APPLY's parameters for these transitions: the transitions and their audit rows, as JSON, and who
+    sends them (so a process can skip the notifications of its own writes)."""
     rows, events = [], []
     for i, (transition, ctx) in enumerate(batch):
         after = transition.after
@@ -123,11 +149,14 @@ def apply_args(batch: Sequence[tuple[Transition, RequestContext]]) -> tuple[str,
         for event in transition.events:
             row = audit_row(event, transition.at, transition.device_id, user_id, ctx)
             events.append((i, len(events), *row))
-    return _json(rows), _json(events)
+    return _json(rows), _json(events), sender
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=datetime.isoformat).encode
 
 
 def _json(rows: list[tuple]) -> str:
-    return json.dumps(rows, separators=(",", ":"), default=datetime.isoformat)
+    return _ENCODE(rows)
 
 
 def apply_results(rows: Sequence[tuple], count: int) -> list[Applied]:
@@ -181,6 +210,7 @@ class Store(ABC):
 class PostgresStore(Store):
     def __init__(self, database: Database):
         super().__init__(database)
+        self.sender = secrets.token_hex(8)  # names this process's writes in APPLY's notifications
         self.apply_statement = _prepare(database, "otp_apply", APPLY)
         self.read_statement = _prepare(database, "otp_read", READ)
 
@@ -188,7 +218,7 @@ class PostgresStore(Store):
         return read_results(self.database.execute_sql(self.read_statement, ([device_id],)).fetchall(), [device_id])[0]
 
     def apply(self, transition: Transition, ctx: RequestContext) -> Applied:
-        rows = self.database.execute_sql(self.apply_statement, apply_args([(transition, ctx)])).fetchall()
+        rows = self.database.execute_sql(self.apply_statement, apply_args([(transition, ctx)], self.sender)).fetchall()
         return apply_results(rows, 1)[0]
 
     def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:

@@ -33,6 +33,7 @@ from .service import AsyncOtpService
 
 log = logging.getLogger("otp_service.web")
 
+compact = json.JSONEncoder(separators=(",", ":")).encode  # every answer's envelope; made once, not per call
 MAX_JSON_BODY = 16 * 1024
 MAX_HEADERS = 16 * 1024  # answered with 431 JSON; the server closes connections over its own, larger cap
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)
@@ -176,7 +177,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def respond(self, data: dict[str, Any], message: str, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(json.dumps({"success": True, "message": message, "data": data}, separators=(",", ":")))
+        self.finish(compact({"success": True, "message": message, "data": data}))
 
     def json_body(self) -> dict[str, Any]:
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -209,9 +210,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="otp-service"')
         error = {"code": code, "request_id": self.request_id, **details}
-        self.finish(
-            json.dumps({"success": False, "message": message, "data": {}, "error": error}, separators=(",", ":"))
-        )
+        self.finish(compact({"success": False, "message": message, "data": {}, "error": error}))
 
     def log_exception(self, typ, value, tb) -> None:  # type: ignore[override]
         if isinstance(value, (errors.ServiceError, tornado.web.HTTPError)):
@@ -261,7 +260,7 @@ class HealthHandler(BaseHandler):
             self.finish()
             return
         envelope = {"success": ok, "message": "healthy" if ok else "unhealthy", "data": data}
-        self.finish(json.dumps(envelope, separators=(",", ":")))
+        self.finish(compact(envelope))
 
     head = get
 

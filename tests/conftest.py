@@ -261,16 +261,16 @@ class EventLoopService(OtpService):
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.front = AsyncOtpService(self)
+        self.loop.call_soon_threadsafe(self.front.start)
         return self
 
     def execute(self, plan):
         return asyncio.run_coroutine_threadsafe(self.front.execute(plan), self.loop).result(60)
 
     def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.front.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
-        self.front.executor.shutdown(wait=True)
-        self.front.pool.close()
 
 
 @pytest.fixture
@@ -351,6 +351,7 @@ class RunningServer:
         async def main():
             self.loop = asyncio.get_running_loop()
             self.state = build_state(settings, database=database, clock=clock)
+            self.state.service.start()
             self.server = HTTPServer(make_app(self.state), max_body_size=MAX_BODY_BYTES, body_timeout=10)
             self.server.add_sockets(self._sockets)
             self._stop = asyncio.Event()
@@ -358,9 +359,7 @@ class RunningServer:
             await self._stop.wait()
             self.server.stop()
             await self.server.close_all_connections()
-            self.state.service.executor.shutdown(wait=True)
-            if self.state.service.pool is not None:
-                self.state.service.pool.close()
+            self.state.service.close()
 
         asyncio.run(main())
 
