@@ -397,3 +397,15 @@ def test_processes_keep_each_others_remembered_states_current(settings, database
     finally:
         for service in (a, b):
             service.close()
+
+
+def test_the_longest_states_still_fit_the_notifications(fast, database, clock):
+    """User ids and issuers at their limits in four-byte characters, many registered in one statement: the
+    notifications that carry their states stay under PostgreSQL's 8000-byte payload limit."""
+    user, issuer = "𝔘" * 254, "𝔦" * 64
+
+    async def signups():
+        return await asyncio.gather(*(fast.register(f"LONG-{n}", user, CTX, issuer=issuer) for n in range(16)))
+
+    answers = run(signups())
+    assert batches(fast) == 1 and all(a["user_id"] == user for a in answers)
