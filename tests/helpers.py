@@ -1,6 +1,8 @@
 """Helpers that play the part of an authenticator app holding a registered key, and read the audit trail."""
 
 import base64
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from otp_service import totp
 from otp_service.models import AuditLog
@@ -30,3 +32,15 @@ def audit_rows(database, **where) -> list[AuditLog]:
         for name, value in where.items():
             query = query.where(getattr(AuditLog, name) == value)
         return list(query)
+
+
+def at_once(count: int, attempt) -> list:
+    """`attempt()` in `count` threads released together (a barrier), as simultaneous requests; their results."""
+    barrier = threading.Barrier(count)
+
+    def released(_):
+        barrier.wait()
+        return attempt()
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(released, range(count)))

@@ -13,7 +13,7 @@ from otp_service.models import Device
 from otp_service.service import OtpService
 from otp_service.verification import lock_seconds
 from tests.conftest import settings_for
-from tests.helpers import audit_rows, code_at, wrong_code
+from tests.helpers import at_once, audit_rows, code_at, wrong_code
 
 CTX = RequestContext(ip_address="203.0.113.7", user_agent="tests", request_id="req-1")
 
@@ -311,18 +311,7 @@ def test_stats_count_devices_and_recent_activity(service, clock):
 def test_concurrent_verification_of_one_code_is_accepted_exactly_once(service, database, clock):
     reg = service.register("DEV-1", "alice", CTX)
     code = code_at(reg, clock.now)
-    barrier = threading.Barrier(20)
-    results = []
-
-    def attempt():
-        barrier.wait()
-        results.append(service.verify("DEV-1", code, CTX)["valid"])
-
-    threads = [threading.Thread(target=attempt) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = at_once(20, lambda: service.verify("DEV-1", code, CTX)["valid"])
     assert sorted(results) == [False] * 19 + [True]
     assert len(audit_rows(database, action="OTP_VERIFICATION", success=True)) == 1
     assert device_row(database, "DEV-1").usage_count == 1
