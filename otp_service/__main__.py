@@ -256,6 +256,61 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 URL_HELP = "database URL (default: DATABASE_URL, else sqlite:///otp_service.db)"
 
 
+def cmd_clients(args: argparse.Namespace) -> int:
+    """Create, list, rotate and revoke API clients; every change is audited in its own transaction."""
+    import time as clock
+    from datetime import UTC, datetime, timedelta
+
+    from . import clients
+    from .database import UNAVAILABLE_ERRORS, open_database, pending_migrations
+    from .report_runner import ReportError, parse_day
+
+    try:
+        expires = None
+        if getattr(args, "expires", None):
+            last_day = parse_day(args.expires, "expires")  # the key works through that day (UTC)
+            expires = datetime.combine(last_day + timedelta(days=1), datetime.min.time())
+            if expires <= datetime.now(UTC).replace(tzinfo=None):
+                return _fail(f"--expires must be a day in the future, got {args.expires}")
+        scopes = clients.parse_scopes(args.scopes) if getattr(args, "scopes", None) else None
+        if args.action != "list":
+            clients.check_name(args.name)
+    except (ValueError, ReportError) as exc:
+        return _fail(str(exc))
+    try:
+        database = open_database(_database_url(args), 1, read(os.environ, ["DB_TIMEOUT"])["db_timeout"])
+        if pending_migrations(database):
+            return _fail("the database schema is out of date: run `python -m otp_service migrate` first", 1)
+        with database.connection_context(), database.atomic():
+            now = clock.time()
+            if args.action == "create":
+                key = clients.create(args.name, scopes, now, expires)
+            elif args.action == "rotate":
+                key = clients.rotate(args.name, now, timedelta(hours=args.grace_hours))
+            elif args.action == "revoke":
+                clients.revoke(args.name, now)
+            else:
+                rows = clients.listing()
+    except ValueError as exc:
+        return _fail(str(exc), 1)
+    except UNAVAILABLE_ERRORS as exc:
+        return _fail(f"cannot reach the database: {exc}", 1)
+    if args.action in ("create", "rotate"):
+        print(f"client {args.name}: its key, shown this once (only its SHA-256 is kept):\n{key}")
+        if args.action == "rotate":
+            print(f"the previous key keeps working for {args.grace_hours:g} hours")
+    elif args.action == "revoke":
+        print(f"client {args.name} revoked: its key stops working within seconds")
+    else:
+        for row in rows:
+            state = "revoked" if row["revoked_at"] else "active"
+            print(
+                f"{row['name']:<24} {row['scopes']:<32} {state:<8} created {row['created_at']:%Y-%m-%d}"
+                f" last used {row['last_used_at'] or '-'} expires {row['expires_at'] or '-'}"
+            )
+    return 0
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's default in its help; those whose default comes from elsewhere say so themselves."""
 
@@ -316,6 +371,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database-url", help=URL_HELP)
     p.add_argument("--output-dir", default="reports", help="folder for the HTML, notebook, CSV and PNG files")
     p.set_defaults(run=cmd_scheduled_report)
+
+    p = sub.add_parser("clients", help="API clients: create, list, rotate, revoke", formatter_class=formatter)
+    actions = p.add_subparsers(dest="action", required=True, title="actions", metavar="ACTION")
+    a = actions.add_parser("create", help="a new client; prints its key once", formatter_class=formatter)
+    a.add_argument("name", help="1-64 of a-z 0-9 . _ -")
+    a.add_argument(
+        "--scopes", required=True, help="comma-separated: verify, enroll, manage, read, reports, metrics, admin"
+    )
+    a.add_argument("--expires", help="last day the key works, YYYY-MM-DD (UTC); default: never")
+    a = actions.add_parser("list", help="every client, its scopes and state", formatter_class=formatter)
+    a = actions.add_parser(
+        "rotate", help="a new key; the old one works for --grace-hours more", formatter_class=formatter
+    )
+    a.add_argument("name", help="the client")
+    a.add_argument("--grace-hours", type=float, default=24.0, help="how long the previous key keeps working")
+    a = actions.add_parser(
+        "revoke", help="stop a client's key (within seconds, in every process)", formatter_class=formatter
+    )
+    a.add_argument("name", help="the client")
+    for a in actions.choices.values():
+        a.add_argument("--database-url", help=URL_HELP)
+    p.set_defaults(run=cmd_clients)
 
     p = sub.add_parser("demo-data", help="fill a database with realistic synthetic history", formatter_class=formatter)
     p.add_argument("--devices", type=int, default=40, help="simulated devices (1-100000)")

@@ -29,6 +29,7 @@ AUDIT_COLUMNS = (
     "user_agent",
     "request_id",
     "additional_data",
+    "actor",
 )
 
 
@@ -50,11 +51,12 @@ def normal_ip(value: str | None) -> str | None:
 @dataclass(frozen=True)
 class RequestContext:
     """Who is asking, as the audit trail records it: a normal IP address or None, the User-Agent cut to what
-    its column holds (None when empty), a request id of at most 64 characters."""
+    its column holds (None when empty), a request id of at most 64 characters, and the API client."""
 
     ip_address: str | None = None
     user_agent: str | None = None
     request_id: str | None = None
+    actor: str | None = None  # the API client's name (None: the service itself, e.g. the CLI)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ip_address", normal_ip(self.ip_address))
@@ -87,4 +89,5 @@ def audit_row(
         ctx.user_agent,
         ctx.request_id,
         compact_json(event.data),
+        ctx.actor,
     )

@@ -27,6 +27,7 @@ def _error(name: str, status: int, code: str) -> type[ServiceError]:
 ValidationError = _error("ValidationError", 400, "VALIDATION_ERROR")
 MalformedJSON = _error("MalformedJSON", 400, "MALFORMED_JSON")
 Unauthorized = _error("Unauthorized", 401, "UNAUTHORIZED")
+InsufficientScope = _error("InsufficientScope", 403, "INSUFFICIENT_SCOPE")
 NotFound = _error("NotFound", 404, "NOT_FOUND")
 DeviceNotFound = _error("DeviceNotFound", 404, "DEVICE_NOT_FOUND")
 MethodNotAllowed = _error("MethodNotAllowed", 405, "METHOD_NOT_ALLOWED")

@@ -34,7 +34,11 @@ class Action(StrEnum):
     DEVICE_LOCKED = "DEVICE_LOCKED"
     DEVICE_UNLOCKED = "DEVICE_UNLOCKED"
     AUTH_FAILED = "AUTH_FAILED"
+    ACCESS_DENIED = "ACCESS_DENIED"  # a known client without the scope the operation needs
     RATE_LIMITED = "RATE_LIMITED"
+    CLIENT_CREATED = "CLIENT_CREATED"
+    CLIENT_ROTATED = "CLIENT_ROTATED"
+    CLIENT_REVOKED = "CLIENT_REVOKED"
 
 
 class BaseModel(Model):
@@ -80,9 +84,28 @@ class AuditLog(BaseModel):
     user_agent = CharField(max_length=256, null=True)
     request_id = CharField(max_length=64, null=True)
     additional_data = TextField(null=True)  # JSON
+    actor = CharField(max_length=64, null=True)  # the API client that asked (None: the service itself)
 
     class Meta:
         table_name = "audit_logs"
+
+
+class ApiClient(BaseModel):
+    """A caller of the API: its scopes and a digest of its key (the key itself is shown once, never kept)."""
+
+    id = AutoField()
+    name = CharField(max_length=64, unique=True)
+    scopes = CharField(max_length=128)  # comma-separated, sorted
+    key_digest = CharField(max_length=64, unique=True)  # SHA-256 hex of the key
+    previous_key_digest = CharField(max_length=64, null=True, unique=True)  # the key before a rotation…
+    previous_valid_until = DateTimeField(null=True)  # …and until when it still works
+    created_at = DateTimeField()
+    last_used_at = DateTimeField(null=True)
+    expires_at = DateTimeField(null=True)
+    revoked_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "api_clients"
 
 
 class Report(BaseModel):
@@ -98,4 +121,4 @@ class Report(BaseModel):
         table_name = "reports"
 
 
-ALL_MODELS = (Device, AuditLog, Report)
+ALL_MODELS = (Device, AuditLog, Report, ApiClient)

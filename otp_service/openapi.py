@@ -174,6 +174,7 @@ SCHEMAS: dict[str, Any] = {
         user_agent=_s(nullable=True),
         request_id=_s(nullable=True),
         additional_data={"type": "object", "nullable": True},
+        actor=_s(nullable=True, description="the API client that asked (null: the service itself)"),
     ),
     "AuditPage": _obj(
         ["user_id", "entries", "next_before"],
@@ -218,6 +219,7 @@ SCHEMAS: dict[str, Any] = {
 ERRORS = {
     400: "Invalid input (`VALIDATION_ERROR` with `error.field`, or `MALFORMED_JSON`)",
     401: "Missing or wrong API key (`UNAUTHORIZED`)",
+    403: "The key's client lacks the operation's scope (`INSUFFICIENT_SCOPE`, with `error.scope`)",
     404: "No such resource (`NOT_FOUND`, `DEVICE_NOT_FOUND`)",
     405: "Method not allowed (`METHOD_NOT_ALLOWED`)",
     409: "Conflict (`DEVICE_EXISTS`, `DEVICE_INACTIVE`)",
@@ -228,7 +230,7 @@ ERRORS = {
     500: "Unexpected error (`INTERNAL_ERROR`): nothing internal is disclosed",
     503: "Dependency unavailable (`DATABASE_UNAVAILABLE`, `KEY_UNAVAILABLE`, `RATE_LIMITER_UNAVAILABLE`)",
 }
-API_ERRORS = (400, 401, 405, 429, 431, 500, 503)
+API_ERRORS = (400, 401, 403, 405, 429, 431, 500, 503)
 
 
 def _envelope(data_schema: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +280,17 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def _mark_scopes(paths: dict[str, Any]) -> None:
+    """Each operation names the client scope it needs, read from its handler (`permission`)."""
+    from .app import API_ROUTES, DEBUG_ROUTES
+
+    for template, handler in API_ROUTES + DEBUG_ROUTES:
+        scope = getattr(handler, "permission", None)
+        for operation in paths.get(template, {}).values() if scope else ():
+            operation["x-required-scope"] = scope
+            operation["summary"] += f" (scope: {scope})"
+
+
 def build_spec(debug: bool = False) -> dict[str, Any]:
     device = [_path_param("device_id", DEVICE_ID)]
     user = [_path_param("user_id", _s(minLength=1, maxLength=254))]
@@ -317,7 +330,7 @@ def build_spec(debug: bool = False) -> dict[str, Any]:
                 "tags": ["operations"],
                 "responses": {
                     "200": {"description": "text exposition format", "content": {"text/plain": {}}},
-                    **{str(code): _json(_ref("Error"), ERRORS[code]) for code in (401, 429, 431, 503)},
+                    **{str(code): _json(_ref("Error"), ERRORS[code]) for code in (401, 403, 429, 431, 503)},
                 },
             }
         },
@@ -388,6 +401,7 @@ def build_spec(debug: bool = False) -> dict[str, Any]:
                 "The device's current code (DEBUG only)", 200, _ref("DebugCode"), with_404, params=device, tag="debug"
             )
         }
+    _mark_scopes(paths)
     return {
         "openapi": "3.0.3",
         "info": {
@@ -399,7 +413,14 @@ def build_spec(debug: bool = False) -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
         "components": {
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "an API_KEY"}},
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an API client's key (`python -m otp_service clients create`) or one in API_KEY "
+                    "(every scope); each operation's `x-required-scope` is the scope it needs",
+                }
+            },
             "schemas": SCHEMAS,
         },
         "paths": paths,

@@ -147,4 +147,5 @@ def audit_entry(row: AuditLog) -> dict[str, Any]:
         "user_agent": row.user_agent,
         "request_id": row.request_id,
         "additional_data": json.loads(row.additional_data) if row.additional_data else None,
+        "actor": row.actor,
     }

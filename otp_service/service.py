@@ -29,6 +29,7 @@ from peewee import Database
 
 from . import errors, lifecycle, metrics, queries, totp, verification
 from .audit import SYSTEM, RequestContext, audit_row
+from .clients import Caller, Directory
 from .config import Settings
 from .database import UNAVAILABLE_ERRORS, open_database
 from .engine import Engine, Plan
@@ -68,6 +69,12 @@ class OtpService:
         )
         self.store = open_store(database)
         self.engine = Engine(self.store)
+        self.clients = Directory(settings.api_keys, clock)
+
+    def caller(self, key: str) -> Caller | None:
+        """The client a key belongs to (None: no active client has it)."""
+        known, caller = self.clients.known(key)
+        return caller if known else self.query(self.clients.load, key)
 
     @contextmanager
     def unit_of_work(self, write: bool = False) -> Iterator[None]:
@@ -126,9 +133,10 @@ class OtpService:
         reason: str | None = None,
         data: dict[str, Any] | None = None,
         now: float | None = None,
+        success: bool = False,
     ) -> None:
-        """Audit an event that concerns no device (a failed authentication, a rate-limit hit)."""
-        row = audit_row(AuditEvent(action, False, reason, data), to_datetime(self._now(now)), None, None, ctx)
+        """Audit an event that concerns no device (a failed authentication, a rate-limit hit, a client made)."""
+        row = audit_row(AuditEvent(action, success, reason, data), to_datetime(self._now(now)), None, None, ctx)
         with self.unit_of_work(write=True):
             self.store.record([row])
 
@@ -297,6 +305,10 @@ class AsyncOtpService:
 
     async def unlock(self, device_id: str, ctx: RequestContext) -> dict[str, Any]:
         return await self.execute(self.service.plan_unlock(device_id, ctx))
+
+    async def caller(self, key: str) -> Caller | None:
+        known, caller = self.service.clients.known(key)  # API_KEY's keys and recent answers: no thread hop
+        return caller if known else await self.thread(self.service.query, self.service.clients.load, key)
 
     async def record(self, action: Action, ctx: RequestContext, **fields: Any) -> None:
         await self.thread(partial(self.service.record, action, ctx, **fields))

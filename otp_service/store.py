@@ -58,7 +58,7 @@ _PG_TYPES = {
     "locked_until": "timestamp",
     "version": "bigint",
 }
-_EVENT_TYPES = ("timestamp", "text", "bool", "text", "text", "text", "text", "text", "text", "text")
+_EVENT_TYPES = ("timestamp", "text", "bool", "text", "text", "text", "text", "text", "text", "text", "text")
 _T_KEYS = ("i", "device_id", "expected", "writes", *_NEW_COLUMNS)
 _NO_ROW = (None,) * len(_NEW_COLUMNS)
 _E_KEYS = ("i", "n", *AUDIT_COLUMNS)

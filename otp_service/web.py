@@ -26,6 +26,7 @@ import tornado.web
 
 from . import __version__, errors, metrics, validation
 from .audit import RequestContext, normal_ip
+from .clients import Caller
 from .config import Settings
 from .models import Action
 from .ratelimit import RateLimiter
@@ -67,6 +68,9 @@ def client_ip(remote_ip: str, forwarded_for: str | None, trusted_hops: int) -> s
     if len(chain) < trusted_hops:
         return own
     return normal_ip(chain[-trusted_hops]) or own
+
+
+METRICS_SCRAPER = Caller("metrics-token", frozenset({"metrics"}))
 
 
 @lru_cache(maxsize=4096)
@@ -171,8 +175,12 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def context(self) -> RequestContext:
+        caller = getattr(self, "caller", None)
         return RequestContext(
-            ip_address=self.ip, user_agent=self.request.headers.get("User-Agent"), request_id=self.request_id
+            ip_address=self.ip,
+            user_agent=self.request.headers.get("User-Agent"),
+            request_id=self.request_id,
+            actor=caller.name if caller is not None else None,
         )
 
     def respond(self, data: dict[str, Any], message: str, status: int = 200) -> None:
@@ -266,9 +274,12 @@ class HealthHandler(BaseHandler):
 
 
 class ApiHandler(BaseHandler):
-    """Every /api route: rate limited per client IP, then authenticated with a Bearer API key."""
+    """Every /api route: rate limited per client IP, then authenticated with a Bearer API key whose client
+    must hold the route's scope (`permission`)."""
 
-    scope = "default"
+    scope = "default"  # which rate limit
+    permission = "admin"  # which client scope (`clients.SCOPES`)
+    caller: Caller | None = None
 
     async def prepare(self) -> None:
         super().prepare()
@@ -283,13 +294,25 @@ class ApiHandler(BaseHandler):
                 headers={"Retry-After": str(decision.retry_after)},
                 details={"retry_after": decision.retry_after},
             )
-        if not self._authenticated():
+        self.caller = await self._authenticate()
+        if self.caller is None:
             metrics.AUTH_FAILURES.inc()
             await self.service.record(Action.AUTH_FAILED, self.context)
             raise errors.Unauthorized("A valid API key is required: send Authorization: Bearer <API_KEY>.")
+        if not self.caller.may(self.permission):
+            metrics.AUTH_FAILURES.inc()
+            data = {"route": self.request.path[:200], "scope": self.permission}
+            await self.service.record(Action.ACCESS_DENIED, self.context, reason="INSUFFICIENT_SCOPE", data=data)
+            raise errors.InsufficientScope(
+                f"This API key's client ({self.caller.name}) may not do this: it needs the {self.permission!r} scope.",
+                details={"scope": self.permission},
+            )
 
-    def _authenticated(self) -> bool:
-        return bearer_matches(self.request.headers.get("Authorization", ""), self.state.settings.api_keys)
+    async def _authenticate(self) -> Caller | None:
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return await self.service.caller(token.strip())
 
     async def _audit_rate_limit(self, retry_after: int) -> None:
         """One RATE_LIMITED row per client and window, so a flood cannot turn into a flood of writes."""
@@ -306,6 +329,8 @@ class ApiHandler(BaseHandler):
 
 
 class RegisterHandler(ApiHandler):
+    permission = "enroll"
+
     async def post(self) -> None:
         body = self.json_body()
         options = {
@@ -326,6 +351,7 @@ class RegisterHandler(ApiHandler):
 
 class VerifyHandler(ApiHandler):
     scope = "verify"
+    permission = "verify"
 
     async def post(self) -> None:
         body = self.json_body()
@@ -338,28 +364,38 @@ class VerifyHandler(ApiHandler):
 
 
 class DeactivateHandler(ApiHandler):
+    permission = "manage"
+
     async def post(self, device_id: str) -> None:
         data = await self.service.deactivate(validation.device_id(device_id), self.context)
         self.respond(data, "Device deactivated")
 
 
 class UnlockHandler(ApiHandler):
+    permission = "manage"
+
     async def post(self, device_id: str) -> None:
         data = await self.service.unlock(validation.device_id(device_id), self.context)
         self.respond(data, "Device unlocked")
 
 
 class DeviceHandler(ApiHandler):
+    permission = "read"
+
     async def get(self, device_id: str) -> None:
         self.respond(await self.service.device_info(validation.device_id(device_id)), "Device found")
 
 
 class UserDevicesHandler(ApiHandler):
+    permission = "read"
+
     async def get(self, user_id: str) -> None:
         self.respond(await self.service.user_devices(validation.user_id(user_id)), "Devices of the user")
 
 
 class UserAuditHandler(ApiHandler):
+    permission = "read"
+
     async def get(self, user_id: str) -> None:
         uid = validation.user_id(user_id)
         limit = validation.limit(self.get_query_argument("limit", None))
@@ -368,11 +404,15 @@ class UserAuditHandler(ApiHandler):
 
 
 class StatsHandler(ApiHandler):
+    permission = "read"
+
     async def get(self) -> None:
         self.respond(await self.service.stats(), "Usage statistics")
 
 
 class ReportsHandler(ApiHandler):
+    permission = "reports"
+
     async def get(self) -> None:
         limit = validation.limit(self.get_query_argument("limit", None))
         before = validation.cursor(self.get_query_argument("before", None))
@@ -382,6 +422,7 @@ class ReportsHandler(ApiHandler):
 class ReportHtmlHandler(ApiHandler):
     """A stored report as a file: its self-contained HTML page (or, below, a zip of its CSV tables)."""
 
+    permission = "reports"
     part = "html"
 
     async def get(self, report_id: str) -> None:
@@ -417,12 +458,15 @@ class OpenApiHandler(BaseHandler):
 
 class MetricsHandler(ApiHandler):
     """Prometheus text format; rate limited and audited like /api, so it cannot be used to test keys. It
-    needs METRICS_TOKEN when one is set (always in production), else an API key."""
+    needs METRICS_TOKEN when one is set (always in production), else a client with the `metrics` scope."""
 
-    def _authenticated(self) -> bool:
-        settings = self.state.settings
-        keys = (settings.metrics_token,) if settings.metrics_token else settings.api_keys
-        return bearer_matches(self.request.headers.get("Authorization", ""), keys)
+    permission = "metrics"
+
+    async def _authenticate(self) -> Caller | None:
+        token = self.state.settings.metrics_token
+        if not token:
+            return await super()._authenticate()
+        return METRICS_SCRAPER if bearer_matches(self.request.headers.get("Authorization", ""), (token,)) else None
 
     def get(self) -> None:
         body, content_type = metrics.exposition()
@@ -431,6 +475,8 @@ class MetricsHandler(ApiHandler):
 
 
 class DebugOtpHandler(ApiHandler):
+    permission = "read"
+
     async def get(self, device_id: str) -> None:
         data = await self.service.current_code(validation.device_id(device_id))
         self.respond(data, "Current code (debug only)")

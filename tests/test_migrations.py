@@ -30,7 +30,8 @@ def empty_db_url(backend, tmp_path):
 def test_first_migration_upgrades_to_head(empty_db_url):
     database = open_database(empty_db_url, 2)
     assert migrate(database, target="0001_initial") == ["0001_initial"]
-    assert pending_migrations(database) == ["0002_reports", "0003_drop_action_index", "0004_device_version"]
+    later = ["0002_reports", "0003_drop_action_index", "0004_device_version", "0005_api_clients"]
+    assert pending_migrations(database) == later
     with database.connection_context():
         database.execute_sql(
             "INSERT INTO devices (device_id, user_id, salt, key_version, derived_key_hash, digits, interval, "
@@ -38,7 +39,7 @@ def test_first_migration_upgrades_to_head(empty_db_url):
             "VALUES ('OLD-1', 'alice', 'aa', 1, 'bb', 6, 30, 'SHA1', true, '2026-01-01 00:00:00', 3, 100, 0, 0)"
         )
         assert not database.table_exists("reports")
-    assert migrate(database) == ["0002_reports", "0003_drop_action_index", "0004_device_version"]
+    assert migrate(database) == later
     assert migrate(database) == []  # idempotent
     assert pending_migrations(database) == []
     with database.connection_context():
