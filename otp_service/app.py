@@ -36,7 +36,11 @@ def build_state(settings: Settings, database=None, clock=None) -> web.AppState:
     """Everything a process needs to serve. Call it after any fork: it opens the database pool."""
     service = AsyncOtpService(build_service(settings, database, clock))
     limiter = RateLimiter(
-        {"verify": settings.rate_limit_verify, "default": settings.rate_limit_default},
+        {
+            "verify": settings.rate_limit_verify,
+            "default": settings.rate_limit_default,
+            "unlock": settings.rate_limit_unlock,  # per device, whoever asks
+        },
         redis_url=settings.redis_url,
         fail_open=settings.rate_limit_fail_open,
     )

@@ -145,8 +145,10 @@ VARIABLES = (
     Variable("OTP_MAX_DRIFT", whole(range(0, 101)), "10"),
     Variable("OTP_MAX_FAILURES", whole(range(1, 101)), "5"),
     Variable("OTP_LOCKOUT_SECONDS", whole(range(1, 3601)), "60"),
+    Variable("OTP_HARD_LOCK_FAILURES", whole(range(2, 10001)), "50"),
     Variable("RATE_LIMIT_VERIFY", rate, "60/minute"),
     Variable("RATE_LIMIT_DEFAULT", rate, "120/minute"),
+    Variable("RATE_LIMIT_UNLOCK", rate, "10/hour"),
     Variable("RATE_LIMIT_ON_REDIS_ERROR", choice("open", "closed"), "open"),
     Variable("RATE_LIMIT_IPV6_PREFIX", whole(range(32, 129)), "64"),
     Variable("REDIS_URL", redis_url, ""),
@@ -194,8 +196,10 @@ class Settings:
     otp_max_drift: int
     otp_max_failures: int
     otp_lockout_seconds: int
+    otp_hard_lock_failures: int
     rate_limit_verify: str
     rate_limit_default: str
+    rate_limit_unlock: str
     rate_limit_on_redis_error: str
     rate_limit_ipv6_prefix: int
     redis_url: str

@@ -34,9 +34,12 @@ def decide_deactivate(device_id: str, state: DeviceState | None, at: datetime) -
 
 
 def decide_unlock(device_id: str, state: DeviceState | None, at: datetime) -> Transition:
-    """Clears the lock and the failure count: the attacker needs a whole new budget of failures."""
+    """Lifts the lock, and only the lock: the failures since the last right code stay counted, so the next
+    wrong code locks the device again, for longer (an unlock is no reset button for someone guessing); the
+    owner's next right code clears them."""
     if state is None:
         event = AuditEvent(Action.DEVICE_UNLOCKED, False, "DEVICE_NOT_FOUND")
         return Transition(device_id, at, None, None, (event,), "DEVICE_NOT_FOUND")
-    after = state._replace(failed_attempts=0, locked_until=None, version=state.version + 1)
-    return Transition(device_id, at, state, after, (AuditEvent(Action.DEVICE_UNLOCKED, True),), "UNLOCKED")
+    after = state._replace(locked_until=None, version=state.version + 1)
+    data = {"failed_attempts": state.failed_attempts}
+    return Transition(device_id, at, state, after, (AuditEvent(Action.DEVICE_UNLOCKED, True, None, data),), "UNLOCKED")

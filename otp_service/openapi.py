@@ -114,7 +114,8 @@ SCHEMAS: dict[str, Any] = {
         device_id=DEVICE_ID,
         valid=BOOL,
         reason=_s(enum=["INVALID_CODE", "REPLAYED"]),
-        locked_until={**TIME, "description": "present when this failure locked the device: until when"},
+        locked_until={**TIME_OR_NULL, "description": "present when this failure locked the device: until when"},
+        hard_locked={**BOOL, "description": "present (true) when this failure locked the device until an unlock"},
     ),
     "Deactivation": _obj(
         ["device_id", "is_active", "deactivated_at"],
@@ -159,6 +160,7 @@ SCHEMAS: dict[str, Any] = {
         key_version=INT,
         failed_attempts=INT,
         locked_until=TIME_OR_NULL,
+        hard_locked=BOOL,
     ),
     "UserDevices": _obj(["user_id", "devices"], user_id=_s(), devices={"type": "array", "items": _ref("Device")}),
     "AuditEntry": _obj(

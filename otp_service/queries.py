@@ -15,6 +15,7 @@ from peewee import fn
 from . import errors
 from .models import Action, AuditLog, Device, Report
 from .transitions import isoformat, to_datetime
+from .verification import HARD_LOCK
 
 
 def device(device_id: str) -> Device:
@@ -130,7 +131,8 @@ def describe(device: Device) -> dict[str, Any]:
         "issuer": device.issuer,
         "key_version": device.key_version,
         "failed_attempts": device.failed_attempts,
-        "locked_until": isoformat(device.locked_until),
+        "locked_until": None if device.locked_until == HARD_LOCK else isoformat(device.locked_until),
+        "hard_locked": device.locked_until == HARD_LOCK,
     }
 
 

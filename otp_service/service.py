@@ -66,6 +66,7 @@ class OtpService:
             max_drift=settings.otp_max_drift,
             max_failures=settings.otp_max_failures,
             lockout_seconds=settings.otp_lockout_seconds,
+            hard_lock_failures=settings.otp_hard_lock_failures,
         )
         self.store = open_store(database)
         self.engine = Engine(self.store)
@@ -395,12 +396,20 @@ def _verified(transition: Transition) -> dict[str, Any]:
         answer = {"device_id": device_id, "valid": False, "reason": verdict}
         if transition.details:  # this failure locked the device: the app can tell its user
             metrics.LOCKOUTS.inc()
-            answer["locked_until"] = isoformat(transition.details["locked_until"])
+            hard = transition.details.get("hard", False)
+            answer["locked_until"] = None if hard else isoformat(transition.details["locked_until"])
+            if hard:
+                answer["hard_locked"] = True
         return answer
     if verdict == "MALFORMED_CODE":
         raise transition.details["error"]
     metrics.VERIFICATIONS.labels("refused", verdict).inc()
     if verdict == "DEVICE_LOCKED":
+        if transition.details.get("hard"):
+            raise errors.DeviceLocked(
+                "Too many failed attempts: the device is locked until an operator unlocks it.",
+                details={"locked_until": None, "hard_locked": True},
+            )
         raise _locked_error(transition.details["locked_until"], transition.at)
     raise {
         "DEVICE_NOT_FOUND": errors.DeviceNotFound(f"No device with id {device_id!r}."),
@@ -434,4 +443,5 @@ def _unlocked(transition: Transition) -> dict[str, Any]:
     if transition.verdict == "DEVICE_NOT_FOUND":
         raise errors.DeviceNotFound(f"No device with id {transition.device_id!r}.")
     metrics.UNLOCKS.inc()
-    return {"device_id": transition.device_id, "failed_attempts": 0, "locked_until": None}
+    failed = transition.after.failed_attempts
+    return {"device_id": transition.device_id, "failed_attempts": failed, "locked_until": None}

@@ -17,7 +17,7 @@ current, so a wrong code is counted before any later one is checked, in every pr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from . import totp
 from .errors import ValidationError
@@ -26,6 +26,7 @@ from .transitions import AuditEvent, DeviceState, Transition, isoformat, to_date
 from .validation import otp_for_device
 
 MAX_LOCK_SECONDS = 3600
+HARD_LOCK = datetime(9999, 12, 31)  # locked_until of a device only an operator's unlock reopens
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Policy:
     max_drift: int = 10  # the most steps of clock offset remembered
     max_failures: int = 5  # consecutive wrong codes before the device locks
     lockout_seconds: int = 60  # the first lock; each further failure doubles it, up to an hour
+    hard_lock_failures: int = 50  # wrong codes since the last right one (unlocks or not): locked until unlocked
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def decide(
     if not state.is_active:
         return refuse("DEVICE_INACTIVE")
     if state.locked_until is not None and state.locked_until > at:
-        return refuse("DEVICE_LOCKED", locked_until=state.locked_until)
+        return refuse("DEVICE_LOCKED", locked_until=state.locked_until, hard=state.locked_until == HARD_LOCK)
     if key is None:
         return refuse("KEY_UNAVAILABLE")
     outcome = check_code(
@@ -131,11 +133,15 @@ def decide(
     if outcome.reason == "REPLAYED":  # refused but not counted: the owner may have sent the same code twice
         return refuse("REPLAYED")
 
-    failures = state.failed_attempts + 1
+    failures = state.failed_attempts + 1  # since the last right code: an unlock does not reset it
     events = [AuditEvent(Action.OTP_VERIFICATION, False, "INVALID_CODE", {"failed_attempts": failures})]
     locked_until, details = state.locked_until, None
     seconds = lock_seconds(failures, policy.max_failures, policy.lockout_seconds)
-    if seconds:
+    if failures >= policy.hard_lock_failures:
+        locked_until, details = HARD_LOCK, {"locked_until": HARD_LOCK, "hard": True}
+        data = {"failed_attempts": failures, "hard": True}
+        events.append(AuditEvent(Action.DEVICE_LOCKED, True, "HARD_LOCK", data))
+    elif seconds:
         locked_until = at + timedelta(seconds=seconds)
         details = {"locked_until": locked_until}
         data = {"failed_attempts": failures, "lock_seconds": seconds, "locked_until": isoformat(locked_until)}

@@ -372,10 +372,22 @@ class DeactivateHandler(ApiHandler):
 
 
 class UnlockHandler(ApiHandler):
+    """Unlocks of one device are limited (RATE_LIMIT_UNLOCK, whoever asks): with each unlock worth one more
+    guess, that bounds what even a `manage` key can try."""
+
     permission = "manage"
 
     async def post(self, device_id: str) -> None:
-        data = await self.service.unlock(validation.device_id(device_id), self.context)
+        device_id = validation.device_id(device_id)
+        decision = await self.state.limiter.hit("unlock", f"device:{device_id}")
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels("unlock").inc()
+            raise errors.RateLimited(
+                f"Device {device_id!r} was unlocked too often; try again later.",
+                headers={"Retry-After": str(decision.retry_after)},
+                details={"retry_after": decision.retry_after},
+            )
+        data = await self.service.unlock(device_id, self.context)
         self.respond(data, "Device unlocked")
 
 

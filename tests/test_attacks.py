@@ -2,6 +2,7 @@
 service, and replay races across two real service processes."""
 
 import base64
+import contextlib
 import json
 import random
 import threading
@@ -17,7 +18,7 @@ from otp_service.audit import RequestContext
 from otp_service.models import AuditLog, Device
 from otp_service.verification import lock_seconds
 from tests.conftest import API_KEY, PG_URL
-from tests.helpers import code_at
+from tests.helpers import audit_rows, code_at
 from tests.serving import free_port, production_env, run_cli, start_cli, wait_healthy
 
 ATTACKER = RequestContext("203.0.113.66", "attack-tool", None)
@@ -309,3 +310,45 @@ def test_a_correct_code_inside_a_burst_is_judged_on_the_state_it_lands_on(two_pr
         accepted += owner[2] == 200 and owner[3]["data"]["valid"]
         assert checked <= (4 + 5 if owner[2] == 200 and owner[3]["data"]["valid"] else 5)
         assert sum(1 for r in results if r[2] == 200 and r[3]["data"]["valid"]) <= 1
+
+
+def test_unlocking_after_every_few_guesses_is_bounded(service, database, clock):
+    """The attack from the API-clients issue: a key that may unlock unlocks after every few guesses. Each
+    unlock is now worth one guess (the count since the last right code survives it, so the next wrong code
+    locks again), and after OTP_HARD_LOCK_FAILURES (50) the device stays locked until an unlock — over HTTP
+    unlocks are rate limited per device too (next test)."""
+    reg = service.register("VICTIM", "alice", OWNER)
+    rng, unlocks = random.Random(3), 0
+    for _ in range(400):
+        try:
+            service.verify("VICTIM", guess_that_misses(rng, reg, clock.now), ATTACKER)
+        except errors.DeviceLocked:
+            service.unlock("VICTIM", ATTACKER)
+            unlocks += 1
+        clock.advance(1)
+    with contextlib.suppress(errors.DeviceLocked):  # one more guess after the last unlock: it locks again
+        service.verify("VICTIM", guess_that_misses(rng, reg, clock.now), ATTACKER)
+    checked = len(audit_rows(database, reason="INVALID_CODE"))
+    assert checked <= 5 + unlocks + 1  # five before the first lock, then one per unlock (and the last guess)
+    assert unlocks >= 100  # the attacker did unlock, again and again
+    hard = audit_rows(database, action="DEVICE_LOCKED", reason="HARD_LOCK")
+    assert hard and service.device_info("VICTIM")["hard_locked"] is True
+    with pytest.raises(errors.DeviceLocked) as refused:  # not even the right code, until an unlock
+        service.verify("VICTIM", code_at(reg, clock.now), OWNER)
+    assert refused.value.details == {"locked_until": None, "hard_locked": True}
+    service.unlock("VICTIM", RequestContext("10.0.0.1", "ops-console", None))
+    assert service.verify("VICTIM", code_at(reg, clock.now + 30), OWNER)["valid"] is True  # the owner resets it
+
+
+def test_unlocks_of_one_device_are_rate_limited(make_server, db_url, clock):
+    from tests.conftest import settings_for
+    from tests.helpers import wrong_code
+
+    api = make_server(settings_for(db_url, RATE_LIMIT_UNLOCK="3/hour")).client
+    reg = api.post("/api/v1/devices/register", {"device_id": "U1", "user_id": "u"}).body["data"]
+    api.post("/api/v1/devices/register", {"device_id": "U2", "user_id": "u"})
+    for _ in range(5):
+        api.post("/api/v1/otp/verify", {"device_id": "U1", "otp": wrong_code(reg, clock.now)})
+    statuses = [api.post("/api/v1/devices/U1/unlock").status for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert api.post("/api/v1/devices/U2/unlock").status == 200  # per device

@@ -132,13 +132,21 @@ def test_lock_duration_doubles_and_is_capped():
     assert [lock_seconds(n, 5, 60) for n in (4, 5, 6, 7, 10, 50)] == [0, 60, 120, 240, 1920, 3600]
 
 
-def test_unlock_clears_the_lock(service, database, clock):
+def test_unlock_lifts_the_lock_but_keeps_the_failures_counted(service, database, clock):
+    """An unlock is no reset button: the next wrong code locks again, for longer; the right one clears all."""
     reg = service.register("DEV-1", "alice", CTX)
     for _ in range(5):
         service.verify("DEV-1", wrong_code(reg, clock.now), CTX)
-    assert service.unlock("DEV-1", CTX) == {"device_id": "DEV-1", "failed_attempts": 0, "locked_until": None}
+    assert service.unlock("DEV-1", CTX) == {"device_id": "DEV-1", "failed_attempts": 5, "locked_until": None}
+    relocked = service.verify("DEV-1", wrong_code(reg, clock.now), CTX)
+    assert relocked["reason"] == "INVALID_CODE" and relocked["locked_until"] is not None
+    assert service.device_info("DEV-1")["failed_attempts"] == 6
+    service.unlock("DEV-1", CTX)
     assert service.verify("DEV-1", code_at(reg, clock.now), CTX)["valid"] is True
-    assert [a.success for a in audit_rows(database, action="DEVICE_UNLOCKED")] == [True]
+    assert service.device_info("DEV-1")["failed_attempts"] == 0
+    locks = [json.loads(a.additional_data)["lock_seconds"] for a in audit_rows(database, action="DEVICE_LOCKED")]
+    assert locks == [60, 120]  # the escalation survived the unlock
+    assert [a.success for a in audit_rows(database, action="DEVICE_UNLOCKED")] == [True, True]
     with pytest.raises(errors.DeviceNotFound):
         service.unlock("NOPE", CTX)
 

@@ -49,7 +49,11 @@ def test_the_failure_that_reaches_the_budget_locks_and_says_until_when():
 def test_a_locked_device_refuses_even_the_right_code_without_checking_or_counting_it():
     locked = FRESH._replace(failed_attempts=5, locked_until=AT + timedelta(seconds=1))
     t = decide("D", locked, KEY, "07081804", NOW, POLICY)
-    assert (t.verdict, t.after, t.details) == ("DEVICE_LOCKED", None, {"locked_until": locked.locked_until})
+    assert (t.verdict, t.after, t.details) == (
+        "DEVICE_LOCKED",
+        None,
+        {"locked_until": locked.locked_until, "hard": False},
+    )
     after_expiry = decide("D", locked, KEY, "00000000", NOW + 1, POLICY)
     assert after_expiry.after.failed_attempts == 6 and after_expiry.after.locked_until == to_datetime(NOW + 1 + 120)
 
