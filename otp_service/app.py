@@ -40,6 +40,7 @@ def build_state(settings: Settings, database=None, clock=None) -> web.AppState:
             "verify": settings.rate_limit_verify,
             "default": settings.rate_limit_default,
             "unlock": settings.rate_limit_unlock,  # per device, whoever asks
+            **{f"client:{scope}": rate for scope, rate in settings.rate_limit_per_client.items()},
         },
         redis_url=settings.redis_url,
         fail_open=settings.rate_limit_fail_open,

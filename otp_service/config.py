@@ -81,6 +81,21 @@ def rate(raw: str) -> str:
     return raw
 
 
+def per_scope_rates(raw: str) -> dict[str, str]:
+    """`verify=6000/minute read=1200/minute …`: a rate (in `limits`' notation) for each client scope."""
+    from .clients import SCOPES
+
+    rates = {}
+    for pair in raw.split():
+        scope, sep, text = pair.partition("=")
+        if not sep or scope not in SCOPES or scope == "admin":
+            raise ValueError(
+                f"must be scope=rate pairs separated by spaces (scopes: {', '.join(SCOPES[:-1])}), got {pair!r}"
+            )
+        rates[scope] = rate(text)
+    return rates
+
+
 def database_url(raw: str) -> str:
     if not re.match(r"^(sqlite|postgres|postgresql)(\+pool)?://", raw):
         raise ValueError("must start with sqlite://, postgres:// or postgresql://")
@@ -149,6 +164,11 @@ VARIABLES = (
     Variable("RATE_LIMIT_VERIFY", rate, "60/minute"),
     Variable("RATE_LIMIT_DEFAULT", rate, "120/minute"),
     Variable("RATE_LIMIT_UNLOCK", rate, "10/hour"),
+    Variable(
+        "RATE_LIMIT_PER_CLIENT",
+        per_scope_rates,
+        "verify=6000/minute enroll=600/minute manage=600/minute read=1200/minute reports=120/minute metrics=120/minute",
+    ),
     Variable("RATE_LIMIT_ON_REDIS_ERROR", choice("open", "closed"), "open"),
     Variable("RATE_LIMIT_IPV6_PREFIX", whole(range(32, 129)), "64"),
     Variable("REDIS_URL", redis_url, ""),
@@ -200,6 +220,7 @@ class Settings:
     rate_limit_verify: str
     rate_limit_default: str
     rate_limit_unlock: str
+    rate_limit_per_client: dict[str, str]
     rate_limit_on_redis_error: str
     rate_limit_ipv6_prefix: int
     redis_url: str

@@ -52,12 +52,12 @@ class RateLimiter:
         self._warned_at = -math.inf
         self.fallbacks = 0  # requests counted in process because Redis failed (exported as a metric)
 
-    async def hit(self, scope: str, client: str) -> Decision:
+    async def hit(self, scope: str, client: str, headers: bool = True) -> Decision:
         """Count one request of `client` against every limit of `scope`; the tightest limit decides."""
         items = self._limits[scope]
         limiter, degraded = self._shared or self._local, False
         try:
-            return await self._hit(limiter, items, scope, client, degraded)
+            return await self._hit(limiter, items, scope, client, degraded, headers)
         except Exception as exc:  # any storage failure: connection refused, timeout, protocol
             if limiter is self._local:
                 raise
@@ -66,9 +66,26 @@ class RateLimiter:
             if not self.fail_open:
                 raise RateLimiterUnavailable("Rate limiting is unavailable; try again shortly.") from None
             self.fallbacks += 1
-            return await self._hit(self._local, items, scope, client, True)
+            return await self._hit(self._local, items, scope, client, True, headers)
 
-    async def _hit(self, limiter, items: list[RateLimitItem], scope: str, client: str, degraded: bool) -> Decision:
+    def has(self, scope: str) -> bool:
+        return scope in self._limits
+
+    async def allow(self, scope: str, client: str) -> int:
+        """Count one request, without the window statistics `hit` reads for its headers (one round trip per
+        limit, not two): 0 when allowed, else the seconds until it would be."""
+        decision = await self.hit(scope, client, headers=False)
+        return decision.retry_after
+
+    async def _hit(
+        self, limiter, items: list[RateLimitItem], scope: str, client: str, degraded: bool, headers: bool = True
+    ) -> Decision:
+        if not headers:
+            refused = [item for item in items if not await limiter.hit(item, scope, client)]
+            if not refused:
+                return Decision(True, items[0].amount, 0, 0, degraded)
+            resets = [(await limiter.get_window_stats(item, scope, client)).reset_time for item in refused]
+            return Decision(False, refused[0].amount, 0, max(1, math.ceil(max(resets) - time.time())), degraded)
         allowed, tightest, remaining, retry = True, items[0], None, 0
         for item in items:
             if not await limiter.hit(item, scope, client):

@@ -299,6 +299,13 @@ class ApiHandler(BaseHandler):
             metrics.AUTH_FAILURES.inc()
             await self.service.record(Action.AUTH_FAILED, self.context)
             raise errors.Unauthorized("A valid API key is required: send Authorization: Bearer <API_KEY>.")
+        retry = await self._client_limit()
+        if retry:
+            raise errors.RateLimited(
+                f"Too many requests from client {self.caller.name} for {self.permission!r}; slow down.",
+                headers={"Retry-After": str(retry)},
+                details={"retry_after": retry},
+            )
         if not self.caller.may(self.permission):
             metrics.AUTH_FAILURES.inc()
             data = {"route": self.request.path[:200], "scope": self.permission}
@@ -307,6 +314,22 @@ class ApiHandler(BaseHandler):
                 f"This API key's client ({self.caller.name}) may not do this: it needs the {self.permission!r} scope.",
                 details={"scope": self.permission},
             )
+
+    async def _client_limit(self) -> int:
+        """Per client as well as per address (RATE_LIMIT_PER_CLIENT), so one noisy integration cannot starve
+        the others; 0, or the seconds until this client may ask again."""
+        scope = f"client:{self.permission}"
+        if not self.state.limiter.has(scope):
+            return 0
+        retry = await self.state.limiter.allow(scope, self.caller.name)
+        if retry:
+            metrics.RATE_LIMITED.labels(scope).inc()
+            seen, key = self.state.rate_limit_audited, (self.caller.name, scope)
+            if seen.get(key, 0) <= time.monotonic():
+                seen[key] = time.monotonic() + retry
+                data = {"route": self.request.path[:200], "client": self.caller.name}
+                await self.service.record(Action.RATE_LIMITED, self.context, reason=scope.upper()[:32], data=data)
+        return retry
 
     async def _authenticate(self) -> Caller | None:
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")

@@ -127,3 +127,22 @@ def test_rotation_grace_revocation_and_expiry(make_server, db_url, database, mon
 def test_scopes_are_checked(scopes):
     with pytest.raises(ValueError, match="scopes must be some of"):
         clients.parse_scopes(scopes)
+
+
+def test_limits_per_client_keep_one_noisy_integration_from_starving_the_others(make_server, db_url, database):
+    settings = settings_for(db_url, RATE_LIMIT_PER_CLIENT="read=3/minute verify=100/minute")
+    api = make_server(settings).client
+    noisy, quiet = make_client(database, "noisy-dashboard", "read"), make_client(database, "quiet-dashboard", "read")
+    assert [api.get("/api/v1/stats", auth=noisy).status for _ in range(5)] == [200, 200, 200, 429, 429]
+    assert api.get("/api/v1/stats", auth=quiet).status == 200  # its own budget, from the same address
+    limited = [r for r in audit_rows(database, action="RATE_LIMITED")]
+    assert [(r.reason, r.actor) for r in limited] == [("CLIENT:READ", "noisy-dashboard")]  # once per window
+
+
+def test_per_client_rates_are_checked():
+    from otp_service.config import ConfigError, Settings
+
+    for bad in ("read", "write=3/minute", "admin=3/minute", "read=lots"):
+        with pytest.raises(ConfigError) as exc:
+            Settings.from_env({"RATE_LIMIT_PER_CLIENT": bad})
+        assert exc.value.variable == "RATE_LIMIT_PER_CLIENT"
