@@ -189,7 +189,7 @@ class FakeClock:
 
 def _reset_postgres(database) -> None:
     with database.connection_context():
-        database.execute_sql("TRUNCATE devices, audit_logs, reports RESTART IDENTITY")
+        database.execute_sql("TRUNCATE devices, audit_logs, reports, api_clients RESTART IDENTITY")
 
 
 _pg_migrated = False

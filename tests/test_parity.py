@@ -81,7 +81,7 @@ def fresh(url: str):
     migrate(database)
     if url.startswith("postgres"):
         with database.connection_context():
-            database.execute_sql("TRUNCATE devices, audit_logs, reports RESTART IDENTITY")
+            database.execute_sql("TRUNCATE devices, audit_logs, reports, api_clients RESTART IDENTITY")
     return database
 
 
