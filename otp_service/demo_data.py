@@ -133,6 +133,15 @@ def generate(
     return dict(done)
 
 
+# Which API client the simulated requests come through (the attacker found the login front end's).
+DEMO_CLIENTS = {
+    "register": "signup",
+    "deactivate": "ops-console",
+    "login": "login-frontend",
+    "attack": "login-frontend",
+}
+
+
 def _apply(service: OtpService, sims: list[SimDevice], kind: str, args: tuple, t: float, done: Counter) -> None:
     if kind == "scan":
         ctx = RequestContext("192.0.2.66", "python-requests/2.32", None)
@@ -144,7 +153,10 @@ def _apply(service: OtpService, sims: list[SimDevice], kind: str, args: tuple, t
     else:
         sim = sims[args[0]]
         ctx = RequestContext(
-            sim.ip if kind != "attack" else "203.0.113.99", sim.agent if kind != "attack" else "curl/8.5", None
+            sim.ip if kind != "attack" else "203.0.113.99",
+            sim.agent if kind != "attack" else "curl/8.5",
+            None,
+            actor=DEMO_CLIENTS[kind],
         )
         if kind == "register":
             reg = service.register(

@@ -33,6 +33,11 @@ RATE_LIMITED = Counter("otp_rate_limited_total", "Requests refused by the per-cl
 RATE_LIMIT_FALLBACKS = Counter(
     "otp_rate_limit_store_errors_total", "Rate-limit checks the shared store (Redis) could not answer"
 )
+CLIENT_REQUESTS = Counter(
+    "otp_client_requests_total",
+    "Authenticated requests by API client (the label takes only the names of existing clients)",
+    ["client"],
+)
 AUTH_FAILURES = Counter("otp_auth_failures_total", "Requests with a missing or wrong API key")
 DB_POOL_IN_USE = Gauge(
     "otp_db_pool_connections_in_use", "Database connections checked out", multiprocess_mode="livesum"

@@ -163,6 +163,46 @@ def inactive_device_attempts(start: datetime, end: datetime) -> pd.DataFrame:
     return _stringify_times(frame, ["first", "last"])
 
 
+NO_CLIENT = "(no client: unauthenticated, or the service itself)"
+ADMIN_ACTIONS = (
+    Action.DEVICE_DEACTIVATED,
+    Action.DEVICE_UNLOCKED,
+    Action.ACCESS_DENIED,
+    Action.CLIENT_CREATED,
+    Action.CLIENT_ROTATED,
+    Action.CLIENT_REVOKED,
+)
+
+
+def actions_by_client(start: datetime, end: datetime) -> pd.DataFrame:
+    """What each API client did (`actor`), action by action: who verifies, who registers, who administers."""
+    ok = fn.SUM(Case(None, [(AuditLog.success, 1)], 0))
+    query = (
+        AuditLog.select(AuditLog.actor, AuditLog.action, fn.COUNT(AuditLog.id), ok)
+        .where(_in_period(start, end))
+        .group_by(AuditLog.actor, AuditLog.action)
+        .order_by(AuditLog.actor, AuditLog.action)
+    )
+    frame = _frame(query, ["client", "action", "rows", "succeeded"])
+    frame["client"] = frame["client"].fillna(NO_CLIENT)
+    return frame
+
+
+def admin_actions(start: datetime, end: datetime) -> pd.DataFrame:
+    """Every administrative action, with who did it and the device it touched: deactivations, unlocks,
+    refusals for a missing scope, and changes to the API clients themselves."""
+    query = (
+        AuditLog.select(
+            AuditLog.timestamp, AuditLog.actor, AuditLog.action, AuditLog.device_id, AuditLog.success, AuditLog.reason
+        )
+        .where(_in_period(start, end) & AuditLog.action.in_(ADMIN_ACTIONS))
+        .order_by(AuditLog.id)
+    )
+    frame = _frame(query, ["time", "client", "action", "device_id", "success", "reason"])
+    frame["client"] = frame["client"].fillna(NO_CLIENT)
+    return _stringify_times(frame, ["time"])
+
+
 def key_versions() -> pd.DataFrame:
     active = fn.SUM(Case(None, [(Device.is_active, 1)], 0))
     query = (

@@ -299,6 +299,7 @@ class ApiHandler(BaseHandler):
             metrics.AUTH_FAILURES.inc()
             await self.service.record(Action.AUTH_FAILED, self.context)
             raise errors.Unauthorized("A valid API key is required: send Authorization: Bearer <API_KEY>.")
+        metrics.CLIENT_REQUESTS.labels(self.caller.name).inc()
         retry = await self._client_limit()
         if retry:
             raise errors.RateLimited(

@@ -76,6 +76,9 @@ def test_every_audit_row_names_its_actor(api, database, clock):
         ("ACCESS_DENIED", False, "login-frontend"),
         ("DEVICE_REGISTERED", True, "env"),
     ]
+    text = api.get("/metrics").raw.decode()
+    for name in ("login-frontend", "signup", "ops-console", "env"):
+        assert f'otp_client_requests_total{{client="{name}"}}' in text
     entries = api.get("/api/v1/users/alice/audit", auth=ops).body["data"]["entries"]
     assert [e["actor"] for e in entries] == ["ops-console", "ops-console", "login-frontend", "login-frontend", "signup"]
 
