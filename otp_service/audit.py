@@ -64,7 +64,7 @@ class RequestContext:
         object.__setattr__(self, "request_id", (self.request_id or None) and self.request_id[:REQUEST_ID_MAX])
 
 
-SYSTEM = RequestContext(ip_address=None, user_agent="otp-service", request_id=None)
+SYSTEM = RequestContext(ip_address=None, user_agent="otp-service", request_id=None, actor="otp-service")
 
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode  # made once: json.dumps makes one a call

@@ -25,7 +25,7 @@ from .audit import AUDIT_COLUMNS, RequestContext, audit_row
 from .models import Action, ApiClient, AuditLog
 from .transitions import AuditEvent, to_datetime
 
-COMMAND_LINE = RequestContext(user_agent="otp-service clients (command line)")
+COMMAND_LINE = RequestContext(user_agent="otp-service clients (command line)", actor="command-line")
 
 SCOPES = ("verify", "enroll", "manage", "read", "reports", "metrics", "admin")
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}", re.ASCII)

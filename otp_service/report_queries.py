@@ -163,7 +163,7 @@ def inactive_device_attempts(start: datetime, end: datetime) -> pd.DataFrame:
     return _stringify_times(frame, ["first", "last"])
 
 
-NO_CLIENT = "(no client: unauthenticated, or the service itself)"
+NO_CLIENT = "(no client: unauthenticated)"
 ADMIN_ACTIONS = (
     Action.DEVICE_DEACTIVATED,
     Action.DEVICE_UNLOCKED,
