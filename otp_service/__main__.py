@@ -273,6 +273,9 @@ def cmd_clients(args: argparse.Namespace) -> int:
             if expires <= datetime.now(UTC).replace(tzinfo=None):
                 return _fail(f"--expires must be a day in the future, got {args.expires}")
         scopes = clients.parse_scopes(args.scopes) if getattr(args, "scopes", None) else None
+        grace = getattr(args, "grace_hours", 0.0)
+        if not 0 <= grace <= 24 * 90:  # also refuses nan
+            return _fail(f"--grace-hours must be between 0 and {24 * 90} (90 days), got {grace}")
         if args.action != "list":
             clients.check_name(args.name)
     except (ValueError, ReportError) as exc:

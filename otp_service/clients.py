@@ -52,9 +52,14 @@ def parse_scopes(text: str) -> tuple[str, ...]:
     return tuple(sorted(scopes))
 
 
+RESERVED = re.compile(r"env(-[0-9]+)?|metrics-token|command-line|otp-service", re.ASCII)  # names the service gives
+
+
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
         raise ValueError("a client name is 1-64 of a-z 0-9 . _ - (starting with a letter or digit)")
+    if RESERVED.fullmatch(name):
+        raise ValueError(f"{name!r} is a name the service gives (API_KEY's keys, the metrics token, itself)")
     return name
 
 

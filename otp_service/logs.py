@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
@@ -15,6 +16,22 @@ from pythonjsonlogger.json import JsonFormatter
 from . import metrics
 
 HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
+
+class MalformedRequestsWithoutTheirHeaders(logging.Filter):
+    """Tornado logs a malformed request with the text it choked on ("Invalid header value
+    'Bearer <key>\\r'"), and that text may be a credential: the record keeps only why it was refused."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and str(record.msg).startswith("Malformed HTTP message"):
+            error = str(record.args[-1])
+            why = re.split(r"""['"]""", error, maxsplit=1)[0].rstrip(": ")
+            if why != error:
+                record.args = (*record.args[:-1], f"{why} (its content is not logged)")
+        return True
+
+
+logging.getLogger("tornado.general").addFilter(MalformedRequestsWithoutTheirHeaders())
 FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 

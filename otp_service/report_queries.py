@@ -200,7 +200,7 @@ def admin_actions(start: datetime, end: datetime) -> pd.DataFrame:
     )
     frame = _frame(query, ["time", "client", "action", "device_id", "success", "reason"])
     frame["client"] = frame["client"].fillna(NO_CLIENT)
-    frame["result"] = frame.pop("success").map({True: "done", False: "refused", 1: "done", 0: "refused"})
+    frame["result"] = frame.pop("success").map({True: "done", False: "refused"})  # 1 and 0 too
     frame["reason"] = frame.pop("reason").fillna("")
     frame["device_id"] = frame["device_id"].fillna("")
     return _stringify_times(frame, ["time"])

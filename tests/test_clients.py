@@ -126,6 +126,14 @@ def test_rotation_grace_revocation_and_expiry(make_server, db_url, database, mon
         assert not ApiClient.select().where(ApiClient.key_digest == new).exists()  # only digests are kept
 
 
+@pytest.mark.parametrize("name", ["env", "env-1", "env-12", "metrics-token", "command-line", "otp-service"])
+def test_the_names_the_service_gives_are_not_for_clients(name):
+    """A client named `env` would share the API_KEY admin's name in the audit trail and its rate budget."""
+    with pytest.raises(ValueError, match="a name the service gives"):
+        clients.check_name(name)
+    assert clients.check_name("env-reader") == "env-reader"
+
+
 @pytest.mark.parametrize("scopes", ["", "verify,fly", " , "])
 def test_scopes_are_checked(scopes):
     with pytest.raises(ValueError, match="scopes must be some of"):
