@@ -272,7 +272,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
             expires = datetime.combine(last_day + timedelta(days=1), datetime.min.time())
             if expires <= datetime.now(UTC).replace(tzinfo=None):
                 return _fail(f"--expires must be a day in the future, got {args.expires}")
-        scopes = clients.parse_scopes(args.scopes) if getattr(args, "scopes", None) else None
+        scopes = clients.parse_scopes(args.scopes) if args.action == "create" else None
         grace = getattr(args, "grace_hours", 0.0)
         if not 0 <= grace <= 24 * 90:  # also refuses nan
             return _fail(f"--grace-hours must be between 0 and {24 * 90} (90 days), got {grace}")
@@ -305,12 +305,17 @@ def cmd_clients(args: argparse.Namespace) -> int:
     elif args.action == "revoke":
         print(f"client {args.name} revoked: its key stops working within seconds")
     else:
+        print(
+            f"{'NAME':<24} {'SCOPES':<32} {'STATE':<8} {'CREATED':<10} {'LAST USED':<16} {'LAST DAY':<10} OLD KEY UNTIL"
+        )
         for row in rows:
             state = "revoked" if row["revoked_at"] else "active"
+            last_day = row["expires_at"] and row["expires_at"] - timedelta(days=1)
             print(
-                f"{row['name']:<24} {row['scopes']:<32} {state:<8} created {row['created_at']:%Y-%m-%d}"
-                f" last used {row['last_used_at'] or '-'} expires {row['expires_at'] or '-'}"
+                f"{row['name']:<24} {row['scopes']:<32} {state:<8} {_day(row['created_at']):<10} "
+                f"{_minute(row['last_used_at']):<16} {_day(last_day):<10} {_minute(row['previous_key_until'])}"
             )
+        print("(and the keys in API_KEY: every scope, as env or env-1, env-2…)")
     return 0
 
 
@@ -324,6 +329,14 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 REPORT_KINDS = ["audit", "usage"]
+
+
+def _day(value) -> str:
+    return value.strftime("%Y-%m-%d") if value else "-"
+
+
+def _minute(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,12 +133,16 @@ class Directory:
 def create(name: str, scopes: tuple[str, ...], now: float, expires: datetime | None = None) -> str:
     """A new client; returns its key (shown this once)."""
     check_name(name)
-    if ApiClient.select().where(ApiClient.name == name).exists():
-        raise ValueError(f"a client named {name!r} exists already (rotate its key, or revoke it)")
+    existing = ApiClient.get_or_none(ApiClient.name == name)
+    if existing is not None and existing.revoked_at is None:
+        raise ValueError(f"a client named {name!r} exists already: rotate its key, or revoke it first")
     key = new_key()
-    ApiClient.create(
-        name=name, scopes=",".join(scopes), key_digest=digest(key), created_at=to_datetime(now), expires_at=expires
-    )
+    fields = dict(scopes=",".join(scopes), key_digest=digest(key), created_at=to_datetime(now), expires_at=expires)
+    if existing is None:
+        ApiClient.create(name=name, **fields)
+    else:  # a revoked client's name, given again: a new key and new scopes, nothing of the old one
+        fields.update(previous_key_digest=None, previous_valid_until=None, last_used_at=None, revoked_at=None)
+        ApiClient.update(**fields).where(ApiClient.id == existing.id).execute()
     _audit(Action.CLIENT_CREATED, now, {"client": name, "scopes": ",".join(scopes)})
     return key
 

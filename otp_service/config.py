@@ -75,9 +75,11 @@ def choice(*choices: str, fold: bool = False) -> Callable[[str], str]:
 
 def rate(raw: str) -> str:
     try:
-        parse_many(raw)
+        items = parse_many(raw)
     except ValueError:
         raise ValueError(f"must be a rate such as '60/minute', got {raw!r}") from None
+    if any(item.amount < 1 for item in items):
+        raise ValueError(f"must allow at least one request, got {raw!r}")
     return raw
 
 
@@ -281,8 +283,16 @@ class Settings:
         if production and len(values["metrics_token"]) < MIN_METRICS_TOKEN_LENGTH:
             raise ConfigError(
                 "METRICS_TOKEN",
-                f"is required in production ({MIN_METRICS_TOKEN_LENGTH}+ characters, not one of the API keys)",
+                f"must be set in production, {MIN_METRICS_TOKEN_LENGTH}+ characters (not one of the API keys)",
             )
+        if values["otp_hard_lock_failures"] <= values["otp_max_failures"]:
+            raise ConfigError(
+                "OTP_HARD_LOCK_FAILURES", f"must be more than OTP_MAX_FAILURES ({values['otp_max_failures']})"
+            )
+        values["rate_limit_per_client"] = {
+            **read({}, ["RATE_LIMIT_PER_CLIENT"])["rate_limit_per_client"],
+            **values["rate_limit_per_client"],
+        }
         if values["metrics_token"] and values["metrics_token"] in values["api_key"]:
             raise ConfigError("METRICS_TOKEN", "must not be one of the API keys (a scraper needs no API access)")
         if values["master_secret_version"] in values["master_secrets_previous"]:

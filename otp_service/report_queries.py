@@ -8,6 +8,7 @@ Periods are half-open, [start, end), in naive UTC like the stored timestamps.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -183,7 +184,7 @@ def actions_by_client(start: datetime, end: datetime) -> pd.DataFrame:
         .group_by(AuditLog.actor, AuditLog.action)
         .order_by(AuditLog.actor, AuditLog.action)
     )
-    frame = _frame(query, ["client", "action", "rows", "succeeded"])
+    frame = _frame(query, ["client", "action", "audit rows", "of which succeeded"])
     frame["client"] = frame["client"].fillna(NO_CLIENT)
     return frame
 
@@ -193,17 +194,39 @@ def admin_actions(start: datetime, end: datetime) -> pd.DataFrame:
     refusals for a missing scope, and changes to the API clients themselves."""
     query = (
         AuditLog.select(
-            AuditLog.timestamp, AuditLog.actor, AuditLog.action, AuditLog.device_id, AuditLog.success, AuditLog.reason
+            AuditLog.timestamp,
+            AuditLog.actor,
+            AuditLog.action,
+            AuditLog.device_id,
+            AuditLog.success,
+            AuditLog.reason,
+            AuditLog.additional_data,
         )
         .where(_in_period(start, end) & AuditLog.action.in_(ADMIN_ACTIONS))
         .order_by(AuditLog.id)
     )
-    frame = _frame(query, ["time", "client", "action", "device_id", "success", "reason"])
+    frame = _frame(query, ["time", "client", "action", "device_id", "success", "reason", "details"])
     frame["client"] = frame["client"].fillna(NO_CLIENT)
     frame["result"] = frame.pop("success").map({True: "done", False: "refused"})  # 1 and 0 too
     frame["reason"] = frame.pop("reason").fillna("")
     frame["device_id"] = frame["device_id"].fillna("")
+    frame["details"] = frame.pop("details").map(_admin_details)
     return _stringify_times(frame, ["time"])
+
+
+def _admin_details(data: str | None) -> str:
+    """What an administrative action's audit data says, in words: which client, scopes, route."""
+    facts = json.loads(data) if data else {}
+    parts = []
+    if "client" in facts:
+        parts.append(f"client {facts['client']}")
+    if "scopes" in facts:
+        parts.append(f"scopes {facts['scopes']}")
+    if "route" in facts:
+        parts.append(f"{facts['route']} (needs {facts['scope']})" if "scope" in facts else facts["route"])
+    if "failed_attempts" in facts:
+        parts.append(f"{facts['failed_attempts']} failures still counted")
+    return "; ".join(parts)
 
 
 def key_versions() -> pd.DataFrame:

@@ -279,6 +279,7 @@ class ApiHandler(BaseHandler):
 
     scope = "default"  # which rate limit
     permission = "admin"  # which client scope (`clients.SCOPES`)
+    unauthorized = "A valid API key is required: send Authorization: Bearer <key>."
     caller: Caller | None = None
 
     async def prepare(self) -> None:
@@ -298,7 +299,7 @@ class ApiHandler(BaseHandler):
         if self.caller is None:
             metrics.AUTH_FAILURES.inc()
             await self.service.record(Action.AUTH_FAILED, self.context)
-            raise errors.Unauthorized("A valid API key is required: send Authorization: Bearer <API_KEY>.")
+            raise errors.Unauthorized(self.unauthorized)
         metrics.CLIENT_REQUESTS.labels(self.caller.name).inc()
         retry = await self._client_limit()
         if retry:
@@ -406,6 +407,11 @@ class UnlockHandler(ApiHandler):
         decision = await self.state.limiter.hit("unlock", f"device:{device_id}")
         if not decision.allowed:
             metrics.RATE_LIMITED.labels("unlock").inc()
+            seen, key = self.state.rate_limit_audited, (f"device:{device_id}", "unlock")
+            if seen.get(key, 0) <= time.monotonic():  # once per device and window, like the other limits
+                seen[key] = time.monotonic() + decision.retry_after
+                data = {"route": self.request.path[:200], "device_id": device_id}
+                await self.service.record(Action.RATE_LIMITED, self.context, reason="UNLOCK", data=data)
             raise errors.RateLimited(
                 f"Device {device_id!r} was unlocked too often; try again later.",
                 headers={"Retry-After": str(decision.retry_after)},
@@ -497,6 +503,7 @@ class MetricsHandler(ApiHandler):
     needs METRICS_TOKEN when one is set (always in production), else a client with the `metrics` scope."""
 
     permission = "metrics"
+    unauthorized = "Send Authorization: Bearer <METRICS_TOKEN> (or, when none is set, a key with the metrics scope)."
 
     async def _authenticate(self) -> Caller | None:
         token = self.state.settings.metrics_token

@@ -157,3 +157,19 @@ def test_per_client_rates_are_checked():
         with pytest.raises(ConfigError) as exc:
             Settings.from_env({"RATE_LIMIT_PER_CLIENT": bad})
         assert exc.value.variable == "RATE_LIMIT_PER_CLIENT"
+
+
+def test_the_audit_report_says_who_did_what_to_which_client_and_route(api, database):
+    from datetime import datetime, timedelta
+
+    from otp_service import report_queries
+
+    reader = make_client(database, "dashboard", "read")
+    api.post("/api/v1/devices/X1/unlock", auth=reader)  # refused: no manage scope
+    with database.connection_context():
+        admin = report_queries.admin_actions(datetime(2000, 1, 1), datetime.now() + timedelta(days=1))
+    rows = admin[["client", "action", "result", "details"]].values.tolist()
+    assert rows == [
+        ["command-line", "CLIENT_CREATED", "done", "client dashboard; scopes read"],
+        ["dashboard", "ACCESS_DENIED", "refused", "/api/v1/devices/X1/unlock (needs manage)"],
+    ]

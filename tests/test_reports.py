@@ -64,7 +64,7 @@ def test_report_queries_agree_with_the_rows(service, database):
         top = report_queries.top_failing("ip_address", START, END, 3)
         assert top["ip_address"].iloc[0] == "203.0.113.99"  # the simulated attacker
         by_client = report_queries.actions_by_client(START, END)
-        assert by_client["rows"].sum() == len(rows)
+        assert by_client["audit rows"].sum() == len(rows)
         for client, action, count, ok in by_client.itertuples(index=False):
             mine = [r for r in rows if r.action == action and (r.actor or report_queries.NO_CLIENT) == client]
             assert (count, ok) == (len(mine), sum(r.success for r in mine))
