@@ -21,6 +21,7 @@ from .totp import ALGORITHMS, DIGITS_RANGE, INTERVAL_RANGE
 MIN_MASTER_SECRET_LENGTH = 32
 MIN_PRODUCTION_API_KEY_LENGTH = 16
 MIN_METRICS_TOKEN_LENGTH = 32
+HARD_LOCK_PER_BUDGET = 10  # OTP_HARD_LOCK_FAILURES, when unset, is this many times OTP_MAX_FAILURES
 DEFAULT_DATABASE_URL = "sqlite:///otp_service.db"
 ENVIRONMENTS = ("development", "production", "test")
 
@@ -45,6 +46,11 @@ def whole(allowed: range) -> Callable[[str], int]:
         return int(raw)
 
     return parse
+
+
+def optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """None for an empty value (the setting then follows from others), else `parse`."""
+    return lambda raw: None if raw == "" else parse(raw)
 
 
 def seconds(allowed: range) -> Callable[[str], float]:
@@ -162,7 +168,7 @@ VARIABLES = (
     Variable("OTP_MAX_DRIFT", whole(range(0, 101)), "10"),
     Variable("OTP_MAX_FAILURES", whole(range(1, 101)), "5"),
     Variable("OTP_LOCKOUT_SECONDS", whole(range(1, 3601)), "60"),
-    Variable("OTP_HARD_LOCK_FAILURES", whole(range(2, 10001)), "50"),
+    Variable("OTP_HARD_LOCK_FAILURES", optional(whole(range(2, 10001))), ""),  # "": 10 × OTP_MAX_FAILURES
     Variable("RATE_LIMIT_VERIFY", rate, "60/minute"),
     Variable("RATE_LIMIT_DEFAULT", rate, "120/minute"),
     Variable("RATE_LIMIT_UNLOCK", rate, "10/hour"),
@@ -285,7 +291,9 @@ class Settings:
                 "METRICS_TOKEN",
                 f"must be set in production, {MIN_METRICS_TOKEN_LENGTH}+ characters (not one of the API keys)",
             )
-        if values["otp_hard_lock_failures"] <= values["otp_max_failures"]:
+        if values["otp_hard_lock_failures"] is None:
+            values["otp_hard_lock_failures"] = HARD_LOCK_PER_BUDGET * values["otp_max_failures"]
+        elif values["otp_hard_lock_failures"] <= values["otp_max_failures"]:
             raise ConfigError(
                 "OTP_HARD_LOCK_FAILURES", f"must be more than OTP_MAX_FAILURES ({values['otp_max_failures']})"
             )
