@@ -289,7 +289,7 @@ class ApiHandler(BaseHandler):
         self.keep_header("X-RateLimit-Remaining", str(decision.remaining))
         if not decision.allowed:
             metrics.RATE_LIMITED.labels(self.scope).inc()
-            await self._audit_rate_limit(decision.retry_after)
+            await self._audit_rate_limit((self.limit_key, self.scope), decision.retry_after, self.scope.upper())
             raise errors.RateLimited(
                 "Too many requests; slow down.",
                 headers={"Retry-After": str(decision.retry_after)},
@@ -326,11 +326,7 @@ class ApiHandler(BaseHandler):
         retry = await self.state.limiter.allow(scope, self.caller.name)
         if retry:
             metrics.RATE_LIMITED.labels(scope).inc()
-            seen, key = self.state.rate_limit_audited, (self.caller.name, scope)
-            if seen.get(key, 0) <= time.monotonic():
-                seen[key] = time.monotonic() + retry
-                data = {"route": self.request.path[:200], "client": self.caller.name}
-                await self.service.record(Action.RATE_LIMITED, self.context, reason=scope.upper()[:32], data=data)
+            await self._audit_rate_limit((self.caller.name, scope), retry, scope.upper(), client=self.caller.name)
         return retry
 
     async def _authenticate(self) -> Caller | None:
@@ -339,18 +335,18 @@ class ApiHandler(BaseHandler):
             return None
         return await self.service.caller(token.strip())
 
-    async def _audit_rate_limit(self, retry_after: int) -> None:
-        """One RATE_LIMITED row per client and window, so a flood cannot turn into a flood of writes."""
-        seen, key = self.state.rate_limit_audited, (self.limit_key, self.scope)
-        now = time.monotonic()
+    async def _audit_rate_limit(self, key: tuple, retry_after: int, reason: str, **data: str) -> None:
+        """One RATE_LIMITED row per limited party (an address, a client, a device) and window, so a flood
+        cannot turn into a flood of writes."""
+        seen, now = self.state.rate_limit_audited, time.monotonic()
         if seen.get(key, 0) > now:
             return
         seen[key] = now + retry_after
         seen.move_to_end(key)
         while len(seen) > AUDITED_LIMIT_CACHE:
             seen.popitem(last=False)
-        data = {"route": self.request.path[:200]}
-        await self.service.record(Action.RATE_LIMITED, self.context, reason=self.scope.upper(), data=data)
+        data = {"route": self.request.path[:200], **data}
+        await self.service.record(Action.RATE_LIMITED, self.context, reason=reason, data=data)
 
 
 class RegisterHandler(ApiHandler):
@@ -407,11 +403,7 @@ class UnlockHandler(ApiHandler):
         decision = await self.state.limiter.hit("unlock", f"device:{device_id}")
         if not decision.allowed:
             metrics.RATE_LIMITED.labels("unlock").inc()
-            seen, key = self.state.rate_limit_audited, (f"device:{device_id}", "unlock")
-            if seen.get(key, 0) <= time.monotonic():  # once per device and window, like the other limits
-                seen[key] = time.monotonic() + decision.retry_after
-                data = {"route": self.request.path[:200], "device_id": device_id}
-                await self.service.record(Action.RATE_LIMITED, self.context, reason="UNLOCK", data=data)
+            await self._audit_rate_limit((device_id, "unlock"), decision.retry_after, "UNLOCK", device_id=device_id)
             raise errors.RateLimited(
                 f"Device {device_id!r} was unlocked too often; try again later.",
                 headers={"Retry-After": str(decision.retry_after)},

@@ -340,7 +340,7 @@ def test_unlocking_after_every_few_guesses_is_bounded(service, database, clock):
     assert service.verify("VICTIM", code_at(reg, clock.now + 30), OWNER)["valid"] is True  # the owner resets it
 
 
-def test_unlocks_of_one_device_are_rate_limited(make_server, db_url, clock):
+def test_unlocks_of_one_device_are_rate_limited(make_server, db_url, clock, database):
     from tests.conftest import settings_for
     from tests.helpers import wrong_code
 
@@ -349,6 +349,8 @@ def test_unlocks_of_one_device_are_rate_limited(make_server, db_url, clock):
     api.post("/api/v1/devices/register", {"device_id": "U2", "user_id": "u"})
     for _ in range(5):
         api.post("/api/v1/otp/verify", {"device_id": "U1", "otp": wrong_code(reg, clock.now)})
-    statuses = [api.post("/api/v1/devices/U1/unlock").status for _ in range(4)]
-    assert statuses == [200, 200, 200, 429]
+    statuses = [api.post("/api/v1/devices/U1/unlock").status for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    refused = audit_rows(database, action="RATE_LIMITED")  # audited once per device and window
+    assert [(r.reason, r.actor) for r in refused] == [("UNLOCK", "env")]
     assert api.post("/api/v1/devices/U2/unlock").status == 200  # per device
