@@ -135,6 +135,9 @@ def start_service(config: Config, url: str, port: int, workdir: Path, extra: dic
         "HOST": "127.0.0.1",
         "RATE_LIMIT_VERIFY": "1000000000/minute",
         "RATE_LIMIT_DEFAULT": "1000000000/minute",
+        "RATE_LIMIT_PER_CLIENT": " ".join(
+            f"{scope}=1000000000/minute" for scope in ("verify", "enroll", "manage", "read", "reports", "metrics")
+        ),
         "OTP_MAX_FAILURES": "100",
         "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
         "ACCESS_LOG": os.environ.get("BENCH_ACCESS_LOG", "true"),
