@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -71,12 +71,20 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def env_callers(api_keys: tuple[str, ...]) -> list[tuple[bytes, Caller]]:
+def matching(key: str, digests: Sequence[bytes]) -> int | None:
+    """The position of the digest `key`'s SHA-256 equals, or None. Every digest is compared, with no early
+    exit and on equal-length values: timing reveals neither which one matched, nor how much, nor any
+    key's length."""
+    sent, found = bytes.fromhex(digest(key)), None
+    for n, candidate in enumerate(digests):
+        if hmac.compare_digest(sent, candidate):
+            found = n
+    return found
+
+
+def env_callers(api_keys: tuple[str, ...]) -> list[Caller]:
     names = ["env"] if len(api_keys) == 1 else [f"env-{n}" for n in range(1, len(api_keys) + 1)]
-    return [
-        (bytes.fromhex(digest(key)), Caller(name, frozenset({"admin"})))
-        for name, key in zip(names, api_keys, strict=True)
-    ]
+    return [Caller(name, frozenset({"admin"})) for name in names]
 
 
 class Directory:
@@ -86,19 +94,17 @@ class Directory:
 
     def __init__(self, api_keys: tuple[str, ...], clock: Callable[[], float] = time.time):
         self._env = env_callers(api_keys)
+        self._env_digests = tuple(bytes.fromhex(digest(key)) for key in api_keys)
         self.clock = clock
         self._remembered: OrderedDict[str, tuple[float, Caller | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def known(self, key: str) -> tuple[bool, Caller | None]:
         """(True, caller or None) when the answer is known without the database; (False, None) otherwise."""
-        sent = digest(key)
-        found = None
-        for env_digest, caller in self._env:  # no early exit
-            if hmac.compare_digest(bytes.fromhex(sent), env_digest):
-                found = caller
+        found = matching(key, self._env_digests)
         if found is not None:
-            return True, found
+            return True, self._env[found]
+        sent = digest(key)
         with self._lock:
             entry = self._remembered.get(sent)
         if entry is not None and entry[0] > time.monotonic():

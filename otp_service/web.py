@@ -8,8 +8,6 @@ failure, expected or not, in the same shape.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -24,7 +22,7 @@ from typing import Any
 
 import tornado.web
 
-from . import __version__, errors, metrics, validation
+from . import __version__, clients, errors, metrics, validation
 from .audit import RequestContext, normal_ip
 from .clients import Caller
 from .config import Settings
@@ -86,16 +84,13 @@ def bearer_matches(header: str, keys: tuple[str, ...]) -> bool:
     every key, with no early exit: equal-length values, so timing reveals neither which key matched, nor how
     much of one, nor any key's length."""
     scheme, _, token = header.partition(" ")
-    sent = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
-    found = False
-    for digest in _digests(keys):
-        found |= hmac.compare_digest(sent, digest)
-    return scheme.lower() == "bearer" and found
+    found = clients.matching(token.strip(), _digests(keys))  # compared whatever the scheme, as before
+    return scheme.lower() == "bearer" and found is not None
 
 
 @lru_cache(maxsize=8)
 def _digests(keys: tuple[str, ...]) -> tuple[bytes, ...]:
-    return tuple(hashlib.sha256(key.encode("utf-8")).digest() for key in keys)
+    return tuple(bytes.fromhex(clients.digest(key)) for key in keys)
 
 
 @tornado.web.stream_request_body
