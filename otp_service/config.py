@@ -169,6 +169,9 @@ VARIABLES = (
     Variable("OTP_MAX_FAILURES", whole(range(1, 101)), "5"),
     Variable("OTP_LOCKOUT_SECONDS", whole(range(1, 3601)), "60"),
     Variable("OTP_HARD_LOCK_FAILURES", optional(whole(range(2, 10001))), ""),  # "": 10 × OTP_MAX_FAILURES
+    Variable("OTP_RESYNC_WINDOW", whole(range(1, 201)), "40"),
+    Variable("ENROLLMENT_CONFIRMATION", choice("optional", "required", fold=True), "optional"),
+    Variable("ENROLLMENT_TTL_SECONDS", whole(range(60, 86401)), "600"),
     Variable("RATE_LIMIT_VERIFY", rate, "60/minute"),
     Variable("RATE_LIMIT_DEFAULT", rate, "120/minute"),
     Variable("RATE_LIMIT_UNLOCK", rate, "10/hour"),
@@ -225,6 +228,9 @@ class Settings:
     otp_max_failures: int
     otp_lockout_seconds: int
     otp_hard_lock_failures: int
+    otp_resync_window: int
+    enrollment_confirmation: str
+    enrollment_ttl_seconds: int
     rate_limit_verify: str
     rate_limit_default: str
     rate_limit_unlock: str

@@ -13,6 +13,7 @@ import secrets
 from functools import lru_cache
 
 KEY_LABEL = b"otp-service/device-key/v1\x00"
+PURPOSE_LABEL = b"otp-service/purpose-key/v1\x00"
 SALT_BYTES = 16
 KEY_CACHE_SIZE = 4096  # derivation is two HMACs (~3 µs): a small cache for the devices in use now is enough
 
@@ -62,6 +63,14 @@ class Keyring:
         if not hmac.compare_digest(key_fingerprint(key), fingerprint):
             raise KeyUnavailable(f"master secret version {version} does not match the key registered for this device")
         return key
+
+    def purpose_key(self, purpose: str, version: int | None = None) -> bytes:
+        """A key for one other use of the master secret (e.g. "recovery-codes"), apart from every device
+        key by its label. `version`: the master secret's version (default: the current one)."""
+        secret = self._secrets.get(self.current_version if version is None else version)
+        if secret is None:
+            raise KeyUnavailable(f"no master secret configured for key version {version}")
+        return hmac.digest(secret, PURPOSE_LABEL + purpose.encode("utf-8"), "sha256")
 
     def _derive_uncached(self, version: int, device_id: str, salt: bytes) -> bytes:
         secret = self._secrets.get(version)

@@ -29,6 +29,10 @@ REGISTRATIONS = Counter("otp_registrations_total", "Device registrations", ["res
 DEACTIVATIONS = Counter("otp_deactivations_total", "Device deactivations")
 LOCKOUTS = Counter("otp_lockouts_total", "Devices locked after too many failures")
 UNLOCKS = Counter("otp_unlocks_total", "Operator unlocks")
+CONFIRMATIONS = Counter("otp_confirmations_total", "Pending enrolments' first codes, by result", ["result"])
+ENROLLMENTS_EXPIRED = Counter("otp_enrollments_expired_total", "Pending enrolments not confirmed in time")
+RESYNCS = Counter("otp_resyncs_total", "Resynchronisations with two consecutive codes, by result", ["result"])
+RECOVERY_CODES = Counter("otp_recovery_codes_total", "Recovery codes issued, used, refused", ["result"])
 RATE_LIMITED = Counter("otp_rate_limited_total", "Requests refused by the per-client rate limit", ["scope"])
 RATE_LIMIT_FALLBACKS = Counter(
     "otp_rate_limit_store_errors_total", "Rate-limit checks the shared store (Redis) could not answer"

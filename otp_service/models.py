@@ -39,6 +39,14 @@ class Action(StrEnum):
     CLIENT_CREATED = "CLIENT_CREATED"
     CLIENT_ROTATED = "CLIENT_ROTATED"
     CLIENT_REVOKED = "CLIENT_REVOKED"
+    DEVICE_CONFIRMED = "DEVICE_CONFIRMED"  # a pending enrolment's first code (refused: a failed attempt)
+    ENROLLMENT_EXPIRED = "ENROLLMENT_EXPIRED"  # a pending enrolment not confirmed in time
+    DEVICE_RESYNCED = "DEVICE_RESYNCED"  # two consecutive codes set the device's clock offset
+    DRIFT_RESET = "DRIFT_RESET"
+    RECOVERY_CODES_ISSUED = "RECOVERY_CODES_ISSUED"
+    RECOVERY_CODE_VERIFICATION = "RECOVERY_CODE_VERIFICATION"
+    RECOVERY_CODES_LOCKED = "RECOVERY_CODES_LOCKED"
+    CODE_LOOKUP = "CODE_LOOKUP"  # an investigator asked when a code was valid
 
 
 class BaseModel(Model):
@@ -67,6 +75,7 @@ class Device(BaseModel):
     failed_attempts = IntegerField(default=0)
     locked_until = DateTimeField(null=True)
     version = BigIntegerField(default=0)  # +1 with every change: a write applies only to the version it was decided on
+    pending_until = DateTimeField(null=True)  # an enrolment awaiting its first code, until this time
 
     class Meta:
         table_name = "devices"
@@ -88,6 +97,23 @@ class AuditLog(BaseModel):
 
     class Meta:
         table_name = "audit_logs"
+
+
+class RecoveryCodes(BaseModel):
+    """A user's set of one-time recovery codes: only keyed hashes (HMAC, `recovery.py`), each with the time
+    it was used; and the set's own failure count and lock, like a device's."""
+
+    user_id = CharField(max_length=254, primary_key=True)
+    codes = TextField()  # JSON: [[hash hex, used at ISO-8601 or null], …]
+    key_version = IntegerField()
+    created_at = DateTimeField()
+    last_used = DateTimeField(null=True)
+    failed_attempts = IntegerField(default=0)
+    locked_until = DateTimeField(null=True)
+    version = BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "recovery_codes"
 
 
 class ApiClient(BaseModel):
@@ -121,4 +147,4 @@ class Report(BaseModel):
         table_name = "reports"
 
 
-ALL_MODELS = (Device, AuditLog, Report, ApiClient)
+ALL_MODELS = (Device, AuditLog, Report, ApiClient, RecoveryCodes)

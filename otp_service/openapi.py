@@ -35,6 +35,10 @@ BOOL = {"type": "boolean"}
 TIME = _s("date-time")
 TIME_OR_NULL = _s("date-time", nullable=True)
 DEVICE_ID = _s(pattern=r"^[A-Za-z0-9._:@-]{1,128}$")
+OTP = {
+    "oneOf": [_s(pattern="^[0-9]{6,8}$"), {"type": "integer", "minimum": 0, "maximum": 99999999}],
+    "description": "exactly `digits` ASCII digits, or an integer (zero-padded)",
+}
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj(
@@ -74,6 +78,11 @@ SCHEMAS: dict[str, Any] = {
         interval={"type": "integer", "minimum": 15, "maximum": 300},
         algorithm=_s(enum=["SHA1", "SHA256", "SHA512"]),
         issuer=_s(maxLength=64),
+        confirm={
+            **BOOL,
+            "description": "keep the device pending until its first code (always: ENROLLMENT_CONFIRMATION=required)",
+        },
+        qr={**_s(enum=["svg", "png"]), "description": "also return the otpauth URI's QR code as a data: URI"},
     ),
     "Registration": _obj(
         [
@@ -88,9 +97,14 @@ SCHEMAS: dict[str, Any] = {
             "issuer",
             "key_version",
             "created_at",
+            "status",
+            "confirm_by",
         ],
         device_id=DEVICE_ID,
         user_id=_s(),
+        status=_s(enum=["pending", "active"]),
+        confirm_by={**TIME_OR_NULL, "description": "a pending device expires unless confirmed by then"},
+        qr=_s(description="present when asked for: data:image/svg+xml or data:image/png URI of the otpauth URI"),
         derived_key=_s("byte", description="the key, standard base64; shown once"),
         secret_base32=_s(description="the key, RFC 4648 base32 without padding"),
         otpauth_uri=_s(),
@@ -101,14 +115,7 @@ SCHEMAS: dict[str, Any] = {
         key_version=INT,
         created_at=TIME,
     ),
-    "VerifyRequest": _obj(
-        ["device_id", "otp"],
-        device_id=DEVICE_ID,
-        otp={
-            "oneOf": [_s(pattern="^[0-9]{6,8}$"), {"type": "integer", "minimum": 0, "maximum": 99999999}],
-            "description": "exactly `digits` ASCII digits, or an integer (zero-padded)",
-        },
-    ),
+    "VerifyRequest": _obj(["device_id", "otp"], device_id=DEVICE_ID, otp=OTP),
     "Verification": _obj(
         ["device_id", "valid"],
         device_id=DEVICE_ID,
@@ -116,6 +123,74 @@ SCHEMAS: dict[str, Any] = {
         reason=_s(enum=["INVALID_CODE", "REPLAYED"]),
         locked_until={**TIME_OR_NULL, "description": "present when this failure locked the device: until when"},
         hard_locked={**BOOL, "description": "present (true) when this failure locked the device until an unlock"},
+    ),
+    "ConfirmRequest": _obj(["otp"], otp=OTP),
+    "Confirmation": _obj(
+        ["device_id", "valid", "status"],
+        device_id=DEVICE_ID,
+        valid=BOOL,
+        status=_s(enum=["pending", "active"]),
+        reason=_s(enum=["INVALID_CODE", "REPLAYED"]),
+        locked_until=TIME_OR_NULL,
+        hard_locked=BOOL,
+    ),
+    "ResyncRequest": _obj(["otp1", "otp2"], otp1=OTP, otp2={**OTP, "description": "the code shown right after otp1"}),
+    "Resync": _obj(
+        ["device_id", "resynced"],
+        device_id=DEVICE_ID,
+        resynced=BOOL,
+        drift={**INT, "description": "the device's clock offset now, in steps"},
+        reason=_s(enum=["INVALID_CODE", "REPLAYED"]),
+        locked_until=TIME_OR_NULL,
+        hard_locked=BOOL,
+    ),
+    "DriftReset": _obj(["device_id", "drift", "previous_drift"], device_id=DEVICE_ID, drift=INT, previous_drift=INT),
+    "RecoveryCodes": _obj(
+        ["user_id", "codes", "created_at"],
+        user_id=_s(),
+        codes={"type": "array", "items": _s(pattern="^[2-9A-HJ-NP-Z]{4}-[2-9A-HJ-NP-Z]{4}-[2-9A-HJ-NP-Z]{4}$")},
+        created_at=TIME,
+    ),
+    "RecoveryCodeRequest": _obj(["code"], code=_s(description="any case; hyphens and spaces are ignored")),
+    "RecoveryCodeCheck": _obj(
+        ["user_id", "valid"],
+        user_id=_s(),
+        valid=BOOL,
+        remaining=INT,
+        reason=_s(enum=["INVALID_CODE", "REPLAYED"]),
+        locked_until=TIME_OR_NULL,
+        hard_locked=BOOL,
+    ),
+    "RecoveryCodesState": {
+        **_obj(
+            ["remaining", "total", "created_at", "last_used", "failed_attempts", "locked_until", "hard_locked"],
+            remaining=INT,
+            total=INT,
+            created_at=TIME,
+            last_used=TIME_OR_NULL,
+            failed_attempts=INT,
+            locked_until=TIME_OR_NULL,
+            hard_locked=BOOL,
+        ),
+        "nullable": True,
+    },
+    "CodeLookupRequest": _obj(
+        ["otp", "from", "to"],
+        otp=OTP,
+        **{"from": TIME, "to": {**TIME, "description": "at most 7 days after from"}},
+    ),
+    "CodeLookup": _obj(
+        ["device_id", "from", "to", "searched_to", "matches"],
+        device_id=DEVICE_ID,
+        searched_to={
+            **TIME,
+            "description": "steps the device could still accept are never searched: the search ends here",
+        },
+        matches={
+            "type": "array",
+            "items": _obj(["step", "valid_from", "valid_to"], step=INT, valid_from=TIME, valid_to=TIME),
+        },
+        **{"from": TIME, "to": TIME},
     ),
     "Deactivation": _obj(
         ["device_id", "is_active", "deactivated_at"],
@@ -161,8 +236,18 @@ SCHEMAS: dict[str, Any] = {
         failed_attempts=INT,
         locked_until=TIME_OR_NULL,
         hard_locked=BOOL,
+        status=_s(enum=["pending", "active", "deactivated"]),
+        confirm_by=TIME_OR_NULL,
+        enrollment_expired={**BOOL, "description": "deactivated because its enrolment was not confirmed in time"},
+        locked=BOOL,
+        drift={**INT, "description": "the device's remembered clock offset, in steps"},
     ),
-    "UserDevices": _obj(["user_id", "devices"], user_id=_s(), devices={"type": "array", "items": _ref("Device")}),
+    "UserDevices": _obj(
+        ["user_id", "devices", "recovery_codes"],
+        user_id=_s(),
+        devices={"type": "array", "items": _ref("Device")},
+        recovery_codes=_ref("RecoveryCodesState"),
+    ),
     "AuditEntry": _obj(
         ["id", *AUDIT_COLUMNS],
         id=INT,
@@ -224,11 +309,13 @@ ERRORS = {
     403: "The key's client lacks the operation's scope (`INSUFFICIENT_SCOPE`, with `error.scope`)",
     404: "No such resource (`NOT_FOUND`, `DEVICE_NOT_FOUND`)",
     405: "Method not allowed (`METHOD_NOT_ALLOWED`)",
-    409: "Conflict (`DEVICE_EXISTS`, `DEVICE_INACTIVE`)",
+    409: "Conflict (`DEVICE_EXISTS`, `DEVICE_INACTIVE`, `DEVICE_PENDING`, `ALREADY_CONFIRMED`)",
+    410: "The enrolment was not confirmed in time (`ENROLLMENT_EXPIRED`): register the device again",
     413: "Body over 16 KiB (`PAYLOAD_TOO_LARGE`)",
     415: "Body is not application/json (`UNSUPPORTED_MEDIA_TYPE`)",
     431: "Request headers over 16 KiB (`HEADERS_TOO_LARGE`)",
-    429: "Too many requests (`RATE_LIMITED`) or device locked (`DEVICE_LOCKED`); see `Retry-After`",
+    429: "Too many requests (`RATE_LIMITED`), device or recovery codes locked (`DEVICE_LOCKED`, "
+    "`RECOVERY_CODES_LOCKED`); see `Retry-After`",
     500: "Unexpected error (`INTERNAL_ERROR`): nothing internal is disclosed",
     503: "Dependency unavailable (`DATABASE_UNAVAILABLE`, `KEY_UNAVAILABLE`, `RATE_LIMITER_UNAVAILABLE`)",
 }
@@ -359,7 +446,41 @@ def build_spec(debug: bool = False) -> dict[str, Any]:
             "post": _op("Deactivate a device (idempotent)", 200, _ref("Deactivation"), with_404, params=device)
         },
         "/api/v1/devices/{device_id}/unlock": {
-            "post": _op("Clear a device's failure counter and lock", 200, _ref("Unlock"), with_404, params=device)
+            "post": _op("Lift a device's lock and reset its clock offset", 200, _ref("Unlock"), with_404, params=device)
+        },
+        "/api/v1/devices/{device_id}/confirm": {
+            "post": _op(
+                "Confirm a pending enrolment with its first code",
+                200,
+                _ref("Confirmation"),
+                (*with_404, 409, 410),
+                params=device,
+                body="ConfirmRequest",
+            )
+        },
+        "/api/v1/devices/{device_id}/resync": {
+            "post": _op(
+                "Resynchronise a device's clock with two consecutive codes",
+                200,
+                _ref("Resync"),
+                (*with_404, 409, 410),
+                params=device,
+                body="ResyncRequest",
+                tag="verification",
+            )
+        },
+        "/api/v1/devices/{device_id}/drift/reset": {
+            "post": _op("Forget a device's clock offset", 200, _ref("DriftReset"), with_404, params=device)
+        },
+        "/api/v1/devices/{device_id}/code-lookup": {
+            "post": _op(
+                "When was this code valid for this device? (investigations; audited)",
+                200,
+                _ref("CodeLookup"),
+                with_404,
+                params=device,
+                body="CodeLookupRequest",
+            )
         },
         "/api/v1/devices/{device_id}": {
             "get": _op("A device's state (never its key)", 200, _ref("Device"), with_404, params=device)
@@ -369,6 +490,26 @@ def build_spec(debug: bool = False) -> dict[str, Any]:
         },
         "/api/v1/users/{user_id}/audit": {
             "get": _op("A user's audit trail, newest first", 200, _ref("AuditPage"), params=user + page, tag="users")
+        },
+        "/api/v1/users/{user_id}/recovery-codes": {
+            "post": _op(
+                "Issue 10 one-time recovery codes, shown this once (replaces any earlier set)",
+                201,
+                _ref("RecoveryCodes"),
+                params=user,
+                tag="users",
+            )
+        },
+        "/api/v1/users/{user_id}/recovery-codes/verify": {
+            "post": _op(
+                "Check a recovery code (valid once; wrong ones are counted)",
+                200,
+                _ref("RecoveryCodeCheck"),
+                (*API_ERRORS, 404),
+                params=user,
+                body="RecoveryCodeRequest",
+                tag="verification",
+            )
         },
         "/api/v1/stats": {"get": _op("Usage statistics", 200, _ref("Stats"), tag="reports")},
         "/api/v1/reports": {

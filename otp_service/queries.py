@@ -12,8 +12,9 @@ from typing import Any
 
 from peewee import fn
 
-from . import errors
-from .models import Action, AuditLog, Device, Report
+from . import errors, recovery
+from .models import Action, AuditLog, Device, RecoveryCodes, Report
+from .recovery import RecoveryState
 from .transitions import isoformat, to_datetime
 from .verification import HARD_LOCK
 
@@ -25,13 +26,18 @@ def device(device_id: str) -> Device:
     return found
 
 
-def device_info(device_id: str) -> dict[str, Any]:
-    return describe(device(device_id))
+def device_info(device_id: str, at: datetime) -> dict[str, Any]:
+    return describe(device(device_id), at)
 
 
-def user_devices(user_id: str) -> dict[str, Any]:
+def user_devices(user_id: str, at: datetime) -> dict[str, Any]:
     devices = Device.select().where(Device.user_id == user_id).order_by(Device.created_at, Device.device_id)
-    return {"user_id": user_id, "devices": [describe(d) for d in devices]}
+    codes = RecoveryCodes.select().where(RecoveryCodes.user_id == user_id).tuples().first()
+    return {
+        "user_id": user_id,
+        "devices": [describe(d, at) for d in devices],
+        "recovery_codes": recovery.describe(None if codes is None else RecoveryState.from_row(codes)),
+    }
 
 
 def user_audit(user_id: str, limit: int = 50, before: int | None = None) -> dict[str, Any]:
@@ -115,12 +121,20 @@ def report_content(report_id: int, part: str) -> tuple[Report, bytes | str]:
     return row, (row.html if part == "html" else bytes(row.data_zip))
 
 
-def describe(device: Device) -> dict[str, Any]:
+def describe(device: Device, at: datetime) -> dict[str, Any]:
     """Everything about a device except anything that could help derive its key."""
+    pending_until = device.pending_until
+    expired = pending_until is not None and (not device.is_active or pending_until <= at)
+    locked = device.locked_until is not None and device.locked_until > at
     return {
         "device_id": device.device_id,
         "user_id": device.user_id,
-        "is_active": device.is_active,
+        "status": "deactivated" if expired or not device.is_active else ("pending" if pending_until else "active"),
+        "is_active": device.is_active and not expired,
+        "confirm_by": None if expired else isoformat(pending_until),
+        "enrollment_expired": expired,
+        "locked": locked,
+        "drift": device.drift,
         "created_at": isoformat(device.created_at),
         "last_used": isoformat(device.last_used),
         "usage_count": device.usage_count,

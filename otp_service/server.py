@@ -32,6 +32,7 @@ MAX_HEADER_BYTES = 64 * 1024  # hard cap (connection closed); the API answers 43
 IDLE_CONNECTION_SECONDS = 75  # longer than Render's proxy keep-alive, so the proxy closes first
 BODY_TIMEOUT_SECONDS = 10  # a client that trickles its body is cut off
 RESTART_BACKOFF_SECONDS = 1.0
+EXPIRY_SWEEP_SECONDS = 60.0
 
 
 def serve(settings: Settings, processes: int = 1, grace_seconds: float = 20.0) -> int:
@@ -57,6 +58,7 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
     # Warm the device cache in the background: serving starts at once, and requests that arrive
     # first simply take the read-then-write path.
     warming = loop_executor_warm(state)
+    sweeping = asyncio.ensure_future(expire_enrolments(state))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -74,6 +76,7 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
         log.warning("grace period over; closing %d requests still in flight", state.inflight)
     await server.close_all_connections()
     warming.cancel()
+    sweeping.cancel()
     state.service.close()
     log.info("stopped", extra={"pid": os.getpid()})
     return 0
@@ -88,6 +91,19 @@ def loop_executor_warm(state) -> asyncio.Future:
             log.warning("device cache not warmed: %s", type(exc).__name__)
 
     return asyncio.ensure_future(warm())
+
+
+async def expire_enrolments(state, every: float = EXPIRY_SWEEP_SECONDS) -> None:
+    """Record the expiry of enrolments not confirmed in time, so the trail says when each ended even if
+    nobody asks about the device again. Every process sweeps; the version guard records each expiry once."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            expired = await state.service.expire_pending()
+            if expired:
+                log.info("enrolments expired", extra={"devices": expired, "pid": os.getpid()})
+        except Exception as exc:  # the next sweep (or the next request for the device) records it
+            log.warning("expiry sweep failed: %s", type(exc).__name__)
 
 
 def _supervise(settings: Settings, processes: int, grace_seconds: float) -> int:

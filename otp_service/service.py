@@ -20,14 +20,15 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote, urlencode
 
+import segno
 from peewee import Database
 
-from . import errors, lifecycle, metrics, queries, totp, verification
+from . import errors, lifecycle, metrics, queries, recovery, totp, verification
 from .audit import SYSTEM, RequestContext, audit_row
 from .clients import Caller, Directory
 from .config import Settings
@@ -41,6 +42,7 @@ from .transitions import AuditEvent, DeviceState, Transition, isoformat, to_date
 
 log = logging.getLogger("otp_service.service")
 T = TypeVar("T")
+RECOVERY_PURPOSE = "recovery-codes"
 
 __all__ = ["SYSTEM", "Action", "AsyncOtpService", "OtpService", "RequestContext", "build_service", "otpauth_uri"]
 
@@ -67,6 +69,7 @@ class OtpService:
             max_failures=settings.otp_max_failures,
             lockout_seconds=settings.otp_lockout_seconds,
             hard_lock_failures=settings.otp_hard_lock_failures,
+            resync_window=settings.otp_resync_window,
         )
         self.store = open_store(database)
         self.engine = Engine(self.store)
@@ -113,8 +116,95 @@ class OtpService:
 
     def register(self, device_id: str, user_id: str, ctx: RequestContext = SYSTEM, **options: Any) -> dict[str, Any]:
         """Create a device with a freshly derived key; the only time the key leaves the service.
-        Options: digits, interval, algorithm, issuer (None: the configured default) and now."""
+        Options: digits, interval, algorithm, issuer (None: the configured default), confirm (the device
+        stays pending until its first code; always, with ENROLLMENT_CONFIRMATION=required), qr ("svg" or
+        "png": the otpauth URI's QR code too) and now."""
         return self.execute(self.plan_register(device_id, user_id, ctx, **options))
+
+    def confirm(self, device_id: str, otp: str | int, ctx: RequestContext = SYSTEM, now: float | None = None) -> dict:
+        """A pending device's first code: activates it (that step becomes the replay floor)."""
+        return self.execute(self.plan_confirm(device_id, otp, ctx, now))
+
+    def resync(
+        self, device_id: str, otp1: str | int, otp2: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
+    ) -> dict[str, Any]:
+        """Two consecutive codes set the device's clock offset (`verification.decide_resync`)."""
+        return self.execute(self.plan_resync(device_id, otp1, otp2, ctx, now))
+
+    def reset_drift(self, device_id: str, ctx: RequestContext = SYSTEM, now: float | None = None) -> dict[str, Any]:
+        return self.execute(self.plan_drift_reset(device_id, ctx, now))
+
+    def expire_pending(self, now: float | None = None, limit: int = 500) -> int:
+        """Record the expiry of enrolments not confirmed in time (the server runs this every minute; any
+        request touching such a device records it too). Returns how many expired now."""
+        now = self._now(now)
+        expired = 0
+        for device_id in self.query(self.store.pending_expired, to_datetime(now), limit):
+            expired += self.execute(self.plan_expire(device_id, now))["expired"]
+        return expired
+
+    def issue_recovery_codes(self, user_id: str, ctx: RequestContext = SYSTEM, now: float | None = None) -> dict:
+        """Ten new one-time codes for a user, replacing any earlier set; shown this once, kept as keyed hashes."""
+        codes, at = recovery.new_codes(), to_datetime(self._now(now))
+        key, version = self.keyring.purpose_key(RECOVERY_PURPOSE), self.keyring.current_version
+        hashes = [recovery.code_hash(key, user_id, code) for code in codes]
+        decide = partial(recovery.decide_issue, user_id, hashes=hashes, key_version=version, at=at)
+        with self.unit_of_work():
+            transition = self.store.apply_recovery(user_id, decide, ctx)
+        metrics.RECOVERY_CODES.labels("issued").inc()
+        return {"user_id": user_id, "codes": codes, "created_at": isoformat(transition.after.created_at)}
+
+    def use_recovery_code(
+        self, user_id: str, code: str, ctx: RequestContext = SYSTEM, now: float | None = None
+    ) -> dict:
+        """Check a recovery code: valid once, wrong ones counted against the user's own budget."""
+        code, at = recovery.normalise(code), to_datetime(self._now(now))
+        decide = partial(recovery.decide_use, user_id, code=code, key=self._recovery_key, at=at, policy=self.policy)
+        with self.unit_of_work():
+            return _recovery_used(self.store.apply_recovery(user_id, decide, ctx))
+
+    def lookup_code(
+        self,
+        device_id: str,
+        otp: str | int,
+        start: datetime,
+        end: datetime,
+        ctx: RequestContext = SYSTEM,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """Every time step in [start, end] for which `otp` was the device's code (`verification.lookup_steps`)."""
+        now = self._now(now)
+        state = self.query(self.store.read, device_id)
+        if state is None:
+            raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
+        key = self._key(state)
+        if key is None:
+            raise errors.KeyUnavailableError("This device's key cannot be derived.")
+        from_, to = start.timestamp(), end.timestamp()
+        steps, last = verification.lookup_steps(key, state, otp, from_, to, now, self.policy)
+        interval = state.interval
+        searched_to = min(to, (last + 1) * interval)
+        matches = [
+            {
+                "step": step,
+                "valid_from": isoformat(to_datetime(step * interval)),
+                "valid_to": isoformat(to_datetime((step + 1) * interval)),
+            }
+            for step in steps
+        ]
+        data = {"from": isoformat(to_datetime(from_)), "to": isoformat(to_datetime(to)), "matches": len(steps)}
+        row = audit_row(
+            AuditEvent(Action.CODE_LOOKUP, True, None, data), to_datetime(now), device_id, state.user_id, ctx
+        )
+        with self.unit_of_work(write=True):
+            self.store.record([row])
+        return {
+            "device_id": device_id,
+            "from": data["from"],
+            "to": data["to"],
+            "searched_to": isoformat(to_datetime(max(from_, searched_to))),
+            "matches": matches,
+        }
 
     def verify(self, device_id: str, otp: str | int, ctx: RequestContext = SYSTEM, now: float | None = None) -> dict:
         """Check a code (`verification.decide`): accepted at most once, counted against the failure budget."""
@@ -153,9 +243,12 @@ class OtpService:
         interval: int | None = None,
         algorithm: str | None = None,
         issuer: str | None = None,
+        confirm: bool = False,
+        qr: str | None = None,
         now: float | None = None,
     ) -> Plan:
         s, at = self.settings, to_datetime(self._now(now))
+        pending = confirm or s.enrollment_confirmation == "required"
         key, salt, version = self.keyring.new_device_key(device_id)
         fresh = DeviceState(
             device_id=device_id,
@@ -177,9 +270,12 @@ class OtpService:
             failed_attempts=0,
             locked_until=None,
             version=0,
+            pending_until=at + timedelta(seconds=s.enrollment_ttl_seconds) if pending else None,
         )
         decide = partial(lifecycle.decide_register, device_id, fresh=fresh, at=at)
-        return Plan(device_id, decide, ctx, partial(_registered, key), assume=None)  # a new id is the usual case
+        return Plan(
+            device_id, decide, ctx, partial(_registered, key, qr), assume=None
+        )  # a new id: the usual case  # a new id is the usual case
 
     def plan_verify(
         self, device_id: str, otp: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
@@ -199,6 +295,41 @@ class OtpService:
         decide = partial(lifecycle.decide_unlock, device_id, at=to_datetime(self._now(now)))
         return Plan(device_id, decide, ctx, _unlocked)
 
+    def plan_confirm(
+        self, device_id: str, otp: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
+    ) -> Plan:
+        now = self._now(now)
+
+        def decide(state: DeviceState | None) -> Transition:
+            return verification.decide(device_id, state, self._key(state), otp, now, self.policy, confirm=True)
+
+        return Plan(device_id, decide, ctx, _confirmed)
+
+    def plan_resync(
+        self, device_id: str, otp1: str | int, otp2: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
+    ) -> Plan:
+        now = self._now(now)
+
+        def decide(state: DeviceState | None) -> Transition:
+            return verification.decide_resync(device_id, state, self._key(state), otp1, otp2, now, self.policy)
+
+        return Plan(device_id, decide, ctx, _resynced)
+
+    def plan_drift_reset(self, device_id: str, ctx: RequestContext = SYSTEM, now: float | None = None) -> Plan:
+        decide = partial(lifecycle.decide_drift_reset, device_id, at=to_datetime(self._now(now)))
+        return Plan(device_id, decide, ctx, _drift_reset)
+
+    def plan_expire(self, device_id: str, now: float | None = None) -> Plan:
+        decide = partial(lifecycle.decide_expire, device_id, at=to_datetime(self._now(now)))
+        return Plan(device_id, decide, SYSTEM, _expired)
+
+    def _recovery_key(self, version: int) -> bytes | None:
+        try:
+            return self.keyring.purpose_key(RECOVERY_PURPOSE, version)
+        except KeyUnavailable:
+            log.error("no master secret for recovery codes of key version %s", version)
+            return None
+
     def _key(self, state: DeviceState | None) -> bytes | None:
         if state is None:
             return None
@@ -216,11 +347,11 @@ class OtpService:
         with self.unit_of_work():
             return fn(*args)
 
-    def device_info(self, device_id: str) -> dict[str, Any]:
-        return self.query(queries.device_info, device_id)
+    def device_info(self, device_id: str, now: float | None = None) -> dict[str, Any]:
+        return self.query(queries.device_info, device_id, to_datetime(self._now(now)))
 
-    def user_devices(self, user_id: str) -> dict[str, Any]:
-        return self.query(queries.user_devices, user_id)
+    def user_devices(self, user_id: str, now: float | None = None) -> dict[str, Any]:
+        return self.query(queries.user_devices, user_id, to_datetime(self._now(now)))
 
     def user_audit(self, user_id: str, limit: int = 50, before: int | None = None) -> dict[str, Any]:
         return self.query(queries.user_audit, user_id, limit, before)
@@ -307,6 +438,29 @@ class AsyncOtpService:
     async def unlock(self, device_id: str, ctx: RequestContext) -> dict[str, Any]:
         return await self.execute(self.service.plan_unlock(device_id, ctx))
 
+    async def confirm(self, device_id: str, otp: str | int, ctx: RequestContext) -> dict[str, Any]:
+        return await self.execute(self.service.plan_confirm(device_id, otp, ctx))
+
+    async def resync(self, device_id: str, otp1: str | int, otp2: str | int, ctx: RequestContext) -> dict[str, Any]:
+        return await self.execute(self.service.plan_resync(device_id, otp1, otp2, ctx))
+
+    async def reset_drift(self, device_id: str, ctx: RequestContext) -> dict[str, Any]:
+        return await self.execute(self.service.plan_drift_reset(device_id, ctx))
+
+    async def expire_pending(self) -> int:
+        return await self.thread(self.service.expire_pending)
+
+    async def issue_recovery_codes(self, user_id: str, ctx: RequestContext) -> dict[str, Any]:
+        return await self.thread(self.service.issue_recovery_codes, user_id, ctx)
+
+    async def use_recovery_code(self, user_id: str, code: str, ctx: RequestContext) -> dict[str, Any]:
+        return await self.thread(self.service.use_recovery_code, user_id, code, ctx)
+
+    async def lookup_code(
+        self, device_id: str, otp: str | int, start: datetime, end: datetime, ctx: RequestContext
+    ) -> dict[str, Any]:
+        return await self.thread(self.service.lookup_code, device_id, otp, start, end, ctx)
+
     async def caller(self, key: str) -> Caller | None:
         known, caller = self.service.clients.known(key)  # API_KEY's keys and recent answers: no thread hop
         return caller if known else await self.thread(self.service.query, self.service.clients.load, key)
@@ -362,27 +516,45 @@ class AsyncOtpService:
 # -- answers: a transition's verdict as the caller sees it ------------------------------------
 
 
-def _registered(key: bytes, transition: Transition) -> dict[str, Any]:
-    """The key, once, or DEVICE_EXISTS."""
+def _registered(key: bytes, qr: str | None, transition: Transition) -> dict[str, Any]:
+    """The key, once (with its QR code when asked), or DEVICE_EXISTS."""
     created = transition.verdict == "REGISTERED"
     metrics.REGISTRATIONS.labels("created" if created else "conflict").inc()
     if not created:
-        raise errors.DeviceExists(f"An active device with id {transition.device_id!r} is already registered.")
+        raise errors.DeviceExists(
+            f"A device with id {transition.device_id!r} is already registered (active or pending)."
+        )
     device = transition.after
     secret_base32 = base64.b32encode(key).decode("ascii").rstrip("=")
-    return {
+    uri = otpauth_uri(secret_base32, device)
+    pending = device.pending_until is not None
+    answer = {
         "device_id": device.device_id,
         "user_id": device.user_id,
         "derived_key": base64.b64encode(key).decode("ascii"),
         "secret_base32": secret_base32,
-        "otpauth_uri": otpauth_uri(secret_base32, device),
+        "otpauth_uri": uri,
         "digits": device.digits,
         "interval": device.interval,
         "algorithm": device.algorithm,
         "issuer": device.issuer,
         "key_version": device.key_version,
         "created_at": isoformat(device.created_at),
+        "status": "pending" if pending else "active",
+        "confirm_by": isoformat(device.pending_until),
     }
+    if qr is not None:
+        answer["qr"] = qr_data_uri(uri, qr)
+    return answer
+
+
+def qr_data_uri(uri: str, kind: str) -> str:
+    """The otpauth URI's QR code as a `data:` URI (SVG or PNG), made here: the secret never leaves the process.
+    Error correction M (15 %): a phone's camera reads it off a dim screen."""
+    code = segno.make(uri, error="m", micro=False)
+    if kind == "svg":
+        return code.svg_data_uri(scale=4, border=4)
+    return code.png_data_uri(scale=6, border=4)
 
 
 def _verified(transition: Transition) -> dict[str, Any]:
@@ -393,17 +565,28 @@ def _verified(transition: Transition) -> dict[str, Any]:
     if verdict in ("INVALID_CODE", "REPLAYED"):
         metrics.VERIFICATIONS.labels("invalid", verdict).inc()
         log.debug("verification failed", extra={"device_id": device_id, "reason": verdict})  # audited and counted
-        answer = {"device_id": device_id, "valid": False, "reason": verdict}
-        if transition.details:  # this failure locked the device: the app can tell its user
-            metrics.LOCKOUTS.inc()
-            hard = transition.details.get("hard", False)
-            answer["locked_until"] = None if hard else isoformat(transition.details["locked_until"])
-            if hard:
-                answer["hard_locked"] = True
-        return answer
+        return _failed(transition, {"device_id": device_id, "valid": False})
+    metrics.VERIFICATIONS.labels("refused", verdict).inc()
+    _refuse(transition)
+
+
+def _failed(transition: Transition, answer: dict[str, Any]) -> dict[str, Any]:
+    """A wrong (or replayed) code's answer: why, and whether this failure locked the device."""
+    answer["reason"] = transition.verdict
+    if transition.details:  # this failure locked it: the app can tell its user
+        metrics.LOCKOUTS.inc()
+        hard = transition.details.get("hard", False)
+        answer["locked_until"] = None if hard else isoformat(transition.details["locked_until"])
+        if hard:
+            answer["hard_locked"] = True
+    return answer
+
+
+def _refuse(transition: Transition) -> NoReturn:
+    """The error for a code check refused before any code was looked at."""
+    verdict, device_id = transition.verdict, transition.device_id
     if verdict == "MALFORMED_CODE":
         raise transition.details["error"]
-    metrics.VERIFICATIONS.labels("refused", verdict).inc()
     if verdict == "DEVICE_LOCKED":
         if transition.details.get("hard"):
             raise errors.DeviceLocked(
@@ -417,7 +600,85 @@ def _verified(transition: Transition) -> dict[str, Any]:
         "KEY_UNAVAILABLE": errors.KeyUnavailableError(
             "This device's key cannot be derived: the service's master secret is misconfigured."
         ),
+        "DEVICE_PENDING": errors.DevicePending(
+            f"Device {device_id!r} is awaiting confirmation: confirm it with its first code before verifying."
+        ),
+        "ALREADY_CONFIRMED": errors.AlreadyConfirmed(f"Device {device_id!r} is already confirmed."),
+        "ENROLLMENT_EXPIRED": errors.EnrollmentExpired(
+            f"The enrolment of device {device_id!r} was not confirmed in time; register it again."
+        ),
     }[verdict]
+
+
+def _confirmed(transition: Transition) -> dict[str, Any]:
+    if transition.verdict == "CONFIRMED":
+        metrics.CONFIRMATIONS.labels("confirmed").inc()
+        return {"device_id": transition.device_id, "valid": True, "status": "active"}
+    if transition.verdict in ("INVALID_CODE", "REPLAYED"):
+        metrics.CONFIRMATIONS.labels("invalid").inc()
+        return _failed(transition, {"device_id": transition.device_id, "valid": False, "status": "pending"})
+    if transition.verdict == "ENROLLMENT_EXPIRED":
+        metrics.ENROLLMENTS_EXPIRED.inc()
+    _refuse(transition)
+
+
+def _resynced(transition: Transition) -> dict[str, Any]:
+    if transition.verdict == "RESYNCED":
+        metrics.RESYNCS.labels("resynced").inc()
+        return {"device_id": transition.device_id, "resynced": True, "drift": transition.after.drift}
+    if transition.verdict in ("INVALID_CODE", "REPLAYED"):
+        metrics.RESYNCS.labels("failed").inc()
+        return _failed(transition, {"device_id": transition.device_id, "resynced": False})
+    if transition.verdict == "ENROLLMENT_EXPIRED":
+        metrics.ENROLLMENTS_EXPIRED.inc()
+    _refuse(transition)
+
+
+def _drift_reset(transition: Transition) -> dict[str, Any]:
+    if transition.verdict == "DEVICE_NOT_FOUND":
+        raise errors.DeviceNotFound(f"No device with id {transition.device_id!r}.")
+    return {"device_id": transition.device_id, "drift": 0, "previous_drift": transition.before.drift}
+
+
+def _expired(transition: Transition) -> dict[str, Any]:
+    if transition.verdict == "EXPIRED":
+        metrics.ENROLLMENTS_EXPIRED.inc()
+    return {"device_id": transition.device_id, "expired": transition.verdict == "EXPIRED"}
+
+
+def _recovery_used(transition: Transition) -> dict[str, Any]:
+    verdict, user_id = transition.verdict, transition.user_id
+    if verdict == "ACCEPTED":
+        metrics.RECOVERY_CODES.labels("used").inc()
+        return {"user_id": user_id, "valid": True, "remaining": transition.details["remaining"]}
+    if verdict == "INVALID_CODE":
+        metrics.RECOVERY_CODES.labels("invalid").inc()
+        answer = {"user_id": user_id, "valid": False, "reason": verdict}
+        if transition.details:
+            hard = transition.details.get("hard", False)
+            answer["locked_until"] = None if hard else isoformat(transition.details["locked_until"])
+            if hard:
+                answer["hard_locked"] = True
+        return answer
+    if verdict == "REPLAYED":
+        metrics.RECOVERY_CODES.labels("replayed").inc()
+        return {"user_id": user_id, "valid": False, "reason": verdict}
+    if verdict == "NO_RECOVERY_CODES":
+        raise errors.NoRecoveryCodes(f"User {user_id!r} has no recovery codes.")
+    if verdict == "KEY_UNAVAILABLE":
+        raise errors.KeyUnavailableError("The recovery codes' key cannot be derived: the master secret is missing.")
+    details = transition.details
+    if details.get("hard"):
+        raise errors.RecoveryCodesLocked(
+            "Too many wrong recovery codes: they are locked until an operator issues new ones.",
+            details={"locked_until": None, "hard_locked": True},
+        )
+    retry = max(1, math.ceil((details["locked_until"] - transition.at).total_seconds()))
+    raise errors.RecoveryCodesLocked(
+        f"Too many wrong recovery codes; try again in {retry} seconds.",
+        details={"locked_until": isoformat(details["locked_until"]), "retry_after": retry},
+        headers={"Retry-After": str(retry)},
+    )
 
 
 def _locked_error(locked_until: datetime, at: datetime) -> errors.ServiceError:

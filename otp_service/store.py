@@ -26,10 +26,12 @@ from peewee import Database
 
 from .audit import AUDIT_COLUMNS, RequestContext, audit_row
 from .database import is_postgres
-from .models import AuditLog, Device
+from .models import AuditLog, Device, RecoveryCodes
+from .recovery import RecoveryState
 from .transitions import STATE_COLUMNS, DeviceState, Transition
 
 Decide = Callable[[DeviceState | None], Transition]
+_RECOVERY_COLUMNS = RecoveryState._fields
 Applied = tuple[bool, DeviceState | None]  # (applied, the device's state when not applied)
 LOCKED_ROUNDS = 5  # a row that exists is locked at once; only an id inserted meanwhile takes a second round
 
@@ -57,6 +59,7 @@ _PG_TYPES = {
     "failed_attempts": "int",
     "locked_until": "timestamp",
     "version": "bigint",
+    "pending_until": "timestamp",
 }
 _EVENT_TYPES = ("timestamp", "text", "bool", "text", "text", "text", "text", "text", "text", "text", "text")
 _T_KEYS = ("i", "device_id", "expected", "writes", *_NEW_COLUMNS)
@@ -201,6 +204,45 @@ class Store(ABC):
     def record(self, rows: list[tuple]) -> None:
         """Audit rows (in AUDIT_COLUMNS order) of events that change no device."""
         AuditLog.insert_many(rows, fields=[getattr(AuditLog, c) for c in AUDIT_COLUMNS]).execute()
+
+    def pending_expired(self, at: datetime, limit: int) -> list[str]:
+        """Ids of enrolments still pending past their deadline (the partial index finds them)."""
+        query = (
+            Device.select(Device.device_id)
+            .where(Device.pending_until.is_null(False) & (Device.pending_until <= at) & Device.is_active)
+            .order_by(Device.pending_until)
+            .limit(limit)
+        )
+        return [device_id for (device_id,) in query.tuples()]
+
+    def read_recovery(self, user_id: str, lock: bool = False) -> RecoveryState | None:
+        query = RecoveryCodes.select(*(getattr(RecoveryCodes, c) for c in _RECOVERY_COLUMNS))
+        query = query.where(RecoveryCodes.user_id == user_id)
+        if lock and is_postgres(self.database):
+            query = query.for_update()
+        row = query.tuples().first()
+        return None if row is None else RecoveryState.from_row(row)
+
+    def apply_recovery(self, user_id: str, decide: Callable[[RecoveryState | None], Transition], ctx: RequestContext):
+        """Read a user's recovery codes with the row held, decide and apply, in one transaction: they are
+        used rarely, so they always take the lock (SQLite: the write transaction; PostgreSQL: FOR UPDATE, and
+        for a user with no set yet, an INSERT that only one of two concurrent requests wins)."""
+        for _ in range(LOCKED_ROUNDS):
+            with self.database.atomic():
+                transition = decide(self.read_recovery(user_id, lock=True))
+                after = transition.after
+                if after is not None:
+                    values = dict(zip(_RECOVERY_COLUMNS, after.row(), strict=True))
+                    if transition.before is None:
+                        if not RecoveryCodes.insert(values).on_conflict_ignore().as_rowcount().execute():
+                            continue  # another request created the set first: decide again on it
+                    else:
+                        RecoveryCodes.update(values).where(RecoveryCodes.user_id == user_id).execute()
+                rows = [audit_row(e, transition.at, None, user_id, ctx) for e in transition.events]
+                if rows:
+                    self.record(rows)
+                return transition
+        raise RuntimeError(f"the recovery codes of {user_id!r} changed under a row lock {LOCKED_ROUNDS} times")
 
 
 class PostgresStore(Store):

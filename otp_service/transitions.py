@@ -38,6 +38,14 @@ class DeviceState(NamedTuple):
     failed_attempts: int  # consecutive wrong codes since the last accepted one or unlock
     locked_until: datetime | None
     version: int  # +1 with every change
+    pending_until: datetime | None = None  # registered, not yet confirmed by a first code: expires at this time
+
+    def status(self, at: datetime) -> str:
+        """pending (registered, awaiting its first code), active, or deactivated (which an enrolment not
+        confirmed in time also is, from its deadline on)."""
+        if not self.is_active or (self.pending_until is not None and self.pending_until <= at):
+            return "deactivated"
+        return "active" if self.pending_until is None else "pending"
 
 
 STATE_COLUMNS: tuple[str, ...] = DeviceState._fields

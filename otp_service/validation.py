@@ -8,6 +8,7 @@ must not have two spellings of one code.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import ValidationError
@@ -68,17 +69,69 @@ def algorithm(value: Any) -> str:
     return value.upper()
 
 
-def otp_syntax(value: Any) -> str | int:
+def otp_syntax(value: Any, field: str = "otp") -> str | int:
     """The code as sent, before the device's digit count is known: a digit string or a non-negative int."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _fail("otp", "must be a string of digits or a whole number")
+        raise _fail(field, "must be a string of digits or a whole number")
     if isinstance(value, int):
         if not 0 <= value < 10 ** max(DIGITS_RANGE):
-            raise _fail("otp", "must be a non-negative number of at most 8 digits")
+            raise _fail(field, "must be a non-negative number of at most 8 digits")
         return value
     if not ASCII_DIGITS.fullmatch(value) or len(value) > max(DIGITS_RANGE):
-        raise _fail("otp", "must be a string of 6 to 8 ASCII digits")
+        raise _fail(field, "must be a string of 6 to 8 ASCII digits")
     return value
+
+
+def required_otp(body: dict[str, Any], field: str) -> str | int:
+    if field not in body:
+        raise _fail(field, "is required")
+    return otp_syntax(body[field], field)
+
+
+def flag(value: Any, field: str) -> bool:
+    """An optional JSON boolean (absent or null: false)."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _fail(field, "must be true or false")
+    return value
+
+
+QR_FORMATS = ("svg", "png")
+
+
+def qr_format(value: Any) -> str | None:
+    if value is None:
+        return None
+    if value not in QR_FORMATS:
+        raise _fail("qr", f"must be one of {', '.join(QR_FORMATS)}")
+    return value
+
+
+MAX_LOOKUP_RANGE = timedelta(days=7)
+
+
+def timestamp(value: Any, field: str) -> datetime:
+    """An ISO-8601 time with its offset (or Z), as naive UTC, the form the database keeps."""
+    if not isinstance(value, str) or len(value) > 40:
+        raise _fail(field, "must be an ISO-8601 time with a time zone, such as 2026-11-26T10:02:00Z")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise _fail(field, "must be an ISO-8601 time with a time zone, such as 2026-11-26T10:02:00Z")
+    return parsed.astimezone(UTC).replace(tzinfo=None)
+
+
+def time_range(start: Any, end: Any, longest: timedelta) -> tuple[datetime, datetime]:
+    """(from, to), `to` after `from` and at most `longest` later."""
+    first, last = timestamp(start, "from"), timestamp(end, "to")
+    if last <= first:
+        raise _fail("to", "must be later than from")
+    if last - first > longest:
+        raise _fail("to", f"must be at most {longest.days} days after from")
+    return first, last
 
 
 def otp_for_device(value: str | int, device_digits: int) -> str:

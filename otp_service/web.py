@@ -359,10 +359,84 @@ class RegisterHandler(ApiHandler):
             )
             if body.get(name) is not None
         }
+        options["confirm"] = validation.flag(body.get("confirm"), "confirm")
+        options["qr"] = validation.qr_format(body.get("qr"))
         device_id = validation.device_id(body.get("device_id"))
         user_id = validation.user_id(body.get("user_id"))
         data = await self.service.register(device_id, user_id, self.context, **options)
-        self.respond(data, "Device registered successfully; store the key now, it is never shown again.", 201)
+        if data["status"] == "pending":
+            message = "Device registered; confirm it with its first code by confirm_by. The key is never shown again."
+        else:
+            message = "Device registered successfully; store the key now, it is never shown again."
+        self.respond(data, message, 201)
+
+
+class ConfirmHandler(ApiHandler):
+    """A pending enrolment's first code, from the app that registered it."""
+
+    scope = "verify"
+    permission = "enroll"
+
+    async def post(self, device_id: str) -> None:
+        device_id = validation.device_id(device_id)
+        otp = validation.required_otp(self.json_body(), "otp")
+        data = await self.service.confirm(device_id, otp, self.context)
+        self.respond(data, "Device confirmed" if data["valid"] else "Confirmation failed")
+
+
+class ResyncHandler(ApiHandler):
+    scope = "verify"
+    permission = "verify"
+
+    async def post(self, device_id: str) -> None:
+        device_id = validation.device_id(device_id)
+        body = self.json_body()
+        otp1, otp2 = validation.required_otp(body, "otp1"), validation.required_otp(body, "otp2")
+        data = await self.service.resync(device_id, otp1, otp2, self.context)
+        self.respond(data, "Device resynchronised" if data["resynced"] else "Resynchronisation failed")
+
+
+class DriftResetHandler(ApiHandler):
+    permission = "manage"
+
+    async def post(self, device_id: str) -> None:
+        data = await self.service.reset_drift(validation.device_id(device_id), self.context)
+        self.respond(data, "Clock offset reset")
+
+
+class RecoveryCodesHandler(ApiHandler):
+    permission = "enroll"
+
+    async def post(self, user_id: str) -> None:
+        data = await self.service.issue_recovery_codes(validation.user_id(user_id), self.context)
+        self.respond(data, "Recovery codes issued; show them to the user now, they are never shown again.", 201)
+
+
+class RecoveryCodeVerifyHandler(ApiHandler):
+    scope = "verify"
+    permission = "verify"
+
+    async def post(self, user_id: str) -> None:
+        user_id = validation.user_id(user_id)
+        body = self.json_body()
+        if "code" not in body:
+            raise errors.ValidationError("code is required", details={"field": "code"})
+        data = await self.service.use_recovery_code(user_id, body["code"], self.context)
+        self.respond(data, "Recovery code accepted" if data["valid"] else "Recovery code refused")
+
+
+class CodeLookupHandler(ApiHandler):
+    """For investigations: when was this code valid for this device? Read-only, audited."""
+
+    permission = "manage"
+
+    async def post(self, device_id: str) -> None:
+        device_id = validation.device_id(device_id)
+        body = self.json_body()
+        otp = validation.required_otp(body, "otp")
+        start, end = validation.time_range(body.get("from"), body.get("to"), validation.MAX_LOOKUP_RANGE)
+        data = await self.service.lookup_code(device_id, otp, start, end, self.context)
+        self.respond(data, f"{len(data['matches'])} time steps matched")
 
 
 class VerifyHandler(ApiHandler):
@@ -372,9 +446,7 @@ class VerifyHandler(ApiHandler):
     async def post(self) -> None:
         body = self.json_body()
         device_id = validation.device_id(body.get("device_id"))
-        if "otp" not in body:
-            raise errors.ValidationError("otp is required", details={"field": "otp"})
-        otp = validation.otp_syntax(body["otp"])
+        otp = validation.required_otp(body, "otp")
         data = await self.service.verify(device_id, otp, self.context)
         self.respond(data, "OTP verification completed")
 

@@ -267,7 +267,13 @@ def test_device_info_never_contains_a_secret(api):
         "failed_attempts",
         "locked_until",
         "hard_locked",
+        "status",
+        "confirm_by",
+        "enrollment_expired",
+        "locked",
+        "drift",
     }
+    assert (info["status"], info["confirm_by"], info["locked"], info["drift"]) == ("active", None, False, 0)
     key_hex = base64.b64decode(data["derived_key"]).hex()
     for secret in (data["derived_key"], data["secret_base32"], key_hex):
         assert secret not in resp.raw.decode()
