@@ -118,6 +118,12 @@ def remember_registration(data: dict) -> None:
     ISSUED_KEYS.update({data["derived_key"], data["secret_base32"], key.hex(), base64.b32encode(key).decode()})
 
 
+def remember_recovery_codes(codes: list[str]) -> None:
+    """Recovery codes as issued and as typed (no hyphens): neither may appear in a log, row or other answer."""
+    ISSUED_KEYS.update(codes)
+    ISSUED_KEYS.update(code.replace("-", "") for code in codes)
+
+
 def remember_code(code) -> None:
     if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) >= 6:
         ISSUED_CODES.add(code)
@@ -138,6 +144,12 @@ def find_secrets(text: str, codes: bool = True) -> list[str]:
 def secrets_scan(request, monkeypatch):
     """Every path (blocking or on the event loop) runs a command as a plan; its answer is wrapped here."""
     original_register, original_verify = OtpService.plan_register, OtpService.plan_verify
+    original_issue = OtpService.issue_recovery_codes
+
+    def issue_recovery_codes(self, *args, **kwargs):
+        data = original_issue(self, *args, **kwargs)
+        remember_recovery_codes(data["codes"])
+        return data
 
     def plan_register(self, *args, **kwargs):
         plan = original_register(self, *args, **kwargs)
@@ -162,6 +174,7 @@ def secrets_scan(request, monkeypatch):
 
     monkeypatch.setattr(OtpService, "plan_register", plan_register)
     monkeypatch.setattr(OtpService, "plan_verify", plan_verify)
+    monkeypatch.setattr(OtpService, "issue_recovery_codes", issue_recovery_codes)
     SEEN_RESPONSES.clear()
     _LOG_CAPTURE.lines.clear()
     ISSUED_KEYS.clear()  # each test is scanned for what it issued itself
@@ -189,7 +202,7 @@ class FakeClock:
 
 def _reset_postgres(database) -> None:
     with database.connection_context():
-        database.execute_sql("TRUNCATE devices, audit_logs, reports, api_clients RESTART IDENTITY")
+        database.execute_sql("TRUNCATE devices, audit_logs, reports, api_clients, recovery_codes RESTART IDENTITY")
 
 
 _pg_migrated = False
@@ -234,7 +247,7 @@ def scan_tables_for_secrets(database) -> None:
     """Part of the secrets scan: no audit or device row may hold a key or a code."""
     try:
         with database.connection_context():
-            for table in ("audit_logs", "devices"):
+            for table in ("audit_logs", "devices", "recovery_codes"):
                 rows = database.execute_sql(f"SELECT * FROM {table}").fetchall()
                 text = _LogCapture.times.sub("<time>", json.dumps(rows, default=str))  # microseconds are digits
                 assert not find_secrets(text), f"{table} holds a secret"
@@ -322,6 +335,8 @@ class Client:
             remember_code(body["otp"])
         if path.startswith("/api/v1/devices/register") and resp.status == 201:
             remember_registration(parsed["data"])  # the one response allowed to carry the key
+        elif path.endswith("/recovery-codes") and resp.status == 201:
+            remember_recovery_codes(parsed["data"]["codes"])  # the one response allowed to carry them
         else:
             SEEN_RESPONSES.append((path, data.decode("utf-8", "replace")))
         return Response(resp.status, resp.headers, parsed, data)
