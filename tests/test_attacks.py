@@ -354,3 +354,57 @@ def test_unlocks_of_one_device_are_rate_limited(make_server, db_url, clock, data
     refused = audit_rows(database, action="RATE_LIMITED")  # audited once per device and window
     assert [(r.reason, r.actor) for r in refused] == [("UNLOCK", "env")]
     assert api.post("/api/v1/devices/U2/unlock").status == 200  # per device
+
+
+def _burst_to(ports, path, bodies):
+    """Every body at once to `path`, alternately to each process; (status, body) for each."""
+    barrier = threading.Barrier(len(bodies))
+
+    def attempt(i):
+        barrier.wait()
+        return _post(ports[i % 2], bodies[i], path=path)
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(attempt, range(len(bodies))))
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_lifecycle_bursts_across_two_processes_hold_the_budget_and_use_codes_once(two_processes, database):
+    """The lifecycle's new state changes under the same attack: wrong confirmations and wrong resync pairs
+    to a fresh device get exactly the budget checked; one recovery code sent 40 times is accepted once, and
+    wrong recovery codes get exactly the budget checked."""
+    ports = two_processes
+    status, body = _post(
+        ports[0], {"device_id": "PENDING", "user_id": "victim", "confirm": True}, path="/api/v1/devices/register"
+    )
+    assert status == 201 and body["data"]["status"] == "pending"
+    bodies = [{"otp": code} for code in _wrong_codes(body["data"], 40)]
+    results = _burst_to(ports, "/api/v1/devices/PENDING/confirm", bodies)
+    assert sorted(status for status, _ in results) == [200] * 5 + [429] * 35
+    with database.connection_context():
+        assert Device.get_by_id("PENDING").failed_attempts == 5
+
+    reg = _register(ports[1], "DRIFTY")
+    now_step = totp.time_step(time.time())
+    key = base64.b64decode(reg["derived_key"])
+    pairs = [(totp.hotp(key, now_step + k), totp.hotp(key, now_step + k + 2)) for k in range(-20, 20)]
+    results = _burst_to(ports, "/api/v1/devices/DRIFTY/resync", [{"otp1": a, "otp2": b} for a, b in pairs])
+    assert sorted(status for status, _ in results) == [200] * 5 + [429] * 35
+    assert all(body["data"]["reason"] == "INVALID_CODE" for status, body in results if status == 200)
+
+    status, body = _post(ports[0], {}, path="/api/v1/users/victim/recovery-codes")
+    assert status == 201
+    code = body["data"]["codes"][0]
+    results = _burst_to(ports, "/api/v1/users/victim/recovery-codes/verify", [{"code": code}] * 40)
+    assert sorted(body["data"].get("reason", "ACCEPTED") for _, body in results) == ["ACCEPTED"] + ["REPLAYED"] * 39
+    wrong = [{"code": f"2222-3333-{n:02d}AA".replace("0", "Z").replace("1", "Y")} for n in range(40)]
+    results = _burst_to(ports, "/api/v1/users/victim/recovery-codes/verify", wrong)
+    assert sorted(status for status, _ in results) == [200] * 5 + [429] * 35
+    refused = [body["error"]["code"] for status, body in results if status == 429]
+    assert set(refused) == {"RECOVERY_CODES_LOCKED"}
+    with database.connection_context():
+        checked = AuditLog.select().where(
+            (AuditLog.action == "RECOVERY_CODE_VERIFICATION") & (AuditLog.reason == "INVALID_CODE")
+        )
+        assert checked.count() == 5
