@@ -587,6 +587,8 @@ def _refuse(transition: Transition) -> NoReturn:
     verdict, device_id = transition.verdict, transition.device_id
     if verdict == "MALFORMED_CODE":
         raise transition.details["error"]
+    if verdict == "ENROLLMENT_EXPIRED":  # this request recorded the expiry
+        metrics.ENROLLMENTS_EXPIRED.inc()
     if verdict == "DEVICE_LOCKED":
         if transition.details.get("hard"):
             raise errors.DeviceLocked(
@@ -617,8 +619,6 @@ def _confirmed(transition: Transition) -> dict[str, Any]:
     if transition.verdict in ("INVALID_CODE", "REPLAYED"):
         metrics.CONFIRMATIONS.labels("invalid").inc()
         return _failed(transition, {"device_id": transition.device_id, "valid": False, "status": "pending"})
-    if transition.verdict == "ENROLLMENT_EXPIRED":
-        metrics.ENROLLMENTS_EXPIRED.inc()
     _refuse(transition)
 
 
@@ -629,8 +629,6 @@ def _resynced(transition: Transition) -> dict[str, Any]:
     if transition.verdict in ("INVALID_CODE", "REPLAYED"):
         metrics.RESYNCS.labels("failed").inc()
         return _failed(transition, {"device_id": transition.device_id, "resynced": False})
-    if transition.verdict == "ENROLLMENT_EXPIRED":
-        metrics.ENROLLMENTS_EXPIRED.inc()
     _refuse(transition)
 
 

@@ -422,3 +422,31 @@ def test_code_lookup_over_http_checks_its_range(api, clock):
     assert (naive.status, naive.body["error"]["field"]) == (400, "to")
     ok = api.post("/api/v1/devices/L1/code-lookup", base | {"to": "2025-11-26T23:59:59+00:00"})
     assert ok.status == 200 and ok.body["data"]["device_id"] == "L1"
+
+
+def test_every_server_process_sweeps_expired_enrolments(settings, database, clock):
+    """The sweep `serve` runs in each process records expiries nobody asked about."""
+    import asyncio
+
+    from otp_service.app import build_state
+    from otp_service.server import expire_enrolments
+
+    state = build_state(settings, database, clock)
+
+    async def run():
+        state.service.start()
+        await state.service.register("IDLE", "alice", CTX, confirm=True)
+        clock.advance(601)
+        sweeping = asyncio.ensure_future(expire_enrolments(state, every=0.01))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if audit_rows(database, action="ENROLLMENT_EXPIRED"):
+                break
+        sweeping.cancel()
+
+    try:
+        asyncio.run(run())
+    finally:
+        state.service.close()
+    rows = audit_rows(database, action="ENROLLMENT_EXPIRED")
+    assert [(r.device_id, r.actor) for r in rows] == [("IDLE", "otp-service")]
