@@ -130,6 +130,7 @@ def start_service(config: Config, url: str, port: int, workdir: Path, extra: dic
         "MASTER_SECRET": MASTER_SECRET,
         "API_KEY": API_KEY,
         "METRICS_TOKEN": METRICS_TOKEN,
+        "AUDIT_SIGNING_KEY": "YmVuY2gtYXVkaXQtc2lnbmluZy1rZXktMzItYnl0ZXM=",  # 32 bytes: benchmarks only
         "ENVIRONMENT": "production",
         "PORT": str(port),
         "HOST": "127.0.0.1",

@@ -19,6 +19,7 @@ from . import __version__
 from .config import ConfigError, Settings, database_url, environment, read
 
 DEV_SECRETS_FILE = Path(".dev-secrets")
+DEV_SECRETS = ("MASTER_SECRET", "API_KEY", "AUDIT_SIGNING_KEY")  # 32 random bytes each (URL-safe base64)
 
 
 def _dev_environment() -> dict[str, str]:
@@ -35,7 +36,7 @@ def _dev_environment() -> dict[str, str]:
             name, sep, value = line.partition("=")
             if sep:
                 stored[name.strip()] = value.strip()
-    fresh = {name: stored.get(name) or secrets.token_urlsafe(32) for name in ("MASTER_SECRET", "API_KEY")}
+    fresh = {name: stored.get(name) or secrets.token_urlsafe(32) for name in DEV_SECRETS}
     if fresh != {k: stored.get(k) for k in fresh}:
         # Created readable by its owner only (not written first and restricted after).
         descriptor = os.open(DEV_SECRETS_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -264,6 +265,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
     from . import clients
     from .database import UNAVAILABLE_ERRORS, open_database, pending_migrations
     from .report_runner import ReportError, parse_day
+    from .service import build_service
 
     try:
         expires = None
@@ -281,17 +283,19 @@ def cmd_clients(args: argparse.Namespace) -> int:
     except (ValueError, ReportError) as exc:
         return _fail(str(exc))
     try:
-        database = open_database(_database_url(args), 1, read(os.environ, ["DB_TIMEOUT"])["db_timeout"])
+        settings = Settings.from_env(_with_url(args))
+        database = open_database(settings.database_url, 1, settings.db_timeout)
         if pending_migrations(database):
             return _fail("the database schema is out of date: run `python -m otp_service migrate` first", 1)
+        journal = build_service(settings, database).journal  # client changes are audited like the rest
         with database.connection_context(), database.atomic():
             now = clock.time()
             if args.action == "create":
-                key = clients.create(args.name, scopes, now, expires)
+                key = clients.create(journal, args.name, scopes, now, expires)
             elif args.action == "rotate":
-                key = clients.rotate(args.name, now, timedelta(hours=args.grace_hours))
+                key = clients.rotate(journal, args.name, now, timedelta(hours=args.grace_hours))
             elif args.action == "revoke":
-                clients.revoke(args.name, now)
+                clients.revoke(journal, args.name, now)
             else:
                 rows = clients.listing()
     except ValueError as exc:

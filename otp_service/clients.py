@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .audit import AUDIT_COLUMNS, RequestContext, audit_row
-from .models import Action, ApiClient, AuditLog
+from .audit import RequestContext, audit_row
+from .journal import Journal
+from .models import Action, ApiClient
 from .transitions import AuditEvent, to_datetime
 
 COMMAND_LINE = RequestContext(user_agent="otp-service clients (command line)", actor="command-line")
@@ -136,7 +137,7 @@ class Directory:
 # -- the commands behind `python -m otp_service clients …` (each in the caller's transaction) ----------------
 
 
-def create(name: str, scopes: tuple[str, ...], now: float, expires: datetime | None = None) -> str:
+def create(journal: Journal, name: str, scopes: tuple[str, ...], now: float, expires: datetime | None = None) -> str:
     """A new client; returns its key (shown this once)."""
     check_name(name)
     existing = ApiClient.get_or_none(ApiClient.name == name)
@@ -149,32 +150,36 @@ def create(name: str, scopes: tuple[str, ...], now: float, expires: datetime | N
     else:  # a revoked client's name, given again: a new key and new scopes, nothing of the old one
         fields.update(previous_key_digest=None, previous_valid_until=None, last_used_at=None, revoked_at=None)
         ApiClient.update(**fields).where(ApiClient.id == existing.id).execute()
-    _audit(Action.CLIENT_CREATED, now, {"client": name, "scopes": ",".join(scopes)})
+    _audit(journal, Action.CLIENT_CREATED, now, {"client": name, "scopes": ",".join(scopes)})
     return key
 
 
-def rotate(name: str, now: float, grace: timedelta) -> str:
+def rotate(journal: Journal, name: str, now: float, grace: timedelta) -> str:
     """A new key for `name`; the current one keeps working for `grace`, then stops. Returns the new key."""
     client = _active(name)
     key = new_key()
     client.previous_key_digest, client.previous_valid_until = client.key_digest, to_datetime(now) + grace
     client.key_digest = digest(key)
     client.save()
-    _audit(Action.CLIENT_ROTATED, now, {"client": name, "previous_key_until": client.previous_valid_until.isoformat()})
+    _audit(
+        journal,
+        Action.CLIENT_ROTATED,
+        now,
+        {"client": name, "previous_key_until": client.previous_valid_until.isoformat()},
+    )
     return key
 
 
-def revoke(name: str, now: float) -> None:
+def revoke(journal: Journal, name: str, now: float) -> None:
     client = _active(name)
     client.revoked_at = to_datetime(now)
     client.save()
-    _audit(Action.CLIENT_REVOKED, now, {"client": name})
+    _audit(journal, Action.CLIENT_REVOKED, now, {"client": name})
 
 
-def _audit(action: Action, now: float, data: dict) -> None:
+def _audit(journal: Journal, action: Action, now: float, data: dict) -> None:
     """In the caller's transaction, like the change it records."""
-    row = audit_row(AuditEvent(action, True, None, data), to_datetime(now), None, None, COMMAND_LINE)
-    AuditLog.insert(dict(zip(AUDIT_COLUMNS, row, strict=True))).execute()
+    journal.append([audit_row(AuditEvent(action, True, None, data), to_datetime(now), None, None, COMMAND_LINE)])
 
 
 def listing() -> list[dict]:

@@ -142,6 +142,30 @@ def master_secret(raw: str) -> str:
     return raw
 
 
+def audit_key(raw: str) -> str:
+    """An Ed25519 key (seed or public key): 32 bytes in base64."""
+    if raw:
+        from .integrity import key_bytes
+
+        key_bytes(raw)
+    return raw
+
+
+def named_keys(raw: str) -> dict[str, str]:
+    """'id:base64key' pairs separated by commas."""
+    found: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, key = item.rpartition(":")
+        if not sep or not name or not key:
+            raise ValueError("must be 'key-id:base64-key' pairs separated by commas")
+        try:
+            audit_key(key)
+        except ValueError as exc:
+            raise ValueError(f"key {name!r} {exc}") from None
+        found[name] = key
+    return found
+
+
 @dataclass(frozen=True)
 class Variable:
     name: str
@@ -170,6 +194,13 @@ VARIABLES = (
     Variable("OTP_LOCKOUT_SECONDS", whole(range(1, 3601)), "60"),
     Variable("OTP_HARD_LOCK_FAILURES", optional(whole(range(2, 10001))), ""),  # "": 10 × OTP_MAX_FAILURES
     Variable("OTP_RESYNC_WINDOW", whole(range(1, 201)), "40"),
+    Variable("AUDIT_CHAINS", whole(range(1, 65)), "16"),
+    Variable("AUDIT_SIGNING_KEY", audit_key, ""),
+    Variable("AUDIT_SIGNING_KEY_ID", text, ""),  # "": a fingerprint of the public key
+    Variable("AUDIT_PREVIOUS_SIGNING_KEY", named_keys, ""),
+    Variable("AUDIT_VERIFY_KEYS", named_keys, ""),
+    Variable("AUDIT_CHECKPOINT_SECONDS", whole(range(10, 86401)), "300"),
+    Variable("AUDIT_CHECKPOINT_ROWS", whole(range(100, 10_000_001)), "10000"),
     Variable("ENROLLMENT_CONFIRMATION", choice("optional", "required", fold=True), "optional"),
     Variable("ENROLLMENT_TTL_SECONDS", whole(range(60, 86401)), "600"),
     Variable("RATE_LIMIT_VERIFY", rate, "60/minute"),
@@ -229,6 +260,13 @@ class Settings:
     otp_lockout_seconds: int
     otp_hard_lock_failures: int
     otp_resync_window: int
+    audit_chains: int
+    audit_signing_key: str
+    audit_signing_key_id: str
+    audit_previous_signing_key: dict[str, str]
+    audit_verify_keys: dict[str, str]
+    audit_checkpoint_seconds: int
+    audit_checkpoint_rows: int
     enrollment_confirmation: str
     enrollment_ttl_seconds: int
     rate_limit_verify: str
@@ -312,6 +350,13 @@ class Settings:
         if values["master_secret_version"] in values["master_secrets_previous"]:
             version = values["master_secret_version"]
             raise ConfigError("MASTER_SECRETS_PREVIOUS", f"must not repeat the current version {version}")
+        if not values["audit_signing_key"]:
+            if production:
+                raise ConfigError("AUDIT_SIGNING_KEY", "is required in production (32 random bytes, base64)")
+            from .integrity import new_signing_seed
+
+            values["audit_signing_key"] = new_signing_seed()
+            generated.append("AUDIT_SIGNING_KEY")
         return cls(**values, generated=tuple(generated))
 
 

@@ -47,6 +47,8 @@ class Action(StrEnum):
     RECOVERY_CODE_VERIFICATION = "RECOVERY_CODE_VERIFICATION"
     RECOVERY_CODES_LOCKED = "RECOVERY_CODES_LOCKED"
     CODE_LOOKUP = "CODE_LOOKUP"  # an investigator asked when a code was valid
+    USER_ERASED = "USER_ERASED"  # a user's devices, recovery codes and personal data removed (by pseudonym)
+    AUDIT_PRUNED = "AUDIT_PRUNED"  # audit rows before a date exported and removed (retention)
 
 
 class BaseModel(Model):
@@ -94,9 +96,42 @@ class AuditLog(BaseModel):
     request_id = CharField(max_length=64, null=True)
     additional_data = TextField(null=True)  # JSON
     actor = CharField(max_length=64, null=True)  # the API client that asked (None: the service itself)
+    # Tamper evidence (`integrity`, `journal`): the row's chain, its place in it, and its link hash; the
+    # keyed digest of its personal fields and its subject's pseudonym, which an erasure leaves in place.
+    chain = IntegerField(null=True)  # None: written before the chains existed
+    seq = BigIntegerField(null=True)
+    entry_hash = CharField(max_length=64, null=True)
+    personal = CharField(max_length=64, null=True)
+    subject = CharField(max_length=64, null=True)
 
     class Meta:
         table_name = "audit_logs"
+
+
+class AuditChain(BaseModel):
+    """The head of one audit chain: how many rows it has had and the last one's hash."""
+
+    chain = IntegerField(primary_key=True)
+    seq = BigIntegerField(default=0)
+    head = CharField(max_length=64)
+    floor_seq = BigIntegerField(default=0)  # rows up to here were pruned…
+    floor_hash = CharField(max_length=64)  # …and the chain goes on from this hash
+
+    class Meta:
+        table_name = "audit_chains"
+
+
+class AuditCheckpoint(BaseModel):
+    """Every chain's head at a time, signed (Ed25519) by the signing key (at a rotation, by two)."""
+
+    id = AutoField()
+    created_at = DateTimeField(index=True)
+    reason = CharField(max_length=16)
+    payload = TextField()  # the signed JSON: time, reason, heads (and for a prune, what was removed)
+    signatures = TextField()  # JSON: key id -> base64 signature
+
+    class Meta:
+        table_name = "audit_checkpoints"
 
 
 class RecoveryCodes(BaseModel):
@@ -147,4 +182,4 @@ class Report(BaseModel):
         table_name = "reports"
 
 
-ALL_MODELS = (Device, AuditLog, Report, ApiClient, RecoveryCodes)
+ALL_MODELS = (Device, AuditLog, Report, ApiClient, RecoveryCodes, AuditChain, AuditCheckpoint)

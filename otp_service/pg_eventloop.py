@@ -175,7 +175,7 @@ class EventLoopStore:
         self.writes = GroupCommit(
             pool,
             sync.apply_statement,
-            lambda items: store.apply_args(items, sync.sender),
+            lambda items: store.apply_args(items, sync.sender, sync.journal),
             lambda rows, items: store.apply_results(rows, len(items)),
             metrics.APPLY_BATCH_SIZE,
             rolled_back=(False, UNKNOWN),  # undone whole (a deadlock): read again

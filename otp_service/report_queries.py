@@ -1,7 +1,7 @@
 """The report queries: every figure is aggregated by the database (GROUP BY) and only the
 summary comes back as a small DataFrame, so a report over millions of audit rows stays fast
-and small. Works on SQLite and PostgreSQL alike; the few dialect differences live in `_day`
-and `_epoch`.
+and small. Works on SQLite and PostgreSQL alike; the few dialect differences live in `_day`,
+`_epoch` and `_json_field`.
 
 Periods are half-open, [start, end), in naive UTC like the stored timestamps.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
-from peewee import SQL, Case, Database, fn
+from peewee import JOIN, SQL, Case, Database, NodeList, fn
 
 from .database import is_postgres, open_database
 from .models import Action, AuditLog, Device, db
@@ -33,10 +33,19 @@ def _day(column):
 
 
 def _epoch(column):
-    """Seconds since 1970 of a timestamp column, as an integer."""
+    """Whole seconds since 1970 of a timestamp column, as an integer (truncated on both: a cast alone would
+    round on PostgreSQL, putting a time late in a second into the next one)."""
     if is_postgres(db.obj):
-        return fn.date_part("epoch", column).cast("BIGINT")
+        return fn.floor(fn.date_part("epoch", column)).cast("BIGINT")
     return fn.strftime("%s", column).cast("INTEGER")
+
+
+def _json_field(column, key: str, sql_type: str):
+    """A top-level field of a JSON text column (an audit row's additional_data) as `sql_type` ("BIGINT" or
+    "BOOLEAN"); NULL where the row has no such field."""
+    if is_postgres(db.obj):
+        return NodeList((column.cast("json"), SQL("->>"), key), parens=True).cast(sql_type)
+    return fn.json_extract(column, f"$.{key}").cast(sql_type)
 
 
 def _frame(query, columns: list[str]) -> pd.DataFrame:
@@ -248,9 +257,18 @@ def registrations_per_day(start: datetime, end: datetime) -> pd.DataFrame:
 
 
 def device_states(as_of: datetime) -> pd.DataFrame:
-    """Devices registered before `as_of`, by state at `as_of`."""
+    """Devices registered before `as_of`, by state at `as_of`: an enrolment never confirmed is "awaiting
+    confirmation" until its deadline and "enrolment expired" after it (as `queries.device_info` tells them)."""
+    ended = Device.deactivated_at.is_null(False) & (Device.deactivated_at < as_of)
+    pending = Device.pending_until.is_null(False)
     state = Case(
-        None, [((Device.deactivated_at.is_null(False)) & (Device.deactivated_at < as_of), "deactivated")], "active"
+        None,
+        [
+            (pending & (ended | (Device.pending_until <= as_of)), "enrolment expired"),
+            (ended, "deactivated"),
+            (pending, "awaiting confirmation"),
+        ],
+        "active",
     )
     query = (
         Device.select(state.alias("state"), fn.COUNT(Device.device_id))
@@ -308,6 +326,122 @@ def parameter_mix() -> pd.DataFrame:
         .order_by(SQL("n").desc(), Device.algorithm, Device.digits)
     )
     return _frame(query, ["algorithm", "digits", "interval", "devices"])
+
+
+LIFECYCLE_ACTIONS = (
+    Action.DEVICE_CONFIRMED,
+    Action.ENROLLMENT_EXPIRED,
+    Action.DEVICE_RESYNCED,
+    Action.DRIFT_RESET,
+    Action.RECOVERY_CODES_ISSUED,
+    Action.RECOVERY_CODE_VERIFICATION,
+    Action.RECOVERY_CODES_LOCKED,
+)
+
+
+def lifecycle_totals(start: datetime, end: datetime) -> dict[str, int | float | None]:
+    """Enrolment, resynchronisation and recovery in the period, each an audit row count: enrolments
+    registered pending, confirmed and expired (the confirmation rate is confirmed / (confirmed + expired),
+    None when neither happened), wrong confirmation codes; resyncs by outcome, verifications re-centred
+    on the server's clock, drift resets; recovery code sets issued, codes used and refused by reason, locks."""
+    counts = {
+        (action, bool(success), reason): n
+        for action, success, reason, n in AuditLog.select(
+            AuditLog.action, AuditLog.success, AuditLog.reason, fn.COUNT(AuditLog.id)
+        )
+        .where(_in_period(start, end) & AuditLog.action.in_(LIFECYCLE_ACTIONS))
+        .group_by(AuditLog.action, AuditLog.success, AuditLog.reason)
+        .tuples()
+    }
+
+    def count(action: str, success: bool | None = None, reason: str | None = None) -> int:
+        return sum(
+            n
+            for (a, s, r), n in counts.items()
+            if a == action and (success is None or s == success) and (reason is None or r == reason)
+        )
+
+    def refused(action: str) -> dict[str, int]:
+        wrong, used = count(action, False, "INVALID_CODE"), count(action, False, "REPLAYED")
+        return {"wrong": wrong, "used": used, "other": count(action, False) - wrong - used}
+
+    confirmed, expired = count(Action.DEVICE_CONFIRMED, True), count(Action.ENROLLMENT_EXPIRED)
+    resyncs, codes = refused(Action.DEVICE_RESYNCED), refused(Action.RECOVERY_CODE_VERIFICATION)
+    return {
+        "enrolments_pending": _count_with(Action.DEVICE_REGISTERED, "pending", "BOOLEAN", start, end),
+        "enrolments_confirmed": confirmed,
+        "enrolments_expired": expired,
+        "confirmation_rate_percent": round(100.0 * confirmed / (confirmed + expired), 2)
+        if confirmed + expired
+        else None,
+        "confirmation_codes_wrong": count(Action.DEVICE_CONFIRMED, False, "INVALID_CODE"),
+        "resyncs_succeeded": count(Action.DEVICE_RESYNCED, True),
+        "resyncs_refused_wrong": resyncs["wrong"],
+        "resyncs_refused_used": resyncs["used"],
+        "resyncs_refused_other": resyncs["other"],
+        "drift_recentred": _count_with(VERIFY, "recentred_from", "BIGINT", start, end),
+        "drift_resets": count(Action.DRIFT_RESET, True),
+        "recovery_sets_issued": count(Action.RECOVERY_CODES_ISSUED, True),
+        "recovery_codes_used": count(Action.RECOVERY_CODE_VERIFICATION, True),
+        "recovery_codes_refused_wrong": codes["wrong"],
+        "recovery_codes_refused_used": codes["used"],
+        "recovery_codes_refused_other": codes["other"],
+        "recovery_code_locks": count(Action.RECOVERY_CODES_LOCKED),
+    }
+
+
+def _count_with(action: str, key: str, sql_type: str, start: datetime, end: datetime) -> int:
+    """Successful `action` rows in the period whose data has `key` (set and, for a BOOLEAN, true)."""
+    field = _json_field(AuditLog.additional_data, key, sql_type)
+    where = field if sql_type == "BOOLEAN" else field.is_null(False)
+    return (
+        AuditLog.select(fn.COUNT(AuditLog.id))
+        .where(_in_period(start, end) & (AuditLog.action == action) & AuditLog.success & where)
+        .scalar()
+    )
+
+
+def confirmation_times(start: datetime, end: datetime) -> pd.DataFrame:
+    """How long the enrolments confirmed in the period took: seconds from the registration (the device's
+    latest before its confirmation) to the confirming code, and how many enrolments took that long."""
+    registered = AuditLog.alias("registered")
+    seconds = _epoch(AuditLog.timestamp) - _epoch(fn.MAX(registered.timestamp))
+    each = (
+        AuditLog.select(seconds.alias("seconds"))
+        .join(
+            registered,
+            on=(registered.device_id == AuditLog.device_id)
+            & (registered.action == Action.DEVICE_REGISTERED)
+            & registered.success
+            & (registered.id < AuditLog.id),
+        )
+        .where(_in_period(start, end) & (AuditLog.action == Action.DEVICE_CONFIRMED) & AuditLog.success)
+        .group_by(AuditLog.id, AuditLog.timestamp)
+        .alias("confirmed")
+    )
+    query = each.select_from(each.c.seconds, fn.COUNT(SQL("*"))).group_by(each.c.seconds).order_by(each.c.seconds)
+    return _frame(query, ["seconds", "enrolments"])
+
+
+def median_seconds(times: pd.DataFrame) -> float | None:
+    """The median of `confirmation_times` (None: no enrolment was confirmed)."""
+    if times.empty:
+        return None
+    return float(times["seconds"].repeat(times["enrolments"]).median())
+
+
+def resync_offsets(start: datetime, end: datetime) -> pd.DataFrame:
+    """The clock offsets successful resyncs found in the period, in time steps (positive: the phone's clock
+    is ahead), with the device's step length in seconds, and how many resyncs found each."""
+    offset = _json_field(AuditLog.additional_data, "offset", "BIGINT")
+    query = (
+        AuditLog.select(offset.alias("offset_steps"), Device.interval, fn.COUNT(AuditLog.id))
+        .join(Device, JOIN.LEFT_OUTER, on=(Device.device_id == AuditLog.device_id))
+        .where(_in_period(start, end) & (AuditLog.action == Action.DEVICE_RESYNCED) & AuditLog.success)
+        .group_by(SQL("offset_steps"), Device.interval)
+        .order_by(SQL("offset_steps"), Device.interval)
+    )
+    return _frame(query, ["offset_steps", "step_seconds", "resyncs"])
 
 
 def _stringify_times(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

@@ -28,12 +28,13 @@ from urllib.parse import quote, urlencode
 import segno
 from peewee import Database
 
-from . import errors, lifecycle, metrics, queries, recovery, totp, verification
+from . import errors, integrity, lifecycle, metrics, queries, recovery, totp, verification
 from .audit import SYSTEM, RequestContext, audit_row
 from .clients import Caller, Directory
 from .config import Settings
 from .database import UNAVAILABLE_ERRORS, open_database
 from .engine import Engine, Plan
+from .journal import Journal
 from .keys import Keyring, KeyUnavailable, key_fingerprint
 from .models import Action, Report
 from .pg_eventloop import AsyncPool, EventLoopStore, StateListener
@@ -71,7 +72,8 @@ class OtpService:
             hard_lock_failures=settings.otp_hard_lock_failures,
             resync_window=settings.otp_resync_window,
         )
-        self.store = open_store(database)
+        self.journal = Journal(database, keyring.purpose_key(integrity.PURPOSE), settings.audit_chains)
+        self.store = open_store(database, self.journal)
         self.engine = Engine(self.store)
         self.clients = Directory(settings.api_keys, clock)
 

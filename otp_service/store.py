@@ -17,6 +17,7 @@ every transition is read, decided and applied in one IMMEDIATE transaction.
 from __future__ import annotations
 
 import json
+import random
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -26,7 +27,8 @@ from peewee import Database
 
 from .audit import AUDIT_COLUMNS, RequestContext, audit_row
 from .database import is_postgres
-from .models import AuditLog, Device, RecoveryCodes
+from .journal import CHAIN_COLUMNS, Journal
+from .models import Device, RecoveryCodes
 from .recovery import RecoveryState
 from .transitions import STATE_COLUMNS, DeviceState, Transition
 
@@ -64,7 +66,8 @@ _PG_TYPES = {
 _EVENT_TYPES = ("timestamp", "text", "bool", "text", "text", "text", "text", "text", "text", "text", "text")
 _T_KEYS = ("i", "device_id", "expected", "writes", *_NEW_COLUMNS)
 _NO_ROW = (None,) * len(_NEW_COLUMNS)
-_E_KEYS = ("i", "n", *AUDIT_COLUMNS)
+_E_KEYS = ("i", "n", *AUDIT_COLUMNS, "personal", "subject", "content")
+_AUDIT_OUT = ", ".join((*AUDIT_COLUMNS, *CHAIN_COLUMNS))
 
 
 def _elements(names: Sequence[str], types: Sequence[str], alias: str) -> str:
@@ -81,10 +84,10 @@ def _elements(names: Sequence[str], types: Sequence[str], alias: str) -> str:
 # exist), whether it writes the row, then the row to write — and audit rows: i of their transition, n
 # their order, then the audit columns.
 APPLY = f"""
-WITH t AS (
+WITH RECURSIVE t AS (
     SELECT * FROM {_elements(_T_KEYS, ("int", "text", "bigint", "bool", *(_PG_TYPES[c] for c in _NEW_COLUMNS)), "t")}
 ), ev AS (
-    SELECT * FROM {_elements(_E_KEYS, ("int", "int", *_EVENT_TYPES), "e")}
+    SELECT * FROM {_elements(_E_KEYS, ("int", "int", *_EVENT_TYPES, "text", "text", "text"), "e")}
 ), mine AS (
     SELECT d.device_id FROM devices d JOIN t ON d.device_id = t.device_id  -- a stale row is not even locked
     WHERE t.writes AND d.version = t.expected FOR UPDATE OF d SKIP LOCKED
@@ -105,9 +108,31 @@ WITH t AS (
     SELECT i FROM upd
     UNION ALL SELECT t.i FROM t JOIN ins ON ins.device_id = t.device_id
     UNION ALL SELECT i FROM unchanged
+), evs AS (  -- the audit rows to write, numbered in order
+    SELECT e.*, row_number() OVER (ORDER BY e.n) AS k FROM ev e JOIN applied a ON a.i = e.i
+), free AS (  -- a chain nobody is extending now (`journal`), starting from a random one
+    SELECT chain, seq, head FROM audit_chains WHERE chain < %s::int AND EXISTS (SELECT FROM evs)
+    ORDER BY mod(chain + %s::int, %s::int) LIMIT 1 FOR UPDATE SKIP LOCKED
+), busy AS (  -- all are being extended: wait for one
+    SELECT chain, seq, head FROM audit_chains
+    WHERE chain = %s::int AND EXISTS (SELECT FROM evs) AND NOT EXISTS (SELECT FROM free) FOR UPDATE
+), ch AS (
+    SELECT * FROM free UNION ALL SELECT * FROM busy
+), linked AS (  -- entry_hash = sha256(previous entry_hash || content hash), row after row
+    SELECT e.k, encode(sha256(decode(c.head, 'hex') || decode(e.content, 'hex')), 'hex') AS h
+    FROM evs e CROSS JOIN ch c WHERE e.k = 1
+    UNION ALL
+    SELECT e.k, encode(sha256(decode(l.h, 'hex') || decode(e.content, 'hex')), 'hex')
+    FROM linked l JOIN evs e ON e.k = l.k + 1
 ), logged AS (
-    INSERT INTO audit_logs ({", ".join(AUDIT_COLUMNS)})
-    SELECT {", ".join(f"e.{c}" for c in AUDIT_COLUMNS)} FROM ev e JOIN applied a ON a.i = e.i ORDER BY e.n
+    INSERT INTO audit_logs ({_AUDIT_OUT})
+    SELECT {", ".join(f"e.{c}" for c in AUDIT_COLUMNS)}, c.chain, c.seq + e.k, l.h, e.personal, e.subject
+    FROM evs e JOIN linked l ON l.k = e.k CROSS JOIN ch c ORDER BY e.k
+    RETURNING 1
+), extended AS (
+    UPDATE audit_chains a
+    SET seq = c.seq + (SELECT count(*) FROM evs), head = (SELECT h FROM linked ORDER BY k DESC LIMIT 1)
+    FROM ch c WHERE a.chain = c.chain AND EXISTS (SELECT FROM evs)
 ), told AS (  -- the new states, for the other processes that remember these devices (delivered on commit),
     -- a few to a notification (a payload holds 8000 bytes): the transitions' own elements of the batch,
     -- as sent, after the sender's name
@@ -122,6 +147,8 @@ LEFT JOIN (  -- the state that won, for a transition that did not apply (read on
     WHERE NOT EXISTS (SELECT FROM applied x WHERE x.i = m.i)
 ) d ON d.i = t.i
 WHERE (SELECT count(*) FROM told) >= 0  -- makes the notifications happen (a plain SELECT in WITH runs only if read)
+-- and fails the statement (division by zero) rather than let an audit row go unwritten
+AND 1 / (CASE WHEN (SELECT count(*) FROM logged) = (SELECT count(*) FROM evs) THEN 1 ELSE 0 END) = 1
 """
 READ = f"SELECT {_COLUMNS} FROM devices WHERE device_id = ANY(%s::text[])"
 _TIMES = [n for n, c in enumerate(STATE_COLUMNS) if _PG_TYPES[c] == "timestamp"]
@@ -140,8 +167,11 @@ def states_from_notification(payload: str) -> tuple[str, list[DeviceState]]:
     return sender, states
 
 
-def apply_args(batch: Sequence[tuple[Transition, RequestContext]], sender: str) -> tuple[str, str, str]:
-    """APPLY's parameters for these transitions: the transitions and their audit rows, as JSON, and who
+def apply_args(
+    batch: Sequence[tuple[Transition, RequestContext]], sender: str, journal: Journal
+) -> tuple[str, str, int, int, int, int, str]:
+    """APPLY's parameters for these transitions: the transitions and their audit rows (with what the chain
+    covers of each), as JSON; how many chains there are and where to start looking for a free one; and who
     sends them (so a process can skip the notifications of its own writes)."""
     rows, events = [], []
     for i, (transition, ctx) in enumerate(batch):
@@ -151,8 +181,9 @@ def apply_args(batch: Sequence[tuple[Transition, RequestContext]], sender: str) 
         user_id = transition.user_id
         for event in transition.events:
             row = audit_row(event, transition.at, transition.device_id, user_id, ctx)
-            events.append((i, len(events), *row))
-    return _ENCODE(rows), _ENCODE(events), sender
+            events.append((i, len(events), *row, *journal.sql_columns(row)))
+    chains, start = journal.chains, random.randrange(journal.chains)
+    return _ENCODE(rows), _ENCODE(events), chains, chains - start, chains, start, sender
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), default=datetime.isoformat).encode  # made once, not per call
@@ -176,8 +207,8 @@ class Store(ABC):
 
     optimistic = True  # decide on a cached or read state and apply if unchanged (else: always apply_locked)
 
-    def __init__(self, database: Database):
-        self.database = database
+    def __init__(self, database: Database, journal: Journal):
+        self.database, self.journal = database, journal
 
     @abstractmethod
     def read(self, device_id: str) -> DeviceState | None:
@@ -202,8 +233,8 @@ class Store(ABC):
         return [DeviceState(*row) for row in query.tuples()]
 
     def record(self, rows: list[tuple]) -> None:
-        """Audit rows (in AUDIT_COLUMNS order) of events that change no device."""
-        AuditLog.insert_many(rows, fields=[getattr(AuditLog, c) for c in AUDIT_COLUMNS]).execute()
+        """Audit rows (in AUDIT_COLUMNS order), into a chain, in the caller's transaction."""
+        self.journal.append(rows)
 
     def pending_expired(self, at: datetime, limit: int) -> list[str]:
         """Ids of enrolments still pending past their deadline (the partial index finds them)."""
@@ -246,8 +277,8 @@ class Store(ABC):
 
 
 class PostgresStore(Store):
-    def __init__(self, database: Database):
-        super().__init__(database)
+    def __init__(self, database: Database, journal: Journal):
+        super().__init__(database, journal)
         self.sender = secrets.token_hex(8)  # names this process's writes in APPLY's notifications
         self.apply_statement = _prepare(database, "otp_apply", APPLY)
         self.read_statement = _prepare(database, "otp_read", READ)
@@ -256,7 +287,8 @@ class PostgresStore(Store):
         return read_results(self.database.execute_sql(self.read_statement, ([device_id],)).fetchall(), [device_id])[0]
 
     def apply(self, transition: Transition, ctx: RequestContext) -> Applied:
-        rows = self.database.execute_sql(self.apply_statement, apply_args([(transition, ctx)], self.sender)).fetchall()
+        args = apply_args([(transition, ctx)], self.sender, self.journal)
+        rows = self.database.execute_sql(self.apply_statement, args).fetchall()
         return apply_results(rows, 1)[0]
 
     def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:
@@ -303,8 +335,8 @@ class SqliteStore(Store):
         return transition
 
 
-def open_store(database: Database) -> Store:
-    return PostgresStore(database) if is_postgres(database) else SqliteStore(database)
+def open_store(database: Database, journal: Journal) -> Store:
+    return PostgresStore(database, journal) if is_postgres(database) else SqliteStore(database, journal)
 
 
 def _prepare(database: Database, name: str, sql: str) -> str:

@@ -200,9 +200,15 @@ class FakeClock:
         self.now += seconds
 
 
+RESET_POSTGRES = """
+TRUNCATE devices, audit_logs, reports, api_clients, recovery_codes, audit_checkpoints RESTART IDENTITY;
+UPDATE audit_chains SET seq = 0, head = repeat('0', 64), floor_seq = 0, floor_hash = repeat('0', 64);
+"""
+
+
 def _reset_postgres(database) -> None:
     with database.connection_context():
-        database.execute_sql("TRUNCATE devices, audit_logs, reports, api_clients, recovery_codes RESTART IDENTITY")
+        database.execute_sql(RESET_POSTGRES)
 
 
 _pg_migrated = False

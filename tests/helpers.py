@@ -44,3 +44,13 @@ def at_once(count: int, attempt) -> list:
 
     with ThreadPoolExecutor(max_workers=count) as pool:
         return list(pool.map(released, range(count)))
+
+
+def journal_for(database):
+    """The audit writer the test service uses (same pseudonym key), for tests that write audit rows directly."""
+    from otp_service import integrity
+    from otp_service.journal import Journal
+    from otp_service.keys import Keyring
+    from tests.conftest import MASTER_SECRET
+
+    return Journal(database, Keyring({1: MASTER_SECRET}, 1).purpose_key(integrity.PURPOSE), 16)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
+AUDIT_SIGNING_KEY = "dGVzdC1hdWRpdC1zaWduaW5nLWtleS0zMi1ieXRlcyE="  # 32 bytes, base64: tests only
 
 
 def free_port() -> int:
@@ -41,6 +42,7 @@ def production_env(database_url: str, api_key: str, **extra: str) -> dict[str, s
         "MASTER_SECRET": "m" * 40,
         "API_KEY": api_key,
         "METRICS_TOKEN": METRICS_TOKEN,
+        "AUDIT_SIGNING_KEY": AUDIT_SIGNING_KEY,
         "RATE_LIMIT_VERIFY": "1000000/minute",
         "RATE_LIMIT_DEFAULT": "1000000/minute",
         **extra,

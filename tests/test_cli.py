@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY, MASTER_SECRET
-from tests.serving import METRICS_TOKEN, free_port, http, output, run_cli, start_cli, wait_healthy
+from tests.serving import AUDIT_SIGNING_KEY, METRICS_TOKEN, free_port, http, output, run_cli, start_cli, wait_healthy
 
-PROD = {"ENVIRONMENT": "production", "MASTER_SECRET": MASTER_SECRET, "API_KEY": API_KEY, "METRICS_TOKEN": METRICS_TOKEN}
+PROD = {
+    "ENVIRONMENT": "production",
+    "MASTER_SECRET": MASTER_SECRET,
+    "API_KEY": API_KEY,
+    "METRICS_TOKEN": METRICS_TOKEN,
+    "AUDIT_SIGNING_KEY": AUDIT_SIGNING_KEY,
+}
 
 
 @pytest.mark.parametrize(
@@ -22,6 +28,8 @@ PROD = {"ENVIRONMENT": "production", "MASTER_SECRET": MASTER_SECRET, "API_KEY": 
         ({**PROD, "DEBUG": "true"}, "DEBUG"),
         ({**PROD, "METRICS_TOKEN": ""}, "METRICS_TOKEN"),
         ({**PROD, "METRICS_TOKEN": "short-token"}, "METRICS_TOKEN"),
+        ({**PROD, "AUDIT_SIGNING_KEY": ""}, "AUDIT_SIGNING_KEY"),
+        ({**PROD, "AUDIT_SIGNING_KEY": "c2hvcnQ="}, "AUDIT_SIGNING_KEY"),
         ({"OTP_DIGITS": "9"}, "OTP_DIGITS"),
         ({"DATABASE_URL": "ftp://x"}, "DATABASE_URL"),
     ],

@@ -7,14 +7,14 @@ import pytest
 from otp_service import clients
 from otp_service.models import ApiClient
 from tests.conftest import ISSUED_KEYS, settings_for
-from tests.helpers import audit_rows, code_at, wrong_code
+from tests.helpers import audit_rows, code_at, journal_for, wrong_code
 
 SCOPES = ("verify", "enroll", "manage", "read", "reports", "metrics", "admin")
 
 
 def make_client(database, name, scopes, expires=None):
     with database.connection_context(), database.atomic():
-        key = clients.create(name, clients.parse_scopes(scopes), time.time(), expires)
+        key = clients.create(journal_for(database), name, clients.parse_scopes(scopes), time.time(), expires)
     ISSUED_KEYS.add(key)  # the secrets scan: never in a log line, an audit row or another response
     return key
 
@@ -104,14 +104,16 @@ def test_rotation_grace_revocation_and_expiry(make_server, db_url, database, mon
     old = make_client(database, "billing", "read")
     assert api.get("/api/v1/stats", auth=old).status == 200
     with database.connection_context(), database.atomic():
-        new = clients.rotate("billing", time.time(), grace=__import__("datetime").timedelta(hours=1))
+        new = clients.rotate(
+            journal_for(database), "billing", time.time(), grace=__import__("datetime").timedelta(hours=1)
+        )
     ISSUED_KEYS.add(new)
     assert api.get("/api/v1/stats", auth=new).status == 200 and api.get("/api/v1/stats", auth=old).status == 200
     with database.connection_context():  # the grace period is over
         ApiClient.update(previous_valid_until=__import__("datetime").datetime(2000, 1, 1)).execute()
     assert api.get("/api/v1/stats", auth=old).status == 401 and api.get("/api/v1/stats", auth=new).status == 200
     with database.connection_context(), database.atomic():
-        clients.revoke("billing", time.time())
+        clients.revoke(journal_for(database), "billing", time.time())
     assert api.get("/api/v1/stats", auth=new).status == 401
     expired = make_client(database, "temp", "read", expires=__import__("datetime").datetime(2000, 1, 1))
     assert api.get("/api/v1/stats", auth=expired).status == 401

@@ -25,7 +25,11 @@ def test_development_defaults_generate_secrets():
         1,
     )
     assert s.database_url.startswith("sqlite:///")
-    assert len(s.master_secret) >= 32 and s.api_keys and set(s.generated) == {"MASTER_SECRET", "API_KEY"}
+    assert (
+        len(s.master_secret) >= 32
+        and s.api_keys
+        and set(s.generated) == {"MASTER_SECRET", "API_KEY", "AUDIT_SIGNING_KEY"}
+    )
     assert (s.host, s.port, s.trusted_proxy_hops, s.redis_url) == ("127.0.0.1", 8000, 0, "")
 
 
@@ -37,6 +41,7 @@ def test_production_with_secrets():
         MASTER_SECRETS_PREVIOUS="1:" + "o" * 32,
         MASTER_SECRET_VERSION="2",
         METRICS_TOKEN="t" * 32,
+        AUDIT_SIGNING_KEY="A" * 43,
     )
     assert s.production and s.api_keys == ("k" * 20, "j" * 20) and not s.generated
     assert s.master_secrets == {1: "o" * 32, 2: GOOD_SECRET}
@@ -101,7 +106,9 @@ def test_every_variable_has_one_default_and_a_row_in_the_readme():
     defaults = parse()
     for variable in VARIABLES:
         default = variable.parse(variable.default)
-        if variable.name not in ("MASTER_SECRET", "API_KEY") and default is not None:  # generated; derived
+        if (
+            variable.name not in ("MASTER_SECRET", "API_KEY", "AUDIT_SIGNING_KEY") and default is not None
+        ):  # generated; derived
             assert getattr(defaults, variable.field) == default, variable.name
     assert defaults.otp_hard_lock_failures == 10 * defaults.otp_max_failures
     readme = (Path(__file__).parent.parent / "README.md").read_text()

@@ -16,7 +16,7 @@ from otp_service.service import OtpService
 from otp_service.store import PostgresStore
 from otp_service.transitions import UNKNOWN, DeviceState, to_datetime
 from tests.conftest import T0
-from tests.helpers import audit_rows, code_at, wrong_code
+from tests.helpers import audit_rows, code_at, journal_for, wrong_code
 
 CTX = RequestContext("198.51.100.1", "tests", "r")
 AT = to_datetime(T0)
@@ -202,7 +202,7 @@ class Overtaken(PostgresStore):
     """The real store, with another process's wrong code landing just before each optimistic write."""
 
     def __init__(self, database, rival, reg, clock):
-        super().__init__(database)
+        super().__init__(database, journal_for(database))
         self.rival, self.reg, self.clock, self.overtaken = rival, reg, clock, 0
 
     def apply(self, transition, ctx):

@@ -30,7 +30,14 @@ def empty_db_url(backend, tmp_path):
 def test_first_migration_upgrades_to_head(empty_db_url):
     database = open_database(empty_db_url, 2)
     assert migrate(database, target="0001_initial") == ["0001_initial"]
-    later = ["0002_reports", "0003_drop_action_index", "0004_device_version", "0005_api_clients", "0006_lifecycle"]
+    later = [
+        "0002_reports",
+        "0003_drop_action_index",
+        "0004_device_version",
+        "0005_api_clients",
+        "0006_lifecycle",
+        "0007_audit_chains",
+    ]
     assert pending_migrations(database) == later
     with database.connection_context():
         database.execute_sql(

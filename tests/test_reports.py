@@ -1,14 +1,18 @@
 """Demo data, the report queries and the `report` command, on SQLite and (in CI) PostgreSQL."""
 
+import json
 import zipfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from otp_service import report_queries
+from otp_service import errors, report_queries, totp
+from otp_service.audit import RequestContext
 from otp_service.demo_data import generate
 from otp_service.models import AuditLog, Report
 from otp_service.report_runner import NOTEBOOKS_DIR
+from otp_service.transitions import to_datetime
+from tests.helpers import code_at, wrong_code
 from tests.serving import run_cli
 
 START, END = datetime(2026, 2, 1), datetime(2026, 3, 1)
@@ -20,10 +24,32 @@ def totals(database):
         return report_queries.audit_totals(START, END)
 
 
+def lifecycle(database):
+    with database.connection_context():
+        return report_queries.lifecycle_totals(START, END)
+
+
+# What the demo's lifecycle stories leave, each at least once, whatever the seed.
+DEMO_LIFECYCLE = (
+    "enrolments_confirmed",
+    "enrolments_expired",
+    "confirmation_codes_wrong",
+    "resyncs_succeeded",
+    "resyncs_refused_wrong",
+    "drift_recentred",
+    "drift_resets",
+    "recovery_sets_issued",
+    "recovery_codes_used",
+    "recovery_codes_refused_wrong",
+    "recovery_codes_refused_used",
+)
+
+
 def test_demo_data_is_reproducible_for_a_seed(service, database, tmp_path):
     done = generate(service, devices=12, days=10, seed=3, end=DEMO_END)
-    first = totals(database)
+    first, first_lifecycle = totals(database), lifecycle(database)
     assert done["register"] == 12 and first["verifications"] > 100 and first["lockouts"] >= 1
+    assert all(first_lifecycle[measure] >= 1 for measure in DEMO_LIFECYCLE), first_lifecycle
     url = f"sqlite:///{tmp_path}/second.db"
     assert (
         run_cli(
@@ -34,7 +60,7 @@ def test_demo_data_is_reproducible_for_a_seed(service, database, tmp_path):
     from otp_service.database import open_database
 
     other = open_database(url, 1)
-    assert totals(other) == first
+    assert totals(other) == first and lifecycle(other) == first_lifecycle
     other.close_all()
     again = run_cli("demo-data", "--devices", "12", "--days", "10", "--seed", "3", "--database-url", url, cwd=tmp_path)
     assert again.returncode == 1 and "already holds demo devices" in again.stderr
@@ -58,9 +84,11 @@ def test_report_queries_agree_with_the_rows(service, database):
         assert len(set(daily["day"])) == 28 and daily["succeeded"].sum() + daily["failed"].sum() == len(rows)
         episodes = report_queries.brute_force_episodes(START, END, 600, 5)
         assert len(episodes) >= 1 and (episodes["failures"] >= 5).all()
-        assert report_queries.usage_distribution()["devices"].sum() == 10
-        assert report_queries.parameter_mix()["devices"].sum() == 10
-        assert report_queries.drift_distribution()["devices"].sum() == 10
+        devices = len({r.device_id for r in rows if r.action == "DEVICE_REGISTERED" and r.success})
+        assert report_queries.usage_distribution()["devices"].sum() == devices
+        assert report_queries.parameter_mix()["devices"].sum() == devices
+        assert report_queries.drift_distribution()["devices"].sum() == devices
+        assert report_queries.device_states(END)["devices"].sum() == devices
         top = report_queries.top_failing("ip_address", START, END, 3)
         assert top["ip_address"].iloc[0] == "203.0.113.99"  # the simulated attacker
         by_client = report_queries.actions_by_client(START, END)
@@ -73,6 +101,152 @@ def test_report_queries_agree_with_the_rows(service, database):
         assert list(admin["device_id"]) == [r.device_id for r in deactivations] and set(admin["client"]) <= {
             "ops-console"
         }
+        _lifecycle_agrees_with(rows)
+
+
+def _lifecycle_agrees_with(rows: list[AuditLog]) -> None:
+    """The lifecycle figures, recounted here from the rows themselves."""
+
+    def data(row):
+        return json.loads(row.additional_data or "{}")
+
+    def n(action, success=None, reason=None):
+        return sum(
+            r.action == action and (success is None or r.success == success) and (reason is None or r.reason == reason)
+            for r in rows
+        )
+
+    life = report_queries.lifecycle_totals(START, END)
+    assert life["enrolments_pending"] == sum(
+        r.action == "DEVICE_REGISTERED" and r.success and data(r).get("pending") is True for r in rows
+    )
+    assert life["enrolments_confirmed"] == n("DEVICE_CONFIRMED", True)
+    assert life["enrolments_expired"] == n("ENROLLMENT_EXPIRED")
+    assert life["drift_recentred"] == sum(
+        r.action == "OTP_VERIFICATION" and r.success and "recentred_from" in data(r) for r in rows
+    )
+    assert life["resyncs_succeeded"] == n("DEVICE_RESYNCED", True)
+    refused = life["resyncs_refused_wrong"] + life["resyncs_refused_used"] + life["resyncs_refused_other"]
+    assert refused == n("DEVICE_RESYNCED", False)
+    assert life["recovery_codes_used"] == n("RECOVERY_CODE_VERIFICATION", True)
+    assert life["recovery_codes_refused_wrong"] == n("RECOVERY_CODE_VERIFICATION", False, "INVALID_CODE")
+    assert life["recovery_sets_issued"] == n("RECOVERY_CODES_ISSUED", True)
+
+    # each confirmation timed from its device's latest registration before it
+    def whole_seconds(at: datetime) -> int:  # since 1970, as the database counts them (stored times are UTC)
+        return int(at.replace(tzinfo=UTC).timestamp())
+
+    registrations = [r for r in rows if r.action == "DEVICE_REGISTERED" and r.success]
+    expected = []
+    for confirmed in (r for r in rows if r.action == "DEVICE_CONFIRMED" and r.success):
+        mine = [r for r in registrations if r.device_id == confirmed.device_id and r.id < confirmed.id]
+        expected.append(whole_seconds(confirmed.timestamp) - whole_seconds(max(r.timestamp for r in mine)))
+    times = report_queries.confirmation_times(START, END)
+    assert sorted(times["seconds"].repeat(times["enrolments"])) == sorted(expected)
+    offsets = report_queries.resync_offsets(START, END)
+    found = [data(r)["offset"] for r in rows if r.action == "DEVICE_RESYNCED" and r.success]
+    assert sorted(offsets["offset_steps"].repeat(offsets["resyncs"])) == sorted(found)
+
+
+CTX = RequestContext("198.51.100.7", "AcmeBank-iOS/5.2", None, "app")
+
+
+def test_lifecycle_report_counts_a_history_made_through_the_service(service, database, clock):
+    """A small history of every lifecycle outcome, made through the service, and what the report says of it."""
+    day = to_datetime(clock.now).replace(hour=0, minute=0, second=0, microsecond=0)
+    # Enrolments: A after a wrong first code (40 s), B (90 s), C expires (the sweep records it) and is
+    # registered again and confirmed (30 s, timed from the second registration), D needs no confirmation.
+    a = service.register("A", "alice", CTX, confirm=True)
+    clock.advance(20)
+    assert service.confirm("A", wrong_code(a, clock.now), CTX)["reason"] == "INVALID_CODE"
+    clock.advance(20)
+    assert service.confirm("A", code_at(a, clock.now), CTX)["valid"] is True
+    clock.advance(60)
+    b = service.register("B", "bob", CTX, confirm=True)
+    clock.advance(90)
+    assert service.confirm("B", code_at(b, clock.now), CTX)["valid"] is True
+    clock.advance(10)
+    service.register("C", "carol", CTX, confirm=True)
+    clock.advance(601)
+    assert service.expire_pending() == 1
+    clock.advance(99)
+    c = service.register("C", "carol", CTX, confirm=True)
+    clock.advance(30)
+    assert service.confirm("C", code_at(c, clock.now), CTX)["valid"] is True
+    d = service.register("D", "dave", CTX)
+
+    # D's clock is 10 minutes fast: a resync finds +21 steps; a wrong pair, the same pair again; then its
+    # clock is set right (its next code is re-centred), an operator resets the offset, D is deactivated.
+    step = totp.time_step(clock.now)
+
+    def pair(first: int) -> list[str]:  # the codes of two consecutive time steps
+        return [code_at(d, (first + k) * 30 + 1) for k in (0, 1)]
+
+    assert service.resync("D", *pair(step + 20), CTX)["drift"] == 21
+    assert service.resync("D", code_at(d, clock.now, 3), code_at(d, clock.now, 5), CTX)["reason"] == "INVALID_CODE"
+    assert service.resync("D", *pair(step + 20), CTX)["reason"] == "REPLAYED"
+    clock.advance(25 * 30)  # past the steps the resync used up
+    assert service.verify("D", code_at(d, clock.now), CTX)["valid"] is True  # re-centred
+    clock.advance(30)
+    assert service.verify("A", code_at(a, clock.now), CTX)["valid"] is True  # an ordinary sign-in
+    service.reset_drift("D", CTX)
+    service.deactivate("D", CTX)
+    with pytest.raises(errors.DeviceInactive):
+        service.resync("D", *pair(step + 40), CTX)
+
+    # Recovery codes: two sets; one code used, then again; five wrong ones lock the set; one more while locked.
+    codes = service.issue_recovery_codes("alice", CTX)["codes"]
+    service.issue_recovery_codes("bob", CTX)
+    assert service.use_recovery_code("alice", codes[0], CTX)["valid"] is True
+    assert service.use_recovery_code("alice", codes[0], CTX)["reason"] == "REPLAYED"
+    for _ in range(5):
+        assert service.use_recovery_code("alice", "2222-3333-4444", CTX)["reason"] == "INVALID_CODE"
+    with pytest.raises(errors.RecoveryCodesLocked):
+        service.use_recovery_code("alice", codes[1], CTX)
+
+    # Still pending at the end: F's deadline has passed (no sweep yet), E's has not.
+    service.register("F", "frank", CTX, confirm=True)
+    clock.advance(601)
+    service.register("E", "erin", CTX, confirm=True)
+    as_of = to_datetime(clock.now + 60)
+
+    start, end = day, day + timedelta(days=1)
+    with database.connection_context():
+        life = report_queries.lifecycle_totals(start, end)
+        times = report_queries.confirmation_times(start, end)
+        offsets = report_queries.resync_offsets(start, end)
+        states = report_queries.device_states(as_of)
+        before = report_queries.lifecycle_totals(start - timedelta(days=1), start)
+    assert life == {
+        "enrolments_pending": 6,  # A, B, C twice, F, E
+        "enrolments_confirmed": 3,
+        "enrolments_expired": 1,  # F's expiry is not recorded yet
+        "confirmation_rate_percent": 75.0,
+        "confirmation_codes_wrong": 1,
+        "resyncs_succeeded": 1,
+        "resyncs_refused_wrong": 1,
+        "resyncs_refused_used": 1,
+        "resyncs_refused_other": 1,
+        "drift_recentred": 1,
+        "drift_resets": 1,
+        "recovery_sets_issued": 2,
+        "recovery_codes_used": 1,
+        "recovery_codes_refused_wrong": 5,
+        "recovery_codes_refused_used": 1,
+        "recovery_codes_refused_other": 1,
+        "recovery_code_locks": 1,
+    }
+    assert list(times.itertuples(index=False, name=None)) == [(30, 1), (40, 1), (90, 1)]
+    assert report_queries.median_seconds(times) == 40.0
+    assert list(offsets.itertuples(index=False, name=None)) == [(21, 30, 1)]
+    assert dict(zip(states["state"], states["devices"], strict=True)) == {
+        "active": 3,
+        "awaiting confirmation": 1,
+        "deactivated": 1,
+        "enrolment expired": 1,
+    }
+    assert before["enrolments_pending"] == 0 and before["confirmation_rate_percent"] is None
+    assert report_queries.median_seconds(times.iloc[0:0]) is None
 
 
 PASSWORD = "report-pass-0123456789"

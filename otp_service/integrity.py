@@ -1,0 +1,235 @@
+"""Tamper evidence for the audit trail, as pure functions: no database, no clock.
+
+Every audit row belongs to one of K chains and carries its place in it (`seq`) and
+`entry_hash = SHA-256(previous entry_hash ‖ SHA-256(canonical encoding of the row))`. The encoding is a
+JSON array of the row's columns in a fixed order (unambiguous: no separator can be forged into a value),
+with the personal fields — user id, client address, User-Agent — replaced by a keyed digest
+(`personal_digest`, HMAC under a key derived from the master secret). So the personal fields can be erased
+(GDPR art. 17) and the chain still verifies: while they are present, verification checks them against the
+digest; once erased, the row's `subject` (a keyed pseudonym of the user) must be one an erasure recorded.
+
+A chain's first row follows `GENESIS`, or the last hash of a signed tombstone once older rows were pruned.
+Signed checkpoints (Ed25519) bind every chain's head and length at a time, so rewriting a chain, or cutting
+its tail, is caught even by someone who can rewrite every row and the head table.
+
+`ChainCheck` walks one chain's rows in `seq` order and names the first break: edited, deleted, inserted,
+reordered, or tail cut.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+GENESIS = "0" * 64  # the hash before a chain's first row
+PURPOSE = "audit-pseudonyms"  # the keyring purpose of the pseudonym key
+NO_PERSONAL_DATA = (None, None, None)
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def _timestamp(value: datetime | str) -> str:
+    """One text form for a timestamp however the database returned it (SQLite: text; PostgreSQL: datetime)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.isoformat(timespec="microseconds")
+
+
+def personal_digest(key: bytes, user_id: str | None, ip_address: str | None, user_agent: str | None) -> str:
+    """What the chain hashes in place of the personal fields."""
+    return hmac.digest(key, b"personal\x00" + _encode([user_id, ip_address, user_agent]), "sha256").hex()
+
+
+def subject(key: bytes, user_id: str | None) -> str | None:
+    """A user's pseudonym: the same for every row of the user, useless without the key."""
+    return None if user_id is None else hmac.digest(key, b"subject\x00" + user_id.encode("utf-8"), "sha256").hex()
+
+
+class Entry(NamedTuple):
+    """What the chain covers of one audit row (personal fields as their digest)."""
+
+    timestamp: datetime | str
+    action: str
+    success: bool
+    reason: str | None
+    device_id: str | None
+    personal: str  # personal_digest
+    subject: str | None
+    request_id: str | None
+    additional_data: str | None
+    actor: str | None
+
+    def content_hash(self) -> bytes:
+        values = [_timestamp(self.timestamp), self.action, bool(self.success), *self[3:]]
+        return hashlib.sha256(_encode(values)).digest()
+
+
+def link(previous: str, entry: Entry) -> str:
+    """The entry hash of `entry` after `previous` (hex)."""
+    return hashlib.sha256(bytes.fromhex(previous) + entry.content_hash()).hexdigest()
+
+
+def chain_hashes(previous: str, entries: Iterable[Entry]) -> list[str]:
+    hashes = []
+    for entry in entries:
+        previous = link(previous, entry)
+        hashes.append(previous)
+    return hashes
+
+
+# -- signatures ------------------------------------------------------------------------------------------
+
+
+def key_bytes(text: str) -> bytes:
+    """32 bytes written in base64, standard or URL-safe, padded or not (generated secrets come in both)."""
+    text = text.strip().replace("-", "+").replace("_", "/")
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except ValueError:
+        raise ValueError("must be 32 bytes in base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"must be 32 bytes in base64, got {len(raw)} bytes")
+    return raw
+
+
+def signing_key(seed: str) -> Ed25519PrivateKey:
+    """AUDIT_SIGNING_KEY: the 32-byte Ed25519 seed, base64."""
+    return Ed25519PrivateKey.from_private_bytes(key_bytes(seed))
+
+
+def public_key(public: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(key_bytes(public))
+
+
+def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """A key's default id: a short fingerprint of its public key."""
+    return "ed25519:" + hashlib.sha256(base64.b64decode(public_b64(key))).hexdigest()[:16]
+
+
+def public_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return base64.b64encode(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
+
+
+def new_signing_seed() -> str:
+    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+    raw = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    return base64.b64encode(raw).decode("ascii")
+
+
+class Head(NamedTuple):
+    chain: int
+    seq: int  # the last row's place (0: empty)
+    hash: str  # the last row's entry hash (GENESIS: empty)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Every chain's head at a time, and why it was taken; signed by one key or, at a rotation, two."""
+
+    at: str
+    reason: str  # periodic, report, on-demand, rotation, prune, erasure
+    heads: tuple[Head, ...]
+    signatures: dict[str, str] = field(default_factory=dict)  # key id -> base64 signature
+
+    def payload(self) -> bytes:
+        return _encode({"at": self.at, "reason": self.reason, "heads": [list(h) for h in self.heads]})
+
+    def signed(self, keys: dict[str, Ed25519PrivateKey]) -> Checkpoint:
+        signatures = {
+            key_id: base64.b64encode(key.sign(self.payload())).decode("ascii") for key_id, key in keys.items()
+        }
+        return Checkpoint(self.at, self.reason, self.heads, {**self.signatures, **signatures})
+
+    def verified_by(self, keys: dict[str, Ed25519PublicKey]) -> list[str]:
+        """The ids of the known keys whose signature on this checkpoint is valid."""
+        valid = []
+        for key_id, signature in sorted(self.signatures.items()):
+            key = keys.get(key_id)
+            if key is None:
+                continue
+            try:
+                key.verify(base64.b64decode(signature), self.payload())
+            except (InvalidSignature, ValueError):
+                continue
+            valid.append(key_id)
+        return valid
+
+
+# -- verification ----------------------------------------------------------------------------------------
+
+
+class Break(NamedTuple):
+    chain: int
+    kind: str  # edited, deleted, inserted, reordered, tail-cut, personal-data-edited, rewritten
+    seq: int | None
+    row_id: int | None
+    detail: str
+
+
+@dataclass
+class ChainCheck:
+    """Walks one chain's rows in `seq` order (then row id) and keeps the first break."""
+
+    chain: int
+    seq: int = 0  # the last row seen (0 before the first)
+    hash: str = GENESIS
+    last_id: int = 0
+    rows: int = 0
+    first_break: Break | None = None
+    hashes_at: dict[int, str] = field(default_factory=dict)  # seq -> hash, for the checkpoints' seqs
+
+    def feed(self, row_id: int, seq: int, stored_hash: str, entry: Entry, watch: frozenset[int] = frozenset()) -> None:
+        self.rows += 1
+        if self.first_break is not None:
+            return
+        if seq == self.seq:
+            self._break("inserted", seq, row_id, f"a second row with place {seq} in the chain")
+        elif seq > self.seq + 1:
+            missing = seq - self.seq - 1
+            self._break("deleted", self.seq + 1, row_id, f"{missing} row(s) missing before place {seq}")
+        elif link(self.hash, entry) != stored_hash:
+            kind = "reordered" if row_id < self.last_id else "edited"
+            self._break(kind, seq, row_id, "the row's content does not match its hash in the chain")
+        if self.first_break is None:
+            self.seq, self.hash, self.last_id = seq, stored_hash, row_id
+            if seq in watch:
+                self.hashes_at[seq] = stored_hash
+
+    def _break(self, kind: str, seq: int | None, row_id: int | None, detail: str) -> None:
+        self.first_break = Break(self.chain, kind, seq, row_id, detail)
+
+    def finish(self, signed: Head | None, current: Head | None) -> Break | None:
+        """Compare the end of the chain with the last signed checkpoint's head and the live head row."""
+        if self.first_break is None and signed is not None:
+            if self.seq < signed.seq:
+                missing = signed.seq - self.seq
+                self._break("tail-cut", self.seq + 1, None, f"{missing} row(s) after place {self.seq} were removed")
+            elif signed.seq and self.hashes_at.get(signed.seq) != signed.hash:
+                self._break("rewritten", signed.seq, None, "the chain differs from its signed checkpoint")
+        if self.first_break is None and current is not None and self.seq < current.seq:
+            missing = current.seq - self.seq
+            self._break("tail-cut", self.seq + 1, None, f"{missing} row(s) after the last checkpoint were removed")
+        return self.first_break
+
+
+def personal_ok(key: bytes, row: Sequence[Any], digest: str, subject_: str | None, erased: set[str]) -> bool:
+    """The personal fields (user id, address, User-Agent) of `row` match the digest the chain covers — or
+    were erased, for a subject whose erasure is recorded."""
+    user_id, ip_address, user_agent = row
+    if personal_digest(key, user_id, ip_address, user_agent) == digest:
+        return True
+    return (user_id, ip_address, user_agent) == NO_PERSONAL_DATA and subject_ is not None and subject_ in erased
