@@ -46,6 +46,7 @@ def build_state(settings: Settings, database=None, clock=None) -> web.AppState:
             "verify": settings.rate_limit_verify,
             "default": settings.rate_limit_default,
             "unlock": settings.rate_limit_unlock,  # per device, whoever asks
+            "lookup": settings.rate_limit_code_lookup,  # per API client: each lookup costs up to 40,000 HMACs
             **{f"client:{scope}": rate for scope, rate in settings.rate_limit_per_client.items()},
         },
         redis_url=settings.redis_url,

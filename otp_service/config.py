@@ -206,6 +206,7 @@ VARIABLES = (
     Variable("RATE_LIMIT_VERIFY", rate, "60/minute"),
     Variable("RATE_LIMIT_DEFAULT", rate, "120/minute"),
     Variable("RATE_LIMIT_UNLOCK", rate, "10/hour"),
+    Variable("RATE_LIMIT_CODE_LOOKUP", rate, "60/hour"),
     Variable(
         "RATE_LIMIT_PER_CLIENT",
         per_scope_rates,
@@ -272,6 +273,7 @@ class Settings:
     rate_limit_verify: str
     rate_limit_default: str
     rate_limit_unlock: str
+    rate_limit_code_lookup: str
     rate_limit_per_client: dict[str, str]
     rate_limit_on_redis_error: str
     rate_limit_ipv6_prefix: int

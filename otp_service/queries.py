@@ -123,8 +123,11 @@ def report_content(report_id: int, part: str) -> tuple[Report, bytes | str]:
 
 def describe(device: Device, at: datetime) -> dict[str, Any]:
     """Everything about a device except anything that could help derive its key."""
-    pending_until = device.pending_until
-    expired = pending_until is not None and (not device.is_active or pending_until <= at)
+    pending_until, deactivated_at = device.pending_until, device.deactivated_at
+    if device.is_active:
+        expired = pending_until is not None and pending_until <= at  # not yet recorded
+    else:
+        expired = pending_until is not None and deactivated_at is not None and deactivated_at >= pending_until
     locked = device.locked_until is not None and device.locked_until > at
     return {
         "device_id": device.device_id,

@@ -60,7 +60,7 @@ def new_codes(count: int = CODES_PER_SET) -> list[str]:
 
 def normalise(value: object) -> str:
     """A code as typed — any case, with or without hyphens or spaces — in its canonical form."""
-    if not isinstance(value, str) or len(value) > 64:
+    if not isinstance(value, str) or len(value) > 64 or not value.isascii():  # no second spelling: "ſ" is not "S"
         raise ValidationError("code must be a recovery code such as ABCD-EFGH-JKLM", details={"field": "code"})
     code = value.replace("-", "").replace(" ", "").upper()
     if len(code) != CODE_LENGTH or any(c not in ALPHABET for c in code):

@@ -39,7 +39,7 @@ from .keys import Keyring, KeyUnavailable, key_fingerprint
 from .models import Action, Report
 from .pg_eventloop import AsyncPool, EventLoopStore, StateListener
 from .store import Decide, PostgresStore, open_store
-from .transitions import AuditEvent, DeviceState, Transition, isoformat, to_datetime
+from .transitions import AuditEvent, DeviceState, Transition, isoformat, to_datetime, unix_time
 
 log = logging.getLogger("otp_service.service")
 T = TypeVar("T")
@@ -163,7 +163,7 @@ class OtpService:
         code, at = recovery.normalise(code), to_datetime(self._now(now))
         decide = partial(recovery.decide_use, user_id, code=code, key=self._recovery_key, at=at, policy=self.policy)
         with self.unit_of_work():
-            return _recovery_used(self.store.apply_recovery(user_id, decide, ctx))
+            return _recovery_used(user_id, self.store.apply_recovery(user_id, decide, ctx))
 
     def lookup_code(
         self,
@@ -182,7 +182,7 @@ class OtpService:
         key = self._key(state)
         if key is None:
             raise errors.KeyUnavailableError("This device's key cannot be derived.")
-        from_, to = start.timestamp(), end.timestamp()
+        from_, to = unix_time(start), unix_time(end)
         steps, last = verification.lookup_steps(key, state, otp, from_, to, now, self.policy)
         interval = state.interval
         searched_to = min(to, (last + 1) * interval)
@@ -274,10 +274,11 @@ class OtpService:
             version=0,
             pending_until=at + timedelta(seconds=s.enrollment_ttl_seconds) if pending else None,
         )
+        uri = otpauth_uri(base64.b32encode(key).decode("ascii").rstrip("="), fresh)
+        image = None if qr is None else qr_data_uri(uri, qr)  # before the write: one that cannot be made fails it
         decide = partial(lifecycle.decide_register, device_id, fresh=fresh, at=at)
-        return Plan(
-            device_id, decide, ctx, partial(_registered, key, qr), assume=None
-        )  # a new id: the usual case  # a new id is the usual case
+        answer = partial(_registered, key, image)
+        return Plan(device_id, decide, ctx, answer, assume=None)  # assume no device yet: a new id is the usual case
 
     def plan_verify(
         self, device_id: str, otp: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
@@ -519,7 +520,7 @@ class AsyncOtpService:
 
 
 def _registered(key: bytes, qr: str | None, transition: Transition) -> dict[str, Any]:
-    """The key, once (with its QR code when asked), or DEVICE_EXISTS."""
+    """The key, once (with its QR code, made beforehand, when asked), or DEVICE_EXISTS."""
     created = transition.verdict == "REGISTERED"
     metrics.REGISTRATIONS.labels("created" if created else "conflict").inc()
     if not created:
@@ -546,14 +547,20 @@ def _registered(key: bytes, qr: str | None, transition: Transition) -> dict[str,
         "confirm_by": isoformat(device.pending_until),
     }
     if qr is not None:
-        answer["qr"] = qr_data_uri(uri, qr)
+        answer["qr"] = qr
     return answer
 
 
 def qr_data_uri(uri: str, kind: str) -> str:
     """The otpauth URI's QR code as a `data:` URI (SVG or PNG), made here: the secret never leaves the process.
     Error correction M (15 %): a phone's camera reads it off a dim screen."""
-    code = segno.make(uri, error="m", micro=False)
+    try:
+        code = segno.make(uri, error="m", micro=False)
+    except segno.DataOverflowError:
+        raise errors.ValidationError(
+            "qr cannot be made: the otpauth URI is too long for a QR code (use a shorter user_id or issuer)",
+            details={"field": "qr"},
+        ) from None
     if kind == "svg":
         return code.svg_data_uri(scale=4, border=4)
     return code.png_data_uri(scale=6, border=4)
@@ -646,8 +653,8 @@ def _expired(transition: Transition) -> dict[str, Any]:
     return {"device_id": transition.device_id, "expired": transition.verdict == "EXPIRED"}
 
 
-def _recovery_used(transition: Transition) -> dict[str, Any]:
-    verdict, user_id = transition.verdict, transition.user_id
+def _recovery_used(user_id: str, transition: Transition) -> dict[str, Any]:
+    verdict = transition.verdict
     if verdict == "ACCEPTED":
         metrics.RECOVERY_CODES.labels("used").inc()
         return {"user_id": user_id, "valid": True, "remaining": transition.details["remaining"]}

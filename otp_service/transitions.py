@@ -40,6 +40,16 @@ class DeviceState(NamedTuple):
     version: int  # +1 with every change
     pending_until: datetime | None = None  # registered, not yet confirmed by a first code: expires at this time
 
+    @property
+    def expired(self) -> bool:
+        """An enrolment that ended unconfirmed (deactivated at or after its deadline, by the expiry)."""
+        return (
+            not self.is_active
+            and self.pending_until is not None
+            and self.deactivated_at is not None
+            and self.deactivated_at >= self.pending_until
+        )
+
     def status(self, at: datetime) -> str:
         """pending (registered, awaiting its first code), active, or deactivated (which an enrolment not
         confirmed in time also is, from its deadline on)."""
@@ -103,6 +113,14 @@ class Transition(NamedTuple):
 def to_datetime(unix_time: float) -> datetime:
     """Naive UTC, the form stored in both databases."""
     return datetime.fromtimestamp(unix_time, UTC).replace(tzinfo=None)
+
+
+EPOCH = datetime(1970, 1, 1)
+
+
+def unix_time(value: datetime) -> float:
+    """Seconds since the epoch of a naive UTC datetime (not `.timestamp()`, which takes it as local time)."""
+    return (value - EPOCH).total_seconds()
 
 
 def isoformat(value: datetime | None) -> str | None:

@@ -109,6 +109,7 @@ def qr_format(value: Any) -> str | None:
 
 
 MAX_LOOKUP_RANGE = timedelta(days=7)
+EARLIEST, LATEST = datetime(1970, 1, 1), datetime(9000, 1, 1)  # TOTP starts at the epoch
 
 
 def timestamp(value: Any, field: str) -> datetime:
@@ -117,11 +118,14 @@ def timestamp(value: Any, field: str) -> datetime:
         raise _fail(field, "must be an ISO-8601 time with a time zone, such as 2026-11-26T10:02:00Z")
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
+        utc = None if parsed.tzinfo is None else parsed.astimezone(UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        utc = None
+    if utc is None:
         raise _fail(field, "must be an ISO-8601 time with a time zone, such as 2026-11-26T10:02:00Z")
-    return parsed.astimezone(UTC).replace(tzinfo=None)
+    if not EARLIEST <= utc < LATEST:
+        raise _fail(field, f"must be from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} (UTC)")
+    return utc
 
 
 def time_range(start: Any, end: Any, longest: timedelta) -> tuple[datetime, datetime]:

@@ -129,8 +129,8 @@ def _gate(
 
     if state is None:
         return refuse("DEVICE_NOT_FOUND")
-    if not state.is_active:
-        return refuse("DEVICE_INACTIVE")
+    if not state.is_active:  # an enrolment that ended unconfirmed says so, whoever recorded its end
+        return refuse("ENROLLMENT_EXPIRED" if state.expired else "DEVICE_INACTIVE")
     if state.pending_until is not None and state.pending_until <= at:  # recorded now, if nobody has yet
         expiry = decide_expire(device_id, state, at)
         events = (*expiry.events, AuditEvent(action, False, "ENROLLMENT_EXPIRED"))

@@ -426,11 +426,21 @@ class RecoveryCodeVerifyHandler(ApiHandler):
 
 
 class CodeLookupHandler(ApiHandler):
-    """For investigations: when was this code valid for this device? Read-only, audited."""
+    """For investigations: when was this code valid for this device? Read-only, audited; limited per client
+    (RATE_LIMIT_CODE_LOOKUP), since a week of 15-second steps is some 40,000 HMACs of CPU."""
 
     permission = "manage"
 
     async def post(self, device_id: str) -> None:
+        decision = await self.state.limiter.hit("lookup", f"client:{self.caller.name}")
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels("lookup").inc()
+            await self._audit_rate_limit((self.caller.name, "lookup"), decision.retry_after, "CODE_LOOKUP")
+            raise errors.RateLimited(
+                "Too many code lookups from this client; try again later.",
+                headers={"Retry-After": str(decision.retry_after)},
+                details={"retry_after": decision.retry_after},
+            )
         device_id = validation.device_id(device_id)
         body = self.json_body()
         otp = validation.required_otp(body, "otp")

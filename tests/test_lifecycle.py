@@ -90,7 +90,7 @@ def test_an_enrolment_not_confirmed_in_time_expires_once_and_frees_its_id(servic
     assert service.expire_pending() == 0
     expiries = audit_rows(database, action="ENROLLMENT_EXPIRED")
     assert [(r.device_id, r.actor) for r in expiries] == [("LATE", "app"), ("SWEPT", "otp-service")]
-    with pytest.raises(errors.DeviceInactive):
+    with pytest.raises(errors.EnrollmentExpired):
         service.verify("LATE", code_at(reg, clock.now), CTX)
     again = service.register("LATE", "alice", CTX)  # its id may be registered again, with a new key
     assert again["derived_key"] != reg["derived_key"] and again["status"] == "active"
@@ -450,3 +450,83 @@ def test_every_server_process_sweeps_expired_enrolments(settings, database, cloc
         state.service.close()
     rows = audit_rows(database, action="ENROLLMENT_EXPIRED")
     assert [(r.device_id, r.actor) for r in rows] == [("IDLE", "otp-service")]
+
+
+# -- what the attack review found ---------------------------------------------------------------------
+
+
+def test_a_qr_code_that_cannot_be_made_fails_the_registration_before_anything_is_written(api):
+    long = {"device_id": "QR-BIG", "user_id": "用户" * 127, "issuer": "公司" * 32, "qr": "png"}
+    resp = api.post("/api/v1/devices/register", long)
+    assert (resp.status, resp.body["error"]["code"], resp.body["error"]["field"]) == (400, "VALIDATION_ERROR", "qr")
+    assert api.get("/api/v1/devices/QR-BIG").status == 404  # no device whose key nobody was given
+    assert api.post("/api/v1/devices/register", {**long, "qr": None}).status == 201  # without a QR code it fits
+
+
+@pytest.mark.parametrize(
+    "start,end",
+    [
+        ("1969-12-31T23:00:00Z", "1970-01-01T01:00:00Z"),
+        ("1970-01-01T00:00:00+01:00", "1970-01-01T03:00:00Z"),
+        ("0001-01-01T00:00:00+14:00", "0001-01-02T00:00:00Z"),
+        ("9999-12-30T00:00:00Z", "9999-12-31T00:00:00-12:00"),
+        ("2026-11-26T10:00:00Z", "2026-11-26T23:59:60Z"),
+    ],
+)
+def test_code_lookup_refuses_times_outside_what_totp_counts(api, start, end):
+    api.post("/api/v1/devices/register", {"device_id": "L2", "user_id": "u"})
+    resp = api.post("/api/v1/devices/L2/code-lookup", {"otp": "123456", "from": start, "to": end})
+    assert resp.status == 400 and resp.body["error"]["code"] == "VALIDATION_ERROR"
+
+
+def test_code_lookup_does_not_depend_on_the_servers_time_zone(service, clock, monkeypatch):
+    import time
+
+    reg = service.register("DEV", "alice", CTX)
+    code = code_at(reg, clock.now)
+    assert service.verify("DEV", code, CTX)["valid"] is True
+    start, end = to_datetime(clock.now - 600), to_datetime(clock.now + 600)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        found = service.lookup_code("DEV", code, start, end, CTX)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert totp.time_step(clock.now) in [m["step"] for m in found["matches"]]
+    assert found["from"] == start.isoformat() + "Z"
+
+
+def test_an_expired_enrolment_says_so_to_every_later_request(service, clock):
+    reg = service.register("LATE", "alice", CTX, confirm=True)
+    service.register("DROPPED", "alice", CTX, confirm=True)
+    service.deactivate("DROPPED", CTX)  # ended by an operator before its deadline: not an expiry
+    clock.advance(601)
+    assert service.expire_pending() == 1
+    for attempt in (service.confirm, service.verify):
+        with pytest.raises(errors.EnrollmentExpired):
+            attempt("LATE", code_at(reg, clock.now), CTX)
+    with pytest.raises(errors.DeviceInactive):
+        service.confirm("DROPPED", "123456", CTX)
+    assert service.device_info("DROPPED")["enrollment_expired"] is False
+    assert service.device_info("LATE")["enrollment_expired"] is True
+
+
+def test_code_lookups_are_limited_per_client(make_server, db_url, clock):
+    from tests.conftest import settings_for
+
+    api = make_server(settings_for(db_url, RATE_LIMIT_CODE_LOOKUP="2/hour")).client
+    api.post("/api/v1/devices/register", {"device_id": "L3", "user_id": "u"})
+    body = {"otp": "123456", "from": "2025-11-24T00:00:00Z", "to": "2025-11-24T12:00:00Z"}
+    statuses = [api.post("/api/v1/devices/L3/code-lookup", body).status for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+def test_a_recovery_code_has_one_spelling(service):
+    codes = service.issue_recovery_codes("alice", CTX)["codes"]
+    lookalike = codes[0].replace("S", "\u017f") if "S" in codes[0] else "\u017f" + codes[0][1:]
+    with pytest.raises(errors.ValidationError):
+        service.use_recovery_code("alice", lookalike, CTX)
+    with pytest.raises(errors.NoRecoveryCodes) as none:
+        service.use_recovery_code("nobody", codes[0], CTX)
+    assert "'nobody'" in none.value.message
