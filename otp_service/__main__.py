@@ -225,6 +225,90 @@ def cmd_scheduled_report(args: argparse.Namespace) -> int:
     return cmd_report(args)
 
 
+def _service_for(args: argparse.Namespace):
+    """The service over the database `args` names (default DATABASE_URL), checked to be current; or a reason."""
+    from .database import open_database, pending_migrations
+    from .service import build_service
+
+    settings = Settings.from_env(_with_url(args))
+    database = open_database(settings.database_url, 2, settings.db_timeout)
+    if pending_migrations(database):
+        raise ConfigError("DATABASE_URL", "the schema is out of date: run `python -m otp_service migrate` first")
+    return build_service(settings, database)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """verify (exit 1 when a chain is broken), checkpoint, prune, keys."""
+    import json as json_module
+    from datetime import UTC, datetime, timedelta
+
+    from .database import UNAVAILABLE_ERRORS
+    from .errors import DatabaseUnavailable
+    from .report_runner import ReportError, parse_day
+
+    try:
+        start = end = before = None
+        if getattr(args, "start", None):
+            start = datetime.combine(parse_day(args.start, "start"), datetime.min.time())
+        if getattr(args, "end", None):
+            end = datetime.combine(parse_day(args.end, "end") + timedelta(days=1), datetime.min.time())
+        if getattr(args, "before", None):
+            before = datetime.combine(parse_day(args.before, "before"), datetime.min.time())
+            if before > datetime.now(UTC).replace(tzinfo=None):
+                return _fail(f"--before must not be in the future, got {args.before}")
+    except ReportError as exc:
+        return _fail(str(exc))
+    try:
+        service = _service_for(args)
+        if args.action == "keys":
+            for key in service.audit_keys.listing():
+                print(f"{key['key_id']}  {key['public_key']}{'  (signing)' if key['current'] else ''}")
+            return 0
+        if args.action == "checkpoint":
+            print(f"checkpoint #{service.checkpoint('on-demand')} signed by {service.audit_keys.key_id}")
+            return 0
+        if args.action == "prune":
+            manifest = service.prune_audit(before, Path(args.export))
+            print(
+                f"exported and removed {manifest['rows']} audit rows written before {args.before}: "
+                f"{Path(args.export) / manifest['file']} (manifest beside it); signed checkpoint "
+                f"#{manifest['checkpoint']['id']}"
+            )
+            return 0
+        result = service.verify_audit(start, end, record=not (start or end))
+    except UNAVAILABLE_ERRORS + (DatabaseUnavailable,) as exc:
+        return _fail(f"cannot reach the database: {exc}", 1)
+    if args.json:
+        print(json_module.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        print("\n".join(result.lines()))
+    return 0 if result.intact else 1
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """erase: a user's devices, recovery codes and the personal data in their audit rows (GDPR art. 17)."""
+    from .audit import RequestContext
+    from .database import UNAVAILABLE_ERRORS
+    from .errors import DatabaseUnavailable, ValidationError
+    from .validation import user_id
+
+    try:
+        uid = user_id(args.user_id)
+    except ValidationError as exc:
+        return _fail(exc.message)
+    try:
+        service = _service_for(args)
+        operator = RequestContext(user_agent="otp-service users (command line)", actor="command-line")
+        erased = service.erase_user(uid, operator)
+    except UNAVAILABLE_ERRORS + (DatabaseUnavailable,) as exc:
+        return _fail(f"cannot reach the database: {exc}", 1)
+    print(
+        f"erased: {erased['devices']} device(s), {erased['recovery_codes']} recovery code set(s), personal data "
+        f"removed from {erased['audit_rows']} audit row(s); audited as subject {erased['subject'][:16]}…"
+    )
+    return 0
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -413,6 +497,36 @@ def main(argv: list[str] | None = None) -> int:
     for a in actions.choices.values():
         a.add_argument("--database-url", help=URL_HELP)
     p.set_defaults(run=cmd_clients)
+
+    p = sub.add_parser(
+        "audit", help="the audit trail's integrity: verify, checkpoint, prune, keys", formatter_class=formatter
+    )
+    actions = p.add_subparsers(dest="action", required=True, title="actions", metavar="ACTION")
+    a = actions.add_parser(
+        "verify", help="recompute the chains and signatures; exit 1 if anything was changed", formatter_class=formatter
+    )
+    a.add_argument("--start", help="only rows written from this day, YYYY-MM-DD (UTC)")
+    a.add_argument("--end", help="only rows written up to this day, YYYY-MM-DD (UTC), included")
+    a.add_argument("--json", action="store_true", help="the result as JSON")
+    a = actions.add_parser("checkpoint", help="sign the chains' heads now", formatter_class=formatter)
+    a = actions.add_parser(
+        "prune", help="export rows written before a day, then remove them (retention)", formatter_class=formatter
+    )
+    a.add_argument("--before", required=True, help="remove rows written before this day, YYYY-MM-DD (UTC)")
+    a.add_argument("--export", required=True, help="folder for the CSV.gz export and its manifest")
+    a = actions.add_parser("keys", help="the public keys that verify checkpoints", formatter_class=formatter)
+    for a in actions.choices.values():
+        a.add_argument("--database-url", help=URL_HELP)
+    p.set_defaults(run=cmd_audit)
+
+    p = sub.add_parser("users", help="users: erase (GDPR art. 17)", formatter_class=formatter)
+    actions = p.add_subparsers(dest="action", required=True, title="actions", metavar="ACTION")
+    a = actions.add_parser(
+        "erase", help="delete a user's devices and recovery codes and their personal data", formatter_class=formatter
+    )
+    a.add_argument("user_id", help="the user")
+    a.add_argument("--database-url", help=URL_HELP)
+    p.set_defaults(run=cmd_users)
 
     p = sub.add_parser("demo-data", help="fill a database with realistic synthetic history", formatter_class=formatter)
     p.add_argument("--devices", type=int, default=40, help="simulated devices (1-100000)")

@@ -30,6 +30,8 @@ API_ROUTES = [
     ("/api/v1/users/{user_id}/audit", web.UserAuditHandler),
     ("/api/v1/users/{user_id}/recovery-codes", web.RecoveryCodesHandler),
     ("/api/v1/users/{user_id}/recovery-codes/verify", web.RecoveryCodeVerifyHandler),
+    ("/api/v1/users/{user_id}/erase", web.EraseUserHandler),
+    ("/api/v1/audit/keys", web.AuditKeysHandler),
     ("/api/v1/stats", web.StatsHandler),
     ("/api/v1/reports", web.ReportsHandler),
     ("/api/v1/reports/{report_id}", web.ReportHtmlHandler),

@@ -179,6 +179,12 @@ class DeviceCache:
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
+    def forget(self, device_id: str) -> None:
+        """A device that is gone (erased): its remembered state would only cost a lost race, but it is
+        personal data the process should not keep."""
+        with self._lock:
+            self._items.pop(device_id, None)
+
     def refresh(self, state: DeviceState) -> None:
         """A newer state of a device this process remembers (another process wrote it); others are ignored,
         so a process remembers only what it has used."""

@@ -136,37 +136,45 @@ class Head(NamedTuple):
     hash: str  # the last row's entry hash (GENESIS: empty)
 
 
+def canonical(payload: dict[str, Any]) -> str:
+    """The exact text a checkpoint signs: compact JSON with sorted keys."""
+    return _encode(payload).decode("utf-8")
+
+
+def sign(key: Ed25519PrivateKey, text: str) -> str:
+    return base64.b64encode(key.sign(text.encode("utf-8"))).decode("ascii")
+
+
+def valid_signers(text: str, signatures: dict[str, str], keys: dict[str, Ed25519PublicKey]) -> list[str]:
+    """The ids of the known keys whose signature on `text` is valid."""
+    valid = []
+    for key_id, signature in sorted(signatures.items()):
+        key = keys.get(key_id)
+        if key is None:
+            continue
+        try:
+            key.verify(base64.b64decode(signature), text.encode("utf-8"))
+        except (InvalidSignature, ValueError):
+            continue
+        valid.append(key_id)
+    return valid
+
+
 @dataclass(frozen=True)
 class Checkpoint:
-    """Every chain's head at a time, and why it was taken; signed by one key or, at a rotation, two."""
+    """Every chain's head at a time, as stored: the signed text, and what it says."""
 
-    at: str
-    reason: str  # periodic, report, on-demand, rotation, prune, erasure
-    heads: tuple[Head, ...]
-    signatures: dict[str, str] = field(default_factory=dict)  # key id -> base64 signature
+    id: int
+    text: str
+    signatures: dict[str, str]
 
-    def payload(self) -> bytes:
-        return _encode({"at": self.at, "reason": self.reason, "heads": [list(h) for h in self.heads]})
+    @property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.text)
 
-    def signed(self, keys: dict[str, Ed25519PrivateKey]) -> Checkpoint:
-        signatures = {
-            key_id: base64.b64encode(key.sign(self.payload())).decode("ascii") for key_id, key in keys.items()
-        }
-        return Checkpoint(self.at, self.reason, self.heads, {**self.signatures, **signatures})
-
-    def verified_by(self, keys: dict[str, Ed25519PublicKey]) -> list[str]:
-        """The ids of the known keys whose signature on this checkpoint is valid."""
-        valid = []
-        for key_id, signature in sorted(self.signatures.items()):
-            key = keys.get(key_id)
-            if key is None:
-                continue
-            try:
-                key.verify(base64.b64decode(signature), self.payload())
-            except (InvalidSignature, ValueError):
-                continue
-            valid.append(key_id)
-        return valid
+    @property
+    def heads(self) -> tuple[Head, ...]:
+        return tuple(Head(*h) for h in self.payload["heads"])
 
 
 # -- verification ----------------------------------------------------------------------------------------
@@ -212,14 +220,17 @@ class ChainCheck:
     def _break(self, kind: str, seq: int | None, row_id: int | None, detail: str) -> None:
         self.first_break = Break(self.chain, kind, seq, row_id, detail)
 
-    def finish(self, signed: Head | None, current: Head | None) -> Break | None:
-        """Compare the end of the chain with the last signed checkpoint's head and the live head row."""
-        if self.first_break is None and signed is not None:
-            if self.seq < signed.seq:
-                missing = signed.seq - self.seq
-                self._break("tail-cut", self.seq + 1, None, f"{missing} row(s) after place {self.seq} were removed")
-            elif signed.seq and self.hashes_at.get(signed.seq) != signed.hash:
-                self._break("rewritten", signed.seq, None, "the chain differs from its signed checkpoint")
+    def finish(self, signed: Sequence[Head], current: Head | None, floor: int = 0) -> Break | None:
+        """Compare the chain with every signed checkpoint's head for it (each must be in the chain, with its
+        hash) and with the live head row (`current`: None when only part of the chain was read)."""
+        for head in sorted(signed, key=lambda h: h.seq):
+            if self.first_break is not None or head.seq <= floor:
+                continue
+            if self.seq < head.seq:
+                missing = head.seq - self.seq
+                self._break("tail-cut", self.seq + 1, None, f"{missing} row(s) signed in a checkpoint are gone")
+            elif self.hashes_at.get(head.seq) != head.hash:
+                self._break("rewritten", head.seq, None, "the chain differs from a signed checkpoint")
         if self.first_break is None and current is not None and self.seq < current.seq:
             missing = current.seq - self.seq
             self._break("tail-cut", self.seq + 1, None, f"{missing} row(s) after the last checkpoint were removed")

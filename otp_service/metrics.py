@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,6 +33,21 @@ UNLOCKS = Counter("otp_unlocks_total", "Operator unlocks")
 CONFIRMATIONS = Counter("otp_confirmations_total", "Pending enrolments' first codes, by result", ["result"])
 ENROLLMENTS_EXPIRED = Counter("otp_enrollments_expired_total", "Pending enrolments not confirmed in time")
 RESYNCS = Counter("otp_resyncs_total", "Resynchronisations with two consecutive codes, by result", ["result"])
+AUDIT_LAST_VERIFIED = Gauge(
+    "otp_audit_last_verified_timestamp_seconds",
+    "When `audit verify` last found the audit trail intact",
+    multiprocess_mode="max",
+)
+AUDIT_VERIFY_FAILURES = Gauge(
+    "otp_audit_verification_failures",
+    "Verifications of the audit trail that found it broken, ever",
+    multiprocess_mode="max",
+)
+AUDIT_LAST_CHECKPOINT = Gauge(
+    "otp_audit_last_checkpoint_timestamp_seconds",
+    "When the audit chains' heads were last signed",
+    multiprocess_mode="max",
+)
 RECOVERY_CODES = Counter("otp_recovery_codes_total", "Recovery codes issued, used, refused", ["result"])
 RATE_LIMITED = Counter("otp_rate_limited_total", "Requests refused by the per-client rate limit", ["scope"])
 RATE_LIMIT_FALLBACKS = Counter(
@@ -75,3 +91,14 @@ def exposition() -> tuple[bytes, str]:
 def process_exited(pid: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(pid)
+
+
+def audit_status(status: dict) -> None:
+    """The audit trail's verification state, read from the database when scraped (any process may answer)."""
+    epoch = datetime(1970, 1, 1)
+    for gauge, at in (
+        (AUDIT_LAST_VERIFIED, status["last_verified"]),
+        (AUDIT_LAST_CHECKPOINT, status["last_checkpoint"]),
+    ):
+        gauge.set(0 if at is None else (at - epoch).total_seconds())
+    AUDIT_VERIFY_FAILURES.set(status["failed_verifications"] or 0)

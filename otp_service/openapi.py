@@ -192,6 +192,26 @@ SCHEMAS: dict[str, Any] = {
         },
         **{"from": TIME, "to": TIME},
     ),
+    "Erasure": _obj(
+        ["user_id", "subject", "devices", "recovery_codes", "audit_rows"],
+        user_id=_s(),
+        subject=_s(description="the user's pseudonym, by which the erasure is audited"),
+        devices=INT,
+        recovery_codes=INT,
+        audit_rows={**INT, "description": "audit rows whose personal data was removed"},
+    ),
+    "AuditKeys": _obj(
+        ["keys"],
+        keys={
+            "type": "array",
+            "items": _obj(
+                ["key_id", "public_key", "current"],
+                key_id=_s(),
+                public_key=_s(description="Ed25519 public key, 32 bytes, base64"),
+                current=BOOL,
+            ),
+        },
+    ),
     "Deactivation": _obj(
         ["device_id", "is_active", "deactivated_at"],
         device_id=DEVICE_ID,
@@ -509,6 +529,23 @@ def build_spec(debug: bool = False) -> dict[str, Any]:
                 params=user,
                 body="RecoveryCodeRequest",
                 tag="verification",
+            )
+        },
+        "/api/v1/users/{user_id}/erase": {
+            "post": _op(
+                "Erase a user (GDPR art. 17): devices, recovery codes, personal data in the audit trail",
+                200,
+                _ref("Erasure"),
+                params=user,
+                tag="users",
+            )
+        },
+        "/api/v1/audit/keys": {
+            "get": _op(
+                "The public keys that verify the audit trail's signed checkpoints",
+                200,
+                _ref("AuditKeys"),
+                tag="reports",
             )
         },
         "/api/v1/stats": {"get": _op("Usage statistics", 200, _ref("Stats"), tag="reports")},

@@ -489,7 +489,7 @@ def prepare(data: str, start: str, end: str, output_dir: str | None) -> ReportCo
     begin, until = period(date.fromisoformat(start), date.fromisoformat(end))
     if data == "demo":
         database_url = demo_database(f"sqlite:///{tempfile.mkdtemp(prefix='otp-demo-')}/demo.db")
-        source = "demo history (synthetic: 40 devices, 28 days to 2026-03-01, seed 7)"
+        source = "demo history (synthetic: {devices} devices, 28 days to 2026-03-01, seed 7)"  # counted below
     elif data == "DATABASE_URL":
         database_url = read(os.environ, ["DATABASE_URL"])["database_url"]
         parsed = urlparse(database_url)
@@ -498,6 +498,8 @@ def prepare(data: str, start: str, end: str, output_dir: str | None) -> ReportCo
         raise ValueError(f'data must be "demo" or "DATABASE_URL", got {data!r}')
     database = open_database(database_url, 1)
     database.connect()
+    if data == "demo":  # its 40 devices signing in, and those the lifecycle's stories enrol
+        source = source.format(devices=Device.select().count())
     output = ReportOutput(output_dir or tempfile.mkdtemp(prefix="otp-report-"))
     generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     return ReportContext(database, begin, until, output, source, generated)

@@ -33,6 +33,7 @@ IDLE_CONNECTION_SECONDS = 75  # longer than Render's proxy keep-alive, so the pr
 BODY_TIMEOUT_SECONDS = 10  # a client that trickles its body is cut off
 RESTART_BACKOFF_SECONDS = 1.0
 EXPIRY_SWEEP_SECONDS = 60.0
+CHECKPOINT_POLL_SECONDS = 5.0
 
 
 def serve(settings: Settings, processes: int = 1, grace_seconds: float = 20.0) -> int:
@@ -59,6 +60,7 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
     # first simply take the read-then-write path.
     warming = loop_executor_warm(state)
     sweeping = asyncio.ensure_future(expire_enrolments(state))
+    sealing = asyncio.ensure_future(seal_audit_chains(state))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -77,6 +79,7 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
     await server.close_all_connections()
     warming.cancel()
     sweeping.cancel()
+    sealing.cancel()
     state.service.close()
     log.info("stopped", extra={"pid": os.getpid()})
     return 0
@@ -104,6 +107,19 @@ async def expire_enrolments(state, every: float = EXPIRY_SWEEP_SECONDS) -> None:
                 log.info("enrolments expired", extra={"devices": expired, "pid": os.getpid()})
         except Exception as exc:  # the next sweep (or the next request for the device) records it
             log.warning("expiry sweep failed: %s", type(exc).__name__)
+
+
+async def seal_audit_chains(state, every: float = CHECKPOINT_POLL_SECONDS) -> None:
+    """Sign the audit chains' heads every AUDIT_CHECKPOINT_SECONDS or AUDIT_CHECKPOINT_ROWS rows: every process
+    asks often; one takes it (an advisory lock on PostgreSQL; SQLite's write lock)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            taken = await state.service.checkpoint_if_due()
+            if taken is not None:
+                log.info("audit checkpoint signed", extra={"checkpoint": taken, "pid": os.getpid()})
+        except Exception as exc:  # the next round tries again
+            log.warning("audit checkpoint failed: %s", type(exc).__name__)
 
 
 def _supervise(settings: Settings, processes: int, grace_seconds: float) -> int:

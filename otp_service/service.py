@@ -28,7 +28,19 @@ from urllib.parse import quote, urlencode
 import segno
 from peewee import Database
 
-from . import errors, integrity, lifecycle, metrics, queries, recovery, totp, verification
+from . import (
+    audit_verify,
+    checkpoints,
+    errors,
+    integrity,
+    lifecycle,
+    metrics,
+    queries,
+    recovery,
+    retention,
+    totp,
+    verification,
+)
 from .audit import SYSTEM, RequestContext, audit_row
 from .clients import Caller, Directory
 from .config import Settings
@@ -73,6 +85,7 @@ class OtpService:
             resync_window=settings.otp_resync_window,
         )
         self.journal = Journal(database, keyring.purpose_key(integrity.PURPOSE), settings.audit_chains)
+        self.audit_keys = checkpoints.Keys.from_settings(settings)
         self.store = open_store(database, self.journal)
         self.engine = Engine(self.store)
         self.clients = Directory(settings.api_keys, clock)
@@ -382,6 +395,55 @@ class OtpService:
     def ping(self) -> None:
         self.query(self.database.execute_sql, "SELECT 1")
 
+    # -- the audit trail's integrity ---------------------------------------------------------------
+
+    @property
+    def pseudonym_keys(self) -> list[bytes]:
+        """The pseudonym key under every configured master secret version (rows keep the one they were written with)."""
+        return [self.keyring.purpose_key(integrity.PURPOSE, v) for v in reversed(self.keyring.versions)]
+
+    def verify_audit(
+        self, start: datetime | None = None, end: datetime | None = None, record: bool = True
+    ) -> audit_verify.Result:
+        """Recompute the chains and check them against the signed checkpoints; with `record`, the result is
+        kept as a signed checkpoint (what `/metrics` and the next report read)."""
+        with self.unit_of_work():
+            result = audit_verify.verify(self.database, self.audit_keys.public, self.pseudonym_keys, start, end)
+        if record:
+            reason = "verified" if result.intact else "verify-failed"
+            extra = {"verification": {"intact": result.intact, "rows": result.rows, "breaks": len(result.breaks)}}
+            self.checkpoint(reason, extra)
+        return result
+
+    def checkpoint(self, reason: str = "on-demand", extra: dict[str, Any] | None = None) -> int:
+        with self.unit_of_work(write=True):
+            return checkpoints.take(self.database, self.audit_keys, reason, to_datetime(self._now(None)), extra).id
+
+    def checkpoint_if_due(self) -> int | None:
+        with self.unit_of_work():
+            taken = checkpoints.take_if_due(self.database, self.audit_keys, self.settings, to_datetime(self._now(None)))
+        return None if taken is None else taken.id
+
+    def prune_audit(self, before: datetime, export_dir: Any) -> dict[str, Any]:
+        with self.unit_of_work():
+            at = to_datetime(self._now(None))
+            return retention.prune(self.database, self.journal, self.audit_keys, before, export_dir, at)
+
+    def erase_user(self, user_id: str, ctx: RequestContext = SYSTEM) -> dict[str, Any]:
+        """GDPR art. 17: the user's devices and recovery codes, and the personal data in their audit rows."""
+        with self.unit_of_work():
+            at = to_datetime(self._now(None))
+            erased = retention.erase(
+                self.database, self.journal, self.audit_keys, self.pseudonym_keys, user_id, ctx, at
+            )
+        for device_id in erased.pop("device_ids"):
+            self.engine.cache.forget(device_id)
+        return {"user_id": user_id, **erased}
+
+    def audit_status(self) -> dict[str, Any]:
+        """The last verification's time and result, and when the last checkpoint was signed."""
+        return self.query(checkpoints.status)
+
     def warm_cache(self, limit: int | None = None) -> int:
         """Cache the most recently used active devices' states, so their first verification after a start
         or deploy needs one statement, not two. Returns how many were cached."""
@@ -491,6 +553,18 @@ class AsyncOtpService:
 
     async def current_code(self, device_id: str) -> dict[str, Any]:
         return await self.thread(self.service.current_code, device_id)
+
+    async def erase_user(self, user_id: str, ctx: RequestContext) -> dict[str, Any]:
+        return await self.thread(self.service.erase_user, user_id, ctx)
+
+    async def audit_keys(self) -> list[dict[str, Any]]:
+        return self.service.audit_keys.listing()
+
+    async def checkpoint_if_due(self) -> int | None:
+        return await self.thread(self.service.checkpoint_if_due)
+
+    async def audit_status(self) -> dict[str, Any]:
+        return await self.thread(self.service.audit_status)
 
     async def ping(self) -> None:
         if self.pool is None:

@@ -556,6 +556,25 @@ class ReportDataHandler(ReportHtmlHandler):
     part = "data"
 
 
+class AuditKeysHandler(ApiHandler):
+    """The public keys that verify the audit trail's signed checkpoints (the current one, and older ones)."""
+
+    permission = "reports"
+
+    async def get(self) -> None:
+        self.respond({"keys": await self.service.audit_keys()}, "Audit checkpoint keys")
+
+
+class EraseUserHandler(ApiHandler):
+    """GDPR art. 17: delete a user's devices and recovery codes and the personal data in their audit rows."""
+
+    permission = "manage"
+
+    async def post(self, user_id: str) -> None:
+        data = await self.service.erase_user(validation.user_id(user_id), self.context)
+        self.respond(data, "User erased; the audit trail keeps the events, without personal data")
+
+
 class OpenApiHandler(BaseHandler):
     def get(self) -> None:
         from .openapi import build_spec
@@ -580,7 +599,11 @@ class MetricsHandler(ApiHandler):
             return await super()._authenticate()
         return METRICS_SCRAPER if bearer_matches(self.request.headers.get("Authorization", ""), (token,)) else None
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        try:
+            metrics.audit_status(await self.service.audit_status())
+        except errors.ServiceError:
+            pass  # the database is down: the rest of the metrics still tell why
         body, content_type = metrics.exposition()
         self.set_header("Content-Type", content_type)
         self.finish(body)

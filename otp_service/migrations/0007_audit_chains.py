@@ -32,6 +32,11 @@ def up(migrator, db):
     genesis = "0" * 64
     values = ", ".join(f"({k}, 0, '{genesis}', 0, '{genesis}')" for k in range(64))  # journal.MAX_CHAINS
     db.execute_sql(f"INSERT INTO audit_chains (chain, seq, head, floor_seq, floor_hash) VALUES {values}")
+    # chain -1 marks the boundary: audit rows up to this id were written before the chains (checkpoints count them)
+    db.execute_sql(
+        "INSERT INTO audit_chains (chain, seq, head, floor_seq, floor_hash) "
+        f"SELECT -1, COALESCE(MAX(id), 0), '{genesis}', 0, '{genesis}' FROM audit_logs"
+    )
     migrator.migrate(
         migrator.add_column("audit_logs", "chain", IntegerField(null=True)),
         migrator.add_column("audit_logs", "seq", BigIntegerField(null=True)),

@@ -1,0 +1,264 @@
+"""Verifying the audit trail: recompute every chain and check it against the signed checkpoints.
+
+Streams each chain in `seq` order, a page at a time (bounded memory however long the trail), and names,
+for each chain, the first break and its kind: a row edited, deleted, inserted or reordered; personal data
+changed other than by a recorded erasure; rows cut from the tail; a chain rewritten since a checkpoint;
+a checkpoint whose signature does not verify. `audit verify` prints this; every audit report states it
+for the rows it covers; `/metrics` shows when the last verification passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from peewee import Database, fn
+
+from . import integrity
+from .checkpoints import LEGACY, stored
+from .integrity import Break, ChainCheck, Head
+from .models import Action, AuditChain, AuditCheckpoint, AuditLog
+
+PAGE = 5000
+_COLUMNS = (
+    AuditLog.id,
+    AuditLog.seq,
+    AuditLog.entry_hash,
+    AuditLog.timestamp,
+    AuditLog.action,
+    AuditLog.success,
+    AuditLog.reason,
+    AuditLog.device_id,
+    AuditLog.personal,
+    AuditLog.subject,
+    AuditLog.request_id,
+    AuditLog.additional_data,
+    AuditLog.actor,
+    AuditLog.user_id,
+    AuditLog.ip_address,
+    AuditLog.user_agent,
+)
+
+
+@dataclass
+class Result:
+    rows: int = 0
+    chains: int = 0
+    legacy_rows: int = 0
+    checkpoint: dict[str, Any] | None = None  # the latest checkpoint whose signature verified
+    breaks: list[Break] = field(default_factory=list)
+    period: tuple[datetime | None, datetime | None] = (None, None)
+
+    @property
+    def intact(self) -> bool:
+        return not self.breaks
+
+    def summary(self) -> str:
+        """One sentence a person can act on."""
+        checked = f"{self.rows} rows in {self.chains} chains"
+        if self.checkpoint is None:
+            against = "no signed checkpoint yet"
+        else:
+            c = self.checkpoint
+            against = f"checkpoint #{c['id']} of {c['at']}, signed by {', '.join(c['signed_by'])}"
+        legacy = f"; {self.legacy_rows} older rows predate the chains" if self.legacy_rows else ""
+        if self.intact:
+            return f"intact: {checked}, checked against {against}{legacy}"
+        return f"BROKEN: {len(self.breaks)} chain(s) broken among {checked}, checked against {against}{legacy}"
+
+    def lines(self) -> list[str]:
+        lines = [self.summary()]
+        for b in self.breaks:
+            where = f"place {b.seq}" if b.seq is not None else "the chain"
+            row = f", row id {b.row_id}" if b.row_id is not None else ""
+            lines.append(f"  chain {b.chain}: {b.kind} at {where}{row}: {b.detail}")
+        return lines
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "intact": self.intact,
+            "rows": self.rows,
+            "chains": self.chains,
+            "legacy_rows": self.legacy_rows,
+            "checkpoint": self.checkpoint,
+            "breaks": [b._asdict() for b in self.breaks],
+            "summary": self.summary(),
+        }
+
+
+def verify(
+    database: Database,
+    public_keys: dict[str, Ed25519PublicKey],
+    pseudonym_keys: Sequence[bytes],
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> Result:
+    """Check every chain (or, with start/end, the rows written in [start, end)) and the checkpoints."""
+    result = Result(period=(start, end))
+    signed, legacy, floors = _checkpoints(database, public_keys, result)
+    erased = _erased_subjects(database)
+    personal = _PersonalCheck(pseudonym_keys, erased)
+    chains = {chain: Head(chain, seq, head) for chain, seq, head in _chain_rows(database)}
+    for chain in sorted(set(chains) | set(signed)):  # a chain emptied by hand is still in its checkpoints
+        floor = floors.get(chain, (0, integrity.GENESIS))
+        lo, hi = _range(chain, start, end, floor[0])
+        if lo is None:
+            continue
+        result.chains += 1
+        previous = floor[1] if lo == floor[0] + 1 else _hash_at(chain, lo - 1)
+        check = ChainCheck(chain, seq=lo - 1, hash=previous or integrity.GENESIS)
+        heads = [h for h in signed.get(chain, ()) if h.seq >= lo and (hi is None or h.seq <= hi)]
+        watch = frozenset(h.seq for h in heads)
+        for row in _rows(chain, lo, hi):
+            entry = integrity.Entry(*row[3:13])
+            before = check.first_break
+            check.feed(row[0], row[1], row[2], entry, watch)
+            moved = before is None and check.first_break is not None and check.first_break.kind == "edited"
+            if moved and _linked_nearby(chain, row[1], row[2], entry):  # consistent, but not where it belongs
+                check.first_break = check.first_break._replace(kind="reordered")
+            if check.first_break is None and before is None and not personal.ok(row[13:16], row[8], row[9]):
+                check.first_break = Break(chain, "personal-data-edited", row[1], row[0], personal.detail)
+        result.rows += check.rows
+        if end is None:  # the chain's end was read: every later signed head must be there too
+            heads = [h for h in signed.get(chain, ()) if h.seq >= lo]
+        broken = check.finish(heads, chains.get(chain) if end is None else None, floor[0])
+        if broken is not None:
+            result.breaks.append(broken)
+        below = AuditLog.select(fn.COUNT(AuditLog.id)).where((AuditLog.chain == chain) & (AuditLog.seq <= floor[0]))
+        if floor[0] and below.scalar():
+            result.breaks.append(Break(chain, "inserted", None, None, "rows below the pruned part of the chain"))
+    _unchained(database, result, legacy)
+    return result
+
+
+def _checkpoints(
+    database: Database, public_keys: dict[str, Ed25519PublicKey], result: Result
+) -> tuple[dict[int, list[Head]], int | None, dict[int, tuple[int, str]]]:
+    """Every validly signed head by chain; the count of rows from before the chains the first checkpoint
+    signed; each chain's pruned floor (place, hash)."""
+    signed: dict[int, list[Head]] = {}
+    legacy: int | None = None
+    floors: dict[int, tuple[int, str]] = {}
+    previous = None
+    for row in AuditCheckpoint.select().order_by(AuditCheckpoint.id):
+        checkpoint = stored(row)
+        expected, previous = previous, hashlib.sha256(row.payload.encode("utf-8")).hexdigest()
+        if checkpoint.payload.get("previous") != expected:  # each checkpoint names the one before it
+            detail = f"checkpoint #{row.id} does not follow the one before it: checkpoints were removed or edited"
+            result.breaks.append(Break(-1, "deleted-checkpoint", None, None, detail))
+        signers = integrity.valid_signers(checkpoint.text, checkpoint.signatures, public_keys)
+        if not signers:
+            detail = f"checkpoint #{row.id}: no valid signature by a known key"
+            result.breaks.append(Break(-1, "forged-checkpoint", None, None, detail))
+            continue
+        payload = checkpoint.payload
+        for head in checkpoint.heads:
+            signed.setdefault(head.chain, []).append(head)
+        legacy = payload.get("legacy_rows", 0) if legacy is None else legacy
+        for chain, (seq, hash_) in payload.get("floors", {}).items():
+            floors[int(chain)] = (seq, hash_)
+        result.checkpoint = {"id": row.id, "at": payload["at"], "reason": payload["reason"], "signed_by": signers}
+    return signed, legacy, floors
+
+
+def _erased_subjects(database: Database) -> set[str]:
+    rows = AuditLog.select(AuditLog.additional_data).where(AuditLog.action == Action.USER_ERASED)
+    subjects: set[str] = set()
+    for (data,) in rows.tuples():
+        recorded = json.loads(data) if data else {}
+        subjects.update(recorded.get("subjects", [recorded.get("subject")]))
+    return subjects - {None}
+
+
+def _chain_rows(database: Database) -> list[tuple]:
+    query = AuditChain.select(AuditChain.chain, AuditChain.seq, AuditChain.head).where(AuditChain.chain >= 0)
+    with_rows = {c for (c,) in AuditLog.select(AuditLog.chain).where(AuditLog.chain.is_null(False)).distinct().tuples()}
+    return [row for row in query.tuples() if row[1] > 0 or row[0] in with_rows]
+
+
+def _range(chain: int, start: datetime | None, end: datetime | None, floor: int) -> tuple[int | None, int | None]:
+    """The places in `chain` to check: all after the floor, or those written in [start, end)."""
+    if start is None and end is None:
+        return floor + 1, None
+    query = AuditLog.select(fn.MIN(AuditLog.seq), fn.MAX(AuditLog.seq)).where(
+        (AuditLog.chain == chain) & (AuditLog.seq > floor)
+    )
+    if start is not None:
+        query = query.where(AuditLog.timestamp >= start)
+    if end is not None:
+        query = query.where(AuditLog.timestamp < end)
+    lo, hi = query.tuples().first()
+    return (lo, hi) if lo is not None else (None, None)
+
+
+def _linked_nearby(chain: int, seq: int, stored_hash: str, entry: integrity.Entry, reach: int = 16) -> bool:
+    """Whether the row follows, unaltered, a row a few places away: it was moved, not edited."""
+    nearby = AuditLog.select(AuditLog.entry_hash).where(
+        (AuditLog.chain == chain) & (AuditLog.seq.between(seq - reach, seq + reach))
+    )
+    candidates = [integrity.GENESIS, *(h for (h,) in nearby.tuples() if h)]
+    return any(integrity.link(h, entry) == stored_hash for h in candidates)
+
+
+def _hash_at(chain: int, seq: int) -> str | None:
+    return AuditLog.select(AuditLog.entry_hash).where((AuditLog.chain == chain) & (AuditLog.seq == seq)).scalar()
+
+
+def _rows(chain: int, lo: int, hi: int | None) -> Iterator[tuple]:
+    """The chain's rows from place `lo` (to `hi`), in order, a page at a time (keyset on place and id)."""
+    after = (lo - 1, 0)
+    while True:
+        query = AuditLog.select(*_COLUMNS).where(
+            (AuditLog.chain == chain)
+            & (AuditLog.seq >= after[0])
+            & ~((AuditLog.seq == after[0]) & (AuditLog.id <= after[1]))
+        )
+        if hi is not None:
+            query = query.where(AuditLog.seq <= hi)
+        page = list(query.order_by(AuditLog.seq, AuditLog.id).limit(PAGE).tuples())
+        yield from page
+        if len(page) < PAGE:
+            return
+        after = (page[-1][1], page[-1][0])
+
+
+def _unchained(database: Database, result: Result, signed_legacy: int | None) -> None:
+    """Rows outside every chain: those before the chains existed are counted (and must match the signed
+    count); any other was put there by hand."""
+    boundary = AuditChain.select(AuditChain.seq).where(AuditChain.chain == LEGACY).scalar() or 0
+    outside = AuditLog.select(fn.COUNT(AuditLog.id)).where(AuditLog.chain.is_null())
+    legacy = outside.where(AuditLog.id <= boundary).scalar()
+    forged = outside.where(AuditLog.id > boundary).scalar()
+    result.legacy_rows = legacy
+    if forged:
+        result.breaks.append(Break(-1, "inserted", None, None, f"{forged} row(s) outside every chain"))
+    if signed_legacy is not None and legacy != signed_legacy:
+        detail = f"{legacy} rows from before the chains, the checkpoint signed {signed_legacy}"
+        result.breaks.append(Break(-1, "edited", None, None, detail))
+
+
+class _PersonalCheck:
+    """Personal fields against the digest the chain covers, under any of the pseudonym keys (one per master
+    secret version); the answers for a (user, address, agent) are remembered, since they repeat."""
+
+    detail = "the user id, address or User-Agent differs from what the chain recorded"
+
+    def __init__(self, keys: Sequence[bytes], erased: set[str]):
+        self.keys, self.erased = list(keys), erased
+        self.known: dict[tuple, frozenset[str]] = {}
+
+    def ok(self, fields: Sequence[Any], digest: str | None, subject: str | None) -> bool:
+        fields = tuple(fields)
+        if fields == integrity.NO_PERSONAL_DATA and subject is not None and subject in self.erased:
+            return True
+        digests = self.known.get(fields)
+        if digests is None:
+            digests = frozenset(integrity.personal_digest(key, *fields) for key in self.keys)
+            if len(self.known) < 100_000:
+                self.known[fields] = digests
+        return digest in digests
