@@ -1,4 +1,4 @@
-"""python -m bench [http|totp|report|soak|all] — runs the benchmarks and writes bench/results/.
+"""python -m bench [http|totp|report|audit|soak|all] — runs the benchmarks and writes bench/results/.
 
 Figures on a shared machine drift by ±15-25 % between runs, so HTTP throughput is reported as a
 ratio against an empty Tornado handler measured in the same run, with the same process count,
@@ -79,7 +79,7 @@ def http_table(rows: list[dict], scenarios: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["all", "http", "totp", "report", "soak"])
+    parser.add_argument("what", nargs="?", default="all", choices=["all", "http", "totp", "report", "audit", "soak"])
     parser.add_argument("--databases", default="sqlite,postgres", type=lambda s: s.split(","))
     parser.add_argument("--processes", default="1,2", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--limiters", default="memory,redis", type=lambda s: s.split(","))
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--devices", type=int, default=150_000, help="devices seeded for fresh valid codes")
     parser.add_argument("--report-rows", type=int, default=1_000_000)
+    parser.add_argument("--audit-rows", type=int, default=1_000_000, help="chained rows `audit verify` checks")
     parser.add_argument("--soak-verifications", type=int, default=1_000_000, help="verifications in the memory soak")
     parser.add_argument("--soak-devices", type=int, default=100_000, help="devices the soak cycles over")
     parser.add_argument("--quick", action="store_true", help="PostgreSQL, 2 processes, memory limits, 1 short run")
@@ -138,6 +139,20 @@ def main() -> None:
             "",
             f"{r['audit_rows']:,} audit rows: `report audit` took **{r['report_seconds']} s**, peak memory "
             f"**{r['peak_rss_mib']} MiB** (HTML {r['html_kib']} KiB; filling the table took {r['fill_seconds']} s).",
+            "",
+        ]
+    if args.what in ("all", "audit"):
+        from .audit import run as audit
+
+        print(f"… audit verify over {args.audit_rows:,} rows", file=sys.stderr, flush=True)
+        result["audit"] = a = audit(args.audit_rows)
+        md += [
+            "## Audit trail verification over PostgreSQL",
+            "",
+            f"{a['rows']:,} chained audit rows in {a['chains']} chains: "
+            f"`audit verify` took **{a['verify_seconds']} s**, "
+            f"peak memory **{a['verify_peak_rss_mib']} MiB** (making and loading the rows took {a['fill_seconds']} s). "
+            f"It said: `{a['output']}`",
             "",
         ]
     if args.what in ("all", "soak"):

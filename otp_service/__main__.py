@@ -196,13 +196,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report_runner import ReportError, parse_day, period, run_report
 
     url = _database_url(args)
+    settings = Settings.from_env(_with_url(args))  # the keys that verify the audit trail the report states
     try:
         start, end = parse_day(args.start, "start"), parse_day(args.end, "end")
         period(start, end)
     except ReportError as exc:  # bad input: the same exit code as every command's
         return _fail(str(exc))
     try:
-        result = run_report(args.kind, start, end, url, Path(args.output_dir), store=not args.no_store)
+        result = run_report(
+            args.kind, start, end, url, Path(args.output_dir), store=not args.no_store, settings=settings
+        )
     except ReportError as exc:
         return _fail(str(exc), 1)
     print(f"wrote {result.html} (notebook {result.notebook}, tables and figures in {result.data_dir})")

@@ -114,7 +114,7 @@ def verify(
         check = ChainCheck(chain, seq=lo - 1, hash=previous or integrity.GENESIS)
         heads = [h for h in signed.get(chain, ()) if h.seq >= lo and (hi is None or h.seq <= hi)]
         watch = frozenset(h.seq for h in heads)
-        for row in _rows(chain, lo, hi):
+        for row in _rows(database, chain, lo, hi):
             entry = integrity.Entry(*row[3:13])
             before = check.first_break
             check.feed(row[0], row[1], row[2], entry, watch)
@@ -209,18 +209,18 @@ def _hash_at(chain: int, seq: int) -> str | None:
     return AuditLog.select(AuditLog.entry_hash).where((AuditLog.chain == chain) & (AuditLog.seq == seq)).scalar()
 
 
-def _rows(chain: int, lo: int, hi: int | None) -> Iterator[tuple]:
-    """The chain's rows from place `lo` (to `hi`), in order, a page at a time (keyset on place and id)."""
-    after = (lo - 1, 0)
+def _rows(database: Database, chain: int, lo: int, hi: int | None) -> Iterator[tuple]:
+    """The chain's rows from place `lo` (to `hi`), in order, a page at a time (keyset on place and id).
+    Plain SQL, not the model: a million rows through peewee's row conversion would double the time."""
+    mark = "?" if "sqlite" in type(database).__name__.lower() else "%s"
+    columns = ", ".join(c.column_name for c in _COLUMNS)
+    sql = (
+        f"SELECT {columns} FROM audit_logs WHERE chain = {mark} AND seq >= {mark} AND seq <= {mark} "
+        f"AND NOT (seq = {mark} AND id <= {mark}) ORDER BY seq, id LIMIT {PAGE}"
+    )
+    after, last = (lo - 1, 0), hi if hi is not None else 2**62
     while True:
-        query = AuditLog.select(*_COLUMNS).where(
-            (AuditLog.chain == chain)
-            & (AuditLog.seq >= after[0])
-            & ~((AuditLog.seq == after[0]) & (AuditLog.id <= after[1]))
-        )
-        if hi is not None:
-            query = query.where(AuditLog.seq <= hi)
-        page = list(query.order_by(AuditLog.seq, AuditLog.id).limit(PAGE).tuples())
+        page = database.execute_sql(sql, (chain, after[0], last, after[0], after[1])).fetchall()
         yield from page
         if len(page) < PAGE:
             return

@@ -411,25 +411,29 @@ def _poisson(rng: random.Random, mean: float) -> int:
         k += 1
 
 
-def demo_database(url: str, devices: int = 40, days: int = 28, seed: int = 7, end: datetime = DEFAULT_END) -> str:
-    """A database at `url` holding the demo history, under a throwaway master secret (the keys are
-    never needed again): what report notebooks use when they are given no database."""
-    import secrets
+DEMO_MASTER_SECRET = "demo-master-secret-not-for-production-0123"  # demo databases only: throwaway keys
+DEMO_SIGNING_KEY = "ZGVtby1hdWRpdC1zaWduaW5nLWtleS1kZW1vLW9ubHk="  # 32 bytes, base64: demo checkpoints
 
+
+def demo_settings(url: str):
+    """The settings demo databases are written (and verified) with: fixed throwaway secrets, so a report can
+    check the demo trail's chains and signature like a real one's."""
     from .config import Settings
+
+    env = {"ENVIRONMENT": "test", "DATABASE_URL": url, "API_KEY": "demo-api-key-not-for-production"}
+    return Settings.from_env(env | {"MASTER_SECRET": DEMO_MASTER_SECRET, "AUDIT_SIGNING_KEY": DEMO_SIGNING_KEY})
+
+
+def demo_database(url: str, devices: int = 40, days: int = 28, seed: int = 7, end: datetime = DEFAULT_END) -> str:
+    """A database at `url` holding the demo history, its audit chains sealed by a checkpoint at its end: what
+    report notebooks use when they are given no database."""
     from .database import migrate, open_database
     from .service import build_service
 
-    settings = Settings.from_env(
-        {
-            "ENVIRONMENT": "test",
-            "MASTER_SECRET": secrets.token_urlsafe(32),
-            "API_KEY": secrets.token_urlsafe(16),
-            "DATABASE_URL": url,
-        }
-    )
     database = open_database(url, 1)
     migrate(database)
-    generate(build_service(settings, database), devices, days, seed, end)
+    service = build_service(demo_settings(url), database, clock=end.timestamp)
+    generate(service, devices, days, seed, end)
+    service.checkpoint("on-demand")
     database.close_all()
     return url

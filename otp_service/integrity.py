@@ -36,15 +36,18 @@ PURPOSE = "audit-pseudonyms"  # the keyring purpose of the pseudonym key
 NO_PERSONAL_DATA = (None, None, None)
 
 
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode  # made once
+
+
 def _encode(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    return _CANONICAL(value).encode("utf-8")
 
 
 def _timestamp(value: datetime | str) -> str:
     """One text form for a timestamp however the database returned it (SQLite: text; PostgreSQL: datetime)."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return value.isoformat(timespec="microseconds")
+    return value.isoformat(" ", "microseconds")
 
 
 def personal_digest(key: bytes, user_id: str | None, ip_address: str | None, user_agent: str | None) -> str:
@@ -73,12 +76,15 @@ class Entry(NamedTuple):
 
     def content_hash(self) -> bytes:
         values = [_timestamp(self.timestamp), self.action, bool(self.success), *self[3:]]
-        return hashlib.sha256(_encode(values)).digest()
+        return _sha256(_CANONICAL(values).encode("utf-8")).digest()
 
 
 def link(previous: str, entry: Entry) -> str:
     """The entry hash of `entry` after `previous` (hex)."""
-    return hashlib.sha256(bytes.fromhex(previous) + entry.content_hash()).hexdigest()
+    return _sha256(bytes.fromhex(previous) + entry.content_hash()).hexdigest()
+
+
+_sha256 = hashlib.sha256
 
 
 def chain_hashes(previous: str, entries: Iterable[Entry]) -> list[str]:

@@ -464,6 +464,34 @@ class ReportContext:
     output: ReportOutput
     source: str  # the database, for the reader, without any password
     generated_at: str
+    integrity: dict | None = None  # `audit verify` over the period's rows (audit_verify.Result.as_dict())
+
+    def integrity_markdown(self) -> str:
+        """The integrity statement a reader checks first: were these records altered?"""
+        found = self.integrity
+        if found is None:
+            return "## Integrity of these records\n\n**Not checked**: the service's keys were not available."
+        checkpoint = found.get("checkpoint")
+        against = (
+            f"the signed checkpoint #{checkpoint['id']} of {checkpoint['at'].replace('T', ' ').rstrip('Z')} UTC "
+            f"(key {', '.join(checkpoint['signed_by'])})"
+            if checkpoint
+            else "no signed checkpoint (none has been taken yet)"
+        )
+        if found["intact"]:
+            verdict = (
+                f"**Intact.** The {found['rows']:,} audit records written in this period were recomputed link by "
+                f"link in their {found['chains']} hash chains and match, checked against {against}: none was "
+                "edited, removed, inserted or reordered."
+            )
+        else:
+            lines = "\n".join(f"- chain {b['chain']}: {b['kind']} — {b['detail']}" for b in found["breaks"])
+            verdict = (
+                f"**ALTERED.** Checking the {found['rows']:,} audit records of this period against {against} "
+                f"found {len(found['breaks'])} break(s); the figures below include records that were changed:"
+                f"\n\n{lines}"
+            )
+        return f"## Integrity of these records\n\n{verdict}"
 
     def header(self, title: str) -> str:
         last_day = (self.end - timedelta(days=1)).date()
@@ -474,13 +502,15 @@ class ReportContext:
         )
 
 
-def prepare(data: str, start: str, end: str, output_dir: str | None) -> ReportContext:
+def prepare(data: str, start: str, end: str, output_dir: str | None, integrity: str = "") -> ReportContext:
     """Open the report's database, parse the inclusive dates, make the output folder.
 
     `data`: "demo" builds the deterministic demo history in a temporary SQLite file, so the notebook runs
     anywhere with no set-up and shows the same figures every time; "DATABASE_URL" opens the database
     that environment variable names (the `report` command sets it: a URL given as a parameter, password
-    and all, would be written into the executed notebook).
+    and all, would be written into the executed notebook). `integrity`: the `report` command's verification
+    of the period's audit rows, as JSON; without it the notebook verifies them itself (demo, or the service's
+    keys in the environment).
     """
     from .config import read
     from .demo_data import demo_database
@@ -502,7 +532,24 @@ def prepare(data: str, start: str, end: str, output_dir: str | None) -> ReportCo
         source = source.format(devices=Device.select().count())
     output = ReportOutput(output_dir or tempfile.mkdtemp(prefix="otp-report-"))
     generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return ReportContext(database, begin, until, output, source, generated)
+    checked = json.loads(integrity) if integrity else _verify(database, database_url, data, begin, until)
+    return ReportContext(database, begin, until, output, source, generated, checked)
+
+
+def _verify(database: Database, database_url: str, data: str, start: datetime, end: datetime) -> dict | None:
+    """The period's audit rows verified here (demo: with the demo's keys; else the environment's, if set)."""
+    from .config import ConfigError, Settings
+    from .demo_data import demo_settings
+    from .service import build_service
+
+    try:
+        settings = demo_settings(database_url) if data == "demo" else Settings.from_env()
+    except ConfigError:
+        return None
+    if data != "demo" and "AUDIT_SIGNING_KEY" in settings.generated:
+        return None  # no keys given: the one just generated would call every checkpoint forged
+    service = build_service(settings, database)
+    return service.verify_audit(start, end, record=False).as_dict()
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

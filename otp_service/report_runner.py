@@ -6,6 +6,7 @@ in the `reports` table, because a scheduled job's disk is thrown away after the 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import tempfile
@@ -15,6 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = {"audit": "03_audit_report.ipynb", "usage": "04_usage_report.ipynb"}
@@ -49,8 +54,17 @@ def period(start: date, end: date) -> tuple[datetime, datetime]:
 
 
 def run_report(
-    kind: str, start: date, end: date, database_url: str, output_dir: Path, store: bool = True, timeout: float = 600
+    kind: str,
+    start: date,
+    end: date,
+    database_url: str,
+    output_dir: Path,
+    store: bool = True,
+    timeout: float = 600,
+    settings: Settings | None = None,
 ) -> ReportResult:
+    """Run a report notebook. With `settings` (the service's keys), the audit chains are sealed by a signed
+    checkpoint first and the period's rows verified against it; the report states the result."""
     import papermill
     from nbconvert import HTMLExporter
 
@@ -71,6 +85,8 @@ def run_report(
     output_dir.mkdir(parents=True, exist_ok=True)
     notebook, html_path, data_dir = output_dir / f"{name}.ipynb", output_dir / f"{name}.html", output_dir / name
     parameters = {"data": "DATABASE_URL", "start": str(start), "end": str(end), "output_dir": str(data_dir.resolve())}
+    if settings is not None:
+        parameters["integrity"] = _integrity(settings, database, *period(start, end))
     try:
         # The database URL (and its password) reaches the kernel in its environment, never as a parameter:
         # papermill writes parameters into the notebook it saves.
@@ -95,6 +111,15 @@ def run_report(
     report_id = _store(database, kind, start, end, html, data_dir) if store else None
     database.close_all()
     return ReportResult(notebook, html_path, data_dir, report_id)
+
+
+def _integrity(settings: Settings, database, start: datetime, end: datetime) -> str:
+    """Seal the chains (a checkpoint for this report), then verify the period's rows: the statement, as JSON."""
+    from .service import build_service
+
+    service = build_service(settings, database)
+    service.checkpoint("report")
+    return json.dumps(service.verify_audit(start, end, record=False).as_dict(), default=str)
 
 
 @contextmanager

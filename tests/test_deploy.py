@@ -67,7 +67,7 @@ def test_blueprint_shape():
     assert WEB["healthCheckPath"] in {t for t, _ in API_ROUTES}
     kv = next(s for s in BLUEPRINT["services"] if s["type"] == "keyvalue")
     assert kv["ipAllowList"] == []
-    assert {c["dockerCommand"].split()[3] for c in CRONS} == {"scheduled-report"}
+    assert {c["dockerCommand"].split()[3] for c in CRONS} == {"scheduled-report", "audit"}
     for cron in CRONS:
         assert re.fullmatch(r"[\d*/,-]+( [\d*/,-]+){4}", cron["schedule"])
 
@@ -120,10 +120,11 @@ def test_pre_deploy_and_cron_commands_run_against_the_test_database(service, db_
 
     service.register("CRON-1", "u")  # something for the reports to count
     commands = [WEB["preDeployCommand"]] + [c["dockerCommand"] for c in CRONS]
+    env = blueprint_env(WEB, db_url)  # one deployment: the same secrets for every job
+    env["MASTER_SECRET"] = service.settings.master_secret  # the one the rows were written with
     for command in commands:
         argv = shlex.split(command)
         assert argv[:3] == ["python", "-m", "otp_service"]
-        env = blueprint_env(WEB, db_url)
         result = (
             run_cli(*argv[3:], "--output-dir", str(tmp_path), cwd=tmp_path, timeout=300, **env)
             if ("report" in command)
