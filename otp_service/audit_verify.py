@@ -212,8 +212,11 @@ def _hash_at(chain: int, seq: int) -> str | None:
 def _rows(database: Database, chain: int, lo: int, hi: int | None) -> Iterator[tuple]:
     """The chain's rows from place `lo` (to `hi`), in order, a page at a time (keyset on place and id).
     Plain SQL, not the model: a million rows through peewee's row conversion would double the time."""
-    mark = "?" if "sqlite" in type(database).__name__.lower() else "%s"
+    sqlite = "sqlite" in type(database).__name__.lower()
+    mark = "?" if sqlite else "%s"
     columns = ", ".join(c.column_name for c in _COLUMNS)
+    if not sqlite:  # the timestamp as the text the hash covers: no datetime made and formatted per row
+        columns = columns.replace("timestamp", "to_char(timestamp, 'YYYY-MM-DD HH24:MI:SS.US')", 1)
     sql = (
         f"SELECT {columns} FROM audit_logs WHERE chain = {mark} AND seq >= {mark} AND seq <= {mark} "
         f"AND NOT (seq = {mark} AND id <= {mark}) ORDER BY seq, id LIMIT {PAGE}"

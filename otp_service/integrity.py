@@ -1,14 +1,15 @@
 """Tamper evidence for the audit trail, as pure functions: no database, no clock.
 
 Every audit row belongs to one of K chains and carries its place in it (`seq`) and
-`entry_hash = SHA-256(previous entry_hash ‖ SHA-256(canonical encoding of the row))`. The encoding is a
-JSON array of the row's columns in a fixed order (unambiguous: no separator can be forged into a value),
+`entry_hash = SHA-256(previous entry_hash ‖ SHA-256(canonical encoding of the row))`. The encoding is the
+row's columns in a fixed order, each length-prefixed (unambiguous: no separator can be forged into a value),
 with the personal fields — user id, client address, User-Agent — replaced by a keyed digest
 (`personal_digest`, HMAC under a key derived from the master secret). So the personal fields can be erased
 (GDPR art. 17) and the chain still verifies: while they are present, verification checks them against the
 digest; once erased, the row's `subject` (a keyed pseudonym of the user) must be one an erasure recorded.
 
-A chain's first row follows `GENESIS`, or the last hash of a signed tombstone once older rows were pruned.
+A chain's first row follows `GENESIS`, or, once older rows were pruned, the last pruned row's hash (the
+chain's floor, in a signed checkpoint).
 Signed checkpoints (Ed25519) bind every chain's head and length at a time, so rewriting a chain, or cutting
 its tail, is caught even by someone who can rewrite every row and the head table.
 
@@ -46,6 +47,8 @@ def _encode(value: Any) -> bytes:
 def _timestamp(value: datetime | str) -> str:
     """One text form for a timestamp however the database returned it (SQLite: text; PostgreSQL: datetime)."""
     if isinstance(value, str):
+        if len(value) == 26:  # already "YYYY-MM-DD HH:MM:SS.ffffff" (how verification reads PostgreSQL's)
+            return value
         value = datetime.fromisoformat(value)
     return value.isoformat(" ", "microseconds")
 
@@ -75,8 +78,18 @@ class Entry(NamedTuple):
     actor: str | None
 
     def content_hash(self) -> bytes:
-        values = [_timestamp(self.timestamp), self.action, bool(self.success), *self[3:]]
-        return _sha256(_CANONICAL(values).encode("utf-8")).digest()
+        return _sha256(encode_entry(self).encode("utf-8")).digest()
+
+
+def encode_entry(entry: Entry) -> str:
+    """The row's canonical text: each field length-prefixed (`5:hello`), `~` for none, `T`/`F` for success —
+    unambiguous (no value can pass for two), and about three times cheaper than JSON, which matters at a
+    million rows per verification."""
+    timestamp, action = _timestamp(entry.timestamp), entry.action
+    parts = [f"{len(timestamp)}:{timestamp}{len(action)}:{action}", "T" if entry.success else "F"]
+    for value in entry[3:]:
+        parts.append("~" if value is None else f"{len(value)}:{value}")
+    return "".join(parts)
 
 
 def link(previous: str, entry: Entry) -> str:

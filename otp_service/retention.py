@@ -131,7 +131,7 @@ def prune(
         "rows": count,
         "columns": list(EXPORT_COLUMNS),
         "chains": chains,
-        "hashing": "entry_hash = sha256(previous entry_hash || sha256(canonical JSON of the row)); see integrity.py",
+        "hashing": "entry_hash = sha256(previous entry_hash || sha256(length-prefixed row)); see integrity.py",
         "checkpoint": {
             "id": checkpoint.id,
             "text": checkpoint.payload,
