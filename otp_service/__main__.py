@@ -278,7 +278,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 f"#{manifest['checkpoint']['id']}"
             )
             return 0
-        result = service.verify_audit(start, end, record=not (start or end))
+        result = service.verify_audit(start, end, record=not (start or end), expected=tuple(args.expect or ()))
     except UNAVAILABLE_ERRORS + (DatabaseUnavailable,) as exc:
         return _fail(f"cannot reach the database: {exc}", 1)
     if args.json:
@@ -333,6 +333,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         migrate(database)
         service = build_service(settings, database)
         done = generate(service, devices=args.devices, days=args.days, seed=args.seed, end=end)
+        service.checkpoint("on-demand")  # seal the history it wrote
     except UNAVAILABLE_ERRORS as exc:
         return _fail(f"cannot reach the database: {str(exc).strip()}", 1)
     except errors.DeviceExists:
@@ -511,6 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--start", help="only rows written from this day, YYYY-MM-DD (UTC)")
     a.add_argument("--end", help="only rows written up to this day, YYYY-MM-DD (UTC), included")
     a.add_argument("--json", action="store_true", help="the result as JSON")
+    a.add_argument(
+        "--expect",
+        action="append",
+        metavar="SHA256",
+        help="a checkpoint you hold outside the database (its sha256, from the log or a report) that must be there",
+    )
     a = actions.add_parser("checkpoint", help="sign the chains' heads now", formatter_class=formatter)
     a = actions.add_parser(
         "prune", help="export rows written before a day, then remove them (retention)", formatter_class=formatter

@@ -97,10 +97,16 @@ def verify(
     pseudonym_keys: Sequence[bytes],
     start: datetime | None = None,
     end: datetime | None = None,
+    unsealed_before: datetime | None = None,
+    expected: Sequence[str] = (),
 ) -> Result:
-    """Check every chain (or, with start/end, the rows written in [start, end)) and the checkpoints."""
+    """Check every chain (or, with start/end, the rows written in [start, end)) and the checkpoints.
+
+    `unsealed_before`: rows written before this time must be covered by a signed checkpoint (the server
+    signs one every few minutes): otherwise the newest checkpoints were removed — the one change the
+    chain of checkpoints itself cannot show."""
     result = Result(period=(start, end))
-    signed, legacy, floors = _checkpoints(database, public_keys, result)
+    signed, legacy, floors = _checkpoints(database, public_keys, result, expected)
     erased = _erased_subjects(database)
     personal = _PersonalCheck(pseudonym_keys, erased)
     chains = {chain: Head(chain, seq, head) for chain, seq, head in _chain_rows(database)}
@@ -133,11 +139,29 @@ def verify(
         if floor[0] and below.scalar():
             result.breaks.append(Break(chain, "inserted", None, None, "rows below the pruned part of the chain"))
     _unchained(database, result, legacy)
+    if unsealed_before is not None:
+        _unsealed(database, result, signed, unsealed_before)
     return result
 
 
+def _unsealed(database: Database, result: Result, signed: dict[int, list[Head]], before: datetime) -> None:
+    for (chain,) in AuditChain.select(AuditChain.chain).where(AuditChain.chain >= 0).tuples():
+        covered = max((h.seq for h in signed.get(chain, ())), default=0)
+        oldest = (
+            AuditLog.select(fn.COUNT(AuditLog.id))
+            .where((AuditLog.chain == chain) & (AuditLog.seq > covered) & (AuditLog.timestamp < before))
+            .scalar()
+        )
+        if oldest:
+            detail = (
+                f"{oldest} row(s) written before {before:%Y-%m-%d %H:%M} UTC are covered by no signed checkpoint: "
+                "the newest checkpoints were removed, or the service has not been signing them"
+            )
+            result.breaks.append(Break(chain, "unsealed", covered + 1, None, detail))
+
+
 def _checkpoints(
-    database: Database, public_keys: dict[str, Ed25519PublicKey], result: Result
+    database: Database, public_keys: dict[str, Ed25519PublicKey], result: Result, expected: Sequence[str] = ()
 ) -> tuple[dict[int, list[Head]], int | None, dict[int, tuple[int, str]]]:
     """Every validly signed head by chain; the count of rows from before the chains the first checkpoint
     signed; each chain's pruned floor (place, hash)."""
@@ -145,10 +169,11 @@ def _checkpoints(
     legacy: int | None = None
     floors: dict[int, tuple[int, str]] = {}
     previous = None
+    seen: set[str] = set()
     for row in AuditCheckpoint.select().order_by(AuditCheckpoint.id):
         checkpoint = stored(row)
-        expected, previous = previous, hashlib.sha256(row.payload.encode("utf-8")).hexdigest()
-        if checkpoint.payload.get("previous") != expected:  # each checkpoint names the one before it
+        before, previous = previous, hashlib.sha256(row.payload.encode("utf-8")).hexdigest()
+        if checkpoint.payload.get("previous") != before:  # each checkpoint names the one before it
             detail = f"checkpoint #{row.id} does not follow the one before it: checkpoints were removed or edited"
             result.breaks.append(Break(-1, "deleted-checkpoint", None, None, detail))
         signers = integrity.valid_signers(checkpoint.text, checkpoint.signatures, public_keys)
@@ -163,6 +188,12 @@ def _checkpoints(
         for chain, (seq, hash_) in payload.get("floors", {}).items():
             floors[int(chain)] = (seq, hash_)
         result.checkpoint = {"id": row.id, "at": payload["at"], "reason": payload["reason"], "signed_by": signers}
+        result.checkpoint["sha256"] = previous
+        seen.add(previous)
+    for digest in expected:  # checkpoints the operator holds outside the database (logs, reports)
+        if digest.lower() not in seen:
+            detail = f"the checkpoint with SHA-256 {digest[:16]}… you hold is not in the database"
+            result.breaks.append(Break(-1, "deleted-checkpoint", None, None, detail))
     return signed, legacy, floors
 
 
@@ -237,6 +268,7 @@ def _unchained(database: Database, result: Result, signed_legacy: int | None) ->
     outside = AuditLog.select(fn.COUNT(AuditLog.id)).where(AuditLog.chain.is_null())
     legacy = outside.where(AuditLog.id <= boundary).scalar()
     forged = outside.where(AuditLog.id > boundary).scalar()
+    forged += AuditLog.select(fn.COUNT(AuditLog.id)).where(AuditLog.chain < 0).scalar()  # no such chain
     result.legacy_rows = legacy
     if forged:
         result.breaks.append(Break(-1, "inserted", None, None, f"{forged} row(s) outside every chain"))

@@ -47,7 +47,7 @@ def _encode(value: Any) -> bytes:
 def _timestamp(value: datetime | str) -> str:
     """One text form for a timestamp however the database returned it (SQLite: text; PostgreSQL: datetime)."""
     if isinstance(value, str):
-        if len(value) == 26:  # already "YYYY-MM-DD HH:MM:SS.ffffff" (how verification reads PostgreSQL's)
+        if len(value) == 26 and value[10] == " ":  # already "YYYY-MM-DD HH:MM:SS.ffffff" (as read from PostgreSQL)
             return value
         value = datetime.fromisoformat(value)
     return value.isoformat(" ", "microseconds")

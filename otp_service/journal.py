@@ -60,7 +60,7 @@ class Journal:
         """A chain's (id, seq, head), locked until the transaction ends: a free one when there is one."""
         select = AuditChain.select(AuditChain.chain, AuditChain.seq, AuditChain.head)
         if is_postgres(self.database):
-            free = select.where(AuditChain.chain < self.chains).order_by(AuditChain.chain)
+            free = select.where(AuditChain.chain.between(0, self.chains - 1)).order_by(AuditChain.chain)
             free = free.for_update("FOR UPDATE SKIP LOCKED")
             # start at a random chain so concurrent writers spread out
             start = random.randrange(self.chains)

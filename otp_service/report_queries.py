@@ -474,7 +474,7 @@ class ReportContext:
         checkpoint = found.get("checkpoint")
         against = (
             f"the signed checkpoint #{checkpoint['id']} of {checkpoint['at'].replace('T', ' ').rstrip('Z')} UTC "
-            f"(key {', '.join(checkpoint['signed_by'])})"
+            f"(key {', '.join(checkpoint['signed_by'])}; SHA-256 of its text {checkpoint.get('sha256', '?')})"
             if checkpoint
             else "no signed checkpoint (none has been taken yet)"
         )

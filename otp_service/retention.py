@@ -130,6 +130,7 @@ def prune(
         "sha256": digest,
         "rows": count,
         "columns": list(EXPORT_COLUMNS),
+        "empty_cell": "none (no audit column holds an empty string)",
         "chains": chains,
         "hashing": "entry_hash = sha256(previous entry_hash || sha256(length-prefixed row)); see integrity.py",
         "checkpoint": {
@@ -179,8 +180,8 @@ _OPERATOR = RequestContext(user_agent="otp-service audit (command line)", actor=
 
 def _text(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat(timespec="microseconds")
-    return value
+        return value.isoformat(" ", "microseconds")  # the form the chain hashes
+    return value  # None is an empty cell: no audit column holds an empty string
 
 
 def _file_sha256(path: Path) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import math
 import time
@@ -403,12 +404,26 @@ class OtpService:
         return [self.keyring.purpose_key(integrity.PURPOSE, v) for v in reversed(self.keyring.versions)]
 
     def verify_audit(
-        self, start: datetime | None = None, end: datetime | None = None, record: bool = True
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        record: bool = True,
+        expected: tuple[str, ...] = (),
     ) -> audit_verify.Result:
         """Recompute the chains and check them against the signed checkpoints; with `record`, the result is
         kept as a signed checkpoint (what `/metrics` and the next report read)."""
+        now = to_datetime(self._now(None))
+        unsealed = now - timedelta(seconds=2 * self.settings.audit_checkpoint_seconds + 60)  # two periods missed
         with self.unit_of_work():
-            result = audit_verify.verify(self.database, self.audit_keys.public, self.pseudonym_keys, start, end)
+            result = audit_verify.verify(
+                self.database,
+                self.audit_keys.public,
+                self.pseudonym_keys,
+                start,
+                end,
+                unsealed_before=unsealed,
+                expected=expected,
+            )
         if record:
             reason = "verified" if result.intact else "verify-failed"
             extra = {"verification": {"intact": result.intact, "rows": result.rows, "breaks": len(result.breaks)}}
@@ -419,10 +434,11 @@ class OtpService:
         with self.unit_of_work(write=True):
             return checkpoints.take(self.database, self.audit_keys, reason, to_datetime(self._now(None)), extra).id
 
-    def checkpoint_if_due(self) -> int | None:
+    def checkpoint_if_due(self) -> tuple[int, str] | None:
+        """(id, SHA-256 of its signed text) of the checkpoint taken, or None when none was due."""
         with self.unit_of_work():
             taken = checkpoints.take_if_due(self.database, self.audit_keys, self.settings, to_datetime(self._now(None)))
-        return None if taken is None else taken.id
+        return None if taken is None else (taken.id, hashlib.sha256(taken.payload.encode("utf-8")).hexdigest())
 
     def prune_audit(self, before: datetime, export_dir: Any) -> dict[str, Any]:
         with self.unit_of_work():
@@ -560,7 +576,7 @@ class AsyncOtpService:
     async def audit_keys(self) -> list[dict[str, Any]]:
         return self.service.audit_keys.listing()
 
-    async def checkpoint_if_due(self) -> int | None:
+    async def checkpoint_if_due(self) -> tuple[int, str] | None:
         return await self.thread(self.service.checkpoint_if_due)
 
     async def audit_status(self) -> dict[str, Any]:

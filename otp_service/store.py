@@ -111,7 +111,7 @@ WITH RECURSIVE t AS (
 ), evs AS (  -- the audit rows to write, numbered in order
     SELECT e.*, row_number() OVER (ORDER BY e.n) AS k FROM ev e JOIN applied a ON a.i = e.i
 ), free AS (  -- a chain nobody is extending now (`journal`), starting from a random one
-    SELECT chain, seq, head FROM audit_chains WHERE chain < %s::int AND EXISTS (SELECT FROM evs)
+    SELECT chain, seq, head FROM audit_chains WHERE chain >= 0 AND chain < %s::int AND EXISTS (SELECT FROM evs)
     ORDER BY mod(chain + %s::int, %s::int) LIMIT 1 FOR UPDATE SKIP LOCKED
 ), busy AS (  -- all are being extended: wait for one
     SELECT chain, seq, head FROM audit_chains

@@ -408,3 +408,11 @@ def test_lifecycle_bursts_across_two_processes_hold_the_budget_and_use_codes_onc
             (AuditLog.action == "RECOVERY_CODE_VERIFICATION") & (AuditLog.reason == "INVALID_CODE")
         )
         assert checked.count() == 5
+    # every row those processes wrote, each batch in its own chain, links up and verifies
+    from otp_service.config import Settings
+    from otp_service.service import build_service
+
+    settings = Settings.from_env(production_env(PG_URL, API_KEY))
+    result = build_service(settings, database).verify_audit(record=False)
+    assert result.intact, result.lines()
+    assert result.rows == AuditLog.select().count() > 100

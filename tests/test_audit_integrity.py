@@ -221,6 +221,21 @@ def test_forged_and_deleted_checkpoints_are_found(sealed, database):
     assert "deleted-checkpoint" in kinds(verify(sealed))
 
 
+def test_removing_the_newest_checkpoints_is_found(service, database, clock):
+    history(service, clock, devices=2)
+    service.checkpoint()
+    service.register("LATER", "user5", CTX)
+    newest = service.checkpoint()
+    with database.connection_context():
+        held = hashlib.sha256(AuditCheckpoint.get_by_id(newest).payload.encode()).hexdigest()
+    assert verify(service, expected=(held,)).intact
+    clock.advance(2 * 300 + 61)  # two checkpoint periods: the server would have signed the new rows by now
+    _exec(database, "DELETE FROM audit_checkpoints WHERE id = %s", (newest,))
+    result = verify(service)
+    assert kinds(result) == ["unsealed"] and "covered by no signed checkpoint" in result.breaks[0].detail
+    assert "deleted-checkpoint" in kinds(verify(service, expected=(held,)))  # a copy held elsewhere
+
+
 # -- rotation, retention, erasure ------------------------------------------------------------------------
 
 
