@@ -152,7 +152,9 @@ def main() -> None:
             f"{a['rows']:,} chained audit rows in {a['chains']} chains: "
             f"`audit verify` took **{a['verify_seconds']} s**, "
             f"peak memory **{a['verify_peak_rss_mib']} MiB** (making and loading the rows took {a['fill_seconds']} s). "
-            f"It said: `{a['output']}`",
+            f"It said: `{a['output']}`. Then `audit prune` exported and removed half of them in "
+            f"**{a['prune_seconds']} s** (peak memory of the commands so far {a['prune_peak_rss_mib']} MiB): "
+            f"`{a['prune_output']}`; verify afterwards: `{a['after_prune']}`",
             "",
         ]
     if args.what in ("all", "soak"):

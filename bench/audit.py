@@ -12,6 +12,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 from .load import PG_ADMIN, ROOT
@@ -122,11 +123,25 @@ def run(rows: int = 1_000_000, chains: int = 16) -> dict:
         )
         seconds = time.perf_counter() - started
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        with tempfile.TemporaryDirectory() as export:  # retention: half the rows exported, then removed
+            started = time.perf_counter()
+            pruned = subprocess.run(
+                [sys.executable, "-m", "otp_service", "audit", "prune", "--before", _middle(rows), "--export", export],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            prune_seconds = time.perf_counter() - started
+            prune_peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        after = subprocess.run(
+            [sys.executable, "-m", "otp_service", "audit", "verify"], env=env, capture_output=True, text=True
+        )
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
         admin.close()
-    if result.returncode != 0:
-        raise SystemExit(f"audit verify failed: {result.stdout}{result.stderr}")
+    for name, done in (("audit verify", result), ("audit prune", pruned), ("audit verify after the prune", after)):
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed: {done.stdout}{done.stderr}")
     return {
         "rows": rows,
         "chains": chains,
@@ -134,7 +149,18 @@ def run(rows: int = 1_000_000, chains: int = 16) -> dict:
         "verify_seconds": round(seconds, 1),
         "verify_peak_rss_mib": round(peak_mib),
         "output": result.stdout.strip().splitlines()[0],
+        "prune_seconds": round(prune_seconds, 1),
+        "prune_peak_rss_mib": round(max(prune_peak_mib, peak_mib)),
+        "prune_output": pruned.stdout.strip(),
+        "after_prune": after.stdout.strip().splitlines()[0],
     }
+
+
+def _middle(rows: int) -> str:
+    """The day half the rows were written before (they are 2.592 s apart from 2026-01-01)."""
+    from datetime import date, timedelta
+
+    return str(date(2026, 1, 1) + timedelta(days=int(rows * 2.592 / 2 / 86400) + 1))
 
 
 if __name__ == "__main__":

@@ -190,12 +190,7 @@ class OtpService:
     ) -> dict[str, Any]:
         """Every time step in [start, end] for which `otp` was the device's code (`verification.lookup_steps`)."""
         now = self._now(now)
-        state = self.query(self.store.read, device_id)
-        if state is None:
-            raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
-        key = self._key(state)
-        if key is None:
-            raise errors.KeyUnavailableError("This device's key cannot be derived.")
+        state, key = self._device_and_key(device_id)
         from_, to = unix_time(start), unix_time(end)
         steps, last = verification.lookup_steps(key, state, otp, from_, to, now, self.policy)
         interval = state.interval
@@ -384,14 +379,19 @@ class OtpService:
 
     def current_code(self, device_id: str, now: float | None = None) -> dict[str, Any]:
         """For DEBUG test set-ups only: the code a device shows now."""
+        device, key = self._device_and_key(device_id)
+        code = totp.totp(key, self._now(now), device.digits, device.interval, device.algorithm)
+        return {"device_id": device_id, "otp": code}
+
+    def _device_and_key(self, device_id: str) -> tuple[DeviceState, bytes]:
+        """A device's state and key, for the read-only operations that need its codes."""
         device = self.query(self.store.read, device_id)
         if device is None:
             raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
         key = self._key(device)
         if key is None:
             raise errors.KeyUnavailableError("This device's key cannot be derived.")
-        code = totp.totp(key, self._now(now), device.digits, device.interval, device.algorithm)
-        return {"device_id": device_id, "otp": code}
+        return device, key
 
     def ping(self) -> None:
         self.query(self.database.execute_sql, "SELECT 1")

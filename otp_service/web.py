@@ -330,6 +330,19 @@ class ApiHandler(BaseHandler):
             return None
         return await self.service.caller(token.strip())
 
+    async def _limit(self, scope: str, key: str, message: str, reason: str, **data: str) -> None:
+        """A limit of its own for one operation (`scope` in the limiter, counted by `key`): 429, audited once
+        per window, when spent."""
+        decision = await self.state.limiter.hit(scope, key)
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels(scope).inc()
+            await self._audit_rate_limit((key, scope), decision.retry_after, reason, **data)
+            raise errors.RateLimited(
+                message,
+                headers={"Retry-After": str(decision.retry_after)},
+                details={"retry_after": decision.retry_after},
+            )
+
     async def _audit_rate_limit(self, key: tuple, retry_after: int, reason: str, **data: str) -> None:
         """One RATE_LIMITED row per limited party (an address, a client, a device) and window, so a flood
         cannot turn into a flood of writes."""
@@ -432,15 +445,8 @@ class CodeLookupHandler(ApiHandler):
     permission = "manage"
 
     async def post(self, device_id: str) -> None:
-        decision = await self.state.limiter.hit("lookup", f"client:{self.caller.name}")
-        if not decision.allowed:
-            metrics.RATE_LIMITED.labels("lookup").inc()
-            await self._audit_rate_limit((self.caller.name, "lookup"), decision.retry_after, "CODE_LOOKUP")
-            raise errors.RateLimited(
-                "Too many code lookups from this client; try again later.",
-                headers={"Retry-After": str(decision.retry_after)},
-                details={"retry_after": decision.retry_after},
-            )
+        message = "Too many code lookups from this client; try again later."
+        await self._limit("lookup", f"client:{self.caller.name}", message, "CODE_LOOKUP")
         device_id = validation.device_id(device_id)
         body = self.json_body()
         otp = validation.required_otp(body, "otp")
@@ -477,15 +483,8 @@ class UnlockHandler(ApiHandler):
 
     async def post(self, device_id: str) -> None:
         device_id = validation.device_id(device_id)
-        decision = await self.state.limiter.hit("unlock", f"device:{device_id}")
-        if not decision.allowed:
-            metrics.RATE_LIMITED.labels("unlock").inc()
-            await self._audit_rate_limit((device_id, "unlock"), decision.retry_after, "UNLOCK", device_id=device_id)
-            raise errors.RateLimited(
-                f"Device {device_id!r} was unlocked too often; try again later.",
-                headers={"Retry-After": str(decision.retry_after)},
-                details={"retry_after": decision.retry_after},
-            )
+        message = f"Device {device_id!r} was unlocked too often; try again later."
+        await self._limit("unlock", f"device:{device_id}", message, "UNLOCK", device_id=device_id)
         data = await self.service.unlock(device_id, self.context)
         self.respond(data, "Device unlocked")
 
