@@ -252,7 +252,7 @@ def _rows(database: Database, chain: int, lo: int, hi: int | None) -> Iterator[t
         f"SELECT {columns} FROM audit_logs WHERE chain = {mark} AND seq >= {mark} AND seq <= {mark} "
         f"AND NOT (seq = {mark} AND id <= {mark}) ORDER BY seq, id LIMIT {PAGE}"
     )
-    after, last = (lo - 1, 0), hi if hi is not None else 2**62
+    after, last = (lo - 1, 2**62), hi if hi is not None else 2**62  # strictly after place lo - 1
     while True:
         page = database.execute_sql(sql, (chain, after[0], last, after[0], after[1])).fetchall()
         yield from page

@@ -82,6 +82,27 @@ def test_every_path_links_its_rows_into_the_chains(service, database, clock):
     assert sum(heads[c] for c in used) == len(rows)  # every row counted in its chain's head
 
 
+def test_a_period_in_the_middle_of_the_chains_verifies(service, database, clock):
+    """Checking only the rows of a period (what every report does) starts inside the chains."""
+    from otp_service.transitions import to_datetime
+
+    history(service, clock)
+    clock.advance(3600)
+    start = to_datetime(clock.now)
+    for n in range(5):
+        service.register(f"M{n}", "user3", CTX)
+    end = to_datetime(clock.now + 1)
+    clock.advance(3600)
+    service.register("AFTER", "user4", CTX)
+    service.checkpoint()
+    result = verify(service, start=start, end=end)
+    assert result.intact, result.lines()
+    assert result.rows == len([r for r in audit_rows(database) if start <= r.timestamp < end]) == 5
+    target = [r for r in audit_rows(database) if start <= r.timestamp < end][2]
+    _exec(database, "UPDATE audit_logs SET reason = 'X' WHERE id = %s", (target.id,))
+    assert [(b.kind, b.row_id) for b in verify(service, start=start, end=end).breaks] == [("edited", target.id)]
+
+
 def test_simultaneous_writers_keep_every_chain_whole(service, database, clock):
     regs = [service.register(f"R{n}", "u", CTX) for n in range(6)]
 

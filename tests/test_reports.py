@@ -277,6 +277,7 @@ def test_report_command_writes_html_csv_png_and_stores_the_report(service, datab
         "out",
         cwd=tmp_path,
         timeout=300,
+        MASTER_SECRET=service.settings.master_secret,  # the service's: its rows' personal digests are checked
     )
     assert result.returncode == 0, result.stderr
     assert "IPKernelApp" not in result.stderr and "WARNING" not in result.stderr  # the kernel talks over IPC
@@ -294,6 +295,7 @@ def test_report_command_writes_html_csv_png_and_stores_the_report(service, datab
     assert "data:image/png;base64" in html and "report_queries.prepare" not in html  # figures inline, code hidden
     assert "<script" not in html and "cdnjs" not in html  # self-contained: opens offline
     assert "<title>OTP service audit report, 2026-02-01 to 2026-02-28</title>" in html
+    assert "Integrity of these records" in html and "<strong>Intact.</strong>" in html
     expected = totals(database)
     assert f"<td>{expected['verifications']}</td>" in html
     with database.connection_context():
