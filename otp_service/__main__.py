@@ -246,21 +246,26 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
     from .database import UNAVAILABLE_ERRORS
-    from .errors import DatabaseUnavailable
+    from .errors import AuditBroken, DatabaseUnavailable
     from .report_runner import ReportError, parse_day
 
     try:
         start = end = before = None
-        if getattr(args, "start", None):
+        if getattr(args, "start", None) is not None:
             start = datetime.combine(parse_day(args.start, "start"), datetime.min.time())
-        if getattr(args, "end", None):
-            end = datetime.combine(parse_day(args.end, "end") + timedelta(days=1), datetime.min.time())
-        if getattr(args, "before", None):
+        if getattr(args, "end", None) is not None:
+            end = datetime.combine(parse_day(args.end, "end"), datetime.min.time()) + timedelta(days=1)
+        if start and end and end <= start:
+            return _fail(f"--end must not be before --start, got {args.start} to {args.end}")
+        if getattr(args, "before", None) is not None:
             before = datetime.combine(parse_day(args.before, "before"), datetime.min.time())
-            if before > datetime.now(UTC).replace(tzinfo=None):
-                return _fail(f"--before must not be in the future, got {args.before}")
-    except ReportError as exc:
-        return _fail(str(exc))
+            if not datetime(1970, 1, 2) <= before <= datetime.now(UTC).replace(tzinfo=None):
+                return _fail(f"--before must be a day from 1970-01-02 to today, got {args.before}")
+        for digest in getattr(args, "expect", None) or ():
+            if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                return _fail(f"--expect must be a checkpoint's SHA-256 (64 hex digits), got {digest!r}")
+    except (ReportError, OverflowError) as exc:
+        return _fail(str(exc) if isinstance(exc, ReportError) else "--end is too far in the future")
     try:
         service = _service_for(args)
         if args.action == "keys":
@@ -271,6 +276,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"checkpoint #{service.checkpoint('on-demand')} signed by {service.audit_keys.key_id}")
             return 0
         if args.action == "prune":
+            if not args.export.strip():
+                return _fail("--export must name a folder")
             manifest = service.prune_audit(before, Path(args.export))
             print(
                 f"exported and removed {manifest['rows']} audit rows written before {args.before}: "
@@ -281,6 +288,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         result = service.verify_audit(start, end, record=not (start or end), expected=tuple(args.expect or ()))
     except UNAVAILABLE_ERRORS + (DatabaseUnavailable,) as exc:
         return _fail(f"cannot reach the database: {exc}", 1)
+    except AuditBroken as exc:
+        return _fail(exc.message, 1)
+    except OSError as exc:  # the export folder: not writable, not a folder, a file already there
+        return _fail(f"cannot write the export: {exc.strerror or exc}: {exc.filename or args.export}", 1)
     if args.json:
         print(json_module.dumps(result.as_dict(), indent=2, default=str))
     else:

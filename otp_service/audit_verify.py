@@ -22,6 +22,7 @@ from peewee import Database, fn
 from . import integrity
 from .checkpoints import LEGACY, stored
 from .integrity import Break, ChainCheck, Head
+from .journal import MAX_CHAINS
 from .models import Action, AuditChain, AuditCheckpoint, AuditLog
 
 PAGE = 5000
@@ -110,11 +111,19 @@ def verify(
     erased = _erased_subjects(database)
     personal = _PersonalCheck(pseudonym_keys, erased)
     chains = {chain: Head(chain, seq, head) for chain, seq, head in _chain_rows(database)}
+    for chain, floor_seq, floor_hash in (
+        AuditChain.select(AuditChain.chain, AuditChain.floor_seq, AuditChain.floor_hash)
+        .where(AuditChain.chain >= 0)
+        .tuples()
+    ):
+        if (floor_seq, floor_hash) != floors.get(chain, (0, integrity.GENESIS)):  # what prune trusts: signed?
+            detail = "the chain's pruned floor differs from the one a checkpoint signed"
+            result.breaks.append(Break(chain, "edited", floor_seq, None, detail))
     for chain in sorted(set(chains) | set(signed)):  # a chain emptied by hand is still in its checkpoints
         floor = floors.get(chain, (0, integrity.GENESIS))
         lo, hi = _range(chain, start, end, floor[0])
-        if lo is None:
-            continue
+        if hi is not None and hi < lo:
+            continue  # nothing of this chain was written in the period
         result.chains += 1
         previous = floor[1] if lo == floor[0] + 1 else _hash_at(chain, lo - 1)
         check = ChainCheck(chain, seq=lo - 1, hash=previous or integrity.GENESIS)
@@ -130,9 +139,9 @@ def verify(
             if check.first_break is None and before is None and not personal.ok(row[13:16], row[8], row[9]):
                 check.first_break = Break(chain, "personal-data-edited", row[1], row[0], personal.detail)
         result.rows += check.rows
-        if end is None:  # the chain's end was read: every later signed head must be there too
+        if hi is None:  # the chain's end was read: every later signed head must be there too
             heads = [h for h in signed.get(chain, ()) if h.seq >= lo]
-        broken = check.finish(heads, chains.get(chain) if end is None else None, floor[0])
+        broken = check.finish(heads, chains.get(chain) if hi is None else None, floor[0], hi)
         if broken is not None:
             result.breaks.append(broken)
         below = AuditLog.select(fn.COUNT(AuditLog.id)).where((AuditLog.chain == chain) & (AuditLog.seq <= floor[0]))
@@ -171,7 +180,16 @@ def _checkpoints(
     previous = None
     seen: set[str] = set()
     for row in AuditCheckpoint.select().order_by(AuditCheckpoint.id):
-        checkpoint = stored(row)
+        try:
+            checkpoint = stored(row)
+            checkpoint.payload["at"], checkpoint.payload["reason"], checkpoint.heads  # noqa: B018 - well-formed?
+            if not isinstance(checkpoint.signatures, dict):
+                raise TypeError("signatures")
+        except (ValueError, TypeError, KeyError, AttributeError):
+            detail = f"checkpoint #{row.id} is not a checkpoint (unreadable payload or signatures)"
+            result.breaks.append(Break(-1, "forged-checkpoint", None, None, detail))
+            previous = None
+            continue
         before, previous = previous, hashlib.sha256(row.payload.encode("utf-8")).hexdigest()
         if checkpoint.payload.get("previous") != before:  # each checkpoint names the one before it
             detail = f"checkpoint #{row.id} does not follow the one before it: checkpoints were removed or edited"
@@ -198,12 +216,18 @@ def _checkpoints(
 
 
 def _erased_subjects(database: Database) -> set[str]:
-    rows = AuditLog.select(AuditLog.additional_data).where(AuditLog.action == Action.USER_ERASED)
+    rows = AuditLog.select(AuditLog.additional_data).where(
+        (AuditLog.action == Action.USER_ERASED) & AuditLog.chain.between(0, MAX_CHAINS - 1) & (AuditLog.seq > 0)
+    )  # only rows the walk verifies: one slipped in elsewhere vouches for nothing
     subjects: set[str] = set()
     for (data,) in rows.tuples():
-        recorded = json.loads(data) if data else {}
-        subjects.update(recorded.get("subjects", [recorded.get("subject")]))
-    return subjects - {None}
+        try:
+            recorded = json.loads(data) if data else {}
+            found = recorded.get("subjects", [recorded.get("subject")]) if isinstance(recorded, dict) else []
+        except ValueError:
+            found = []
+        subjects.update(s for s in found if isinstance(s, str))
+    return subjects
 
 
 def _chain_rows(database: Database) -> list[tuple]:
@@ -213,18 +237,22 @@ def _chain_rows(database: Database) -> list[tuple]:
 
 
 def _range(chain: int, start: datetime | None, end: datetime | None, floor: int) -> tuple[int | None, int | None]:
-    """The places in `chain` to check: all after the floor, or those written in [start, end)."""
+    """The places in `chain` to check: all after the floor, or those between the last row written before
+    `start` and the first written at or after `end` — so a period whose rows were all deleted is a gap, not
+    an empty period."""
     if start is None and end is None:
         return floor + 1, None
-    query = AuditLog.select(fn.MIN(AuditLog.seq), fn.MAX(AuditLog.seq)).where(
-        (AuditLog.chain == chain) & (AuditLog.seq > floor)
-    )
+    mine = (AuditLog.chain == chain) & (AuditLog.seq > floor)
+    lo = floor + 1
     if start is not None:
-        query = query.where(AuditLog.timestamp >= start)
+        before = AuditLog.select(fn.MAX(AuditLog.seq)).where(mine & (AuditLog.timestamp < start)).scalar()
+        lo = before + 1 if before is not None else lo
+    hi = None
     if end is not None:
-        query = query.where(AuditLog.timestamp < end)
-    lo, hi = query.tuples().first()
-    return (lo, hi) if lo is not None else (None, None)
+        after = AuditLog.select(fn.MIN(AuditLog.seq)).where(mine & (AuditLog.seq >= lo) & (AuditLog.timestamp >= end))
+        first_after = after.scalar()
+        hi = first_after - 1 if first_after is not None else None
+    return lo, hi
 
 
 def _linked_nearby(chain: int, seq: int, stored_hash: str, entry: integrity.Entry, reach: int = 16) -> bool:
@@ -268,7 +296,8 @@ def _unchained(database: Database, result: Result, signed_legacy: int | None) ->
     outside = AuditLog.select(fn.COUNT(AuditLog.id)).where(AuditLog.chain.is_null())
     legacy = outside.where(AuditLog.id <= boundary).scalar()
     forged = outside.where(AuditLog.id > boundary).scalar()
-    forged += AuditLog.select(fn.COUNT(AuditLog.id)).where(AuditLog.chain < 0).scalar()  # no such chain
+    misplaced = (AuditLog.chain < 0) | (AuditLog.chain >= MAX_CHAINS) | AuditLog.seq.is_null() | (AuditLog.seq <= 0)
+    forged += AuditLog.select(fn.COUNT(AuditLog.id)).where(AuditLog.chain.is_null(False) & misplaced).scalar()
     result.legacy_rows = legacy
     if forged:
         result.breaks.append(Break(-1, "inserted", None, None, f"{forged} row(s) outside every chain"))

@@ -75,7 +75,7 @@ def take(
     (a prune, an erasure) or on its own."""
     last = AuditCheckpoint.select().order_by(AuditCheckpoint.id.desc()).first()
     signers = {keys.key_id: keys.signing}
-    if last is not None and keys.key_id not in json.loads(last.signatures):
+    if last is not None and keys.key_id not in _signers_of(last):
         reason = "rotation" if reason == "periodic" else reason
         signers |= keys.previous  # the old key vouches for the new one's first checkpoint
     previous = None if last is None else hashlib.sha256(last.payload.encode("utf-8")).hexdigest()
@@ -84,6 +84,14 @@ def take(
     text = integrity.canonical(payload)
     signatures = {name: integrity.sign(key, text) for name, key in signers.items()}
     return AuditCheckpoint.create(created_at=at, reason=reason, payload=text, signatures=json.dumps(signatures))
+
+
+def _signers_of(row: AuditCheckpoint) -> dict:
+    try:
+        signatures = json.loads(row.signatures)
+    except ValueError:
+        return {}
+    return signatures if isinstance(signatures, dict) else {}
 
 
 def legacy_rows(database: Database) -> int:
@@ -102,11 +110,14 @@ def due(database: Database, settings: Settings, at: datetime) -> bool:
     now_rows = sum(h.seq for h in heads(database))
     if last is None:
         return now_rows > 0
-    checkpoint = stored(last)
-    if sum(h.seq for h in checkpoint.heads) == now_rows:
+    try:
+        sealed = sum(h.seq for h in stored(last).heads)
+    except (ValueError, TypeError, KeyError):
+        return True  # the last one is unreadable (verify reports it): seal what is there now
+    if sealed == now_rows:
         return False  # nothing new to seal
-    old = (at - last.created_at).total_seconds() >= settings.audit_checkpoint_seconds
-    return old or now_rows - sum(h.seq for h in checkpoint.heads) >= settings.audit_checkpoint_rows
+    old = (at - _when(last.created_at)).total_seconds() >= settings.audit_checkpoint_seconds
+    return old or now_rows - sealed >= settings.audit_checkpoint_rows
 
 
 def take_if_due(database: Database, keys: Keys, settings: Settings, at: datetime) -> AuditCheckpoint | None:
@@ -128,8 +139,8 @@ def status(database: Database | None = None) -> dict[str, Any]:
     last = AuditCheckpoint.select(fn.MAX(AuditCheckpoint.created_at))
     return {
         "last_verified": _when(last.where(AuditCheckpoint.reason == "verified").scalar()),
-        "failed_verifications": AuditCheckpoint.select(fn.COUNT(AuditCheckpoint.id))
-        .where(AuditCheckpoint.reason == "verify-failed")
+        "failed_verifications": AuditLog.select(fn.COUNT(AuditLog.id))
+        .where((AuditLog.action == "AUDIT_VERIFIED") & ~AuditLog.success)
         .scalar(),
         "last_checkpoint": _when(last.scalar()),
     }
@@ -138,3 +149,9 @@ def status(database: Database | None = None) -> dict[str, Any]:
 def _when(value: datetime | str | None) -> datetime | None:
     """An aggregate's time (SQLite returns it as text)."""
     return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def still_there(checkpoint_id: int, sha256: str) -> bool:
+    """Whether a checkpoint is still stored, unaltered."""
+    row = AuditCheckpoint.get_or_none(AuditCheckpoint.id == checkpoint_id)
+    return row is not None and hashlib.sha256(row.payload.encode("utf-8")).hexdigest() == sha256

@@ -86,7 +86,8 @@ def encode_entry(entry: Entry) -> str:
     unambiguous (no value can pass for two), and about three times cheaper than JSON, which matters at a
     million rows per verification."""
     timestamp, action = _timestamp(entry.timestamp), entry.action
-    parts = [f"{len(timestamp)}:{timestamp}{len(action)}:{action}", "T" if entry.success else "F"]
+    success = "~" if entry.success is None else ("T" if entry.success else "F")
+    parts = [f"{len(timestamp)}:{timestamp}{len(action)}:{action}", success]
     for value in entry[3:]:
         parts.append("~" if value is None else f"{len(value)}:{value}")
     return "".join(parts)
@@ -239,9 +240,14 @@ class ChainCheck:
     def _break(self, kind: str, seq: int | None, row_id: int | None, detail: str) -> None:
         self.first_break = Break(self.chain, kind, seq, row_id, detail)
 
-    def finish(self, signed: Sequence[Head], current: Head | None, floor: int = 0) -> Break | None:
+    def finish(
+        self, signed: Sequence[Head], current: Head | None, floor: int = 0, last: int | None = None
+    ) -> Break | None:
         """Compare the chain with every signed checkpoint's head for it (each must be in the chain, with its
-        hash) and with the live head row (`current`: None when only part of the chain was read)."""
+        hash) and with the live head row (`current`: None when only part of the chain was read); `last`: the
+        place the part read must reach (the row before the next part's first)."""
+        if self.first_break is None and last is not None and self.seq < last:
+            self._break("deleted", self.seq + 1, None, f"{last - self.seq} row(s) missing before place {last + 1}")
         for head in sorted(signed, key=lambda h: h.seq):
             if self.first_break is not None or head.seq <= floor:
                 continue

@@ -48,6 +48,9 @@ AUDIT_LAST_CHECKPOINT = Gauge(
     "When the audit chains' heads were last signed",
     multiprocess_mode="max",
 )
+AUDIT_CHECKPOINTS_MISSING = Counter(
+    "otp_audit_checkpoints_missing_total", "Times a process found a checkpoint it had signed gone or altered"
+)
 RECOVERY_CODES = Counter("otp_recovery_codes_total", "Recovery codes issued, used, refused", ["result"])
 RATE_LIMITED = Counter("otp_rate_limited_total", "Requests refused by the per-client rate limit", ["scope"])
 RATE_LIMIT_FALLBACKS = Counter(

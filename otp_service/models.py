@@ -49,6 +49,7 @@ class Action(StrEnum):
     CODE_LOOKUP = "CODE_LOOKUP"  # an investigator asked when a code was valid
     USER_ERASED = "USER_ERASED"  # a user's devices, recovery codes and personal data removed (by pseudonym)
     AUDIT_PRUNED = "AUDIT_PRUNED"  # audit rows before a date exported and removed (retention)
+    AUDIT_VERIFIED = "AUDIT_VERIFIED"  # a verification of the audit trail that found it broken
 
 
 class BaseModel(Model):

@@ -225,7 +225,7 @@ def admin_actions(start: datetime, end: datetime) -> pd.DataFrame:
 
 def _admin_details(data: str | None) -> str:
     """What an administrative action's audit data says, in words: which client, scopes, route."""
-    facts = json.loads(data) if data else {}
+    facts = json.loads(data) if isinstance(data, str) and data else {}  # pandas may hand over NaN for none
     parts = []
     if "client" in facts:
         parts.append(f"client {facts['client']}")

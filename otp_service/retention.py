@@ -74,8 +74,10 @@ def prune(
         if cut:
             cuts[chain] = (floor, floor_hash, cut)
     export_dir.mkdir(parents=True, exist_ok=True)
-    name = f"audit-before-{before:%Y-%m-%d}"
+    name = f"audit-before-{before:%Y-%m-%d}-{now:%Y%m%dT%H%M%S}"
     data_path, manifest_path = export_dir / f"{name}.csv.gz", export_dir / f"{name}.manifest.json"
+    if data_path.exists() or manifest_path.exists():  # an earlier export is the only copy of its rows
+        raise FileExistsError(f"{data_path.name} already exists in {export_dir}; nothing was removed")
     chains: dict[str, dict[str, Any]] = {}
     count = 0
     with gzip.open(data_path, "wt", newline="", encoding="utf-8") as file:

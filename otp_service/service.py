@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn, TypeVar
@@ -87,6 +87,7 @@ class OtpService:
         )
         self.journal = Journal(database, keyring.purpose_key(integrity.PURPOSE), settings.audit_chains)
         self.audit_keys = checkpoints.Keys.from_settings(settings)
+        self._last_signed: tuple[int, str] | None = None  # (id, sha256) of the last checkpoint this process signed
         self.store = open_store(database, self.journal)
         self.engine = Engine(self.store)
         self.clients = Directory(settings.api_keys, clock)
@@ -410,24 +411,23 @@ class OtpService:
         record: bool = True,
         expected: tuple[str, ...] = (),
     ) -> audit_verify.Result:
-        """Recompute the chains and check them against the signed checkpoints; with `record`, the result is
-        kept as a signed checkpoint (what `/metrics` and the next report read)."""
+        """Recompute the chains and check them against the signed checkpoints, in one snapshot (PostgreSQL:
+        REPEATABLE READ), so writes, erasures and prunes meanwhile cannot look like tampering. With `record`,
+        an intact result is sealed by a checkpoint; a broken one is audited (`AUDIT_VERIFIED`, failed) and
+        sealed by nothing: the service never signs what it could not verify."""
         now = to_datetime(self._now(None))
         unsealed = now - timedelta(seconds=2 * self.settings.audit_checkpoint_seconds + 60)  # two periods missed
-        with self.unit_of_work():
-            result = audit_verify.verify(
-                self.database,
-                self.audit_keys.public,
-                self.pseudonym_keys,
-                start,
-                end,
-                unsealed_before=unsealed,
-                expected=expected,
-            )
-        if record:
-            reason = "verified" if result.intact else "verify-failed"
-            extra = {"verification": {"intact": result.intact, "rows": result.rows, "breaks": len(result.breaks)}}
-            self.checkpoint(reason, extra)
+        args = (self.database, self.audit_keys.public, self.pseudonym_keys, start, end)
+        snapshot = isinstance(self.store, PostgresStore)  # SQLite: a write transaction would stop the writers
+        with self.unit_of_work(), self.database.atomic() if snapshot else nullcontext():
+            if snapshot:
+                self.database.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            result = audit_verify.verify(*args, unsealed_before=unsealed, expected=expected)
+        if record and result.intact:
+            self.checkpoint("verified", {"verification": {"intact": True, "rows": result.rows}})
+        elif record:
+            data = {"breaks": len(result.breaks), "rows": result.rows, "first": result.lines()[1][:200]}
+            self.record(Action.AUDIT_VERIFIED, SYSTEM, reason="BROKEN", data=data)
         return result
 
     def checkpoint(self, reason: str = "on-demand", extra: dict[str, Any] | None = None) -> int:
@@ -435,12 +435,27 @@ class OtpService:
             return checkpoints.take(self.database, self.audit_keys, reason, to_datetime(self._now(None)), extra).id
 
     def checkpoint_if_due(self) -> tuple[int, str] | None:
-        """(id, SHA-256 of its signed text) of the checkpoint taken, or None when none was due."""
+        """(id, SHA-256 of its signed text) of the checkpoint taken, or None when none was due — or when the
+        last checkpoint this process signed is gone or altered: it will not sign over that."""
         with self.unit_of_work():
+            if self._last_signed is not None and not checkpoints.still_there(*self._last_signed):
+                metrics.AUDIT_CHECKPOINTS_MISSING.inc()
+                log.error(
+                    "audit checkpoint #%s that this process signed is gone or altered: not signing",
+                    self._last_signed[0],
+                )
+                return None
             taken = checkpoints.take_if_due(self.database, self.audit_keys, self.settings, to_datetime(self._now(None)))
-        return None if taken is None else (taken.id, hashlib.sha256(taken.payload.encode("utf-8")).hexdigest())
+        if taken is None:
+            return None
+        self._last_signed = (taken.id, hashlib.sha256(taken.payload.encode("utf-8")).hexdigest())
+        return self._last_signed
 
     def prune_audit(self, before: datetime, export_dir: Any) -> dict[str, Any]:
+        """Refused on a trail that does not verify: pruning must not bury a break (or trust a forged floor)."""
+        checked = self.verify_audit(record=False)
+        if not checked.intact:
+            raise errors.AuditBroken("The audit trail does not verify; nothing was pruned. " + checked.lines()[0])
         with self.unit_of_work():
             at = to_datetime(self._now(None))
             return retention.prune(self.database, self.journal, self.audit_keys, before, export_dir, at)

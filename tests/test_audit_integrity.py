@@ -298,6 +298,7 @@ def test_prune_exports_then_removes_old_rows_and_the_rest_still_verifies(service
     from otp_service.transitions import to_datetime
 
     history(service, clock)
+    service.checkpoint()  # what the server does every few minutes
     cut = to_datetime(clock.now)
     clock.advance(86400)
     service.register("NEW", "user7", CTX)
@@ -381,3 +382,129 @@ def test_audit_keys_and_erasure_over_http(api, database):
     assert api.get("/api/v1/devices/E1").status == 404
     metrics = api.get("/metrics").raw.decode()
     assert "otp_audit_last_checkpoint_timestamp_seconds" in metrics
+
+
+# -- what the attack review found ----------------------------------------------------------------------------
+
+
+def test_rows_outside_the_real_chains_and_fake_erasures_are_found(sealed, database, without_unique_places):
+    from otp_service.audit import AUDIT_COLUMNS
+
+    columns = ", ".join((*AUDIT_COLUMNS, "chain", "seq"))
+    marks = ", ".join(["%s"] * (len(AUDIT_COLUMNS) + 2))
+    base = [
+        "2026-11-26 12:00:00",
+        "DEVICE_DEACTIVATED",
+        True,
+        None,
+        "D1",
+        "user1",
+        "203.0.113.66",
+        None,
+        None,
+        None,
+        "env",
+    ]
+    for chain, seq in ((64, 1), (3, None), (3, -5)):
+        _exec(database, f"INSERT INTO audit_logs ({columns}) VALUES ({marks})", [*base, chain, seq])
+        assert "inserted" in kinds(verify(sealed)), (chain, seq)
+        _exec(database, "DELETE FROM audit_logs WHERE action = 'DEVICE_DEACTIVATED' AND actor = 'env'")
+    # emptying a user's personal data, with a hidden "erasure" vouching for it
+    victim = row(database, user_id="user1")
+    _exec(
+        database, "UPDATE audit_logs SET user_id = NULL, ip_address = NULL, user_agent = NULL WHERE user_id = 'user1'"
+    )
+    erased = [
+        "2026-11-26 12:00:00",
+        "USER_ERASED",
+        True,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        json.dumps({"subject": victim.subject}),
+        "ops",
+    ]
+    _exec(database, f"INSERT INTO audit_logs ({columns}) VALUES ({marks})", [*erased, 64, 1])
+    assert "personal-data-edited" in kinds(verify(sealed))
+    _exec(database, "UPDATE audit_logs SET additional_data = '[1]' WHERE action = 'USER_ERASED'")
+    assert not verify(sealed).intact  # malformed, not a crash
+
+
+def test_a_period_whose_rows_were_all_deleted_is_a_gap_not_an_empty_period(service, database, clock):
+    from otp_service.transitions import to_datetime
+
+    history(service, clock)
+    clock.advance(3600)
+    start = to_datetime(clock.now)
+    for n in range(6):
+        service.register(f"P{n}", "user3", CTX)
+    clock.advance(3600)
+    end = to_datetime(clock.now)
+    for n in range(20):
+        service.register(f"Q{n}", "user4", CTX)
+    service.checkpoint()
+    assert verify(service, start=start, end=end).intact
+    _exec(database, "DELETE FROM audit_logs WHERE device_id LIKE %s", ("P%",))
+    assert "deleted" in kinds(verify(service, start=start, end=end))
+
+
+def test_malformed_checkpoints_are_findings_not_crashes(sealed, database):
+    with database.connection_context():
+        first = AuditCheckpoint.select().order_by(AuditCheckpoint.id).first()
+    for column, value in (("signatures", "not json"), ("signatures", "[1, 2]"), ("payload", "[]")):
+        original = getattr(first, column)
+        _exec(database, f"UPDATE audit_checkpoints SET {column} = %s WHERE id = %s", (value, first.id))
+        assert "forged-checkpoint" in kinds(verify(sealed))
+        sealed.checkpoint_if_due()  # the periodic checkpoint does not fall over either
+        _exec(database, f"UPDATE audit_checkpoints SET {column} = %s WHERE id = %s", (original, first.id))
+
+
+def test_prune_refuses_a_broken_trail_and_a_forged_floor_is_found(sealed, database, tmp_path):
+    target = row(database, action="OTP_VERIFICATION", success=False)
+    _exec(database, "UPDATE audit_logs SET success = %s WHERE id = %s", (True, target.id))
+    with pytest.raises(errors.ServiceError) as refused:
+        sealed.prune_audit(__import__("datetime").datetime(2030, 1, 1), tmp_path / "export")
+    assert refused.value.code == "AUDIT_TRAIL_BROKEN" and not (tmp_path / "export").exists()
+    _exec(database, "UPDATE audit_logs SET success = %s WHERE id = %s", (False, target.id))
+    _exec(database, "UPDATE audit_chains SET floor_seq = 1 WHERE chain = %s", (target.chain,))
+    assert "edited" in kinds(verify(sealed))
+
+
+def test_a_failed_verification_is_audited_and_never_signed(sealed, database):
+    with database.connection_context():
+        before = AuditCheckpoint.select().count()
+    target = row(database, action="DEVICE_REGISTERED")
+    _exec(database, "UPDATE audit_logs SET reason = 'FORGED' WHERE id = %s", (target.id,))
+    result = sealed.verify_audit()  # recorded
+    assert not result.intact and "edited" in kinds(result)
+    with database.connection_context():
+        assert AuditCheckpoint.select().count() == before  # nothing signed over the break
+    failure = row(database, action="AUDIT_VERIFIED")
+    assert (failure.success, failure.reason) == (False, "BROKEN")
+    with database.connection_context():
+        assert checkpoints.status(database)["failed_verifications"] == 1
+
+
+def test_audit_cli_refuses_bad_input_with_one_line(tmp_path):
+    from tests.serving import run_cli
+
+    url = f"sqlite:///{tmp_path}/cli.db"
+    assert run_cli("migrate", "--database-url", url, cwd=tmp_path).returncode == 0
+    (tmp_path / "afile").write_text("x")
+    for argv in (
+        ("audit", "verify", "--end", "9999-12-31"),
+        ("audit", "verify", "--start", "2026-02-10", "--end", "2026-02-01"),
+        ("audit", "verify", "--expect", ""),
+        ("audit", "prune", "--before", "0001-01-01", "--export", "out"),
+        ("audit", "prune", "--before", "2026-01-01", "--export", ""),
+        ("audit", "prune", "--before", "2026-01-01", "--export", str(tmp_path / "afile")),
+    ):
+        result = run_cli(*argv, "--database-url", url, cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode in (1, 2) and len(lines) == 1 and "Traceback" not in result.stderr, (
+            argv,
+            result.stderr,
+        )
