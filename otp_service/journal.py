@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from functools import lru_cache, partial
 
 from peewee import Database
 
@@ -31,12 +32,15 @@ class Journal:
         if not 1 <= chains <= MAX_CHAINS:
             raise ValueError(f"chains must be 1-{MAX_CHAINS}")
         self.database, self.key, self.chains = database, pseudonym_key, chains
+        # the same user, address and app come back request after request: two HMACs saved per row
+        self._personal = lru_cache(maxsize=4096)(partial(integrity.personal_digest, pseudonym_key))
+        self._subject = lru_cache(maxsize=4096)(partial(integrity.subject, pseudonym_key))
 
     def entry(self, row: Sequence) -> integrity.Entry:
         """What the chain covers of a row (AUDIT_COLUMNS order)."""
-        personal = integrity.personal_digest(self.key, row[_USER], row[_IP], row[_AGENT])
+        personal = self._personal(row[_USER], row[_IP], row[_AGENT])
         timestamp, action, success, reason, device_id, _, _, _, request_id, data, actor = row
-        subject = integrity.subject(self.key, row[_USER])
+        subject = self._subject(row[_USER])
         return integrity.Entry(
             timestamp, action, success, reason, device_id, personal, subject, request_id, data, actor
         )
