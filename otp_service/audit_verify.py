@@ -21,6 +21,7 @@ from peewee import Database, fn
 
 from . import integrity
 from .checkpoints import LEGACY, stored
+from .database import is_postgres
 from .integrity import Break, ChainCheck, Head
 from .journal import MAX_CHAINS
 from .models import Action, AuditChain, AuditCheckpoint, AuditLog
@@ -271,10 +272,10 @@ def _hash_at(chain: int, seq: int) -> str | None:
 def _rows(database: Database, chain: int, lo: int, hi: int | None) -> Iterator[tuple]:
     """The chain's rows from place `lo` (to `hi`), in order, a page at a time (keyset on place and id).
     Plain SQL, not the model: a million rows through peewee's row conversion would double the time."""
-    sqlite = "sqlite" in type(database).__name__.lower()
-    mark = "?" if sqlite else "%s"
+    postgres = is_postgres(database)
+    mark = "%s" if postgres else "?"
     columns = ", ".join(c.column_name for c in _COLUMNS)
-    if not sqlite:  # the timestamp as the text the hash covers: no datetime made and formatted per row
+    if postgres:  # the timestamp as the text the hash covers: no datetime made and formatted per row
         columns = columns.replace("timestamp", "to_char(timestamp, 'YYYY-MM-DD HH24:MI:SS.US')", 1)
     sql = (
         f"SELECT {columns} FROM audit_logs WHERE chain = {mark} AND seq >= {mark} AND seq <= {mark} "

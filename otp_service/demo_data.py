@@ -14,6 +14,7 @@ even though each run derives fresh keys and recovery codes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import random
 from collections import Counter
@@ -353,7 +354,8 @@ def _apply(
 def _lifecycle_request(
     service: OtpService, sim: SimDevice, codes: dict[str, list[str]], kind: str, args: tuple, t: float, ctx
 ) -> None:
-    try:
+    # locked, expired or inactive: the service audited the refusal, as it would for a real client
+    with contextlib.suppress(errors.ServiceError):
         if kind == "confirm":
             code = sim.code(t) if args[1] == "ok" else sim.wrong_code(args[2], t)
             service.confirm(sim.device_id, code, ctx, now=t)
@@ -366,8 +368,6 @@ def _lifecycle_request(
         elif kind == "use_code":
             code = codes[sim.user_id][args[1]]
             service.use_recovery_code(sim.user_id, code if args[2] == "ok" else _misread(code), ctx, now=t)
-    except errors.ServiceError:
-        pass  # locked, expired or inactive: the service audited it, as it would for a real client
 
 
 def _misread(code: str) -> str:

@@ -23,7 +23,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -99,14 +99,6 @@ def link(previous: str, entry: Entry) -> str:
 
 
 _sha256 = hashlib.sha256
-
-
-def chain_hashes(previous: str, entries: Iterable[Entry]) -> list[str]:
-    hashes = []
-    for entry in entries:
-        previous = link(previous, entry)
-        hashes.append(previous)
-    return hashes
 
 
 # -- signatures ------------------------------------------------------------------------------------------
@@ -260,12 +252,3 @@ class ChainCheck:
             missing = current.seq - self.seq
             self._break("tail-cut", self.seq + 1, None, f"{missing} row(s) after the last checkpoint were removed")
         return self.first_break
-
-
-def personal_ok(key: bytes, row: Sequence[Any], digest: str, subject_: str | None, erased: set[str]) -> bool:
-    """The personal fields (user id, address, User-Agent) of `row` match the digest the chain covers — or
-    were erased, for a subject whose erasure is recorded."""
-    user_id, ip_address, user_agent = row
-    if personal_digest(key, user_id, ip_address, user_agent) == digest:
-        return True
-    return (user_id, ip_address, user_agent) == NO_PERSONAL_DATA and subject_ is not None and subject_ in erased

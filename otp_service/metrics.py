@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +16,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from .transitions import unix_time
 
 REQUESTS = Counter("otp_http_requests_total", "HTTP requests", ["handler", "method", "status"])
 LATENCY = Histogram(
@@ -98,10 +99,9 @@ def process_exited(pid: int) -> None:
 
 def audit_status(status: dict) -> None:
     """The audit trail's verification state, read from the database when scraped (any process may answer)."""
-    epoch = datetime(1970, 1, 1)
     for gauge, at in (
         (AUDIT_LAST_VERIFIED, status["last_verified"]),
         (AUDIT_LAST_CHECKPOINT, status["last_checkpoint"]),
     ):
-        gauge.set(0 if at is None else (at - epoch).total_seconds())
+        gauge.set(0 if at is None else unix_time(at))
     AUDIT_VERIFY_FAILURES.set(status["failed_verifications"] or 0)

@@ -15,7 +15,7 @@ from peewee import fn
 from . import errors, recovery
 from .models import Action, AuditLog, Device, RecoveryCodes, Report
 from .recovery import RecoveryState
-from .transitions import isoformat, to_datetime
+from .transitions import STATE_COLUMNS, DeviceState, isoformat, to_datetime
 from .verification import HARD_LOCK
 
 
@@ -123,18 +123,15 @@ def report_content(report_id: int, part: str) -> tuple[Report, bytes | str]:
 
 def describe(device: Device, at: datetime) -> dict[str, Any]:
     """Everything about a device except anything that could help derive its key."""
-    pending_until, deactivated_at = device.pending_until, device.deactivated_at
-    if device.is_active:
-        expired = pending_until is not None and pending_until <= at  # not yet recorded
-    else:
-        expired = pending_until is not None and deactivated_at is not None and deactivated_at >= pending_until
+    state = DeviceState(*(getattr(device, c) for c in STATE_COLUMNS))  # its rules decide what it is now
+    expired = state.enrollment_expired(at)
     locked = device.locked_until is not None and device.locked_until > at
     return {
         "device_id": device.device_id,
         "user_id": device.user_id,
-        "status": "deactivated" if expired or not device.is_active else ("pending" if pending_until else "active"),
+        "status": state.status(at),
         "is_active": device.is_active and not expired,
-        "confirm_by": None if expired else isoformat(pending_until),
+        "confirm_by": None if expired else isoformat(device.pending_until),
         "enrollment_expired": expired,
         "locked": locked,
         "drift": device.drift,

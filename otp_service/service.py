@@ -205,11 +205,9 @@ class OtpService:
             for step in steps
         ]
         data = {"from": isoformat(to_datetime(from_)), "to": isoformat(to_datetime(to)), "matches": len(steps)}
-        row = audit_row(
-            AuditEvent(Action.CODE_LOOKUP, True, None, data), to_datetime(now), device_id, state.user_id, ctx
+        self.record(
+            Action.CODE_LOOKUP, ctx, data=data, now=now, success=True, device_id=device_id, user_id=state.user_id
         )
-        with self.unit_of_work(write=True):
-            self.store.record([row])
         return {
             "device_id": device_id,
             "from": data["from"],
@@ -237,9 +235,11 @@ class OtpService:
         data: dict[str, Any] | None = None,
         now: float | None = None,
         success: bool = False,
+        device_id: str | None = None,
+        user_id: str | None = None,
     ) -> None:
-        """Audit an event that concerns no device (a failed authentication, a rate-limit hit, a client made)."""
-        row = audit_row(AuditEvent(action, success, reason, data), to_datetime(self._now(now)), None, None, ctx)
+        """Audit an event that changes no device (a failed authentication, a rate-limit hit, a code lookup)."""
+        row = audit_row(AuditEvent(action, success, reason, data), to_datetime(self._now(now)), device_id, user_id, ctx)
         with self.unit_of_work(write=True):
             self.store.record([row])
 
@@ -689,11 +689,15 @@ def _failed(transition: Transition, answer: dict[str, Any]) -> dict[str, Any]:
     answer["reason"] = transition.verdict
     if transition.details:  # this failure locked it: the app can tell its user
         metrics.LOCKOUTS.inc()
-        hard = transition.details.get("hard", False)
-        answer["locked_until"] = None if hard else isoformat(transition.details["locked_until"])
-        if hard:
-            answer["hard_locked"] = True
+        answer |= _lock_fields(transition.details)
     return answer
+
+
+def _lock_fields(details: dict[str, Any]) -> dict[str, Any]:
+    """What an answer says of a lock a failure caused: until when, or that only an operator lifts it."""
+    if details.get("hard", False):
+        return {"locked_until": None, "hard_locked": True}
+    return {"locked_until": isoformat(details["locked_until"])}
 
 
 def _refuse(transition: Transition) -> NoReturn:
@@ -704,12 +708,12 @@ def _refuse(transition: Transition) -> NoReturn:
     if verdict == "ENROLLMENT_EXPIRED":  # this request recorded the expiry
         metrics.ENROLLMENTS_EXPIRED.inc()
     if verdict == "DEVICE_LOCKED":
-        if transition.details.get("hard"):
-            raise errors.DeviceLocked(
-                "Too many failed attempts: the device is locked until an operator unlocks it.",
-                details={"locked_until": None, "hard_locked": True},
-            )
-        raise _locked_error(transition.details["locked_until"], transition.at)
+        raise _locked_error(
+            errors.DeviceLocked,
+            transition,
+            "Too many failed attempts: the device is locked until an operator unlocks it.",
+            "Too many failed attempts; the device is locked for {retry} more seconds.",
+        )
     raise {
         "DEVICE_NOT_FOUND": errors.DeviceNotFound(f"No device with id {device_id!r}."),
         "DEVICE_INACTIVE": errors.DeviceInactive(f"Device {device_id!r} is deactivated."),
@@ -766,12 +770,7 @@ def _recovery_used(user_id: str, transition: Transition) -> dict[str, Any]:
     if verdict == "INVALID_CODE":
         metrics.RECOVERY_CODES.labels("invalid").inc()
         answer = {"user_id": user_id, "valid": False, "reason": verdict}
-        if transition.details:
-            hard = transition.details.get("hard", False)
-            answer["locked_until"] = None if hard else isoformat(transition.details["locked_until"])
-            if hard:
-                answer["hard_locked"] = True
-        return answer
+        return answer | (_lock_fields(transition.details) if transition.details else {})
     if verdict == "REPLAYED":
         metrics.RECOVERY_CODES.labels("replayed").inc()
         return {"user_id": user_id, "valid": False, "reason": verdict}
@@ -779,24 +778,25 @@ def _recovery_used(user_id: str, transition: Transition) -> dict[str, Any]:
         raise errors.NoRecoveryCodes(f"User {user_id!r} has no recovery codes.")
     if verdict == "KEY_UNAVAILABLE":
         raise errors.KeyUnavailableError("The recovery codes' key cannot be derived: the master secret is missing.")
-    details = transition.details
-    if details.get("hard"):
-        raise errors.RecoveryCodesLocked(
-            "Too many wrong recovery codes: they are locked until an operator issues new ones.",
-            details={"locked_until": None, "hard_locked": True},
-        )
-    retry = max(1, math.ceil((details["locked_until"] - transition.at).total_seconds()))
-    raise errors.RecoveryCodesLocked(
-        f"Too many wrong recovery codes; try again in {retry} seconds.",
-        details={"locked_until": isoformat(details["locked_until"]), "retry_after": retry},
-        headers={"Retry-After": str(retry)},
+    raise _locked_error(
+        errors.RecoveryCodesLocked,
+        transition,
+        "Too many wrong recovery codes: they are locked until an operator issues new ones.",
+        "Too many wrong recovery codes; try again in {retry} seconds.",
     )
 
 
-def _locked_error(locked_until: datetime, at: datetime) -> errors.ServiceError:
-    retry = max(1, math.ceil((locked_until - at).total_seconds()))
-    return errors.DeviceLocked(
-        f"Too many failed attempts; the device is locked for {retry} more seconds.",
+def _locked_error(
+    error: type[errors.ServiceError], transition: Transition, hard_message: str, message: str
+) -> errors.ServiceError:
+    """A refusal while locked (a device, or a user's recovery codes): for good until an operator acts, or for
+    `retry` more seconds (Retry-After)."""
+    if transition.details.get("hard"):
+        return error(hard_message, details={"locked_until": None, "hard_locked": True})
+    locked_until = transition.details["locked_until"]
+    retry = max(1, math.ceil((locked_until - transition.at).total_seconds()))
+    return error(
+        message.format(retry=retry),
         details={"locked_until": isoformat(locked_until), "retry_after": retry},
         headers={"Retry-After": str(retry)},
     )

@@ -50,6 +50,10 @@ class DeviceState(NamedTuple):
             and self.deactivated_at >= self.pending_until
         )
 
+    def enrollment_expired(self, at: datetime) -> bool:
+        """The enrolment ended unconfirmed: recorded (`expired`), or its deadline passed unrecorded so far."""
+        return self.expired or (self.is_active and self.pending_until is not None and self.pending_until <= at)
+
     def status(self, at: datetime) -> str:
         """pending (registered, awaiting its first code), active, or deactivated (which an enrolment not
         confirmed in time also is, from its deadline on)."""

@@ -11,7 +11,7 @@ import pytest
 from otp_service import checkpoints, errors
 from otp_service.audit import RequestContext
 from otp_service.keys import Keyring
-from otp_service.models import AuditChain, AuditCheckpoint
+from otp_service.models import Action, AuditChain, AuditCheckpoint
 from otp_service.service import OtpService
 from tests.conftest import settings_for
 from tests.helpers import at_once, audit_rows, code_at, wrong_code
@@ -29,14 +29,8 @@ def history(service, clock, devices=4):
         clock.advance(30)
     service.issue_recovery_codes("user0", CTX)
     service.deactivate(regs[-1]["device_id"], OPS)
-    service.record(errors_action("AUTH_FAILED"), CTX)
+    service.record(Action.AUTH_FAILED, CTX)
     return regs
-
-
-def errors_action(name):
-    from otp_service.models import Action
-
-    return Action[name]
 
 
 def verify(service, **kw):
@@ -114,7 +108,7 @@ def test_simultaneous_writers_keep_every_chain_whole(service, database, clock):
                 pass
 
     at_once(24, guess)
-    at_once(12, lambda: service.record(errors_action("AUTH_FAILED"), CTX))
+    at_once(12, lambda: service.record(Action.AUTH_FAILED, CTX))
     result = verify(service)
     assert result.intact, result.lines()
     assert result.rows == len(audit_rows(database))
