@@ -1,5 +1,10 @@
 """Per-client request limits with the `limits` library: in process, or shared through Redis.
 
+A request is counted against several limits (its address's, then its API client's) in **one** Redis
+round trip: the library's own sliding-window scripts, composed into one script that takes the limits in
+order, counts a limit only while every earlier one allowed the request (a refused address never spends
+its client's budget), and returns each window so the `X-RateLimit-*` headers need no second call.
+
 When Redis is configured but unreachable the limiter either falls back to in-process
 counters (fail open: availability first, the default) or refuses requests (fail closed),
 as RATE_LIMIT_ON_REDIS_ERROR says. Either way the outage is logged, at most once a minute.
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse_many
@@ -34,68 +40,162 @@ class Decision:
     degraded: bool = False  # counted in process because the shared store failed
 
 
+@dataclass(frozen=True)
+class Window:
+    """One limit's sliding window after a hit, as the library's `get_sliding_window` reads it."""
+
+    acquired: bool
+    previous_count: int
+    previous_expires_in: float
+    current_count: int
+    current_expires_in: float
+
+
+def window_stats(item: RateLimitItem, window: Window, now: float) -> tuple[int, float]:
+    """(remaining, reset time): `SlidingWindowCounterRateLimiter.get_window_stats` of limits 5.x on a window
+    already read (tests/test_ratelimit.py holds the two equal)."""
+    expiry = item.get_expiry()
+    weighted = window.previous_count * window.previous_expires_in / expiry + window.current_count
+    remaining = max(0, item.amount - math.floor(weighted))
+    if not (window.previous_count or window.current_count):
+        return remaining, now
+    previous_reset_in = (
+        window.previous_expires_in % (expiry / window.previous_count) if window.previous_count else math.inf
+    )
+    current_reset_in = window.current_expires_in % expiry if window.current_count else math.inf
+    return remaining, now + min(previous_reset_in, current_reset_in)
+
+
+def decide(items: Sequence[RateLimitItem], windows: Sequence[Window], degraded: bool, now: float) -> Decision:
+    """The tightest of one scope's limits speaks for the headers; a refusal waits for the last to reset."""
+    allowed, tightest, remaining, retry = True, items[0], None, 0
+    for item, window in zip(items, windows, strict=True):
+        left, reset = window_stats(item, window, now)
+        if not window.acquired:
+            allowed = False
+        if remaining is None or left < remaining:
+            tightest, remaining = item, left
+        if not allowed:
+            retry = max(retry, math.ceil(reset - now))
+    return Decision(allowed, tightest.amount, max(0, remaining or 0), max(1, retry) if not allowed else 0, degraded)
+
+
+def _as_function(name: str, script: bytes | str) -> str:
+    """A library script as a Lua function: its KEYS and ARGV become parameters, its `return` the result."""
+    text = script.decode() if isinstance(script, bytes) else script
+    return f"local function {name}(KEYS, ARGV)\n{text}\nend\n"
+
+
+# ARGV: the number of scopes, then per scope its number of limits and per limit (amount, expiry seconds);
+# KEYS: per limit the library's (previous, current) window keys. Per limit evaluated: acquired (1/0), then
+# the window as the library's sliding_window script returns it. Stops after the first scope refused.
+COMPOSE = """
+local out, k, a = {}, 1, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local allowed = true
+  for _ = 1, tonumber(ARGV[a]) do
+    local keys, amount, expiry = {KEYS[k], KEYS[k + 1]}, ARGV[a + 1], ARGV[a + 2]
+    local ok = acquire(keys, {amount, expiry, 1})
+    local w = window(keys, {expiry})
+    if not ok then allowed = false end
+    out[#out + 1] = ok and 1 or 0
+    for i = 1, 4 do out[#out + 1] = tonumber(w[i]) or 0 end
+    k, a = k + 2, a + 2
+  end
+  a = a + 1
+  if not allowed then return out end
+end
+return out
+"""
+
+
 class RateLimiter:
     def __init__(self, limits_by_scope: dict[str, str], redis_url: str = "", fail_open: bool = True):
         self._limits = {scope: parse_many(text) for scope, text in limits_by_scope.items()}
         self._local = SlidingWindowCounterRateLimiter(storage_from_string("async+memory://"))
-        self._shared = None
+        self._storage = self._script = None
         if redis_url:
-            storage = storage_from_string(
+            self._storage = storage_from_string(
                 "async+" + redis_url,
                 implementation="redispy",
                 wrap_exceptions=True,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
-            self._shared = SlidingWindowCounterRateLimiter(storage)
+            bridge = self._storage.bridge
+            self._script = bridge.get_connection().register_script(
+                _as_function("acquire", bridge.SCRIPT_ACQUIRE_SLIDING_WINDOW)
+                + _as_function("window", bridge.SCRIPT_SLIDING_WINDOW)
+                + COMPOSE
+            )
         self.fail_open = fail_open
         self._warned_at = -math.inf
         self.fallbacks = 0  # requests counted in process because Redis failed (exported as a metric)
 
-    async def hit(self, scope: str, client: str, headers: bool = True) -> Decision:
+    def has(self, scope: str) -> bool:
+        return scope in self._limits
+
+    async def hit(self, scope: str, client: str) -> Decision:
         """Count one request of `client` against every limit of `scope`; the tightest limit decides."""
-        items = self._limits[scope]
-        limiter, degraded = self._shared or self._local, False
+        return (await self.check([(scope, client)]))[0]
+
+    async def check(self, requests: Sequence[tuple[str, str]]) -> list[Decision]:
+        """Count one request against each (scope, who) in order, one round trip in all; a scope is counted
+        only while every earlier one allowed, so the answer may be shorter than `requests` (it ends with the
+        first refusal)."""
+        if self._script is None:
+            return await self._check_local(requests, False)
         try:
-            return await self._hit(limiter, items, scope, client, degraded, headers)
+            return await self._check_shared(requests)
         except Exception as exc:  # any storage failure: connection refused, timeout, protocol
-            if limiter is self._local:
-                raise
             self._warn(exc)
             metrics.RATE_LIMIT_FALLBACKS.inc()
             if not self.fail_open:
                 raise RateLimiterUnavailable("Rate limiting is unavailable; try again shortly.") from None
             self.fallbacks += 1
-            return await self._hit(self._local, items, scope, client, True, headers)
+            return await self._check_local(requests, True)
 
-    def has(self, scope: str) -> bool:
-        return scope in self._limits
+    async def _check_shared(self, requests: Sequence[tuple[str, str]]) -> list[Decision]:
+        storage, bridge = self._storage, self._storage.bridge
+        keys, args = [], [len(requests)]
+        for scope, who in requests:
+            items = self._limits[scope]
+            args.append(len(items))
+            for item in items:
+                key = item.key_for(scope, who)
+                keys += [
+                    bridge.prefixed_key(storage._previous_window_key(key)),
+                    bridge.prefixed_key(storage._current_window_key(key)),
+                ]
+                args += [item.amount, item.get_expiry()]
+        flat = await self._script(keys=keys, args=args)
+        now, decisions, at = time.time(), [], 0
+        for scope, _ in requests:
+            items = self._limits[scope]
+            if at >= len(flat):
+                break
+            windows = []
+            for _ in items:
+                ok, prev_count, prev_ttl, cur_count, cur_ttl = flat[at : at + 5]
+                windows.append(
+                    Window(bool(ok), int(prev_count), max(0, prev_ttl) / 1000, int(cur_count), max(0, cur_ttl) / 1000)
+                )
+                at += 5
+            decisions.append(decide(items, windows, False, now))
+        return decisions
 
-    async def allow(self, scope: str, client: str) -> int:
-        """Count one request, without the window statistics `hit` reads for its headers (one round trip per
-        limit, not two): 0 when allowed, else the seconds until it would be."""
-        decision = await self.hit(scope, client, headers=False)
-        return decision.retry_after
-
-    async def _hit(
-        self, limiter, items: list[RateLimitItem], scope: str, client: str, degraded: bool, headers: bool = True
-    ) -> Decision:
-        if not headers:
-            refused = [item for item in items if not await limiter.hit(item, scope, client)]
-            if not refused:
-                return Decision(True, items[0].amount, 0, 0, degraded)
-            resets = [(await limiter.get_window_stats(item, scope, client)).reset_time for item in refused]
-            return Decision(False, refused[0].amount, 0, max(1, math.ceil(max(resets) - time.time())), degraded)
-        allowed, tightest, remaining, retry = True, items[0], None, 0
-        for item in items:
-            if not await limiter.hit(item, scope, client):
-                allowed = False
-            stats = await limiter.get_window_stats(item, scope, client)
-            if remaining is None or stats.remaining < remaining:
-                tightest, remaining = item, stats.remaining
-            if not allowed:
-                retry = max(retry, math.ceil(stats.reset_time - time.time()))
-        return Decision(allowed, tightest.amount, max(0, remaining or 0), max(1, retry) if not allowed else 0, degraded)
+    async def _check_local(self, requests: Sequence[tuple[str, str]], degraded: bool) -> list[Decision]:
+        decisions = []
+        for scope, who in requests:
+            items, windows = self._limits[scope], []
+            for item in items:
+                acquired = await self._local.hit(item, scope, who)
+                window = await self._local.storage.get_sliding_window(item.key_for(scope, who), item.get_expiry())
+                windows.append(Window(acquired, *window))
+            decisions.append(decision := decide(items, windows, degraded, time.time()))
+            if not decision.allowed:
+                break
+        return decisions
 
     def _warn(self, exc: Exception) -> None:
         now = time.monotonic()

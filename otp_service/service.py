@@ -557,8 +557,12 @@ class AsyncOtpService:
     ) -> dict[str, Any]:
         return await self.thread(self.service.lookup_code, device_id, otp, start, end, ctx)
 
+    def known_caller(self, key: str) -> tuple[bool, Caller | None]:
+        """API_KEY's keys and recent answers, without the database: (True, caller or None), else (False, None)."""
+        return self.service.clients.known(key)
+
     async def caller(self, key: str) -> Caller | None:
-        known, caller = self.service.clients.known(key)  # API_KEY's keys and recent answers: no thread hop
+        known, caller = self.known_caller(key)
         return caller if known else await self.thread(self.service.query, self.service.clients.load, key)
 
     async def record(self, action: Action, ctx: RequestContext, **fields: Any) -> None:

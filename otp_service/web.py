@@ -280,7 +280,14 @@ class ApiHandler(BaseHandler):
 
     async def prepare(self) -> None:
         super().prepare()
-        decision = await self.state.limiter.hit(self.scope, self.limit_key)
+        token = self._bearer()
+        known, caller = self._known(token)
+        checks = [(self.scope, self.limit_key)]
+        client_scope = f"client:{self.permission}"
+        if known and caller is not None and self.state.limiter.has(client_scope):
+            checks.append((client_scope, caller.name))  # a key this process knows: both limits in one round trip
+        decisions = await self.state.limiter.check(checks)
+        decision = decisions[0]
         self.keep_header("X-RateLimit-Limit", str(decision.limit))
         self.keep_header("X-RateLimit-Remaining", str(decision.remaining))
         if not decision.allowed:
@@ -291,14 +298,23 @@ class ApiHandler(BaseHandler):
                 headers={"Retry-After": str(decision.retry_after)},
                 details={"retry_after": decision.retry_after},
             )
-        self.caller = await self._authenticate()
+        self.caller = caller if known else await self.service.caller(token)  # the database's answer
         if self.caller is None:
             metrics.AUTH_FAILURES.inc()
             await self.service.record(Action.AUTH_FAILED, self.context)
             raise errors.Unauthorized(self.unauthorized)
         metrics.CLIENT_REQUESTS.labels(self.caller.name).inc()
-        retry = await self._client_limit()
+        if len(decisions) > 1:
+            retry = decisions[1].retry_after
+        elif self.state.limiter.has(client_scope):
+            retry = (await self.state.limiter.hit(client_scope, self.caller.name)).retry_after
+        else:
+            retry = 0
         if retry:
+            metrics.RATE_LIMITED.labels(client_scope).inc()
+            await self._audit_rate_limit(
+                (self.caller.name, client_scope), retry, client_scope.upper(), client=self.caller.name
+            )
             raise errors.RateLimited(
                 f"Too many requests from client {self.caller.name} for {self.permission!r}; slow down.",
                 headers={"Retry-After": str(retry)},
@@ -313,23 +329,14 @@ class ApiHandler(BaseHandler):
                 details={"scope": self.permission},
             )
 
-    async def _client_limit(self) -> int:
-        """Per client as well as per address (RATE_LIMIT_PER_CLIENT), so one noisy integration cannot starve
-        the others; 0, or the seconds until this client may ask again."""
-        scope = f"client:{self.permission}"
-        if not self.state.limiter.has(scope):
-            return 0
-        retry = await self.state.limiter.allow(scope, self.caller.name)
-        if retry:
-            metrics.RATE_LIMITED.labels(scope).inc()
-            await self._audit_rate_limit((self.caller.name, scope), retry, scope.upper(), client=self.caller.name)
-        return retry
+    def _known(self, token: str) -> tuple[bool, Caller | None]:
+        """(True, caller or None) when this process knows who sent `token` without the database."""
+        return self.service.known_caller(token) if token else (True, None)
 
-    async def _authenticate(self) -> Caller | None:
+    def _bearer(self) -> str:
+        """The Bearer token sent, or "" (no header, another scheme, an empty token)."""
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return await self.service.caller(token.strip())
+        return token.strip() if scheme.lower() == "bearer" else ""
 
     async def _limit(self, scope: str, key: str, message: str, reason: str, **data: str) -> None:
         """A limit of its own for one operation (`scope` in the limiter, counted by `key`): 429, audited once
@@ -593,11 +600,13 @@ class MetricsHandler(ApiHandler):
     permission = "metrics"
     unauthorized = "Send Authorization: Bearer <METRICS_TOKEN> (or, when none is set, a key with the metrics scope)."
 
-    async def _authenticate(self) -> Caller | None:
-        token = self.state.settings.metrics_token
-        if not token:
-            return await super()._authenticate()
-        return METRICS_SCRAPER if bearer_matches(self.request.headers.get("Authorization", ""), (token,)) else None
+    def _known(self, token: str) -> tuple[bool, Caller | None]:
+        expected = self.state.settings.metrics_token
+        if not expected:
+            return super()._known(token)
+        return True, METRICS_SCRAPER if bearer_matches(
+            self.request.headers.get("Authorization", ""), (expected,)
+        ) else None
 
     async def get(self) -> None:
         with contextlib.suppress(errors.ServiceError):  # the database is down: the other metrics still say why

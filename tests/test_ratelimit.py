@@ -1,0 +1,128 @@
+"""The rate limiter: one Redis round trip per request whatever the number of limits, the library's own
+statistics, and a refused address that never spends its API client's budget."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import time
+
+import pytest
+import redis
+from limits import parse_many
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+
+from otp_service.ratelimit import RateLimiter, Window, window_stats
+from tests.conftest import settings_for
+from tests.test_clients import make_client
+from tests.throwaway import ThrowawayRedis
+
+needs_redis_server = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis of this test's own: its command counts are this test's alone."""
+    server = ThrowawayRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def evalsha_calls(url: str) -> int:
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return sum(v["calls"] for k, v in stats.items() if k.lower() in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+def test_statistics_are_the_librarys_own():
+    """`window_stats` on a window already read equals the library's `get_window_stats` reading it again."""
+
+    async def run():
+        limiter = SlidingWindowCounterRateLimiter(storage_from_string("async+memory://"))
+        for item in parse_many("5/second;7/minute;1000/hour"):
+            for hits in range(9):
+                await limiter.hit(item, "s", str(hits))
+                if hits:
+                    for _ in range(hits):
+                        await limiter.hit(item, "s", str(hits))
+                window = Window(
+                    True, *await limiter.storage.get_sliding_window(item.key_for("s", str(hits)), item.get_expiry())
+                )
+                now = time.time()
+                ours = window_stats(item, window, now)
+                theirs = await limiter.get_window_stats(item, "s", str(hits))
+                assert ours[0] == theirs.remaining
+                assert math.isclose(ours[1], theirs.reset_time, abs_tol=0.05)
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_later_limits_are_counted_only_while_the_earlier_ones_allow(shared, tmp_path):
+    if shared and not shutil.which("redis-server"):
+        pytest.skip("needs redis-server")
+    server = ThrowawayRedis(tmp_path) if shared else None
+    if server:
+        server.start()
+    try:
+        limiter = RateLimiter({"address": "2/minute", "client:read": "3/minute;10/hour"}, server.url if server else "")
+
+        async def run():
+            first = [await limiter.check([("address", "a"), ("client:read", "c")]) for _ in range(4)]
+            assert [[d.allowed for d in ds] for ds in first] == [[True, True], [True, True], [False], [False]]
+            assert [ds[0].remaining for ds in first] == [1, 0, 0, 0]
+            assert [ds[1].remaining for ds in first[:2]] == [2, 1]  # the tightest of the client's two limits
+            assert first[2][0].retry_after >= 1 and first[2][0].limit == 2
+            # The refused address spent nothing of the client's budget: one request left from elsewhere.
+            other = await limiter.check([("address", "b"), ("client:read", "c")])
+            assert [d.allowed for d in other] == [True, True] and other[1].remaining == 0
+            refused = await limiter.check([("address", "b"), ("client:read", "c")])
+            assert [d.allowed for d in refused] == [True, False] and refused[1].retry_after >= 1
+            assert limiter.fallbacks == 0  # counted where asked, not in process after a failed script
+
+        asyncio.run(run())
+    finally:
+        if server:
+            server.stop()
+
+
+@needs_redis_server
+def test_each_request_costs_one_redis_round_trip(make_server, db_url, database, own_redis):
+    """Address limit, client limit and the headers' statistics: one script call per request, not 3–4."""
+    settings = settings_for(
+        db_url,
+        REDIS_URL=own_redis.url,
+        RATE_LIMIT_DEFAULT="120/minute",
+        RATE_LIMIT_PER_CLIENT="read=100/minute;1000/hour",
+    )
+    api = make_server(settings).client
+    reader = make_client(database, "dashboard", "read")
+    api.get("/api/v1/stats", auth=reader)  # the first request of a key asks the database who it is
+    before = evalsha_calls(own_redis.url)
+    responses = [api.get("/api/v1/stats", auth=reader) for _ in range(10)]
+    assert [r.status for r in responses] == [200] * 10
+    assert [r.headers["X-RateLimit-Remaining"] for r in responses[:2]] == ["118", "117"]
+    assert evalsha_calls(own_redis.url) - before == 10
+
+
+@needs_redis_server
+def test_a_refused_address_does_not_spend_its_clients_budget_across_processes(make_server, db_url, database, own_redis):
+    env = dict(
+        REDIS_URL=own_redis.url,
+        TRUSTED_PROXY_HOPS="1",
+        RATE_LIMIT_DEFAULT="2/minute",
+        RATE_LIMIT_PER_CLIENT="read=4/minute",
+    )
+    first, second = make_server(settings_for(db_url, **env)).client, make_server(settings_for(db_url, **env)).client
+    reader = make_client(database, "dashboard", "read")
+
+    def stats(api, address):
+        return api.get("/api/v1/stats", auth=reader, headers={"X-Forwarded-For": address})
+
+    flood = [stats(api, "192.0.2.1").status for api in (first, second) * 5]
+    assert flood == [200, 200] + [429] * 8, flood  # the address's limit, shared by both processes
+    assert [stats(first, "192.0.2.2").status, stats(second, "192.0.2.3").status] == [200, 200]  # the client's 3rd, 4th
+    refused = stats(first, "192.0.2.4")
+    assert refused.status == 429 and "client dashboard" in refused.body["message"]
