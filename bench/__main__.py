@@ -79,7 +79,12 @@ def http_table(rows: list[dict], scenarios: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["all", "http", "totp", "report", "audit", "soak"])
+    parser.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        choices=["all", "http", "totp", "report", "audit", "soak", "population", "instances"],
+    )
     parser.add_argument("--databases", default="sqlite,postgres", type=lambda s: s.split(","))
     parser.add_argument("--processes", default="1,2", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--limiters", default="memory,redis", type=lambda s: s.split(","))
@@ -93,6 +98,7 @@ def main() -> None:
     parser.add_argument("--audit-rows", type=int, default=1_000_000, help="chained rows `audit verify` checks")
     parser.add_argument("--soak-verifications", type=int, default=1_000_000, help="verifications in the memory soak")
     parser.add_argument("--soak-devices", type=int, default=100_000, help="devices the soak cycles over")
+    parser.add_argument("--population", type=int, default=100_000, help="devices in the population scenario")
     parser.add_argument("--quick", action="store_true", help="PostgreSQL, 2 processes, memory limits, 1 short run")
     args = parser.parse_args()
     if args.quick:
@@ -155,6 +161,46 @@ def main() -> None:
             f"It said: `{a['output']}`. Then `audit prune` exported and removed half of them in "
             f"**{a['prune_seconds']} s** (peak memory of the commands so far {a['prune_peak_rss_mib']} MiB): "
             f"`{a['prune_output']}`; verify afterwards: `{a['after_prune']}`",
+            "",
+        ]
+    if args.what in ("all", "population"):
+        from .load import run_population
+
+        result["population"] = []
+        for limiter in args.limiters:
+            print(f"… {args.population:,} devices, cold processes, {limiter} limits", file=sys.stderr, flush=True)
+            result["population"].append(
+                run_population(args.population, limiter, args.duration, args.runs, args.connections)
+            )
+        md += [
+            f"## A large population (PostgreSQL, 2 processes started cold, {args.connections} connections; wrong codes "
+            f"for every one of {args.population:,} devices in a shuffled order)",
+            "",
+            "| limits | baseline req/s | verify req/s | ratio | p50 / p99 ms | non-2xx "
+            "| RSS MiB per process (start → end) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in result["population"]:
+            r = p["verify_wrong_shuffled"]
+            md.append(
+                f"| {p['limiter']} | {p['baseline']['rps']:.0f} | {r['rps']:.0f} | **{r['ratio']:.0%}** | "
+                f"{r['p50_ms']:.1f} / **{r['p99_ms']:.1f}** | {r['non_2xx']} | "
+                f"{', '.join(f'{a} → {b}' for a, b in zip(r['rss_mib_start'], r['rss_mib'], strict=False))} |"
+            )
+        md.append("")
+    if args.what in ("all", "instances"):
+        from .load import run_instances
+
+        print("… two instances, one PostgreSQL, one Redis", file=sys.stderr, flush=True)
+        result["instances"] = i = run_instances(args.devices, args.duration, args.runs, args.connections)
+        md += [
+            f"## Two instances (two `serve` commands, one process each, Redis limits; {args.connections // 2} "
+            "connections each, valid codes for fresh devices)",
+            "",
+            f"Combined **{i['combined_rps']:.0f} req/s** ({i['per_instance_rps'][0]} + {i['per_instance_rps'][1]}), "
+            f"**{i['ratio']:.0%}** of the empty handler's {i['baseline']['rps']:.0f} req/s (2 processes) "
+            "in the same run; "
+            f"p99 {i['p99_ms']:.1f} ms; {i['non_2xx']} non-2xx; {i['accepted_share']:.0%} of the valid codes accepted.",
             "",
         ]
     if args.what in ("all", "soak"):

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -404,6 +405,107 @@ def run_soak(verifications: int, devices: int, connections: int, chunk_seconds: 
             "non_2xx": non_2xx,
             "samples": samples,
             "peak_rss_mib": max(max(s["rss_mib"]) for s in samples),
+        }
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _median_run(port: int, bodies: Path, duration: float, runs: int, connections: int) -> dict:
+    samples = [wrk(port, bodies, "POST", "/api/v1/otp/verify", duration, connections) for _ in range(runs)]
+    return {
+        "rps": statistics.median(s["rps"] for s in samples),
+        "p50_ms": statistics.median(s["p50_us"] for s in samples) / 1000,
+        "p99_ms": statistics.median(s["p99_us"] for s in samples) / 1000,
+        "non_2xx": sum(s["non_2xx"] + s["socket_errors"] for s in samples),
+        "runs": [round(s["rps"]) for s in samples],
+    }
+
+
+def run_population(devices: int, limiter: str, duration: float, runs: int, connections: int) -> dict:
+    """A production-sized population, processes started cold: wrong codes (each writes its failure and audit
+    row) for every one of `devices` devices in a shuffled order, so almost every request is for a device the
+    process has not seen (the device cache holds 32,768); a 2-second warm-up on 2,000 other devices opens the
+    connections first. Ratio against the empty handler of the same run;
+    resident memory of each process at the end."""
+    config = Config("postgres", 2, limiter)
+    workdir = Path(tempfile.mkdtemp(prefix="otp-population-"))
+    try:
+        url = database_url(config, workdir)
+        pool = seed_devices(url, devices + 2000)
+        bodies = Bodies(workdir, pool[:devices])
+        shuffled, echo = bodies.wrong_codes_for_all(), bodies.echo()
+        warm = Bodies(workdir, pool[devices:]).wrong_codes_for_all()  # devices the measured run never asks for
+        baseline_port, port = free_port(), free_port()
+        baseline = start_baseline(2, baseline_port)
+        try:
+            wrk(baseline_port, echo, "POST", "/", 2, connections)
+            base = _median_run(baseline_port, echo, duration, runs, connections)
+        finally:
+            stop(baseline)
+        service = start_service(config, url, port, workdir)  # cold: none of the measured devices is known
+        try:
+            started_rss = worker_rss(service.pid)
+            wrk(port, warm, "POST", "/api/v1/otp/verify", 2, connections)  # connections opened, code paths run
+            result = _median_run(port, shuffled, duration, runs, connections)
+            result["rss_mib_start"], result["rss_mib"] = started_rss, worker_rss(service.pid)
+        finally:
+            stop(service)
+        result["ratio"] = result["rps"] / base["rps"]
+        return {"devices": devices, "limiter": limiter, "baseline": base, "verify_wrong_shuffled": result}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_instances(devices: int, duration: float, runs: int, connections: int) -> dict:
+    """Two service instances (two `serve` commands on their own ports, one process each) sharing one
+    PostgreSQL and one Redis, loaded at once by two wrk processes with valid codes for fresh devices: the
+    combined throughput against the empty handler (2 processes) in the same run, and the audit check."""
+    config = Config("postgres", 1, "redis")
+    workdir = Path(tempfile.mkdtemp(prefix="otp-instances-"))
+    try:
+        url = database_url(config, workdir)
+        bodies = Bodies(workdir, seed_devices(url, devices))
+        baseline_port = free_port()
+        baseline = start_baseline(2, baseline_port)
+        try:
+            echo = bodies.echo()
+            wrk(baseline_port, echo, "POST", "/", 2, connections)
+            base = _median_run(baseline_port, echo, duration, runs, connections)
+        finally:
+            stop(baseline)
+        ports = [free_port(), free_port()]
+        services = [start_service(config, url, port, workdir) for port in ports]
+        try:
+            per_run = int(2500 * (duration + 2))
+            combined, before = [], audit_counts(url)
+            for _ in range(runs + 1):  # the first is the warm-up
+                files = [bodies.valid_codes(per_run // 2) for _ in ports]
+                with ThreadPoolExecutor(2) as threads:
+                    results = list(
+                        threads.map(
+                            lambda pf: wrk(pf[0], pf[1], "POST", "/api/v1/otp/verify", duration, connections // 2),
+                            zip(ports, files, strict=True),
+                        )
+                    )
+                combined.append(results)
+            measured = combined[1:]
+            time.sleep(0.5)
+            after = audit_counts(url)
+        finally:
+            for service in services:
+                stop(service)
+        totals = [sum(r["rps"] for r in results) for results in measured]
+        requests = sum(r["requests"] for results in combined for r in results)
+        accepted = after.get(("OTP_VERIFICATION", True), 0) - before.get(("OTP_VERIFICATION", True), 0)
+        rps = statistics.median(totals)
+        return {
+            "baseline": base,
+            "combined_rps": rps,
+            "ratio": rps / base["rps"],
+            "per_instance_rps": [round(statistics.median(r[i]["rps"] for r in measured)) for i in range(2)],
+            "p99_ms": statistics.median(max(r["p99_us"] for r in results) for results in measured) / 1000,
+            "non_2xx": sum(r["non_2xx"] + r["socket_errors"] for results in combined for r in results),
+            "accepted_share": round(accepted / requests, 3) if requests else 0,
         }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -142,7 +142,8 @@ class RateLimiter:
     async def check(self, requests: Sequence[tuple[str, str]]) -> list[Decision]:
         """Count one request against each (scope, who) in order, one round trip in all; a scope is counted
         only while every earlier one allowed, so the answer may be shorter than `requests` (it ends with the
-        first refusal)."""
+        first refusal). Only the first decision's `remaining` is meant for headers: in process, later scopes
+        that allow do not read their windows."""
         if self._script is None:
             return await self._check_local(requests, False)
         try:
@@ -186,12 +187,16 @@ class RateLimiter:
 
     async def _check_local(self, requests: Sequence[tuple[str, str]], degraded: bool) -> list[Decision]:
         decisions = []
-        for scope, who in requests:
-            items, windows = self._limits[scope], []
-            for item in items:
-                acquired = await self._local.hit(item, scope, who)
-                window = await self._local.storage.get_sliding_window(item.key_for(scope, who), item.get_expiry())
-                windows.append(Window(acquired, *window))
+        for n, (scope, who) in enumerate(requests):
+            items = self._limits[scope]
+            acquired = [await self._local.hit(item, scope, who) for item in items]
+            if n and all(acquired):  # only the first scope's figures reach the headers: no window to read
+                decisions.append(Decision(True, items[0].amount, 0, 0, degraded))
+                continue
+            windows = [
+                Window(ok, *await self._local.storage.get_sliding_window(item.key_for(scope, who), item.get_expiry()))
+                for ok, item in zip(acquired, items, strict=True)
+            ]
             decisions.append(decision := decide(items, windows, degraded, time.time()))
             if not decision.allowed:
                 break

@@ -17,7 +17,7 @@ from otp_service import errors, totp
 from otp_service.audit import RequestContext
 from otp_service.models import AuditLog, Device
 from otp_service.verification import lock_seconds
-from tests.conftest import API_KEY, PG_URL
+from tests.conftest import API_KEY, PG_URL, REDIS_URL
 from tests.helpers import audit_rows, code_at
 from tests.serving import free_port, production_env, run_cli, start_cli, wait_healthy
 
@@ -416,3 +416,76 @@ def test_lifecycle_bursts_across_two_processes_hold_the_budget_and_use_codes_onc
     result = build_service(settings, database).verify_audit(record=False)
     assert result.intact, result.lines()
     assert result.rows == AuditLog.select().count() > 100
+
+
+@pytest.fixture
+def two_instances(tmp_path, database):
+    """Two service instances as two deployments would run them: two `serve` commands of two processes each,
+    on their own ports, sharing one PostgreSQL and one Redis (the rate limits)."""
+    env = production_env(PG_URL, API_KEY, DB_POOL_SIZE="8", REDIS_URL=REDIS_URL)
+    assert run_cli("migrate", cwd=tmp_path, **env).returncode == 0
+    ports = [free_port(), free_port()]
+    procs = [start_cli("serve", "--processes", "2", cwd=tmp_path, PORT=str(port), **env) for port in ports]
+    try:
+        for port, proc in zip(ports, procs, strict=True):
+            wait_healthy(port, proc)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.communicate(timeout=30)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+def test_two_instances_under_load_accept_each_code_once_and_check_only_the_budget(two_instances, database):
+    """While eight clients keep both instances busy (valid and wrong codes on 30 other devices), bursts
+    land on all four processes: 40 copies of one valid code → one accepted; 60 wrong codes → five checked,
+    the other 55 refused as locked, the audit trail replaying through the rule; then every answered request
+    has its audit row and the chains verify."""
+    ports = two_instances
+    others = [_register(ports[n % 2], f"LOAD-{n}") for n in range(30)]
+    stop, answered = threading.Event(), []
+
+    def load(worker):
+        rng, count = random.Random(worker), 0
+        while not stop.is_set():
+            reg = rng.choice(others)
+            code = code_at(reg, time.time()) if rng.random() < 0.3 else f"{rng.randrange(10**6):06d}"
+            status, _ = _post(ports[worker % 2], {"device_id": reg["device_id"], "otp": code})
+            assert status in (200, 429)
+            count += 1
+        answered.append(count)
+
+    with ThreadPoolExecutor(max_workers=8) as background:
+        running = [background.submit(load, w) for w in range(8)]
+        try:
+            for round_ in range(3):
+                reg = _register(ports[round_ % 2], f"REPLAY-{round_}")
+                code = code_at(reg, time.time())
+                results = _burst(ports, reg["device_id"], [code] * 40)
+                assert [status for _, _, status, _ in results] == [200] * 40
+                assert sorted(body["data"]["valid"] for _, _, _, body in results) == [False] * 39 + [True]
+                victim = _register(ports[(round_ + 1) % 2], f"BUDGET-{round_}")
+                results = _burst(ports, victim["device_id"], _wrong_codes(victim, 60))
+                assert sorted(status for _, _, status, _ in results) == [200] * 5 + [429] * 55
+                assert _check_against_the_rule(database, victim, results) == 5
+        finally:
+            stop.set()
+        for future in running:
+            future.result()
+    with database.connection_context():
+        load_rows = (
+            AuditLog.select()
+            .where((AuditLog.action == "OTP_VERIFICATION") & AuditLog.device_id.startswith("LOAD-"))
+            .count()
+        )
+        accepted = AuditLog.select().where((AuditLog.action == "OTP_VERIFICATION") & AuditLog.success).count()
+    assert sum(answered) > 100 and load_rows == sum(answered)
+    assert accepted >= 3  # each REPLAY round's code, and the load's valid codes accepted once per step
+    from otp_service.config import Settings
+    from otp_service.service import build_service
+
+    result = build_service(Settings.from_env(production_env(PG_URL, API_KEY)), database).verify_audit(record=False)
+    assert result.intact, result.lines()
