@@ -34,8 +34,9 @@ def _env(url: str) -> dict[str, str]:
     }
 
 
-def fill(url: str, rows: int, chains: int) -> float:
-    """Chained rows, COPYed in; the chains' heads set and a checkpoint signed. Returns the seconds taken."""
+def fill(url: str, rows: int, chains: int, spacing: float = 2.592, devices: int = 10_000) -> float:
+    """Chained rows `spacing` seconds apart from 2026-01-01 over `devices` devices, COPYed in; the chains'
+    heads set and a checkpoint signed. Returns the seconds taken."""
     from datetime import datetime, timedelta
 
     import psycopg2
@@ -62,12 +63,12 @@ def fill(url: str, rows: int, chains: int) -> float:
         action = ACTIONS[n % len(ACTIONS)]
         ok = n % 9 != 0
         row = (
-            start + timedelta(seconds=n * 2.592),
+            start + timedelta(seconds=n * spacing),
             action,
             ok,
             None if ok else "INVALID_CODE",
-            f"D{n % 10000}",
-            f"user{n % 8000}@example.com",
+            f"D{n % devices}",
+            f"user{n % devices % 8000}@example.com",
             f"198.51.100.{n % 250}",
             "AcmeBank-iOS/5.2",
             f"{n:032x}",
@@ -82,6 +83,8 @@ def fill(url: str, rows: int, chains: int) -> float:
         values = [*row, chain, seq + 1, link, entry.personal, entry.subject]
         batch.write("\t".join(_copy(v) for v in values) + "\n")
         if n % 50_000 == 49_999 or n == rows - 1:
+            if n % 1_000_000 == 999_999:
+                print(f"  {n + 1:,} rows", file=sys.stderr, flush=True)
             batch.seek(0)
             with conn.cursor() as cur:
                 cur.copy_expert(f"COPY audit_logs ({columns}) FROM STDIN", batch)

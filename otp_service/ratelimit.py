@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import redis.asyncio
 from limits import RateLimitItem, parse_many
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
@@ -28,6 +29,11 @@ from .errors import RateLimiterUnavailable
 log = logging.getLogger("otp_service.ratelimit")
 
 REDIS_TIMEOUT_SECONDS = 0.5
+# Connections to Redis per process. A burst queues for one (each holds it for one short script) instead of
+# opening one connection per request in flight: a cold burst of hundreds of connects starved the event loop
+# past the timeout, and a healthy Redis looked down (fail open counted in process, fail closed answered 503).
+REDIS_CONNECTIONS = 16
+REDIS_WAIT_SECONDS = 2.0  # for a free connection, before Redis counts as unreachable
 WARN_EVERY_SECONDS = 60
 
 
@@ -53,7 +59,7 @@ class Window:
 
 def window_stats(item: RateLimitItem, window: Window, now: float) -> tuple[int, float]:
     """(remaining, reset time): `SlidingWindowCounterRateLimiter.get_window_stats` of limits 5.x on a window
-    already read (tests/test_ratelimit.py holds the two equal)."""
+    already read (tests/test_ratelimit.py holds the two equal), except for a window opened this instant."""
     expiry = item.get_expiry()
     weighted = window.previous_count * window.previous_expires_in / expiry + window.current_count
     remaining = max(0, item.amount - math.floor(weighted))
@@ -62,7 +68,8 @@ def window_stats(item: RateLimitItem, window: Window, now: float) -> tuple[int, 
     previous_reset_in = (
         window.previous_expires_in % (expiry / window.previous_count) if window.previous_count else math.inf
     )
-    current_reset_in = window.current_expires_in % expiry if window.current_count else math.inf
+    # A current window just opened has 2 × expiry to live: `% expiry` would say 0 where a whole window is left.
+    current_reset_in = (window.current_expires_in % expiry or expiry) if window.current_count else math.inf
     return remaining, now + min(previous_reset_in, current_reset_in)
 
 
@@ -88,22 +95,22 @@ def _as_function(name: str, script: bytes | str) -> str:
 
 # ARGV: the number of scopes, then per scope its number of limits and per limit (amount, expiry seconds);
 # KEYS: per limit the library's (previous, current) window keys. Per limit evaluated: acquired (1/0), then
-# the window as the library's sliding_window script returns it. Stops after the first scope refused.
+# the window as the library's sliding_window script returns it. Stops at the first limit that refuses: a
+# refused request spends no later limit (of its scope, e.g. a day's, or of a later scope, its client's).
 COMPOSE = """
 local out, k, a = {}, 1, 2
 for _ = 1, tonumber(ARGV[1]) do
-  local allowed = true
-  for _ = 1, tonumber(ARGV[a]) do
+  local items = tonumber(ARGV[a])
+  for _ = 1, items do
     local keys, amount, expiry = {KEYS[k], KEYS[k + 1]}, ARGV[a + 1], ARGV[a + 2]
     local ok = acquire(keys, {amount, expiry, 1})
     local w = window(keys, {expiry})
-    if not ok then allowed = false end
     out[#out + 1] = ok and 1 or 0
     for i = 1, 4 do out[#out + 1] = tonumber(w[i]) or 0 end
+    if not ok then return out end
     k, a = k + 2, a + 2
   end
   a = a + 1
-  if not allowed then return out end
 end
 return out
 """
@@ -114,13 +121,16 @@ class RateLimiter:
         self._limits = {scope: parse_many(text) for scope, text in limits_by_scope.items()}
         self._local = SlidingWindowCounterRateLimiter(storage_from_string("async+memory://"))
         self._storage = self._script = None
-        if redis_url:
-            self._storage = storage_from_string(
-                "async+" + redis_url,
-                implementation="redispy",
-                wrap_exceptions=True,
+        if redis_url:  # a single Redis (config allows redis:// and rediss://): one script touches several keys
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=REDIS_WAIT_SECONDS,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            )
+            self._storage = storage_from_string(
+                "async+" + redis_url, implementation="redispy", wrap_exceptions=True, connection_pool=pool
             )
             bridge = self._storage.bridge
             self._script = bridge.get_connection().register_script(
@@ -172,32 +182,36 @@ class RateLimiter:
         flat = await self._script(keys=keys, args=args)
         now, decisions, at = time.time(), [], 0
         for scope, _ in requests:
-            items = self._limits[scope]
-            if at >= len(flat):
-                break
-            windows = []
-            for _ in items:
+            items, windows = self._limits[scope], []
+            while at < len(flat) and len(windows) < len(items):
                 ok, prev_count, prev_ttl, cur_count, cur_ttl = flat[at : at + 5]
+                at += 5
                 windows.append(
                     Window(bool(ok), int(prev_count), max(0, prev_ttl) / 1000, int(cur_count), max(0, cur_ttl) / 1000)
                 )
-                at += 5
-            decisions.append(decide(items, windows, False, now))
+                if not ok:
+                    break
+            if not windows:
+                break
+            decisions.append(decide(items[: len(windows)], windows, False, now))
         return decisions
 
     async def _check_local(self, requests: Sequence[tuple[str, str]], degraded: bool) -> list[Decision]:
         decisions = []
         for n, (scope, who) in enumerate(requests):
-            items = self._limits[scope]
-            acquired = [await self._local.hit(item, scope, who) for item in items]
+            items, acquired = self._limits[scope], []
+            for item in items:  # as the script does: the first limit that refuses ends the count
+                acquired.append(await self._local.hit(item, scope, who))
+                if not acquired[-1]:
+                    break
             if n and all(acquired):  # only the first scope's figures reach the headers: no window to read
                 decisions.append(Decision(True, items[0].amount, 0, 0, degraded))
                 continue
             windows = [
                 Window(ok, *await self._local.storage.get_sliding_window(item.key_for(scope, who), item.get_expiry()))
-                for ok, item in zip(acquired, items, strict=True)
+                for ok, item in zip(acquired, items, strict=False)
             ]
-            decisions.append(decision := decide(items, windows, degraded, time.time()))
+            decisions.append(decision := decide(items[: len(windows)], windows, degraded, time.time()))
             if not decision.allowed:
                 break
         return decisions

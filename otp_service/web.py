@@ -28,7 +28,7 @@ from .audit import RequestContext, normal_ip
 from .clients import Caller
 from .config import Settings
 from .models import Action
-from .ratelimit import RateLimiter
+from .ratelimit import Decision, RateLimiter
 from .service import AsyncOtpService
 
 log = logging.getLogger("otp_service.web")
@@ -287,39 +287,20 @@ class ApiHandler(BaseHandler):
         if known and caller is not None and self.state.limiter.has(client_scope):
             checks.append((client_scope, caller.name))  # a key this process knows: both limits in one round trip
         decisions = await self.state.limiter.check(checks)
-        decision = decisions[0]
-        self.keep_header("X-RateLimit-Limit", str(decision.limit))
-        self.keep_header("X-RateLimit-Remaining", str(decision.remaining))
-        if not decision.allowed:
-            metrics.RATE_LIMITED.labels(self.scope).inc()
-            await self._audit_rate_limit((self.limit_key, self.scope), decision.retry_after, self.scope.upper())
-            raise errors.RateLimited(
-                "Too many requests; slow down.",
-                headers={"Retry-After": str(decision.retry_after)},
-                details={"retry_after": decision.retry_after},
-            )
+        self.keep_header("X-RateLimit-Limit", str(decisions[0].limit))
+        self.keep_header("X-RateLimit-Remaining", str(decisions[0].remaining))
+        await self._enforce(decisions[0], self.limit_key, self.scope, "Too many requests; slow down.")
         self.caller = caller if known else await self.service.caller(token)  # the database's answer
         if self.caller is None:
             metrics.AUTH_FAILURES.inc()
             await self.service.record(Action.AUTH_FAILED, self.context)
             raise errors.Unauthorized(self.unauthorized)
         metrics.CLIENT_REQUESTS.labels(self.caller.name).inc()
-        if len(decisions) > 1:
-            retry = decisions[1].retry_after
-        elif self.state.limiter.has(client_scope):
-            retry = (await self.state.limiter.hit(client_scope, self.caller.name)).retry_after
-        else:
-            retry = 0
-        if retry:
-            metrics.RATE_LIMITED.labels(client_scope).inc()
-            await self._audit_rate_limit(
-                (self.caller.name, client_scope), retry, client_scope.upper(), client=self.caller.name
-            )
-            raise errors.RateLimited(
-                f"Too many requests from client {self.caller.name} for {self.permission!r}; slow down.",
-                headers={"Retry-After": str(retry)},
-                details={"retry_after": retry},
-            )
+        if len(decisions) > 1 or self.state.limiter.has(client_scope):
+            limiter = self.state.limiter
+            decision = decisions[1] if len(decisions) > 1 else await limiter.hit(client_scope, self.caller.name)
+            message = f"Too many requests from client {self.caller.name} for {self.permission!r}; slow down."
+            await self._enforce(decision, self.caller.name, client_scope, message, client=self.caller.name)
         if not self.caller.may(self.permission):
             metrics.AUTH_FAILURES.inc()
             data = {"route": self.request.path[:200], "scope": self.permission}
@@ -339,17 +320,23 @@ class ApiHandler(BaseHandler):
         return token.strip() if scheme.lower() == "bearer" else ""
 
     async def _limit(self, scope: str, key: str, message: str, reason: str, **data: str) -> None:
-        """A limit of its own for one operation (`scope` in the limiter, counted by `key`): 429, audited once
-        per window, when spent."""
-        decision = await self.state.limiter.hit(scope, key)
-        if not decision.allowed:
-            metrics.RATE_LIMITED.labels(scope).inc()
-            await self._audit_rate_limit((key, scope), decision.retry_after, reason, **data)
-            raise errors.RateLimited(
-                message,
-                headers={"Retry-After": str(decision.retry_after)},
-                details={"retry_after": decision.retry_after},
-            )
+        """A limit of its own for one operation (`scope` in the limiter, counted by `key`)."""
+        await self._enforce(await self.state.limiter.hit(scope, key), key, scope, message, reason, **data)
+
+    async def _enforce(
+        self, decision: Decision, key: str, scope: str, message: str, reason: str = "", **data: str
+    ) -> None:
+        """Nothing when `decision` allows; else 429 with Retry-After and the headers of the limit that refused,
+        audited once per limited party and window."""
+        if decision.allowed:
+            return
+        self.keep_header("X-RateLimit-Limit", str(decision.limit))
+        self.keep_header("X-RateLimit-Remaining", "0")
+        metrics.RATE_LIMITED.labels(scope).inc()
+        await self._audit_rate_limit((key, scope), decision.retry_after, reason or scope.upper(), **data)
+        raise errors.RateLimited(
+            message, headers={"Retry-After": str(decision.retry_after)}, details={"retry_after": decision.retry_after}
+        )
 
     async def _audit_rate_limit(self, key: tuple, retry_after: int, reason: str, **data: str) -> None:
         """One RATE_LIMITED row per limited party (an address, a client, a device) and window, so a flood

@@ -125,3 +125,86 @@ def test_a_refused_address_does_not_spend_its_clients_budget_across_processes(ma
     assert [stats(first, "192.0.2.2").status, stats(second, "192.0.2.3").status] == [200, 200]  # the client's 3rd, 4th
     refused = stats(first, "192.0.2.4")
     assert refused.status == 429 and "client dashboard" in refused.body["message"]
+
+
+def test_a_refused_limit_spends_no_later_limit_of_its_scope(tmp_path):
+    """3 per 4 seconds and 5 a minute: ten requests at once get three through; the seven refused by the first
+    limit do not spend the minute's budget, so after four seconds the next request is allowed."""
+    if not shutil.which("redis-server"):
+        pytest.skip("needs redis-server")
+    server = ThrowawayRedis(tmp_path)
+    server.start()
+    try:
+        for url in ("", server.url):
+            limiter = RateLimiter({"s": "3 per 4 seconds;5 per 60 seconds"}, url)
+
+            async def run(limiter=limiter):
+                first = [(await limiter.check([("s", "y")]))[0] for _ in range(10)]
+                assert [d.allowed for d in first] == [True] * 3 + [False] * 7
+                assert all(1 <= d.retry_after <= 4 for d in first[3:])
+                await asyncio.sleep(4.2)
+                assert (await limiter.check([("s", "y")]))[0].allowed
+
+            asyncio.run(run())
+            assert limiter.fallbacks == 0
+    finally:
+        server.stop()
+
+
+def test_a_window_opened_this_instant_has_a_whole_window_to_wait():
+    item = parse_many("3 per 4 seconds")[0]
+    fresh = Window(False, 0, 0.0, 3, 8.0)  # the current window's key was set with twice the expiry to live
+    assert window_stats(item, fresh, 100.0) == (0, 104.0)
+
+
+@needs_redis_server
+def test_a_client_refused_by_its_own_limit_gets_that_limits_headers(make_server, db_url, database, own_redis):
+    env = dict(REDIS_URL=own_redis.url, RATE_LIMIT_DEFAULT="50/minute", RATE_LIMIT_PER_CLIENT="read=2/minute")
+    api = make_server(settings_for(db_url, **env)).client
+    reader = make_client(database, "dashboard", "read")
+    answers = [api.get("/api/v1/stats", auth=reader) for _ in range(3)]
+    assert [r.status for r in answers] == [200, 200, 429]
+    assert answers[0].headers["X-RateLimit-Limit"] == "50"  # the address's, while it is the tighter one
+    refused = answers[2]
+    assert refused.headers["X-RateLimit-Limit"] == "2" and refused.headers["X-RateLimit-Remaining"] == "0"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+
+
+@needs_redis_server
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_a_cold_burst_on_a_healthy_redis_is_counted_there(tmp_path, own_redis, mode):
+    """300 requests at once from one address at processes that have not served one yet: Redis answers them
+    all (no fallback to in-process counters, no 503 when failing closed), and exactly the limit gets through."""
+    from concurrent.futures import ThreadPoolExecutor
+    from http.client import HTTPConnection
+
+    from tests.conftest import API_KEY
+    from tests.serving import METRICS_TOKEN, free_port, production_env, run_cli, start_cli, wait_healthy
+
+    env = production_env(f"sqlite:///{tmp_path}/burst.db", API_KEY, REDIS_URL=own_redis.url)
+    env.update(RATE_LIMIT_DEFAULT="10/minute", RATE_LIMIT_ON_REDIS_ERROR=mode)
+    assert run_cli("migrate", cwd=tmp_path, **env).returncode == 0
+    port = free_port()
+    proc = start_cli("serve", "--processes", "2", cwd=tmp_path, PORT=str(port), **env)
+    try:
+        wait_healthy(port, proc)
+        redis.Redis.from_url(own_redis.url).flushall()
+
+        def stats(_):
+            conn = HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", "/api/v1/stats", headers={"Authorization": f"Bearer {API_KEY}"})
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        with ThreadPoolExecutor(max_workers=150) as pool:
+            statuses = list(pool.map(stats, range(300)))
+        assert sorted(statuses).count(200) == 10 and statuses.count(429) == 290, sorted(set(statuses))
+        conn = HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        body = conn.getresponse().read().decode()
+        errors = [line for line in body.splitlines() if line.startswith("otp_rate_limit_store_errors_total")]
+        assert all(float(line.split()[-1]) == 0 for line in errors), errors  # (no line at all until one fails)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
