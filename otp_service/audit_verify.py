@@ -120,9 +120,11 @@ def verify(
         if (floor_seq, floor_hash) != floors.get(chain, (0, integrity.GENESIS)):  # what prune trusts: signed?
             detail = "the chain's pruned floor differs from the one a checkpoint signed"
             result.breaks.append(Break(chain, "edited", floor_seq, None, detail))
+    places = _period_places(start, end) if start is not None or end is not None else {}
     for chain in sorted(set(chains) | set(signed)):  # a chain emptied by hand is still in its checkpoints
         floor = floors.get(chain, (0, integrity.GENESIS))
-        lo, hi = _range(chain, start, end, floor[0])
+        head = chains[chain].seq if chain in chains else 0
+        lo, hi = _range(chain, start, end, floor[0], head, places.get(chain))
         if hi is not None and hi < lo:
             continue  # nothing of this chain was written in the period
         result.chains += 1
@@ -232,17 +234,41 @@ def _erased_subjects(database: Database) -> set[str]:
 
 
 def _chain_rows(database: Database) -> list[tuple]:
+    """The chains to walk: those with a head, or with rows (one index probe each, not a scan of the table)."""
     query = AuditChain.select(AuditChain.chain, AuditChain.seq, AuditChain.head).where(AuditChain.chain >= 0)
-    with_rows = {c for (c,) in AuditLog.select(AuditLog.chain).where(AuditLog.chain.is_null(False)).distinct().tuples()}
-    return [row for row in query.tuples() if row[1] > 0 or row[0] in with_rows]
+    return [row for row in query.tuples() if row[1] > 0 or _has_rows(AuditLog.chain == row[0])]
 
 
-def _range(chain: int, start: datetime | None, end: datetime | None, floor: int) -> tuple[int | None, int | None]:
-    """The places in `chain` to check: all after the floor, or those between the last row written before
+def _has_rows(condition) -> bool:
+    return AuditLog.select(AuditLog.id).where(condition).limit(1).scalar() is not None
+
+
+def _period_places(start: datetime | None, end: datetime | None) -> dict[int, tuple[int, int]]:
+    """Each chain's first and last place among the rows written in the period: one pass over the period's
+    rows by the timestamp index, however far back the period lies."""
+    when = AuditLog.chain.between(0, MAX_CHAINS - 1) & (AuditLog.seq > 0)
+    if start is not None:
+        when &= AuditLog.timestamp >= start
+    if end is not None:
+        when &= AuditLog.timestamp < end
+    query = AuditLog.select(AuditLog.chain, fn.MIN(AuditLog.seq), fn.MAX(AuditLog.seq)).where(when)
+    return {chain: (first, last) for chain, first, last in query.group_by(AuditLog.chain).tuples()}
+
+
+def _range(
+    chain: int, start: datetime | None, end: datetime | None, floor: int, head: int, places: tuple[int, int] | None
+) -> tuple[int | None, int | None]:
+    """The places in `chain` to check: all after the floor; or for a period, its rows and the row on either
+    side of them (a deletion at either edge is a gap; a row whose time was moved out of the period is still
+    read); or, when none of the chain's rows is in the period, the places between the last row written before
     `start` and the first written at or after `end` — so a period whose rows were all deleted is a gap, not
     an empty period."""
     if start is None and end is None:
         return floor + 1, None
+    if places is not None:
+        first, last = places
+        lo = floor + 1 if start is None else max(floor + 1, first - 1)
+        return lo, None if end is None or last + 1 > head else last + 1
     mine = (AuditLog.chain == chain) & (AuditLog.seq > floor)
     lo = floor + 1
     if start is not None:
@@ -294,11 +320,16 @@ def _unchained(database: Database, result: Result, signed_legacy: int | None) ->
     """Rows outside every chain: those before the chains existed are counted (and must match the signed
     count); any other was put there by hand."""
     boundary = AuditChain.select(AuditChain.seq).where(AuditChain.chain == LEGACY).scalar() or 0
-    outside = AuditLog.select(fn.COUNT(AuditLog.id)).where(AuditLog.chain.is_null())
-    legacy = outside.where(AuditLog.id <= boundary).scalar()
-    forged = outside.where(AuditLog.id > boundary).scalar()
-    misplaced = (AuditLog.chain < 0) | (AuditLog.chain >= MAX_CHAINS) | AuditLog.seq.is_null() | (AuditLog.seq <= 0)
-    forged += AuditLog.select(fn.COUNT(AuditLog.id)).where(AuditLog.chain.is_null(False) & misplaced).scalar()
+
+    def count(condition) -> int:
+        return AuditLog.select(fn.COUNT(AuditLog.id)).where(condition).scalar()
+
+    # Each condition leads with the chain, so each count is a range of the (chain, seq) index, not a scan.
+    legacy = count(AuditLog.chain.is_null() & (AuditLog.id <= boundary))
+    forged = count(AuditLog.chain.is_null() & (AuditLog.id > boundary))
+    forged += count(AuditLog.chain < 0) + count(AuditLog.chain >= MAX_CHAINS)
+    for chain in range(MAX_CHAINS):
+        forged += count((AuditLog.chain == chain) & (AuditLog.seq.is_null() | (AuditLog.seq <= 0)))
     result.legacy_rows = legacy
     if forged:
         result.breaks.append(Break(-1, "inserted", None, None, f"{forged} row(s) outside every chain"))
