@@ -1,5 +1,6 @@
 """Demo data, the report queries and the `report` command, on SQLite and (in CI) PostgreSQL."""
 
+import contextlib
 import json
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -82,7 +83,7 @@ def test_report_queries_agree_with_the_rows(service, database):
         }
         daily = report_queries.daily_activity(START, END)
         assert len(set(daily["day"])) == 28 and daily["succeeded"].sum() + daily["failed"].sum() == len(rows)
-        episodes = report_queries.brute_force_episodes(START, END, 600, 5)
+        episodes = report_queries.brute_force_episodes(START, END)
         assert len(episodes) >= 1 and (episodes["failures"] >= 5).all()
         devices = len({r.device_id for r in rows if r.action == "DEVICE_REGISTERED" and r.success})
         assert report_queries.usage_distribution()["devices"].sum() == devices
@@ -361,3 +362,84 @@ def test_report_csvs_neutralise_spreadsheet_formulas(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["user_id"] for r in rows] == ["'" + h for h in hostile] + ["alice", ""]
     assert [r["failures"] for r in rows] == [str(n) for n in range(1, 9)]
+
+
+def _at(text: str) -> float:
+    """A UTC time of day on 2026-02-19 as epoch seconds."""
+    return datetime.fromisoformat(f"2026-02-19T{text}+00:00").timestamp()
+
+
+def _fail(service, device_id: str, registration: dict, when: float, ip: str) -> None:
+    """One wrong code for `device_id` at `when` from `ip` (refused; once the device is locked, refused for that)."""
+    ctx = RequestContext(ip, "curl/8.5", None, "login-frontend")
+    with contextlib.suppress(errors.ServiceError):
+        service.verify(device_id, wrong_code(registration, when), ctx, now=when)
+
+
+def test_brute_force_episodes_slide_with_the_failures_not_the_clock(service, database):
+    """Bursts are runs of failures no more than two minutes apart, per device, user or client address, wherever
+    they fall against the clock: fixed ten-minute buckets split the first attack at 05:20 into two and missed
+    the second (four failures either side of 06:00) altogether."""
+    day = _at("00:00:00")
+    devices = {
+        name: service.register(name, f"{name.lower()}@example.com", CTX, now=day)
+        for name in ("VICTIM", "OTHER", "SLOW", "EDGE", *(f"SPRAY-{n}" for n in range(6)))
+    }
+    # 40 failures 12 s apart: 05:17:53 to 05:25:41 (7 min 48 s), across 05:20.
+    for n in range(40):
+        _fail(service, "VICTIM", devices["VICTIM"], _at("05:17:53") + 12 * n, "203.0.113.99")
+    # 8 failures from 05:59:10 to 06:00:40, across 06:00.
+    for n in range(8):
+        _fail(service, "OTHER", devices["OTHER"], _at("05:59:10") + n * 90 / 7, "203.0.113.50")
+    # 5 failures 121 s apart: a slow typist or a patient attacker, but never a burst of this rule.
+    for n in range(5):
+        _fail(service, "SLOW", devices["SLOW"], _at("08:00:00") + 121 * n, "198.51.100.5")
+    # 5 failures exactly 120 s apart: the longest gap that still continues a burst.
+    for n in range(5):
+        _fail(service, "EDGE", devices["EDGE"], _at("09:00:00") + 120 * n, "198.51.100.6")
+    # One address trying six devices once each, 20 s apart: no device and no user sees a burst; the address does.
+    for n in range(6):
+        _fail(service, f"SPRAY-{n}", devices[f"SPRAY-{n}"], _at("10:00:00") + 20 * n, "192.0.2.10")
+
+    with database.connection_context():
+        episodes = report_queries.brute_force_episodes(datetime(2026, 2, 19), datetime(2026, 2, 20))
+    rows = [
+        (e["start"], e["end"], e["failures"], e["devices"], e["client addresses"], e["lock followed"], e["seen per"])
+        for e in episodes.to_dict("records")
+    ]
+    spray = ", ".join(f"SPRAY-{n}" for n in range(6))
+    assert rows == [
+        (
+            "2026-02-19T05:17:53Z",
+            "2026-02-19T05:25:41Z",
+            40,
+            "VICTIM",
+            "203.0.113.99",
+            "yes",
+            "device, user, client address",
+        ),
+        (
+            "2026-02-19T05:59:10Z",
+            "2026-02-19T06:00:40Z",
+            8,
+            "OTHER",
+            "203.0.113.50",
+            "yes",
+            "device, user, client address",
+        ),
+        (
+            "2026-02-19T09:00:00Z",
+            "2026-02-19T09:08:00Z",
+            5,
+            "EDGE",
+            "198.51.100.6",
+            "yes",
+            "device, user, client address",
+        ),
+        ("2026-02-19T10:00:00Z", "2026-02-19T10:01:40Z", 6, spray, "192.0.2.10", "no", "client address"),
+    ]
+    assert episodes["users"].iloc[0] == "victim@example.com"
+    assert episodes["users"].iloc[3] == ", ".join(f"spray-{n}@example.com" for n in range(6))
+    with database.connection_context():  # a period that cuts an attack counts the part inside it
+        cut = report_queries.brute_force_episodes(datetime(2026, 2, 19, 5, 20), datetime(2026, 2, 19, 5, 22))
+    assert list(cut["failures"]) == [10]
