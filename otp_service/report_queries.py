@@ -3,14 +3,17 @@ summary comes back as a small DataFrame, so a report over millions of audit rows
 and small. Works on SQLite and PostgreSQL alike; the few dialect differences live in `_day`,
 `_epoch` and `_json_field`.
 
-Periods are half-open, [start, end), in naive UTC like the stored timestamps.
+Periods are given as a start and an end instant, in naive UTC like the stored timestamps: a row counts
+if start <= its time < end (a report of 1 to 28 February runs from 1 February 00:00 to 1 March 00:00).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -56,27 +59,46 @@ def _in_period(start: datetime, end: datetime):
     return (AuditLog.timestamp >= start) & (AuditLog.timestamp < end)
 
 
-def audit_totals(start: datetime, end: datetime) -> dict[str, int | float]:
+def audit_totals(start: datetime, end: datetime) -> dict[str, int | float | None]:
+    """The audit report's summary. A verification refused as `REPLAYED` is a double submit (a right code sent
+    again, usually a second click): it is neither a success nor a guess, so the success rate leaves it out —
+    accepted / (verifications - double submits); None when there was nothing to divide by."""
     counts = {
-        (action, bool(success)): n
-        for action, success, n in AuditLog.select(AuditLog.action, AuditLog.success, fn.COUNT(AuditLog.id))
+        (action, bool(success), reason): n
+        for action, success, reason, n in AuditLog.select(
+            AuditLog.action, AuditLog.success, AuditLog.reason, fn.COUNT(AuditLog.id)
+        )
         .where(_in_period(start, end))
-        .group_by(AuditLog.action, AuditLog.success)
+        .group_by(AuditLog.action, AuditLog.success, AuditLog.reason)
         .tuples()
     }
 
-    def count(action: str, success: bool | None = None) -> int:
-        return sum(n for (a, s), n in counts.items() if a == action and (success is None or s == success))
+    def count(action: str, success: bool | None = None, reason: str | None = None) -> int:
+        return sum(
+            n
+            for (a, s, r), n in counts.items()
+            if a == action and (success is None or s == success) and (reason is None or r == reason)
+        )
 
-    verifications = count(VERIFY)
+    verifications, succeeded = count(VERIFY), count(VERIFY, True)
+    wrong, replayed = count(VERIFY, False, "INVALID_CODE"), count(VERIFY, False, "REPLAYED")
+    attempts = verifications - replayed
+    devices_locked = (
+        AuditLog.select(fn.COUNT(fn.DISTINCT(AuditLog.device_id)))
+        .where(_in_period(start, end) & (AuditLog.action == Action.DEVICE_LOCKED))
+        .scalar()
+    )
     return {
         "registrations": count(Action.DEVICE_REGISTERED, True),
         "registrations_refused": count(Action.DEVICE_REGISTERED, False),
         "verifications": verifications,
-        "verifications_succeeded": count(VERIFY, True),
-        "verifications_failed": count(VERIFY, False),
-        "success_rate_percent": round(100.0 * count(VERIFY, True) / verifications, 2) if verifications else 0.0,
-        "lockouts": count(Action.DEVICE_LOCKED),
+        "verifications_succeeded": succeeded,
+        "verifications_wrong_code": wrong,
+        "verifications_double_submit": replayed,
+        "verifications_refused_other": verifications - succeeded - wrong - replayed,
+        "success_rate_percent": round(100.0 * succeeded / attempts, 2) if attempts else None,
+        "locks": count(Action.DEVICE_LOCKED),
+        "devices_locked": devices_locked,
         "unlocks": count(Action.DEVICE_UNLOCKED, True),
         "deactivations": count(Action.DEVICE_DEACTIVATED, True),
         "authentication_failures": count(Action.AUTH_FAILED),
@@ -114,6 +136,79 @@ def daily_activity(start: datetime, end: datetime) -> pd.DataFrame:
         .reset_index()
         .astype({"succeeded": int, "failed": int})
     )
+
+
+def daily_verifications(start: datetime, end: datetime) -> pd.DataFrame:
+    """Per day: verifications accepted, refused for a wrong code, double submits (`REPLAYED`), and refused for
+    another reason (device locked, deactivated, unknown…); every day of the period, with 0 where none."""
+    day = _day(AuditLog.timestamp)
+
+    def counted(condition):
+        return fn.SUM(Case(None, [(condition, 1)], 0))
+
+    query = (
+        AuditLog.select(
+            day.alias("day"),
+            counted(AuditLog.success),
+            counted(~AuditLog.success & (AuditLog.reason == "INVALID_CODE")),
+            counted(~AuditLog.success & (AuditLog.reason == "REPLAYED")),
+            counted(~AuditLog.success & ~AuditLog.reason.in_(["INVALID_CODE", "REPLAYED"])),
+        )
+        .where(_in_period(start, end) & (AuditLog.action == VERIFY))
+        .group_by(day)
+        .order_by(day)
+    )
+    columns = ["day", "accepted", "wrong code", "double submit", "refused otherwise"]
+    frame = _frame(query, columns)
+    days = pd.date_range(start.date(), (end - timedelta(microseconds=1)).date(), freq="D").strftime("%Y-%m-%d")
+    return (
+        frame.set_index("day")
+        .reindex(days, fill_value=0)
+        .rename_axis("day")
+        .reset_index()
+        .astype({c: int for c in columns[1:]})
+    )
+
+
+def count_failing(column: str, start: datetime, end: datetime) -> int:
+    """How many devices, users or client addresses had at least one failed verification: the "of how many"
+    beside a top-ten list."""
+    field = getattr(AuditLog, column)
+    return (
+        AuditLog.select(fn.COUNT(fn.DISTINCT(field)))
+        .where(_in_period(start, end) & (AuditLog.action == VERIFY) & ~AuditLog.success & field.is_null(False))
+        .scalar()
+    )
+
+
+def refused_requests(start: datetime, end: datetime) -> pd.DataFrame:
+    """Where requests refused before any device was looked at came from: a wrong or missing API key
+    (`AUTH_FAILED`) and rate limiting (`RATE_LIMITED`), per client address, with the API client (if the key was
+    known), how many, the user agents seen, and the first and last time. A scanner shows up here."""
+    query = (
+        AuditLog.select(
+            AuditLog.ip_address,
+            AuditLog.action,
+            AuditLog.actor,
+            fn.COUNT(AuditLog.id).alias("n"),
+            fn.COUNT(fn.DISTINCT(AuditLog.user_agent)),
+            fn.MIN(AuditLog.user_agent),
+            fn.MIN(AuditLog.timestamp),
+            fn.MAX(AuditLog.timestamp),
+        )
+        .where(_in_period(start, end) & AuditLog.action.in_([Action.AUTH_FAILED, Action.RATE_LIMITED]))
+        .group_by(AuditLog.ip_address, AuditLog.action, AuditLog.actor)
+        .order_by(SQL("n").desc(), AuditLog.ip_address, AuditLog.action)
+    )
+    frame = _frame(
+        query, ["client address", "refused for", "client", "requests", "user agents", "a user agent", "first", "last"]
+    )
+    frame["refused for"] = frame["refused for"].map(
+        {Action.AUTH_FAILED: "wrong or missing API key", Action.RATE_LIMITED: "rate limit"}
+    )
+    frame["client"] = frame["client"].fillna("(none)")
+    frame["client address"] = frame["client address"].fillna("(not recorded)")
+    return _stringify_times(frame, ["first", "last"])
 
 
 def top_failing(column: str, start: datetime, end: datetime, limit: int = 10) -> pd.DataFrame:
@@ -290,6 +385,10 @@ NO_CLIENT = "(no client: unauthenticated)"
 ADMIN_ACTIONS = (
     Action.DEVICE_DEACTIVATED,
     Action.DEVICE_UNLOCKED,
+    Action.DRIFT_RESET,
+    Action.CODE_LOOKUP,
+    Action.USER_ERASED,
+    Action.AUDIT_PRUNED,
     Action.ACCESS_DENIED,
     Action.CLIENT_CREATED,
     Action.CLIENT_ROTATED,
@@ -312,8 +411,9 @@ def actions_by_client(start: datetime, end: datetime) -> pd.DataFrame:
 
 
 def admin_actions(start: datetime, end: datetime) -> pd.DataFrame:
-    """Every administrative action, with who did it and the device it touched: deactivations, unlocks,
-    refusals for a missing scope, and changes to the API clients themselves."""
+    """Every administrative action, with who did it and the device it touched: deactivations, unlocks, clock
+    allowance resets, code look-ups, erasures, prunes of the audit trail, refusals for a missing scope, and
+    changes to the API clients themselves."""
     query = (
         AuditLog.select(
             AuditLog.timestamp,
@@ -557,6 +657,123 @@ def resync_offsets(start: datetime, end: datetime) -> pd.DataFrame:
     return _frame(query, ["offset_steps", "step_seconds", "resyncs"])
 
 
+EVENT_COLUMNS = [
+    *("id", "time", "action", "success", "reason", "device_id", "user_id", "ip_address", "user_agent"),
+    *("client", "request_id", "data", "chain", "seq", "entry_hash"),
+]
+
+
+def audit_events(start: datetime, end: datetime, user_id: str | None = None) -> Iterator[tuple]:
+    """The raw audit records of the period (of one user, if given), in the order they were written, as stored:
+    what every summary is counted from, for a reader who wants to count again. A stream, not a frame: a
+    month can hold millions of rows."""
+    query = AuditLog.select(
+        AuditLog.id,
+        AuditLog.timestamp,
+        AuditLog.action,
+        AuditLog.success,
+        AuditLog.reason,
+        AuditLog.device_id,
+        AuditLog.user_id,
+        AuditLog.ip_address,
+        AuditLog.user_agent,
+        AuditLog.actor,
+        AuditLog.request_id,
+        AuditLog.additional_data,
+        AuditLog.chain,
+        AuditLog.seq,
+        AuditLog.entry_hash,
+    ).where(_in_period(start, end))
+    if user_id is not None:
+        query = query.where(AuditLog.user_id == user_id)
+    for row in query.order_by(AuditLog.id).tuples().iterator():
+        yield (row[0], _iso(row[1]), *row[2:3], bool(row[3]), *row[4:])
+
+
+def _iso(value) -> str | None:
+    return None if value is None else pd.Timestamp(value).isoformat(timespec="microseconds") + "Z"
+
+
+def user_devices(user_id: str, as_of: datetime) -> pd.DataFrame:
+    """A user's devices as the service holds them now (state as `queries.describe` tells it), oldest first."""
+    from .queries import user_devices as described
+
+    devices = described(user_id, as_of)["devices"]
+    columns = {
+        "device_id": "device",
+        "status": "state",
+        "created_at": "registered",
+        "last_used": "last used",
+        "usage_count": "verifications",
+        "deactivated_at": "deactivated",
+        "locked_until": "locked until",
+        "failed_attempts": "failures counted",
+        "algorithm": "algorithm",
+        "digits": "digits",
+        "interval": "seconds per code",
+        "key_version": "key version",
+    }
+    rows = [{label: d[key] for key, label in columns.items()} for d in devices]
+    return pd.DataFrame(rows, columns=list(columns.values()))
+
+
+def user_recovery_codes(user_id: str, as_of: datetime) -> pd.DataFrame:
+    """The user's set of recovery codes, if any: how many are left, when issued and last used, whether locked."""
+    from .queries import user_devices as described
+
+    codes = described(user_id, as_of)["recovery_codes"]
+    columns = ["codes left", "codes issued", "issued", "last used", "failures counted", "locked until"]
+    if codes is None:
+        return pd.DataFrame([], columns=columns)
+    locked = "until a new set is issued" if codes["hard_locked"] else codes["locked_until"]
+    row = (codes["remaining"], codes["total"], codes["created_at"], codes["last_used"], codes["failed_attempts"])
+    return pd.DataFrame([(*row, locked)], columns=columns)
+
+
+def user_activity(user_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """What the user's audit records of the period are, action by action: how many, done or refused, first, last."""
+    ok = fn.SUM(Case(None, [(AuditLog.success, 1)], 0))
+    query = (
+        AuditLog.select(
+            AuditLog.action,
+            fn.COUNT(AuditLog.id),
+            ok,
+            fn.MIN(AuditLog.timestamp),
+            fn.MAX(AuditLog.timestamp),
+        )
+        .where(_in_period(start, end) & (AuditLog.user_id == user_id))
+        .group_by(AuditLog.action)
+        .order_by(AuditLog.action)
+    )
+    frame = _frame(query, ["action", "records", "done", "first", "last"])
+    frame.insert(3, "refused", frame["records"] - frame["done"])
+    return _stringify_times(frame, ["first", "last"])
+
+
+def user_trail(user_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """The user's audit records of the period, oldest first, as a reader takes them in: when, what, the
+    outcome and why, the device, the API client that asked, the address and program it came from."""
+    query = (
+        AuditLog.select(
+            AuditLog.timestamp,
+            AuditLog.action,
+            AuditLog.success,
+            AuditLog.reason,
+            AuditLog.device_id,
+            AuditLog.actor,
+            AuditLog.ip_address,
+            AuditLog.user_agent,
+        )
+        .where(_in_period(start, end) & (AuditLog.user_id == user_id))
+        .order_by(AuditLog.id)
+    )
+    frame = _frame(query, ["time", "action", "success", "reason", "device", "client", "address", "user agent"])
+    frame.insert(2, "outcome", frame.pop("success").map({True: "done", False: "refused"}))
+    for column in ("reason", "device", "client", "address", "user agent"):
+        frame[column] = frame[column].fillna("")
+    return _stringify_times(frame, ["time"])
+
+
 def _stringify_times(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Timestamps as ISO text: SQLite returns strings and PostgreSQL datetimes, and reports should read the same."""
     for column in columns:
@@ -578,6 +795,7 @@ class ReportContext:
     source: str  # the database, for the reader, without any password
     generated_at: str
     integrity: dict | None = None  # `audit verify` over the period's rows (audit_verify.Result.as_dict())
+    generated_by: str = ""  # who or what asked for the report, in words
 
     def integrity_markdown(self) -> str:
         """The integrity statement a reader checks first: were these records altered?"""
@@ -606,16 +824,37 @@ class ReportContext:
             )
         return f"## Integrity of these records\n\n{verdict}"
 
-    def header(self, title: str) -> str:
+    def header(self, title: str, settings: list[tuple[str, str]] = ()) -> str:
+        """The report's first lines: what it covers, from which data, when, by whom and with which software, and
+        the settings its figures depend on (in words, each a row)."""
+        from . import __version__
+
         last_day = (self.end - timedelta(days=1)).date()
+        days = (last_day - self.start.date()).days + 1
+        rows = [
+            ("Period (UTC)", f"{self.start:%-d %B %Y} to {last_day:%-d %B %Y}, both days included ({days} days)"),
+            ("Data", self.source),
+            ("Generated", f"{self.generated_at}, by {self.generated_by or 'this notebook, run by hand'}"),
+            ("Software", f"otp-service {__version__}"),
+            *settings,
+        ]
+        table = "".join(f"| {name} | {value} |\n" for name, value in rows)
+        return f"# {title}\n\n| | |\n|---|---|\n{table}"
+
+    def files_note(self) -> str:
+        """Where the tables are, besides this page (never a folder of the machine that made it)."""
+        tables = sorted(f for f in self.output.files if f.endswith(".csv"))
         return (
-            f"# {title}\n\n| | |\n|---|---|\n| Period (UTC) | {self.start.date()} to {last_day} inclusive "
-            f"([{self.start:%Y-%m-%d %H:%M}, {self.end:%Y-%m-%d %H:%M})) |\n| Data | {self.source} |\n"
-            f"| Generated | {self.generated_at} |\n"
+            "## The data behind this report\n\nEvery table above, and the raw audit records counted, is in the "
+            "report's zip file as CSV (UTF-8, comma-separated; a cell a spreadsheet would run as a formula starts "
+            f"with an apostrophe): {', '.join(tables)}. `SHA256SUMS` in the zip holds each file's SHA-256 hash "
+            "(`sha256sum -c SHA256SUMS` checks them)."
         )
 
 
-def prepare(data: str, start: str, end: str, output_dir: str | None, integrity: str = "") -> ReportContext:
+def prepare(
+    data: str, start: str, end: str, output_dir: str | None, integrity: str = "", generated_by: str = ""
+) -> ReportContext:
     """Open the report's database, parse the inclusive dates, make the output folder.
 
     `data`: "demo" builds the deterministic demo history in a temporary SQLite file, so the notebook runs
@@ -646,7 +885,7 @@ def prepare(data: str, start: str, end: str, output_dir: str | None, integrity: 
     output = ReportOutput(output_dir or tempfile.mkdtemp(prefix="otp-report-"))
     generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     checked = json.loads(integrity) if integrity else _verify(database, database_url, data, begin, until)
-    return ReportContext(database, begin, until, output, source, generated, checked)
+    return ReportContext(database, begin, until, output, source, generated, checked, generated_by)
 
 
 def _verify(database: Database, database_url: str, data: str, start: datetime, end: datetime) -> dict | None:
@@ -675,10 +914,13 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     safe = frame.copy()
     for column in safe.columns:
         if pd.api.types.is_string_dtype(safe[column]) or pd.api.types.is_object_dtype(safe[column]):
-            safe[column] = safe[column].map(
-                lambda v: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
-            )
+            safe[column] = safe[column].map(safe_cell)
     return safe
+
+
+def safe_cell(value):
+    """One cell, neutralised as `spreadsheet_safe` says."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 class ReportOutput:
@@ -696,6 +938,18 @@ class ReportOutput:
         spreadsheet_safe(frame).to_csv(self.directory / f"{name}.csv", index=False, lineterminator="\r\n")
         self.files.append(f"{name}.csv")
         return frame
+
+    def rows(self, name: str, columns: list[str], rows: Iterable[tuple]) -> int:
+        """Write a stream of rows as CSV (neutralised like `table`'s), without holding them; returns how many."""
+        count = 0
+        with open(self.directory / f"{name}.csv", "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file, lineterminator="\r\n")
+            writer.writerow(columns)
+            for row in rows:
+                writer.writerow([safe_cell(v) for v in row])
+                count += 1
+        self.files.append(f"{name}.csv")
+        return count
 
     def figure(self, name: str, fig) -> None:
         fig.savefig(self.directory / f"{name}.png", dpi=110, bbox_inches="tight", metadata={"Software": None})
