@@ -212,7 +212,7 @@ def refused_requests(start: datetime, end: datetime) -> pd.DataFrame:
 
 
 def top_failing(column: str, start: datetime, end: datetime, limit: int = 10) -> pd.DataFrame:
-    """The devices, users or client IPs with the most failed verifications."""
+    """The devices, users or client IPs with the most refused verifications (any reason), first and last."""
     field = getattr(AuditLog, column)
     query = (
         AuditLog.select(field, fn.COUNT(AuditLog.id).alias("n"), fn.MIN(AuditLog.timestamp), fn.MAX(AuditLog.timestamp))
@@ -221,7 +221,7 @@ def top_failing(column: str, start: datetime, end: datetime, limit: int = 10) ->
         .order_by(SQL("n").desc(), field)
         .limit(limit)
     )
-    frame = _frame(query, [column, "failures", "first", "last"])
+    frame = _frame(query, [column, "refused", "first", "last"])
     return _stringify_times(frame, ["first", "last"])
 
 
@@ -713,7 +713,7 @@ def user_devices(user_id: str, as_of: datetime) -> pd.DataFrame:
         "interval": "seconds per code",
         "key_version": "key version",
     }
-    rows = [{label: d[key] for key, label in columns.items()} for d in devices]
+    rows = [{label: "" if d[key] is None else d[key] for key, label in columns.items()} for d in devices]
     return pd.DataFrame(rows, columns=list(columns.values()))
 
 
@@ -725,8 +725,8 @@ def user_recovery_codes(user_id: str, as_of: datetime) -> pd.DataFrame:
     columns = ["codes left", "codes issued", "issued", "last used", "failures counted", "locked until"]
     if codes is None:
         return pd.DataFrame([], columns=columns)
-    locked = "until a new set is issued" if codes["hard_locked"] else codes["locked_until"]
-    row = (codes["remaining"], codes["total"], codes["created_at"], codes["last_used"], codes["failed_attempts"])
+    locked = "until a new set is issued" if codes["hard_locked"] else codes["locked_until"] or ""
+    row = (codes["remaining"], codes["total"], codes["created_at"], codes["last_used"] or "", codes["failed_attempts"])
     return pd.DataFrame([(*row, locked)], columns=columns)
 
 
@@ -844,11 +844,12 @@ class ReportContext:
     def files_note(self) -> str:
         """Where the tables are, besides this page (never a folder of the machine that made it)."""
         tables = sorted(f for f in self.output.files if f.endswith(".csv"))
+        raw = ", and every audit record counted (audit_events.csv)," if "audit_events.csv" in tables else ""
         return (
-            "## The data behind this report\n\nEvery table above, and the raw audit records counted, is in the "
-            "report's zip file as CSV (UTF-8, comma-separated; a cell a spreadsheet would run as a formula starts "
-            f"with an apostrophe): {', '.join(tables)}. `SHA256SUMS` in the zip holds each file's SHA-256 hash "
-            "(`sha256sum -c SHA256SUMS` checks them)."
+            f"## The data behind this report\n\nEvery table above{raw} is in the report's zip file as CSV "
+            "(UTF-8, comma-separated; a cell a spreadsheet would run as a formula starts with an apostrophe): "
+            f"{', '.join(tables)}. The file SHA256SUMS in the zip holds each file's SHA-256 hash (the command "
+            "`sha256sum -c SHA256SUMS` checks them)."
         )
 
 
@@ -902,6 +903,24 @@ def _verify(database: Database, database_url: str, data: str, start: datetime, e
         return None  # no keys given: the one just generated would call every checkpoint forged
     service = build_service(settings, database)
     return service.verify_audit(start, end, record=False).as_dict()
+
+
+MARKDOWN_SPECIALS = str.maketrans({c: f"&#{ord(c)};" for c in "\\`*_{}[]()#+-.!|<>&~"})
+
+
+def in_markdown(text: str) -> str:
+    """Text chosen by an API caller (a user id) put into Markdown as itself: no markup, no HTML, no table cell
+    broken by a `|`."""
+    return str(text).translate(MARKDOWN_SPECIALS)
+
+
+def duration_words(seconds: float) -> str:
+    """A number of seconds as a reader says it: "2 minutes", "90 seconds", "1 hour"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds:g} second{'s' if seconds != 1 else ''}"
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

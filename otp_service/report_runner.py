@@ -154,14 +154,14 @@ def run_report(
 # For paper: A4, the page's own styles kept, figures and wide tables shrunk to the page, page numbers.
 PRINT_CSS = """
 @page { size: A4; margin: 14mm 12mm 16mm 12mm;
-        @bottom-left { content: string(title); font-size: 7pt; color: #555; }
-        @bottom-right { content: "page " counter(page) " of " counter(pages); font-size: 7pt; color: #555; } }
+        @bottom-left { content: string(title); font: 7pt "DejaVu Sans", sans-serif; color: #555; }
+        @bottom-right { content: "page " counter(page) " of " counter(pages); font: 7pt "DejaVu Sans", sans-serif;
+                        color: #555; } }
 html, body { font-size: 9pt; }
-title { string-set: title content(); }
 h1 { string-set: title content(); }
 img { max-width: 100%; height: auto; }
 table { font-size: 7.5pt; max-width: 100%; }
-td, th { word-break: break-word; }
+td, th { overflow-wrap: anywhere; }
 tr, img { page-break-inside: avoid; }
 h1, h2, h3 { page-break-after: avoid; }
 .jp-OutputArea-output pre { white-space: pre-wrap; }
@@ -234,10 +234,17 @@ def local_database_url(url: str) -> str:
     return f"sqlite:///{absolute}"
 
 
+# Tables read as text: left-aligned from the top of each cell (JupyterLab's style right-aligns every cell).
+READER_CSS = (
+    "<style>.jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { text-align: left; vertical-align: top; }</style>"
+)
+
+
 def self_contained(html: str) -> str:
     """Drop every <script>: nbconvert's page loads require.js, MathJax and Mermaid from a CDN, and a report
-    of tables and embedded images needs none of them — it must open offline, years from now."""
-    return SCRIPT.sub("", html)
+    of tables and embedded images needs none of them — it must open offline, years from now. Tables are
+    set to read as text."""
+    return SCRIPT.sub("", html).replace("</head>", f"{READER_CSS}\n</head>", 1)
 
 
 def zip_tables(data_dir: Path) -> bytes:
