@@ -831,8 +831,9 @@ class ReportContext:
 
         last_day = (self.end - timedelta(days=1)).date()
         days = (last_day - self.start.date()).days + 1
+        length = "1 day" if days == 1 else f"{days} days"
         rows = [
-            ("Period (UTC)", f"{self.start:%-d %B %Y} to {last_day:%-d %B %Y}, both days included ({days} days)"),
+            ("Period (UTC)", f"{self.start:%-d %B %Y} to {last_day:%-d %B %Y}, both days included ({length})"),
             ("Data", self.source),
             ("Generated", f"{self.generated_at}, by {self.generated_by or 'this notebook, run by hand'}"),
             ("Software", f"otp-service {__version__}"),
@@ -876,7 +877,12 @@ def prepare(
     elif data == "DATABASE_URL":
         database_url = read(os.environ, ["DATABASE_URL"])["database_url"]
         parsed = urlparse(database_url)
-        source = f"{parsed.scheme}://{parsed.hostname or ''}{parsed.path}" if parsed.hostname else database_url
+        # the server and database, never a password; for SQLite the file's name, not a folder of this machine
+        source = (
+            f"{parsed.scheme}://{parsed.hostname}{parsed.path}"
+            if parsed.hostname
+            else f"SQLite database {Path(parsed.path).name}"
+        )
     else:
         raise ValueError(f'data must be "demo" or "DATABASE_URL", got {data!r}')
     database = open_database(database_url, 1)

@@ -33,6 +33,7 @@ def routes(reg_code):
         ("GET", "/api/v1/reports", None, "reports"),
         ("GET", "/api/v1/reports/1", None, "reports"),
         ("GET", "/api/v1/reports/1/data", None, "reports"),
+        ("GET", "/api/v1/reports/1/pdf", None, "reports"),
         ("GET", "/metrics", None, "metrics"),
     ]
 

@@ -1,6 +1,9 @@
 """Demo data, the report queries and the `report` command, on SQLite and (in CI) PostgreSQL."""
 
 import contextlib
+import csv
+import hashlib
+import io
 import json
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -11,7 +14,7 @@ from otp_service import errors, report_queries, totp
 from otp_service.audit import RequestContext
 from otp_service.demo_data import generate
 from otp_service.models import AuditLog, Report
-from otp_service.report_runner import NOTEBOOKS_DIR
+from otp_service.report_runner import NOTEBOOKS_DIR, render_pdf
 from otp_service.transitions import to_datetime
 from tests.helpers import code_at, wrong_code
 from tests.serving import run_cli
@@ -49,7 +52,7 @@ DEMO_LIFECYCLE = (
 def test_demo_data_is_reproducible_for_a_seed(service, database, tmp_path):
     done = generate(service, devices=12, days=10, seed=3, end=DEMO_END)
     first, first_lifecycle = totals(database), lifecycle(database)
-    assert done["register"] == 12 and first["verifications"] > 100 and first["lockouts"] >= 1
+    assert done["register"] == 12 and first["verifications"] > 100 and first["locks"] >= 1
     assert all(first_lifecycle[measure] >= 1 for measure in DEMO_LIFECYCLE), first_lifecycle
     url = f"sqlite:///{tmp_path}/second.db"
     assert (
@@ -75,7 +78,7 @@ def test_report_queries_agree_with_the_rows(service, database):
         verifications = [r for r in rows if r.action == "OTP_VERIFICATION"]
         assert t["verifications"] == len(verifications)
         assert t["verifications_succeeded"] == sum(r.success for r in verifications)
-        assert t["lockouts"] == sum(r.action == "DEVICE_LOCKED" for r in rows)
+        assert t["locks"] == sum(r.action == "DEVICE_LOCKED" for r in rows)
         by_reason = report_queries.failures_by_reason(START, END)
         assert dict(zip(by_reason["reason"], by_reason["failures"], strict=True)) == {
             reason: sum(1 for r in verifications if r.reason == reason)
@@ -98,10 +101,27 @@ def test_report_queries_agree_with_the_rows(service, database):
             mine = [r for r in rows if r.action == action and (r.actor or report_queries.NO_CLIENT) == client]
             assert (count, ok) == (len(mine), sum(r.success for r in mine))
         admin = report_queries.admin_actions(START, END)
-        deactivations = [r for r in rows if r.action == "DEVICE_DEACTIVATED"]
-        assert list(admin["device_id"]) == [r.device_id for r in deactivations] and set(admin["client"]) <= {
+        administered = [r for r in rows if r.action in report_queries.ADMIN_ACTIONS]
+        assert {r.action for r in administered} == {"DEVICE_DEACTIVATED", "DRIFT_RESET"}  # what the demo's operator did
+        assert list(admin["device_id"]) == [r.device_id for r in administered] and set(admin["client"]) <= {
             "ops-console"
         }
+        totals_now = report_queries.audit_totals(START, END)
+        verified = [r for r in verifications if r.reason != "REPLAYED"]  # double submits are not attempts
+        assert totals_now["success_rate_percent"] == round(100 * sum(r.success for r in verified) / len(verified), 2)
+        assert totals_now["devices_locked"] == len({r.device_id for r in rows if r.action == "DEVICE_LOCKED"})
+        assert totals_now["verifications_double_submit"] == sum(r.reason == "REPLAYED" for r in verifications)
+        per_day = report_queries.daily_verifications(START, END)
+        assert len(per_day) == 28 and per_day.drop(columns="day").to_numpy().sum() == len(verifications)
+        refused = report_queries.refused_requests(START, END)
+        scanner = refused[refused["client address"] == "192.0.2.66"]
+        assert dict(zip(scanner["refused for"], scanner["requests"], strict=True)) == {
+            "wrong or missing API key": sum(r.action == "AUTH_FAILED" for r in rows),
+            "rate limit": sum(r.action == "RATE_LIMITED" for r in rows),
+        }
+        assert report_queries.count_failing("device_id", START, END) == len(
+            {r.device_id for r in verifications if not r.success and r.device_id}
+        )
         _lifecycle_agrees_with(rows)
 
 
@@ -292,19 +312,50 @@ def test_report_command_writes_html_csv_png_and_stores_the_report(service, datab
     assert (out / "audit-2026-02-01_2026-02-28.ipynb").exists()
     data = out / "audit-2026-02-01_2026-02-28"
     assert {"summary.csv", "failures_by_reason.csv", "brute_force_episodes.csv"} <= {p.name for p in data.glob("*.csv")}
-    assert (data / "daily_activity.png").stat().st_size > 1000
+    assert (data / "daily_verifications.png").stat().st_size > 1000
     assert "data:image/png;base64" in html and "report_queries.prepare" not in html  # figures inline, code hidden
     assert "<script" not in html and "cdnjs" not in html  # self-contained: opens offline
     assert "<title>OTP service audit report, 2026-02-01 to 2026-02-28</title>" in html
     assert "Integrity of these records" in html and "<strong>Intact.</strong>" in html
+    # plain words for the reader: no parameter names, no interval notation, no folder of the machine that ran it
+    for engineer in ("burst_threshold", "burst_gap", "[2026-02-01", "Folder:", str(tmp_path), "/tmp/"):
+        assert engineer not in html, engineer
+    assert "1 February 2026 to 28 February 2026, both days included (28 days)" in html
+    assert "otp-service 0.1.0" in html and "the <code>report</code> command" in html  # software, who made it
     expected = totals(database)
-    assert f"<td>{expected['verifications']}</td>" in html
+    assert f">{expected['verifications']}</td>" in html and "double submit" in html
     with database.connection_context():
         [stored] = list(Report.select())
-    assert (stored.kind, stored.period_start, stored.period_end) == ("audit", START, END)
+    assert (stored.kind, stored.period_start, stored.period_end, stored.subject) == ("audit", START, END, None)
     assert stored.html == html
-    with zipfile.ZipFile(__import__("io").BytesIO(bytes(stored.data_zip))) as archive:
-        assert "summary.csv" in archive.namelist()
+    archive = zipfile.ZipFile(io.BytesIO(bytes(stored.data_zip)))
+    assert (out / "audit-2026-02-01_2026-02-28.zip").read_bytes() == bytes(stored.data_zip)
+    assert_manifest_holds(archive)
+    events = list(csv.DictReader(io.StringIO(archive.read("audit_events.csv").decode())))
+    with database.connection_context():
+        assert len(events) == AuditLog.select().where(AuditLog.timestamp.between(START, END)).count()
+    assert {"summary.csv", "brute_force_episodes.csv", "refused_requests.csv"} <= set(archive.namelist())
+    refused = list(csv.DictReader(io.StringIO(archive.read("refused_requests.csv").decode())))
+    assert refused[0]["client address"] == "192.0.2.66"  # the scanner without an API key
+    assert_pdf(out / "audit-2026-02-01_2026-02-28.pdf", stored.pdf)
+
+
+def assert_manifest_holds(archive: zipfile.ZipFile) -> None:
+    """SHA256SUMS names every other file in the zip with its SHA-256 (what `sha256sum -c` checks)."""
+    lines = archive.read("SHA256SUMS").decode().splitlines()
+    listed = {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
+    assert set(listed) == set(archive.namelist()) - {"SHA256SUMS"} and listed
+    for name, digest in listed.items():
+        assert hashlib.sha256(archive.read(name)).hexdigest() == digest, name
+
+
+def assert_pdf(path, stored) -> None:
+    """The PDF beside the HTML, and the same in the database; skipped (with the reason) only where WeasyPrint
+    cannot load its system libraries."""
+    _, problem = render_pdf("<p>x</p>")
+    if problem:
+        pytest.skip(f"no PDF on this machine: {problem}")
+    assert path.read_bytes().startswith(b"%PDF-") and bytes(stored) == path.read_bytes()
 
 
 @pytest.mark.slow
@@ -329,9 +380,49 @@ def test_usage_report_command(service, db_url, tmp_path):
     assert (tmp_path / "usage-2026-02-15_2026-02-28" / "verifications_per_day.png").exists()
 
 
+@pytest.mark.slow
+def test_user_report_command_holds_the_users_devices_and_whole_trail(service, database, db_url, tmp_path):
+    """`report user` with no dates covers the user's whole history, to today; it is stored, listed and served
+    like the others, and erasing the user deletes it."""
+    generate(service, devices=8, days=10, seed=2, end=DEMO_END)
+    user = "user001@example.com"
+    with database.connection_context():
+        mine = list(AuditLog.select().where(AuditLog.user_id == user).order_by(AuditLog.id))
+        first, count = mine[0].timestamp.date(), len(mine)
+    result = run_cli(
+        *("report", "user", "--user-id", user, "--database-url", db_url, "--output-dir", "out"),
+        cwd=tmp_path,
+        timeout=300,
+        MASTER_SECRET=service.settings.master_secret,
+    )
+    assert result.returncode == 0, result.stderr
+    name = f"user-{user}-{first}_{datetime.now(UTC).date()}"
+    html = (tmp_path / "out" / f"{name}.html").read_text()
+    assert f"<title>OTP service user report for {user}, {first} to" in html
+    assert "DEMO-0001" in html and "Audit trail" in html
+    assert "<strong>Intact.</strong>" in html
+    with database.connection_context():
+        [stored] = list(Report.select())
+    assert (stored.kind, stored.subject) == ("user", user)
+    archive = zipfile.ZipFile(io.BytesIO(bytes(stored.data_zip)))
+    assert_manifest_holds(archive)
+    events = list(csv.DictReader(io.StringIO(archive.read("audit_events.csv").decode())))
+    assert len(events) == count and {e["user_id"] for e in events} == {user}  # all of theirs, no one else's
+    trail = list(csv.DictReader(io.StringIO(archive.read("audit_trail.csv").decode())))
+    assert len(trail) == count
+    assert {"devices.csv", "recovery_codes.csv", "activity.csv"} <= set(archive.namelist())
+    assert_pdf(tmp_path / "out" / f"{name}.pdf", stored.pdf)
+    erased = service.erase_user(user, CTX)
+    assert erased["user_reports"] == 1
+    with database.connection_context():
+        assert Report.select().count() == 0
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
+        (["--start", "2026-02-01"], "needs --start and --end"),
+        (["--start", "2026-02-01", "--end", "2026-02-02", "--user-id", "alice"], "--user-id is needed for a user"),
         (["--start", "2026-02-30", "--end", "2026-03-01"], "--start must be a date"),
         (["--start", "yesterday", "--end", "2026-03-01"], "--start must be a date"),
         (["--start", "2026-03-01", "--end", "2026-02-01"], "before the start date"),
@@ -344,6 +435,19 @@ def test_usage_report_command(service, db_url, tmp_path):
 def test_report_command_refuses_bad_input_clearly(tmp_path, args, message):
     result = run_cli("report", "audit", *args, cwd=tmp_path, DB_TIMEOUT="2", DATABASE_URL=f"sqlite:///{tmp_path}/r.db")
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "--user-id is needed for a user report"),
+        (["--user-id", "bad\u0007id"], "user_id must be"),
+        (["--user-id", "alice", "--end", "2026-13-01"], "--end must be a date"),
+    ],
+)
+def test_user_report_refuses_bad_input_with_exit_code_2(tmp_path, args, message):
+    result = run_cli("report", "user", *args, cwd=tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/r.db")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_report_csvs_neutralise_spreadsheet_formulas(tmp_path):
