@@ -708,13 +708,16 @@ def user_devices(user_id: str, as_of: datetime) -> pd.DataFrame:
         "deactivated_at": "deactivated",
         "locked_until": "locked until",
         "failed_attempts": "failures counted",
-        "algorithm": "algorithm",
-        "digits": "digits",
-        "interval": "seconds per code",
         "key_version": "key version",
     }
-    rows = [{label: "" if d[key] is None else d[key] for key, label in columns.items()} for d in devices]
-    return pd.DataFrame(rows, columns=list(columns.values()))
+    rows = [
+        {
+            **{label: "" if d[key] is None else d[key] for key, label in columns.items()},
+            "codes": f"{d['digits']} digits, {d['interval']} s, {d['algorithm']}",
+        }
+        for d in devices
+    ]
+    return pd.DataFrame(rows, columns=[*columns.values(), "codes"])
 
 
 def user_recovery_codes(user_id: str, as_of: datetime) -> pd.DataFrame:

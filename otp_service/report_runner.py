@@ -151,9 +151,9 @@ def run_report(
     return ReportResult(notebook, html_path, pdf_path, zip_path, data_dir, report_id, problem)
 
 
-# For paper: A4, the page's own styles kept, figures and wide tables shrunk to the page, page numbers.
+# For paper: A4 landscape (the tables are wide), figures and tables shrunk to the page, page numbers.
 PRINT_CSS = """
-@page { size: A4; margin: 14mm 12mm 16mm 12mm;
+@page { size: A4 landscape; margin: 14mm 12mm 16mm 12mm;
         @bottom-left { content: string(title); font: 7pt "DejaVu Sans", sans-serif; color: #555; }
         @bottom-right { content: "page " counter(page) " of " counter(pages); font: 7pt "DejaVu Sans", sans-serif;
                         color: #555; } }
@@ -161,7 +161,7 @@ html, body { font-size: 9pt; }
 h1 { string-set: title content(); }
 img { max-width: 100%; height: auto; }
 table { font-size: 7.5pt; max-width: 100%; }
-td, th { overflow-wrap: anywhere; }
+td, th { overflow-wrap: break-word; }
 tr, img { page-break-inside: avoid; }
 h1, h2, h3 { page-break-after: avoid; }
 .jp-OutputArea-output pre { white-space: pre-wrap; }
@@ -236,7 +236,8 @@ def local_database_url(url: str) -> str:
 
 # Tables read as text: left-aligned from the top of each cell (JupyterLab's style right-aligns every cell).
 READER_CSS = (
-    "<style>.jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { text-align: left; vertical-align: top; }</style>"
+    "<style>.jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th "
+    "{ text-align: left !important; vertical-align: top; }</style>"
 )
 
 
