@@ -193,25 +193,65 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report_runner import ReportError, parse_day, period, run_report
+    from datetime import UTC, datetime
+
+    from .errors import ValidationError
+    from .report_runner import ReportError, parse_day, period, run_report, user_first_day
+    from .validation import user_id
 
     url = _database_url(args)
     settings = Settings.from_env(_with_url(args))  # the keys that verify the audit trail the report states
+    user = getattr(args, "user_id", None)
     try:
-        start, end = parse_day(args.start, "start"), parse_day(args.end, "end")
-        period(start, end)
-    except ReportError as exc:  # bad input: the same exit code as every command's
+        if (args.kind == "user") != (user is not None):
+            raise ReportError("--user-id is needed for a user report, and only there")
+        if user is not None:
+            user = user_id(user)
+        elif not (args.start and args.end):
+            raise ReportError(f"the {args.kind} report needs --start and --end")
+        today = datetime.now(UTC).date()
+        # A user report covers all the user's history unless told otherwise: from their first record to today.
+        end = parse_day(args.end, "end") if args.end else today
+        start = parse_day(args.start, "start") if args.start else None
+        if start is not None:
+            period(start, end)
+    except (ReportError, ValidationError) as exc:  # bad input: the same exit code as every command's
         return _fail(str(exc))
     try:
+        if start is None:
+            start = min(user_first_day(url, user) or end, end)
         result = run_report(
-            args.kind, start, end, url, Path(args.output_dir), store=not args.no_store, settings=settings
+            args.kind,
+            start,
+            end,
+            url,
+            Path(args.output_dir),
+            store=not args.no_store,
+            settings=settings,
+            user_id=user,
+            generated_by=getattr(args, "generated_by", None) or _generated_by("report"),
         )
     except ReportError as exc:
         return _fail(str(exc), 1)
-    print(f"wrote {result.html} (notebook {result.notebook}, tables and figures in {result.data_dir})")
+    pdf = f", {result.pdf}" if result.pdf else ""
+    print(f"wrote {result.html}{pdf} and {result.data_zip} (notebook {result.notebook}, files in {result.data_dir})")
+    if result.pdf_problem:
+        print(f"otp-service: no PDF: {result.pdf_problem}", file=sys.stderr)
     if result.report_id:
         print(f"stored as report {result.report_id}: GET /api/v1/reports/{result.report_id}")
     return 0
+
+
+def _generated_by(command: str) -> str:
+    """Who or what made a report, as the report says it: the command and the account it ran under."""
+    import getpass
+    import socket
+
+    try:
+        account = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no name
+        account = f"uid {os.getuid()}"
+    return f"the `{command}` command (otp-service {__version__}), run by {account} on {socket.gethostname()}"
 
 
 def cmd_scheduled_report(args: argparse.Namespace) -> int:
@@ -225,6 +265,7 @@ def cmd_scheduled_report(args: argparse.Namespace) -> int:
         end = today.replace(day=1) - timedelta(days=1)
         start = end.replace(day=1)
     args.start, args.end, args.no_store = str(start), str(end), False
+    args.generated_by = _generated_by(f"scheduled-report {args.kind} --period {args.period}")
     return cmd_report(args)
 
 
@@ -474,9 +515,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run a report notebook into HTML, CSV and PNG files (and the database)",
         formatter_class=formatter,
     )
-    p.add_argument("kind", choices=REPORT_KINDS, help="which report")
-    p.add_argument("--start", required=True, help="first day, YYYY-MM-DD (UTC)")
-    p.add_argument("--end", required=True, help="last day, YYYY-MM-DD (UTC), included")
+    p.add_argument("kind", choices=[*REPORT_KINDS, "user"], help="which report")
+    p.add_argument("--user-id", help="the user of a user report (their devices and whole audit trail)")
+    p.add_argument(
+        "--start", help="first day, YYYY-MM-DD (UTC); a user report without it starts at the user's first record"
+    )
+    p.add_argument("--end", help="last day, YYYY-MM-DD (UTC), included; a user report without it ends today")
     p.add_argument("--database-url", help=URL_HELP)
     p.add_argument("--output-dir", default="reports", help="folder for the HTML, notebook, CSV and PNG files")
     p.add_argument("--no-store", action="store_true", help="do not keep the report in the database")

@@ -36,6 +36,7 @@ API_ROUTES = [
     ("/api/v1/reports", web.ReportsHandler),
     ("/api/v1/reports/{report_id}", web.ReportHtmlHandler),
     ("/api/v1/reports/{report_id}/data", web.ReportDataHandler),
+    ("/api/v1/reports/{report_id}/pdf", web.ReportPdfHandler),
 ]
 DEBUG_ROUTES = [("/api/v1/debug/devices/{device_id}/otp", web.DebugOtpHandler)]
 

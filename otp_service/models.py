@@ -178,6 +178,8 @@ class Report(BaseModel):
     created_at = DateTimeField(index=True)
     html = TextField()
     data_zip = BlobField()
+    pdf = BlobField(null=True)  # None: WeasyPrint could not run where the report was made
+    subject = CharField(max_length=254, null=True)  # a per-user report's user id
 
     class Meta:
         table_name = "reports"

@@ -33,6 +33,7 @@ def _s(fmt: str | None = None, nullable: bool = False, **kw: Any) -> dict[str, A
 INT = {"type": "integer"}
 BOOL = {"type": "boolean"}
 TIME = _s("date-time")
+DATE = _s("date")
 TIME_OR_NULL = _s("date-time", nullable=True)
 DEVICE_ID = _s(pattern=r"^[A-Za-z0-9._:@-]{1,128}$")
 OTP = {
@@ -193,12 +194,13 @@ SCHEMAS: dict[str, Any] = {
         **{"from": TIME, "to": TIME},
     ),
     "Erasure": _obj(
-        ["user_id", "subject", "devices", "recovery_codes", "audit_rows"],
+        ["user_id", "subject", "devices", "recovery_codes", "audit_rows", "user_reports"],
         user_id=_s(),
         subject=_s(description="the user's pseudonym, by which the erasure is audited"),
         devices=INT,
         recovery_codes=INT,
         audit_rows={**INT, "description": "audit rows whose personal data was removed"},
+        user_reports={**INT, "description": "stored user reports about the user, deleted"},
     ),
     "AuditKeys": _obj(
         ["keys"],
@@ -309,13 +311,25 @@ SCHEMAS: dict[str, Any] = {
         reports={
             "type": "array",
             "items": _obj(
-                ["id", "kind", "period_start", "period_end", "created_at", "html_url", "data_url"],
+                [
+                    "id",
+                    "kind",
+                    "user_id",
+                    "period_start",
+                    "period_end",
+                    "created_at",
+                    "html_url",
+                    "pdf_url",
+                    "data_url",
+                ],
                 id=INT,
-                kind=_s(enum=["audit", "usage"]),
-                period_start=TIME,
-                period_end=TIME,
+                kind=_s(enum=["audit", "usage", "user"]),
+                user_id=_s(nullable=True),  # the user of a user report
+                period_start=DATE,  # the first day
+                period_end=DATE,  # the last day, included
                 created_at=TIME,
                 html_url=_s(),
+                pdf_url=_s(nullable=True),  # null: no PDF (WeasyPrint could not run where it was made)
                 data_url=_s(),
             ),
         },
@@ -565,13 +579,24 @@ def build_spec(debug: bool = False) -> dict[str, Any]:
         },
         "/api/v1/reports/{report_id}/data": {
             "get": _op(
-                "A stored report's tables as a zip of CSV files",
+                "A stored report's tables (and raw audit events) as CSV files in a zip, with SHA256SUMS",
                 200,
                 None,
                 with_404,
                 params=report,
                 tag="reports",
                 ok_content={"application/zip": {}},
+            )
+        },
+        "/api/v1/reports/{report_id}/pdf": {
+            "get": _op(
+                "A stored report as a PDF, for archiving (404 if it was made without one)",
+                200,
+                None,
+                with_404,
+                params=report,
+                tag="reports",
+                ok_content={"application/pdf": {}},
             )
         },
     }

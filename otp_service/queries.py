@@ -7,7 +7,7 @@ here changes state or decides anything, and nothing returned can help derive a k
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from peewee import fn
@@ -88,7 +88,17 @@ def _activity(since: datetime) -> dict[str, int]:
 
 
 def list_reports(limit: int = 50, before: int | None = None) -> dict[str, Any]:
-    query = Report.select(Report.id, Report.kind, Report.period_start, Report.period_end, Report.created_at)
+    """Newest first. Periods as their first and last day, both included (the days a person would write, and
+    the days in the files' names); stored half-open, [first day 00:00, day after the last 00:00)."""
+    query = Report.select(
+        Report.id,
+        Report.kind,
+        Report.subject,
+        Report.period_start,
+        Report.period_end,
+        Report.created_at,
+        Report.pdf.is_null(False).alias("has_pdf"),
+    )
     if before is not None:
         query = query.where(Report.id < before)
     rows = list(query.order_by(Report.id.desc()).limit(limit + 1))
@@ -97,10 +107,12 @@ def list_reports(limit: int = 50, before: int | None = None) -> dict[str, Any]:
         {
             "id": r.id,
             "kind": r.kind,
-            "period_start": isoformat(r.period_start),
-            "period_end": isoformat(r.period_end),
+            "user_id": r.subject,
+            "period_start": f"{r.period_start:%Y-%m-%d}",
+            "period_end": f"{last_day(r.period_end):%Y-%m-%d}",
             "created_at": isoformat(r.created_at),
             "html_url": f"/api/v1/reports/{r.id}",
+            "pdf_url": f"/api/v1/reports/{r.id}/pdf" if r.has_pdf else None,
             "data_url": f"/api/v1/reports/{r.id}/data",
         }
         for r in rows[:limit]
@@ -108,17 +120,30 @@ def list_reports(limit: int = 50, before: int | None = None) -> dict[str, Any]:
     return {"reports": entries, "next_before": entries[-1]["id"] if more else None}
 
 
+def last_day(period_end: datetime) -> datetime:
+    """The last day a stored period includes (it is stored half-open: the end is the next day's midnight)."""
+    return period_end - timedelta(days=1)
+
+
+REPORT_PARTS = {"html": Report.html, "data": Report.data_zip, "pdf": Report.pdf}
+
+
 def report_content(report_id: int, part: str) -> tuple[Report, bytes | str]:
-    """One stored report's HTML or CSV zip (only the requested column is read)."""
-    column = {"html": Report.html, "data": Report.data_zip}[part]
+    """One stored report's HTML, CSV zip or PDF (only the requested column is read)."""
+    column = REPORT_PARTS[part]
     row = (
-        Report.select(Report.id, Report.kind, Report.period_start, Report.period_end, column)
+        Report.select(Report.id, Report.kind, Report.subject, Report.period_start, Report.period_end, column)
         .where(Report.id == report_id)
         .first()
     )
     if row is None:
         raise errors.NotFound(f"No report with id {report_id}.")
-    return row, (row.html if part == "html" else bytes(row.data_zip))
+    if part == "html":
+        return row, row.html
+    content = getattr(row, column.name)
+    if content is None:
+        raise errors.NotFound(f"Report {report_id} has no PDF: WeasyPrint could not run where it was made.")
+    return row, bytes(content)
 
 
 def describe(device: Device, at: datetime) -> dict[str, Any]:

@@ -3,14 +3,17 @@ summary comes back as a small DataFrame, so a report over millions of audit rows
 and small. Works on SQLite and PostgreSQL alike; the few dialect differences live in `_day`,
 `_epoch` and `_json_field`.
 
-Periods are half-open, [start, end), in naive UTC like the stored timestamps.
+Periods are given as a start and an end instant, in naive UTC like the stored timestamps: a row counts
+if start <= its time < end (a report of 1 to 28 February runs from 1 February 00:00 to 1 March 00:00).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -56,27 +59,46 @@ def _in_period(start: datetime, end: datetime):
     return (AuditLog.timestamp >= start) & (AuditLog.timestamp < end)
 
 
-def audit_totals(start: datetime, end: datetime) -> dict[str, int | float]:
+def audit_totals(start: datetime, end: datetime) -> dict[str, int | float | None]:
+    """The audit report's summary. A verification refused as `REPLAYED` is a double submit (a right code sent
+    again, usually a second click): it is neither a success nor a guess, so the success rate leaves it out —
+    accepted / (verifications - double submits); None when there was nothing to divide by."""
     counts = {
-        (action, bool(success)): n
-        for action, success, n in AuditLog.select(AuditLog.action, AuditLog.success, fn.COUNT(AuditLog.id))
+        (action, bool(success), reason): n
+        for action, success, reason, n in AuditLog.select(
+            AuditLog.action, AuditLog.success, AuditLog.reason, fn.COUNT(AuditLog.id)
+        )
         .where(_in_period(start, end))
-        .group_by(AuditLog.action, AuditLog.success)
+        .group_by(AuditLog.action, AuditLog.success, AuditLog.reason)
         .tuples()
     }
 
-    def count(action: str, success: bool | None = None) -> int:
-        return sum(n for (a, s), n in counts.items() if a == action and (success is None or s == success))
+    def count(action: str, success: bool | None = None, reason: str | None = None) -> int:
+        return sum(
+            n
+            for (a, s, r), n in counts.items()
+            if a == action and (success is None or s == success) and (reason is None or r == reason)
+        )
 
-    verifications = count(VERIFY)
+    verifications, succeeded = count(VERIFY), count(VERIFY, True)
+    wrong, replayed = count(VERIFY, False, "INVALID_CODE"), count(VERIFY, False, "REPLAYED")
+    attempts = verifications - replayed
+    devices_locked = (
+        AuditLog.select(fn.COUNT(fn.DISTINCT(AuditLog.device_id)))
+        .where(_in_period(start, end) & (AuditLog.action == Action.DEVICE_LOCKED))
+        .scalar()
+    )
     return {
         "registrations": count(Action.DEVICE_REGISTERED, True),
         "registrations_refused": count(Action.DEVICE_REGISTERED, False),
         "verifications": verifications,
-        "verifications_succeeded": count(VERIFY, True),
-        "verifications_failed": count(VERIFY, False),
-        "success_rate_percent": round(100.0 * count(VERIFY, True) / verifications, 2) if verifications else 0.0,
-        "lockouts": count(Action.DEVICE_LOCKED),
+        "verifications_succeeded": succeeded,
+        "verifications_wrong_code": wrong,
+        "verifications_double_submit": replayed,
+        "verifications_refused_other": verifications - succeeded - wrong - replayed,
+        "success_rate_percent": round(100.0 * succeeded / attempts, 2) if attempts else None,
+        "locks": count(Action.DEVICE_LOCKED),
+        "devices_locked": devices_locked,
         "unlocks": count(Action.DEVICE_UNLOCKED, True),
         "deactivations": count(Action.DEVICE_DEACTIVATED, True),
         "authentication_failures": count(Action.AUTH_FAILED),
@@ -116,8 +138,81 @@ def daily_activity(start: datetime, end: datetime) -> pd.DataFrame:
     )
 
 
+def daily_verifications(start: datetime, end: datetime) -> pd.DataFrame:
+    """Per day: verifications accepted, refused for a wrong code, double submits (`REPLAYED`), and refused for
+    another reason (device locked, deactivated, unknown…); every day of the period, with 0 where none."""
+    day = _day(AuditLog.timestamp)
+
+    def counted(condition):
+        return fn.SUM(Case(None, [(condition, 1)], 0))
+
+    query = (
+        AuditLog.select(
+            day.alias("day"),
+            counted(AuditLog.success),
+            counted(~AuditLog.success & (AuditLog.reason == "INVALID_CODE")),
+            counted(~AuditLog.success & (AuditLog.reason == "REPLAYED")),
+            counted(~AuditLog.success & ~AuditLog.reason.in_(["INVALID_CODE", "REPLAYED"])),
+        )
+        .where(_in_period(start, end) & (AuditLog.action == VERIFY))
+        .group_by(day)
+        .order_by(day)
+    )
+    columns = ["day", "accepted", "wrong code", "double submit", "refused otherwise"]
+    frame = _frame(query, columns)
+    days = pd.date_range(start.date(), (end - timedelta(microseconds=1)).date(), freq="D").strftime("%Y-%m-%d")
+    return (
+        frame.set_index("day")
+        .reindex(days, fill_value=0)
+        .rename_axis("day")
+        .reset_index()
+        .astype({c: int for c in columns[1:]})
+    )
+
+
+def count_failing(column: str, start: datetime, end: datetime) -> int:
+    """How many devices, users or client addresses had at least one failed verification: the "of how many"
+    beside a top-ten list."""
+    field = getattr(AuditLog, column)
+    return (
+        AuditLog.select(fn.COUNT(fn.DISTINCT(field)))
+        .where(_in_period(start, end) & (AuditLog.action == VERIFY) & ~AuditLog.success & field.is_null(False))
+        .scalar()
+    )
+
+
+def refused_requests(start: datetime, end: datetime) -> pd.DataFrame:
+    """Where requests refused before any device was looked at came from: a wrong or missing API key
+    (`AUTH_FAILED`) and rate limiting (`RATE_LIMITED`), per client address, with the API client (if the key was
+    known), how many, the user agents seen, and the first and last time. A scanner shows up here."""
+    query = (
+        AuditLog.select(
+            AuditLog.ip_address,
+            AuditLog.action,
+            AuditLog.actor,
+            fn.COUNT(AuditLog.id).alias("n"),
+            fn.COUNT(fn.DISTINCT(AuditLog.user_agent)),
+            fn.MIN(AuditLog.user_agent),
+            fn.MIN(AuditLog.timestamp),
+            fn.MAX(AuditLog.timestamp),
+        )
+        .where(_in_period(start, end) & AuditLog.action.in_([Action.AUTH_FAILED, Action.RATE_LIMITED]))
+        .group_by(AuditLog.ip_address, AuditLog.action, AuditLog.actor)
+        .order_by(SQL("n").desc(), AuditLog.ip_address, AuditLog.action)
+    )
+    frame = _frame(
+        query, ["client address", "refused for", "client", "requests", "user agents", "a user agent", "first", "last"]
+    )
+    frame["refused for"] = frame["refused for"].map(
+        {Action.AUTH_FAILED: "wrong or missing API key", Action.RATE_LIMITED: "rate limit"}
+    )
+    frame["client"] = frame["client"].fillna("(none)")
+    frame["client address"] = frame["client address"].fillna("(not recorded)")
+    return _stringify_times(frame, ["first", "last"])
+
+
 def top_failing(column: str, start: datetime, end: datetime, limit: int = 10) -> pd.DataFrame:
-    """The devices, users or client IPs with the most failed verifications."""
+    """The devices, users or client IPs with the most refused verifications (any reason), first and last."""
     field = getattr(AuditLog, column)
     query = (
         AuditLog.select(field, fn.COUNT(AuditLog.id).alias("n"), fn.MIN(AuditLog.timestamp), fn.MAX(AuditLog.timestamp))
@@ -126,7 +221,7 @@ def top_failing(column: str, start: datetime, end: datetime, limit: int = 10) ->
         .order_by(SQL("n").desc(), field)
         .limit(limit)
     )
-    frame = _frame(query, [column, "failures", "first", "last"])
+    frame = _frame(query, [column, "refused", "first", "last"])
     return _stringify_times(frame, ["first", "last"])
 
 
@@ -142,23 +237,136 @@ def _per_device():
     )
 
 
-def brute_force_episodes(start: datetime, end: datetime, window_seconds: int = 600, threshold: int = 5) -> pd.DataFrame:
-    """Bursts: at least `threshold` failed verifications of one device within one `window_seconds` bucket."""
-    epoch = _epoch(AuditLog.timestamp)
-    grouped = (
-        _per_device()
+BURST_GAP_SECONDS = 120
+BURST_THRESHOLD = 5
+BURST_KEYS = {"device_id": "device", "user_id": "user", "ip_address": "client address"}
+BURST_REASONS = ("INVALID_CODE", "DEVICE_LOCKED")  # wrong codes, and codes sent while locked
+BURST_COLUMNS = ["start", "end", "failures", "devices", "users", "client addresses", "lock followed", "seen per"]
+
+
+def _burst_rows(column: str, start: datetime, end: datetime, gap_seconds: int, threshold: int):
+    """The failed verifications of every burst keyed by `column` (device, user or client address), grouped per
+    burst, address, device and user. A burst (a "session") is a run of failures with that key, each no more
+    than `gap_seconds` after the one before: LAG marks where a new run begins, a running SUM numbers the runs,
+    and a COUNT over each run keeps the runs of at least `threshold` failures. Three levels of subquery because
+    SQL cannot nest one window function in another; the same SQL runs on SQLite (3.25+) and PostgreSQL."""
+    key = getattr(AuditLog, column)
+    at = _epoch(AuditLog.timestamp)
+    order = [AuditLog.timestamp, AuditLog.id]
+    gap = at - fn.LAG(at).over(partition_by=[key], order_by=order)
+    marked = (
+        AuditLog.select(
+            key.alias("key"),
+            AuditLog.id.alias("row_id"),
+            AuditLog.timestamp.alias("at"),
+            AuditLog.device_id.alias("device"),
+            AuditLog.user_id.alias("user"),
+            AuditLog.ip_address.alias("address"),
+            Case(None, [(gap <= gap_seconds, 0)], 1).alias("begins"),
+        )
         .where(
             _in_period(start, end)
             & (AuditLog.action == VERIFY)
             & ~AuditLog.success
-            & AuditLog.reason.in_(["INVALID_CODE", "DEVICE_LOCKED"])
+            & AuditLog.reason.in_(BURST_REASONS)
+            & key.is_null(False)
         )
-        .group_by(AuditLog.device_id, AuditLog.user_id, epoch / window_seconds)
-        .having(fn.COUNT(AuditLog.id) >= threshold)
-        .order_by(fn.MIN(AuditLog.timestamp))
+        .alias("marked")
     )
-    frame = _frame(grouped, ["device_id", "user_id", "failures", "client_ips", "first", "last"])
-    return _stringify_times(frame, ["first", "last"])
+    runs = marked.select_from(
+        marked.c.key,
+        marked.c.at,
+        marked.c.device,
+        marked.c.user,
+        marked.c.address,
+        fn.SUM(marked.c.begins).over(partition_by=[marked.c.key], order_by=[marked.c.at, marked.c.row_id]).alias("run"),
+    ).alias("runs")
+    sized = runs.select_from(
+        runs.c.key,
+        runs.c.run,
+        runs.c.at,
+        runs.c.device,
+        runs.c.user,
+        runs.c.address,
+        fn.COUNT(SQL("*")).over(partition_by=[runs.c.key, runs.c.run]).alias("size"),
+    ).alias("sized")
+    return (
+        sized.select_from(
+            sized.c.key,
+            sized.c.run,
+            sized.c.device,
+            sized.c.user,
+            sized.c.address,
+            fn.COUNT(SQL("*")),
+            fn.MIN(sized.c.at),
+            fn.MAX(sized.c.at),
+        )
+        .where(sized.c.size >= threshold)
+        .group_by(sized.c.key, sized.c.run, sized.c.device, sized.c.user, sized.c.address)
+        .tuples()
+    )
+
+
+def brute_force_episodes(
+    start: datetime, end: datetime, gap_seconds: int = BURST_GAP_SECONDS, threshold: int = BURST_THRESHOLD
+) -> pd.DataFrame:
+    """Bursts of guessing: at least `threshold` failed verifications (wrong codes, or codes sent while the
+    device was locked) of one device, of one user or from one client address, each no more than
+    `gap_seconds` after the previous one. A window that slides with the failures, not buckets on the clock:
+    an attack is one episode however it falls across the hour. The same failures seen per device, per user
+    and per address (one attacker, one device) are one row, which says which of the three saw them.
+
+    Each episode: its first and last failure, how many, the devices, users and client addresses involved,
+    and whether a device involved was locked during it (or within `gap_seconds` after)."""
+    groups: dict[tuple[str, str, int], dict] = {}
+    for column, seen in BURST_KEYS.items():
+        for key, run, device, user, address, n, first, last in _burst_rows(column, start, end, gap_seconds, threshold):
+            g = groups.setdefault(
+                (seen, key, run),
+                {"start": None, "end": None, "failures": 0, "devices": set(), "users": set(), "addresses": set()},
+            )
+            first, last = _utc(first), _utc(last)
+            g["start"] = first if g["start"] is None else min(g["start"], first)
+            g["end"] = last if g["end"] is None else max(g["end"], last)
+            g["failures"] += n
+            for name, value in (("devices", device), ("users", user), ("addresses", address)):
+                if value is not None:
+                    g[name].add(value)
+    locks = [
+        (device, _utc(at))
+        for device, at in AuditLog.select(AuditLog.device_id, AuditLog.timestamp)
+        .where(_in_period(start, end + timedelta(seconds=gap_seconds)) & (AuditLog.action == Action.DEVICE_LOCKED))
+        .tuples()
+    ]
+    merged: dict[tuple, dict] = {}
+    for (seen, _key, _run), g in sorted(groups.items(), key=lambda item: (item[1]["start"], item[0])):
+        episode = merged.setdefault((g["start"], g["end"], g["failures"]), {**g, "seen": []})
+        episode["seen"].append(seen)
+        for name in ("devices", "users", "addresses"):
+            episode[name] = episode[name] | g[name]
+    rows = []
+    for (first, last, failures), e in sorted(merged.items()):
+        locked = any(
+            device in e["devices"] and first <= at <= last + timedelta(seconds=gap_seconds) for device, at in locks
+        )
+        rows.append(
+            (
+                first,
+                last,
+                failures,
+                ", ".join(sorted(e["devices"])),
+                ", ".join(sorted(e["users"])),
+                ", ".join(sorted(e["addresses"])),
+                "yes" if locked else "no",
+                ", ".join(seen for seen in BURST_KEYS.values() if seen in e["seen"]),
+            )
+        )
+    return _stringify_times(pd.DataFrame(rows, columns=BURST_COLUMNS), ["start", "end"])
+
+
+def _utc(value) -> datetime:
+    """A timestamp as the naive UTC datetime stored (SQLite hands back text from a subquery, PostgreSQL a datetime)."""
+    return pd.Timestamp(value).to_pydatetime()
 
 
 def inactive_device_attempts(start: datetime, end: datetime) -> pd.DataFrame:
@@ -177,6 +385,10 @@ NO_CLIENT = "(no client: unauthenticated)"
 ADMIN_ACTIONS = (
     Action.DEVICE_DEACTIVATED,
     Action.DEVICE_UNLOCKED,
+    Action.DRIFT_RESET,
+    Action.CODE_LOOKUP,
+    Action.USER_ERASED,
+    Action.AUDIT_PRUNED,
     Action.ACCESS_DENIED,
     Action.CLIENT_CREATED,
     Action.CLIENT_ROTATED,
@@ -199,8 +411,9 @@ def actions_by_client(start: datetime, end: datetime) -> pd.DataFrame:
 
 
 def admin_actions(start: datetime, end: datetime) -> pd.DataFrame:
-    """Every administrative action, with who did it and the device it touched: deactivations, unlocks,
-    refusals for a missing scope, and changes to the API clients themselves."""
+    """Every administrative action, with who did it and the device it touched: deactivations, unlocks, clock
+    allowance resets, code look-ups, erasures, prunes of the audit trail, refusals for a missing scope, and
+    changes to the API clients themselves."""
     query = (
         AuditLog.select(
             AuditLog.timestamp,
@@ -444,6 +657,126 @@ def resync_offsets(start: datetime, end: datetime) -> pd.DataFrame:
     return _frame(query, ["offset_steps", "step_seconds", "resyncs"])
 
 
+EVENT_COLUMNS = [
+    *("id", "time", "action", "success", "reason", "device_id", "user_id", "ip_address", "user_agent"),
+    *("client", "request_id", "data", "chain", "seq", "entry_hash"),
+]
+
+
+def audit_events(start: datetime, end: datetime, user_id: str | None = None) -> Iterator[tuple]:
+    """The raw audit records of the period (of one user, if given), in the order they were written, as stored:
+    what every summary is counted from, for a reader who wants to count again. A stream, not a frame: a
+    month can hold millions of rows."""
+    query = AuditLog.select(
+        AuditLog.id,
+        AuditLog.timestamp,
+        AuditLog.action,
+        AuditLog.success,
+        AuditLog.reason,
+        AuditLog.device_id,
+        AuditLog.user_id,
+        AuditLog.ip_address,
+        AuditLog.user_agent,
+        AuditLog.actor,
+        AuditLog.request_id,
+        AuditLog.additional_data,
+        AuditLog.chain,
+        AuditLog.seq,
+        AuditLog.entry_hash,
+    ).where(_in_period(start, end))
+    if user_id is not None:
+        query = query.where(AuditLog.user_id == user_id)
+    for row in query.order_by(AuditLog.id).tuples().iterator():
+        yield (row[0], _iso(row[1]), *row[2:3], bool(row[3]), *row[4:])
+
+
+def _iso(value) -> str | None:
+    return None if value is None else pd.Timestamp(value).isoformat(timespec="microseconds") + "Z"
+
+
+def user_devices(user_id: str, as_of: datetime) -> pd.DataFrame:
+    """A user's devices as the service holds them now (state as `queries.describe` tells it), oldest first."""
+    from .queries import user_devices as described
+
+    devices = described(user_id, as_of)["devices"]
+    columns = {
+        "device_id": "device",
+        "status": "state",
+        "created_at": "registered",
+        "last_used": "last used",
+        "usage_count": "verifications",
+        "deactivated_at": "deactivated",
+        "locked_until": "locked until",
+        "failed_attempts": "failures counted",
+        "key_version": "key version",
+    }
+    rows = [
+        {
+            **{label: "" if d[key] is None else d[key] for key, label in columns.items()},
+            "codes": f"{d['digits']} digits, {d['interval']} s, {d['algorithm']}",
+        }
+        for d in devices
+    ]
+    return pd.DataFrame(rows, columns=[*columns.values(), "codes"])
+
+
+def user_recovery_codes(user_id: str, as_of: datetime) -> pd.DataFrame:
+    """The user's set of recovery codes, if any: how many are left, when issued and last used, whether locked."""
+    from .queries import user_devices as described
+
+    codes = described(user_id, as_of)["recovery_codes"]
+    columns = ["codes left", "codes issued", "issued", "last used", "failures counted", "locked until"]
+    if codes is None:
+        return pd.DataFrame([], columns=columns)
+    locked = "until a new set is issued" if codes["hard_locked"] else codes["locked_until"] or ""
+    row = (codes["remaining"], codes["total"], codes["created_at"], codes["last_used"] or "", codes["failed_attempts"])
+    return pd.DataFrame([(*row, locked)], columns=columns)
+
+
+def user_activity(user_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """What the user's audit records of the period are, action by action: how many, done or refused, first, last."""
+    ok = fn.SUM(Case(None, [(AuditLog.success, 1)], 0))
+    query = (
+        AuditLog.select(
+            AuditLog.action,
+            fn.COUNT(AuditLog.id),
+            ok,
+            fn.MIN(AuditLog.timestamp),
+            fn.MAX(AuditLog.timestamp),
+        )
+        .where(_in_period(start, end) & (AuditLog.user_id == user_id))
+        .group_by(AuditLog.action)
+        .order_by(AuditLog.action)
+    )
+    frame = _frame(query, ["action", "records", "done", "first", "last"])
+    frame.insert(3, "refused", frame["records"] - frame["done"])
+    return _stringify_times(frame, ["first", "last"])
+
+
+def user_trail(user_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """The user's audit records of the period, oldest first, as a reader takes them in: when, what, the
+    outcome and why, the device, the API client that asked, the address and program it came from."""
+    query = (
+        AuditLog.select(
+            AuditLog.timestamp,
+            AuditLog.action,
+            AuditLog.success,
+            AuditLog.reason,
+            AuditLog.device_id,
+            AuditLog.actor,
+            AuditLog.ip_address,
+            AuditLog.user_agent,
+        )
+        .where(_in_period(start, end) & (AuditLog.user_id == user_id))
+        .order_by(AuditLog.id)
+    )
+    frame = _frame(query, ["time", "action", "success", "reason", "device", "client", "address", "user agent"])
+    frame.insert(2, "outcome", frame.pop("success").map({True: "done", False: "refused"}))
+    for column in ("reason", "device", "client", "address", "user agent"):
+        frame[column] = frame[column].fillna("")
+    return _stringify_times(frame, ["time"])
+
+
 def _stringify_times(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Timestamps as ISO text: SQLite returns strings and PostgreSQL datetimes, and reports should read the same."""
     for column in columns:
@@ -465,6 +798,7 @@ class ReportContext:
     source: str  # the database, for the reader, without any password
     generated_at: str
     integrity: dict | None = None  # `audit verify` over the period's rows (audit_verify.Result.as_dict())
+    generated_by: str = ""  # who or what asked for the report, in words
 
     def integrity_markdown(self) -> str:
         """The integrity statement a reader checks first: were these records altered?"""
@@ -493,16 +827,39 @@ class ReportContext:
             )
         return f"## Integrity of these records\n\n{verdict}"
 
-    def header(self, title: str) -> str:
+    def header(self, title: str, settings: list[tuple[str, str]] = ()) -> str:
+        """The report's first lines: what it covers, from which data, when, by whom and with which software, and
+        the settings its figures depend on (in words, each a row)."""
+        from . import __version__
+
         last_day = (self.end - timedelta(days=1)).date()
+        days = (last_day - self.start.date()).days + 1
+        length = "1 day" if days == 1 else f"{days} days"
+        rows = [
+            ("Period (UTC)", f"{self.start:%-d %B %Y} to {last_day:%-d %B %Y}, both days included ({length})"),
+            ("Data", self.source),
+            ("Generated", f"{self.generated_at}, by {self.generated_by or 'this notebook, run by hand'}"),
+            ("Software", f"otp-service {__version__}"),
+            *settings,
+        ]
+        table = "".join(f"| {name} | {value} |\n" for name, value in rows)
+        return f"# {title}\n\n| | |\n|---|---|\n{table}"
+
+    def files_note(self) -> str:
+        """Where the tables are, besides this page (never a folder of the machine that made it)."""
+        tables = sorted(f for f in self.output.files if f.endswith(".csv"))
+        raw = ", and every audit record counted (audit_events.csv)," if "audit_events.csv" in tables else ""
         return (
-            f"# {title}\n\n| | |\n|---|---|\n| Period (UTC) | {self.start.date()} to {last_day} inclusive "
-            f"([{self.start:%Y-%m-%d %H:%M}, {self.end:%Y-%m-%d %H:%M})) |\n| Data | {self.source} |\n"
-            f"| Generated | {self.generated_at} |\n"
+            f"## The data behind this report\n\nEvery table above{raw} is in the report's zip file as CSV "
+            "(UTF-8, comma-separated; a cell a spreadsheet would run as a formula starts with an apostrophe): "
+            f"{', '.join(tables)}. The file SHA256SUMS in the zip holds each file's SHA-256 hash (the command "
+            "`sha256sum -c SHA256SUMS` checks them)."
         )
 
 
-def prepare(data: str, start: str, end: str, output_dir: str | None, integrity: str = "") -> ReportContext:
+def prepare(
+    data: str, start: str, end: str, output_dir: str | None, integrity: str = "", generated_by: str = ""
+) -> ReportContext:
     """Open the report's database, parse the inclusive dates, make the output folder.
 
     `data`: "demo" builds the deterministic demo history in a temporary SQLite file, so the notebook runs
@@ -523,7 +880,12 @@ def prepare(data: str, start: str, end: str, output_dir: str | None, integrity: 
     elif data == "DATABASE_URL":
         database_url = read(os.environ, ["DATABASE_URL"])["database_url"]
         parsed = urlparse(database_url)
-        source = f"{parsed.scheme}://{parsed.hostname or ''}{parsed.path}" if parsed.hostname else database_url
+        # the server and database, never a password; for SQLite the file's name, not a folder of this machine
+        source = (
+            f"{parsed.scheme}://{parsed.hostname}{parsed.path}"
+            if parsed.hostname
+            else f"SQLite database {Path(parsed.path).name}"
+        )
     else:
         raise ValueError(f'data must be "demo" or "DATABASE_URL", got {data!r}')
     database = open_database(database_url, 1)
@@ -533,7 +895,7 @@ def prepare(data: str, start: str, end: str, output_dir: str | None, integrity: 
     output = ReportOutput(output_dir or tempfile.mkdtemp(prefix="otp-report-"))
     generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     checked = json.loads(integrity) if integrity else _verify(database, database_url, data, begin, until)
-    return ReportContext(database, begin, until, output, source, generated, checked)
+    return ReportContext(database, begin, until, output, source, generated, checked, generated_by)
 
 
 def _verify(database: Database, database_url: str, data: str, start: datetime, end: datetime) -> dict | None:
@@ -552,6 +914,24 @@ def _verify(database: Database, database_url: str, data: str, start: datetime, e
     return service.verify_audit(start, end, record=False).as_dict()
 
 
+MARKDOWN_SPECIALS = str.maketrans({c: f"&#{ord(c)};" for c in "\\`*_{}[]()#+-.!|<>&~"})
+
+
+def in_markdown(text: str) -> str:
+    """Text chosen by an API caller (a user id) put into Markdown as itself: no markup, no HTML, no table cell
+    broken by a `|`."""
+    return str(text).translate(MARKDOWN_SPECIALS)
+
+
+def duration_words(seconds: float) -> str:
+    """A number of seconds as a reader says it: "2 minutes", "90 seconds", "1 hour"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds:g} second{'s' if seconds != 1 else ''}"
+
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -562,10 +942,13 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     safe = frame.copy()
     for column in safe.columns:
         if pd.api.types.is_string_dtype(safe[column]) or pd.api.types.is_object_dtype(safe[column]):
-            safe[column] = safe[column].map(
-                lambda v: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
-            )
+            safe[column] = safe[column].map(safe_cell)
     return safe
+
+
+def safe_cell(value):
+    """One cell, neutralised as `spreadsheet_safe` says."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 class ReportOutput:
@@ -583,6 +966,18 @@ class ReportOutput:
         spreadsheet_safe(frame).to_csv(self.directory / f"{name}.csv", index=False, lineterminator="\r\n")
         self.files.append(f"{name}.csv")
         return frame
+
+    def rows(self, name: str, columns: list[str], rows: Iterable[tuple]) -> int:
+        """Write a stream of rows as CSV (neutralised like `table`'s), without holding them; returns how many."""
+        count = 0
+        with open(self.directory / f"{name}.csv", "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file, lineterminator="\r\n")
+            writer.writerow(columns)
+            for row in rows:
+                writer.writerow([safe_cell(v) for v in row])
+                count += 1
+        self.files.append(f"{name}.csv")
+        return count
 
     def figure(self, name: str, fig) -> None:
         fig.savefig(self.directory / f"{name}.png", dpi=110, bbox_inches="tight", metadata={"Software": None})

@@ -28,7 +28,7 @@ from . import checkpoints, integrity
 from .audit import AUDIT_COLUMNS, RequestContext, audit_row
 from .checkpoints import Keys
 from .journal import CHAIN_COLUMNS, Journal
-from .models import Action, AuditChain, AuditLog, Device, RecoveryCodes
+from .models import Action, AuditChain, AuditLog, Device, RecoveryCodes, Report
 from .transitions import AuditEvent, isoformat
 
 EXPORT_COLUMNS = ("id", *AUDIT_COLUMNS, *CHAIN_COLUMNS)  # every column: the export verifies on its own
@@ -147,7 +147,16 @@ def erase(
         rows = (
             AuditLog.update(user_id=None, ip_address=None, user_agent=None).where(AuditLog.user_id == user_id).execute()
         )
-        data = {"subject": subjects[0], "subjects": subjects, "devices": devices, "recovery_codes": codes, "rows": rows}
+        # a stored user report is the user's personal data, whole: it goes too
+        reports = Report.delete().where((Report.kind == "user") & (Report.subject == user_id)).execute()
+        data = {
+            "subject": subjects[0],
+            "subjects": subjects,
+            "devices": devices,
+            "recovery_codes": codes,
+            "rows": rows,
+            "user_reports": reports,
+        }
         journal.append([audit_row(AuditEvent(Action.USER_ERASED, True, None, data), now, None, None, ctx)])
         checkpoints.take(database, keys, "erasure", now)
     return {
@@ -155,6 +164,7 @@ def erase(
         "devices": devices,
         "recovery_codes": codes,
         "audit_rows": rows,
+        "user_reports": reports,
         "device_ids": device_ids,
     }
 

@@ -17,7 +17,6 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import cached_property, lru_cache
 from typing import Any
 
@@ -28,7 +27,9 @@ from .audit import RequestContext, normal_ip
 from .clients import Caller
 from .config import Settings
 from .models import Action
+from .queries import last_day
 from .ratelimit import Decision, RateLimiter
+from .report_runner import report_name
 from .service import AsyncOtpService
 
 log = logging.getLogger("otp_service.web")
@@ -525,7 +526,7 @@ class ReportsHandler(ApiHandler):
 
 
 class ReportHtmlHandler(ApiHandler):
-    """A stored report as a file: its self-contained HTML page (or, below, a zip of its CSV tables)."""
+    """A stored report as a file: its self-contained HTML page (or, below, a zip of its CSV tables, or its PDF)."""
 
     permission = "reports"
     part = "html"
@@ -534,20 +535,25 @@ class ReportHtmlHandler(ApiHandler):
         if not report_id.isascii() or not report_id.isdigit() or len(report_id) > 18:
             raise errors.NotFound(f"No report with id {report_id!r}.")
         report, content = await self.service.report_content(int(report_id), self.part)
-        last_day = report.period_end - timedelta(days=1)  # stored half-open; files are named by inclusive days
-        name = f"{report.kind}-{report.period_start:%Y-%m-%d}_{last_day:%Y-%m-%d}"
+        # named like the files the report command writes: by its first and last day, both included
+        name = report_name(report.kind, report.period_start.date(), last_day(report.period_end).date(), report.subject)
         if self.part == "html":
             self.set_header("Content-Type", "text/html; charset=utf-8")
             # The page needs no script and nothing from elsewhere; say so to the browser.
             self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
         else:
-            self.set_header("Content-Type", "application/zip")
-            self.set_header("Content-Disposition", f'attachment; filename="{name}.zip"')
+            kind, extension = {"data": ("application/zip", "zip"), "pdf": ("application/pdf", "pdf")}[self.part]
+            self.set_header("Content-Type", kind)
+            self.set_header("Content-Disposition", f'attachment; filename="{name}.{extension}"')
         self.finish(content)
 
 
 class ReportDataHandler(ReportHtmlHandler):
     part = "data"
+
+
+class ReportPdfHandler(ReportHtmlHandler):
+    part = "pdf"
 
 
 class AuditKeysHandler(ApiHandler):

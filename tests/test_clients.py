@@ -33,6 +33,7 @@ def routes(reg_code):
         ("GET", "/api/v1/reports", None, "reports"),
         ("GET", "/api/v1/reports/1", None, "reports"),
         ("GET", "/api/v1/reports/1/data", None, "reports"),
+        ("GET", "/api/v1/reports/1/pdf", None, "reports"),
         ("GET", "/metrics", None, "metrics"),
     ]
 
@@ -50,7 +51,7 @@ def test_every_route_with_a_key_of_every_scope(api, database, clock):
                 assert resp.status == 403, (path, scope, resp.status)
                 assert resp.body["error"]["code"] == "INSUFFICIENT_SCOPE" and resp.body["error"]["scope"] == needed
     denied = audit_rows(database, action="ACCESS_DENIED")
-    assert len(denied) == 12 * 5  # each route refused to the five clients without its scope (nor admin)
+    assert len(denied) == 13 * 5  # each route refused to the five clients without its scope (nor admin)
     assert {r.actor for r in denied} == {f"client-{s}" for s in SCOPES if s != "admin"}
     assert all(r.reason == "INSUFFICIENT_SCOPE" for r in denied)
 

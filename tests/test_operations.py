@@ -149,11 +149,35 @@ def test_stored_reports_are_listed_and_served(api, database):
             created_at=datetime(2026, 2, 2, 1),
             html="<html><body>audit</body></html>",
             data_zip=buffer.getvalue(),
+            pdf=b"%PDF-1.7 audit",
+        ).execute()
+        user_report = Report.insert(
+            kind="user",
+            subject="alice@example.com",
+            period_start=datetime(2026, 1, 1),
+            period_end=datetime(2026, 3, 1),
+            created_at=datetime(2026, 2, 28, 9),
+            html="<html><body>alice</body></html>",
+            data_zip=buffer.getvalue(),
         ).execute()
     listing = api.get("/api/v1/reports")
     assert listing.status == 200
-    [entry] = listing.body["data"]["reports"]
-    assert entry["id"] == report_id and entry["kind"] == "audit" and entry["period_start"] == "2026-02-01T00:00:00Z"
+    user_entry, entry = listing.body["data"]["reports"]
+    # one convention for the end of a period everywhere: the last day, included (stored half-open)
+    assert (entry["id"], entry["kind"], entry["user_id"]) == (report_id, "audit", None)
+    assert (entry["period_start"], entry["period_end"]) == ("2026-02-01", "2026-02-01")
+    assert entry["pdf_url"] == f"/api/v1/reports/{report_id}/pdf"
+    assert (user_entry["kind"], user_entry["user_id"], user_entry["pdf_url"]) == ("user", "alice@example.com", None)
+    assert (user_entry["period_start"], user_entry["period_end"]) == ("2026-01-01", "2026-02-28")
+    pdf = api.get(f"/api/v1/reports/{report_id}/pdf")
+    assert pdf.status == 200 and pdf.raw == b"%PDF-1.7 audit" and pdf.headers["Content-Type"] == "application/pdf"
+    assert pdf.headers["Content-Disposition"] == 'attachment; filename="audit-2026-02-01_2026-02-01.pdf"'
+    missing_pdf = api.get(f"/api/v1/reports/{user_report}/pdf")
+    assert missing_pdf.status == 404 and missing_pdf.body["error"]["code"] == "NOT_FOUND"
+    named = api.get(f"/api/v1/reports/{user_report}/data")
+    assert named.headers["Content-Disposition"] == (
+        'attachment; filename="user-alice@example.com-2026-01-01_2026-02-28.zip"'
+    )
     page = api.get(f"/api/v1/reports/{report_id}")
     assert page.status == 200 and page.raw == b"<html><body>audit</body></html>"
     assert page.headers["Content-Type"].startswith("text/html")

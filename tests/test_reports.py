@@ -1,5 +1,9 @@
 """Demo data, the report queries and the `report` command, on SQLite and (in CI) PostgreSQL."""
 
+import contextlib
+import csv
+import hashlib
+import io
 import json
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -10,7 +14,7 @@ from otp_service import errors, report_queries, totp
 from otp_service.audit import RequestContext
 from otp_service.demo_data import generate
 from otp_service.models import AuditLog, Report
-from otp_service.report_runner import NOTEBOOKS_DIR
+from otp_service.report_runner import NOTEBOOKS_DIR, render_pdf
 from otp_service.transitions import to_datetime
 from tests.helpers import code_at, wrong_code
 from tests.serving import run_cli
@@ -48,7 +52,7 @@ DEMO_LIFECYCLE = (
 def test_demo_data_is_reproducible_for_a_seed(service, database, tmp_path):
     done = generate(service, devices=12, days=10, seed=3, end=DEMO_END)
     first, first_lifecycle = totals(database), lifecycle(database)
-    assert done["register"] == 12 and first["verifications"] > 100 and first["lockouts"] >= 1
+    assert done["register"] == 12 and first["verifications"] > 100 and first["locks"] >= 1
     assert all(first_lifecycle[measure] >= 1 for measure in DEMO_LIFECYCLE), first_lifecycle
     url = f"sqlite:///{tmp_path}/second.db"
     assert (
@@ -74,7 +78,7 @@ def test_report_queries_agree_with_the_rows(service, database):
         verifications = [r for r in rows if r.action == "OTP_VERIFICATION"]
         assert t["verifications"] == len(verifications)
         assert t["verifications_succeeded"] == sum(r.success for r in verifications)
-        assert t["lockouts"] == sum(r.action == "DEVICE_LOCKED" for r in rows)
+        assert t["locks"] == sum(r.action == "DEVICE_LOCKED" for r in rows)
         by_reason = report_queries.failures_by_reason(START, END)
         assert dict(zip(by_reason["reason"], by_reason["failures"], strict=True)) == {
             reason: sum(1 for r in verifications if r.reason == reason)
@@ -82,7 +86,7 @@ def test_report_queries_agree_with_the_rows(service, database):
         }
         daily = report_queries.daily_activity(START, END)
         assert len(set(daily["day"])) == 28 and daily["succeeded"].sum() + daily["failed"].sum() == len(rows)
-        episodes = report_queries.brute_force_episodes(START, END, 600, 5)
+        episodes = report_queries.brute_force_episodes(START, END)
         assert len(episodes) >= 1 and (episodes["failures"] >= 5).all()
         devices = len({r.device_id for r in rows if r.action == "DEVICE_REGISTERED" and r.success})
         assert report_queries.usage_distribution()["devices"].sum() == devices
@@ -97,10 +101,27 @@ def test_report_queries_agree_with_the_rows(service, database):
             mine = [r for r in rows if r.action == action and (r.actor or report_queries.NO_CLIENT) == client]
             assert (count, ok) == (len(mine), sum(r.success for r in mine))
         admin = report_queries.admin_actions(START, END)
-        deactivations = [r for r in rows if r.action == "DEVICE_DEACTIVATED"]
-        assert list(admin["device_id"]) == [r.device_id for r in deactivations] and set(admin["client"]) <= {
+        administered = [r for r in rows if r.action in report_queries.ADMIN_ACTIONS]
+        assert {r.action for r in administered} == {"DEVICE_DEACTIVATED", "DRIFT_RESET"}  # what the demo's operator did
+        assert list(admin["device_id"]) == [r.device_id for r in administered] and set(admin["client"]) <= {
             "ops-console"
         }
+        totals_now = report_queries.audit_totals(START, END)
+        verified = [r for r in verifications if r.reason != "REPLAYED"]  # double submits are not attempts
+        assert totals_now["success_rate_percent"] == round(100 * sum(r.success for r in verified) / len(verified), 2)
+        assert totals_now["devices_locked"] == len({r.device_id for r in rows if r.action == "DEVICE_LOCKED"})
+        assert totals_now["verifications_double_submit"] == sum(r.reason == "REPLAYED" for r in verifications)
+        per_day = report_queries.daily_verifications(START, END)
+        assert len(per_day) == 28 and per_day.drop(columns="day").to_numpy().sum() == len(verifications)
+        refused = report_queries.refused_requests(START, END)
+        scanner = refused[refused["client address"] == "192.0.2.66"]
+        assert dict(zip(scanner["refused for"], scanner["requests"], strict=True)) == {
+            "wrong or missing API key": sum(r.action == "AUTH_FAILED" for r in rows),
+            "rate limit": sum(r.action == "RATE_LIMITED" for r in rows),
+        }
+        assert report_queries.count_failing("device_id", START, END) == len(
+            {r.device_id for r in verifications if not r.success and r.device_id}
+        )
         _lifecycle_agrees_with(rows)
 
 
@@ -291,19 +312,50 @@ def test_report_command_writes_html_csv_png_and_stores_the_report(service, datab
     assert (out / "audit-2026-02-01_2026-02-28.ipynb").exists()
     data = out / "audit-2026-02-01_2026-02-28"
     assert {"summary.csv", "failures_by_reason.csv", "brute_force_episodes.csv"} <= {p.name for p in data.glob("*.csv")}
-    assert (data / "daily_activity.png").stat().st_size > 1000
+    assert (data / "daily_verifications.png").stat().st_size > 1000
     assert "data:image/png;base64" in html and "report_queries.prepare" not in html  # figures inline, code hidden
     assert "<script" not in html and "cdnjs" not in html  # self-contained: opens offline
     assert "<title>OTP service audit report, 2026-02-01 to 2026-02-28</title>" in html
     assert "Integrity of these records" in html and "<strong>Intact.</strong>" in html
+    # plain words for the reader: no parameter names, no interval notation, no folder of the machine that ran it
+    for engineer in ("burst_threshold", "burst_gap", "[2026-02-01", "Folder:", str(tmp_path), "/tmp/"):
+        assert engineer not in html, engineer
+    assert "1 February 2026 to 28 February 2026, both days included (28 days)" in html
+    assert "otp-service 0.1.0" in html and "the <code>report</code> command" in html  # software, who made it
     expected = totals(database)
-    assert f"<td>{expected['verifications']}</td>" in html
+    assert f">{expected['verifications']}</td>" in html and "double submit" in html
     with database.connection_context():
         [stored] = list(Report.select())
-    assert (stored.kind, stored.period_start, stored.period_end) == ("audit", START, END)
+    assert (stored.kind, stored.period_start, stored.period_end, stored.subject) == ("audit", START, END, None)
     assert stored.html == html
-    with zipfile.ZipFile(__import__("io").BytesIO(bytes(stored.data_zip))) as archive:
-        assert "summary.csv" in archive.namelist()
+    archive = zipfile.ZipFile(io.BytesIO(bytes(stored.data_zip)))
+    assert (out / "audit-2026-02-01_2026-02-28.zip").read_bytes() == bytes(stored.data_zip)
+    assert_manifest_holds(archive)
+    events = list(csv.DictReader(io.StringIO(archive.read("audit_events.csv").decode())))
+    with database.connection_context():
+        assert len(events) == AuditLog.select().where(AuditLog.timestamp.between(START, END)).count()
+    assert {"summary.csv", "brute_force_episodes.csv", "refused_requests.csv"} <= set(archive.namelist())
+    refused = list(csv.DictReader(io.StringIO(archive.read("refused_requests.csv").decode())))
+    assert refused[0]["client address"] == "192.0.2.66"  # the scanner without an API key
+    assert_pdf(out / "audit-2026-02-01_2026-02-28.pdf", stored.pdf)
+
+
+def assert_manifest_holds(archive: zipfile.ZipFile) -> None:
+    """SHA256SUMS names every other file in the zip with its SHA-256 (what `sha256sum -c` checks)."""
+    lines = archive.read("SHA256SUMS").decode().splitlines()
+    listed = {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
+    assert set(listed) == set(archive.namelist()) - {"SHA256SUMS"} and listed
+    for name, digest in listed.items():
+        assert hashlib.sha256(archive.read(name)).hexdigest() == digest, name
+
+
+def assert_pdf(path, stored) -> None:
+    """The PDF beside the HTML, and the same in the database; skipped (with the reason) only where WeasyPrint
+    cannot load its system libraries."""
+    _, problem = render_pdf("<p>x</p>")
+    if problem:
+        pytest.skip(f"no PDF on this machine: {problem}")
+    assert path.read_bytes().startswith(b"%PDF-") and bytes(stored) == path.read_bytes()
 
 
 @pytest.mark.slow
@@ -328,9 +380,49 @@ def test_usage_report_command(service, db_url, tmp_path):
     assert (tmp_path / "usage-2026-02-15_2026-02-28" / "verifications_per_day.png").exists()
 
 
+@pytest.mark.slow
+def test_user_report_command_holds_the_users_devices_and_whole_trail(service, database, db_url, tmp_path):
+    """`report user` with no dates covers the user's whole history, to today; it is stored, listed and served
+    like the others, and erasing the user deletes it."""
+    generate(service, devices=8, days=10, seed=2, end=DEMO_END)
+    user = "user001@example.com"
+    with database.connection_context():
+        mine = list(AuditLog.select().where(AuditLog.user_id == user).order_by(AuditLog.id))
+        first, count = mine[0].timestamp.date(), len(mine)
+    result = run_cli(
+        *("report", "user", "--user-id", user, "--database-url", db_url, "--output-dir", "out"),
+        cwd=tmp_path,
+        timeout=300,
+        MASTER_SECRET=service.settings.master_secret,
+    )
+    assert result.returncode == 0, result.stderr
+    name = f"user-{user}-{first}_{datetime.now(UTC).date()}"
+    html = (tmp_path / "out" / f"{name}.html").read_text()
+    assert f"<title>OTP service user report for {user}, {first} to" in html
+    assert "DEMO-0001" in html and "Audit trail" in html
+    assert "<strong>Intact.</strong>" in html
+    with database.connection_context():
+        [stored] = list(Report.select())
+    assert (stored.kind, stored.subject) == ("user", user)
+    archive = zipfile.ZipFile(io.BytesIO(bytes(stored.data_zip)))
+    assert_manifest_holds(archive)
+    events = list(csv.DictReader(io.StringIO(archive.read("audit_events.csv").decode())))
+    assert len(events) == count and {e["user_id"] for e in events} == {user}  # all of theirs, no one else's
+    trail = list(csv.DictReader(io.StringIO(archive.read("audit_trail.csv").decode())))
+    assert len(trail) == count
+    assert {"devices.csv", "recovery_codes.csv", "activity.csv"} <= set(archive.namelist())
+    assert_pdf(tmp_path / "out" / f"{name}.pdf", stored.pdf)
+    erased = service.erase_user(user, CTX)
+    assert erased["user_reports"] == 1
+    with database.connection_context():
+        assert Report.select().count() == 0
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
+        (["--start", "2026-02-01"], "needs --start and --end"),
+        (["--start", "2026-02-01", "--end", "2026-02-02", "--user-id", "alice"], "--user-id is needed for a user"),
         (["--start", "2026-02-30", "--end", "2026-03-01"], "--start must be a date"),
         (["--start", "yesterday", "--end", "2026-03-01"], "--start must be a date"),
         (["--start", "2026-03-01", "--end", "2026-02-01"], "before the start date"),
@@ -343,6 +435,19 @@ def test_usage_report_command(service, db_url, tmp_path):
 def test_report_command_refuses_bad_input_clearly(tmp_path, args, message):
     result = run_cli("report", "audit", *args, cwd=tmp_path, DB_TIMEOUT="2", DATABASE_URL=f"sqlite:///{tmp_path}/r.db")
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "--user-id is needed for a user report"),
+        (["--user-id", "bad\u0007id"], "user_id must be"),
+        (["--user-id", "alice", "--end", "2026-13-01"], "--end must be a date"),
+    ],
+)
+def test_user_report_refuses_bad_input_with_exit_code_2(tmp_path, args, message):
+    result = run_cli("report", "user", *args, cwd=tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/r.db")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_report_csvs_neutralise_spreadsheet_formulas(tmp_path):
@@ -361,3 +466,84 @@ def test_report_csvs_neutralise_spreadsheet_formulas(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["user_id"] for r in rows] == ["'" + h for h in hostile] + ["alice", ""]
     assert [r["failures"] for r in rows] == [str(n) for n in range(1, 9)]
+
+
+def _at(text: str) -> float:
+    """A UTC time of day on 2026-02-19 as epoch seconds."""
+    return datetime.fromisoformat(f"2026-02-19T{text}+00:00").timestamp()
+
+
+def _fail(service, device_id: str, registration: dict, when: float, ip: str) -> None:
+    """One wrong code for `device_id` at `when` from `ip` (refused; once the device is locked, refused for that)."""
+    ctx = RequestContext(ip, "curl/8.5", None, "login-frontend")
+    with contextlib.suppress(errors.ServiceError):
+        service.verify(device_id, wrong_code(registration, when), ctx, now=when)
+
+
+def test_brute_force_episodes_slide_with_the_failures_not_the_clock(service, database):
+    """Bursts are runs of failures no more than two minutes apart, per device, user or client address, wherever
+    they fall against the clock: fixed ten-minute buckets split the first attack at 05:20 into two and missed
+    the second (four failures either side of 06:00) altogether."""
+    day = _at("00:00:00")
+    devices = {
+        name: service.register(name, f"{name.lower()}@example.com", CTX, now=day)
+        for name in ("VICTIM", "OTHER", "SLOW", "EDGE", *(f"SPRAY-{n}" for n in range(6)))
+    }
+    # 40 failures 12 s apart: 05:17:53 to 05:25:41 (7 min 48 s), across 05:20.
+    for n in range(40):
+        _fail(service, "VICTIM", devices["VICTIM"], _at("05:17:53") + 12 * n, "203.0.113.99")
+    # 8 failures from 05:59:10 to 06:00:40, across 06:00.
+    for n in range(8):
+        _fail(service, "OTHER", devices["OTHER"], _at("05:59:10") + n * 90 / 7, "203.0.113.50")
+    # 5 failures 121 s apart: a slow typist or a patient attacker, but never a burst of this rule.
+    for n in range(5):
+        _fail(service, "SLOW", devices["SLOW"], _at("08:00:00") + 121 * n, "198.51.100.5")
+    # 5 failures exactly 120 s apart: the longest gap that still continues a burst.
+    for n in range(5):
+        _fail(service, "EDGE", devices["EDGE"], _at("09:00:00") + 120 * n, "198.51.100.6")
+    # One address trying six devices once each, 20 s apart: no device and no user sees a burst; the address does.
+    for n in range(6):
+        _fail(service, f"SPRAY-{n}", devices[f"SPRAY-{n}"], _at("10:00:00") + 20 * n, "192.0.2.10")
+
+    with database.connection_context():
+        episodes = report_queries.brute_force_episodes(datetime(2026, 2, 19), datetime(2026, 2, 20))
+    rows = [
+        (e["start"], e["end"], e["failures"], e["devices"], e["client addresses"], e["lock followed"], e["seen per"])
+        for e in episodes.to_dict("records")
+    ]
+    spray = ", ".join(f"SPRAY-{n}" for n in range(6))
+    assert rows == [
+        (
+            "2026-02-19T05:17:53Z",
+            "2026-02-19T05:25:41Z",
+            40,
+            "VICTIM",
+            "203.0.113.99",
+            "yes",
+            "device, user, client address",
+        ),
+        (
+            "2026-02-19T05:59:10Z",
+            "2026-02-19T06:00:40Z",
+            8,
+            "OTHER",
+            "203.0.113.50",
+            "yes",
+            "device, user, client address",
+        ),
+        (
+            "2026-02-19T09:00:00Z",
+            "2026-02-19T09:08:00Z",
+            5,
+            "EDGE",
+            "198.51.100.6",
+            "yes",
+            "device, user, client address",
+        ),
+        ("2026-02-19T10:00:00Z", "2026-02-19T10:01:40Z", 6, spray, "192.0.2.10", "no", "client address"),
+    ]
+    assert episodes["users"].iloc[0] == "victim@example.com"
+    assert episodes["users"].iloc[3] == ", ".join(f"spray-{n}@example.com" for n in range(6))
+    with database.connection_context():  # a period that cuts an attack counts the part inside it
+        cut = report_queries.brute_force_episodes(datetime(2026, 2, 19, 5, 20), datetime(2026, 2, 19, 5, 22))
+    assert list(cut["failures"]) == [10]
