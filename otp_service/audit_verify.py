@@ -120,7 +120,8 @@ def verify(
         if (floor_seq, floor_hash) != floors.get(chain, (0, integrity.GENESIS)):  # what prune trusts: signed?
             detail = "the chain's pruned floor differs from the one a checkpoint signed"
             result.breaks.append(Break(chain, "edited", floor_seq, None, detail))
-    places = _period_places(start, end) if start is not None or end is not None else {}
+    period = start is not None or end is not None
+    places = _period_places(start, end) if period else {}
     for chain in sorted(set(chains) | set(signed)):  # a chain emptied by hand is still in its checkpoints
         floor = floors.get(chain, (0, integrity.GENESIS))
         head = chains[chain].seq if chain in chains else 0
@@ -141,7 +142,8 @@ def verify(
                 check.first_break = check.first_break._replace(kind="reordered")
             if check.first_break is None and before is None and not personal.ok(row[13:16], row[8], row[9]):
                 check.first_break = Break(chain, "personal-data-edited", row[1], row[0], personal.detail)
-        result.rows += check.rows
+        # the rows the period holds (its neighbours are read, not counted), or all that were read
+        result.rows += (places[chain][2] if chain in places else 0) if period else check.rows
         if hi is None:  # the chain's end was read: every later signed head must be there too
             heads = [h for h in signed.get(chain, ()) if h.seq >= lo]
         broken = check.finish(heads, chains.get(chain) if hi is None else None, floor[0], hi)
@@ -243,20 +245,20 @@ def _has_rows(condition) -> bool:
     return AuditLog.select(AuditLog.id).where(condition).limit(1).scalar() is not None
 
 
-def _period_places(start: datetime | None, end: datetime | None) -> dict[int, tuple[int, int]]:
-    """Each chain's first and last place among the rows written in the period: one pass over the period's
-    rows by the timestamp index, however far back the period lies."""
+def _period_places(start: datetime | None, end: datetime | None) -> dict[int, tuple[int, int, int]]:
+    """Each chain's first and last place among the rows written in the period, and their number: one pass
+    over the period's rows by the timestamp index, however far back the period lies."""
     when = AuditLog.chain.between(0, MAX_CHAINS - 1) & (AuditLog.seq > 0)
     if start is not None:
         when &= AuditLog.timestamp >= start
     if end is not None:
         when &= AuditLog.timestamp < end
-    query = AuditLog.select(AuditLog.chain, fn.MIN(AuditLog.seq), fn.MAX(AuditLog.seq)).where(when)
-    return {chain: (first, last) for chain, first, last in query.group_by(AuditLog.chain).tuples()}
+    query = AuditLog.select(AuditLog.chain, fn.MIN(AuditLog.seq), fn.MAX(AuditLog.seq), fn.COUNT(AuditLog.id))
+    return {chain: (first, last, n) for chain, first, last, n in query.where(when).group_by(AuditLog.chain).tuples()}
 
 
 def _range(
-    chain: int, start: datetime | None, end: datetime | None, floor: int, head: int, places: tuple[int, int] | None
+    chain: int, start: datetime | None, end: datetime | None, floor: int, head: int, places: tuple | None
 ) -> tuple[int | None, int | None]:
     """The places in `chain` to check: all after the floor; or for a period, its rows and the row on either
     side of them (a deletion at either edge is a gap; a row whose time was moved out of the period is still
@@ -266,7 +268,7 @@ def _range(
     if start is None and end is None:
         return floor + 1, None
     if places is not None:
-        first, last = places
+        first, last, _ = places
         lo = floor + 1 if start is None else max(floor + 1, first - 1)
         return lo, None if end is None or last + 1 > head else last + 1
     mine = (AuditLog.chain == chain) & (AuditLog.seq > floor)

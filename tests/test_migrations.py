@@ -37,6 +37,7 @@ def test_first_migration_upgrades_to_head(empty_db_url):
         "0005_api_clients",
         "0006_lifecycle",
         "0007_audit_chains",
+        "0008_erasure_index",
         "0009_reports_pdf",
     ]
     assert pending_migrations(database) == later
