@@ -164,6 +164,9 @@ table { font-size: 7.5pt; max-width: 100%; }
 td, th { overflow-wrap: break-word; }
 tr, img { page-break-inside: avoid; }
 h1, h2, h3 { page-break-after: avoid; }
+/* a heading or an explanation stays with what it introduces (they are separate cells, so `h2` alone is not enough) */
+.jp-MarkdownCell, .jp-RenderedMarkdown { break-after: avoid; }
+p { orphans: 3; widows: 3; }
 .jp-OutputArea-output pre { white-space: pre-wrap; }
 """
 
