@@ -114,12 +114,13 @@ def run_report(
     }
     if user_id:
         parameters["user_id"] = user_id
-    if settings is not None:
-        parameters["integrity"] = _integrity(settings, database, *period(start, end))
     try:
         # The database URL (and its password) reaches the kernel in its environment, never as a parameter:
         # papermill writes parameters into the notebook it saves.
         with _environment(DATABASE_URL=database_url), _private_kernel() as km:
+            km.start_kernel(cwd=str(NOTEBOOKS_DIR))  # it boots (~1 s) while the chains are sealed and verified
+            if settings is not None:
+                parameters["integrity"] = _integrity(settings, database, *period(start, end))
             executed = papermill.execute_notebook(
                 str(NOTEBOOKS_DIR / NOTEBOOKS[kind]),
                 str(notebook),
