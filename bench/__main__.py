@@ -215,7 +215,7 @@ def main() -> None:
             f"## Scheduled reports over {g['rows']:,} chained audit rows (PostgreSQL; {g['first']} to {g['last']}, "
             f"{g['rows'] // g['days']:,} rows a day, 100,000 devices)",
             "",
-            "| report | period | wall time | of which verifying the period (alone) | peak MiB | slowest cells (s) |",
+            "| report | period | wall time | `audit verify` of the period alone | peak MiB | slowest cells (s) |",
             "|---|---|---|---|---|---|",
         ]
         for r in (g["daily_audit"], g["monthly_usage"]):
