@@ -511,14 +511,21 @@ def usage_distribution() -> pd.DataFrame:
     )
 
 
-def stale_devices(as_of: datetime, days: int = 14, limit: int = 50) -> pd.DataFrame:
+def _stale(as_of: datetime, days: int):
     """Active devices not used in `days` days before `as_of` (never used counts as stale once that old)."""
     cutoff = as_of - timedelta(days=days)
+    return Device.is_active & (Device.created_at < cutoff) & (Device.last_used.is_null() | (Device.last_used < cutoff))
+
+
+def stale_device_count(as_of: datetime, days: int = 14) -> int:
+    return Device.select(fn.COUNT(Device.device_id)).where(_stale(as_of, days)).scalar()
+
+
+def stale_devices(as_of: datetime, days: int = 14, limit: int = 50) -> pd.DataFrame:
+    """The `limit` stale devices (`_stale`) unused longest."""
     query = (
         Device.select(Device.device_id, Device.user_id, Device.created_at, Device.last_used, Device.usage_count)
-        .where(
-            Device.is_active & (Device.created_at < cutoff) & (Device.last_used.is_null() | (Device.last_used < cutoff))
-        )
+        .where(_stale(as_of, days))
         .order_by(Device.last_used.asc(nulls="first"), Device.device_id)
         .limit(limit)
     )

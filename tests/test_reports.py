@@ -13,7 +13,7 @@ import pytest
 from otp_service import errors, report_queries, totp
 from otp_service.audit import RequestContext
 from otp_service.demo_data import generate
-from otp_service.models import AuditLog, Report
+from otp_service.models import AuditLog, Device, Report
 from otp_service.report_runner import NOTEBOOKS_DIR, render_pdf
 from otp_service.transitions import to_datetime
 from tests.helpers import code_at, wrong_code
@@ -93,6 +93,14 @@ def test_report_queries_agree_with_the_rows(service, database):
         assert report_queries.parameter_mix()["devices"].sum() == devices
         assert report_queries.drift_distribution()["devices"].sum() == devices
         assert report_queries.device_states(END)["devices"].sum() == devices
+        cutoff = END - timedelta(days=3)
+        stale = [
+            d
+            for d in Device.select()
+            if d.is_active and d.created_at < cutoff and (d.last_used is None or d.last_used < cutoff)
+        ]
+        assert report_queries.stale_device_count(END, 3) == len(stale) > 0
+        assert len(report_queries.stale_devices(END, 3, limit=1)) == 1  # the list is capped; the count is not
         top = report_queries.top_failing("ip_address", START, END, 3)
         assert top["ip_address"].iloc[0] == "203.0.113.99"  # the simulated attacker
         by_client = report_queries.actions_by_client(START, END)
