@@ -100,14 +100,11 @@ def _post(port, body, request_id=None, path="/api/v1/otp/verify"):
     return resp.status, data
 
 
-@pytest.fixture
-def two_processes(tmp_path, database):
-    """Two separate service processes on the same PostgreSQL database."""
-    env = production_env(PG_URL, API_KEY, DB_POOL_SIZE="16")
+def _two_servers(tmp_path, env: dict[str, str], *serve_args: str):
+    """Two `serve` commands on their own ports against `env`'s database; yields the ports."""
     assert run_cli("migrate", cwd=tmp_path, **env).returncode == 0
-    ports, procs = [free_port(), free_port()], []
-    for port in ports:
-        procs.append(start_cli("serve", cwd=tmp_path, PORT=str(port), **env))
+    ports = [free_port(), free_port()]
+    procs = [start_cli("serve", *serve_args, cwd=tmp_path, PORT=str(port), **env) for port in ports]
     try:
         for port, proc in zip(ports, procs, strict=True):
             wait_healthy(port, proc)
@@ -116,6 +113,12 @@ def two_processes(tmp_path, database):
         for proc in procs:
             proc.terminate()
             proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def two_processes(tmp_path, database):
+    """Two separate service processes on the same PostgreSQL database."""
+    yield from _two_servers(tmp_path, production_env(PG_URL, API_KEY, DB_POOL_SIZE="16"))
 
 
 @pytest.mark.postgres
@@ -423,17 +426,7 @@ def two_instances(tmp_path, database):
     """Two service instances as two deployments would run them: two `serve` commands of two processes each,
     on their own ports, sharing one PostgreSQL and one Redis (the rate limits)."""
     env = production_env(PG_URL, API_KEY, DB_POOL_SIZE="8", REDIS_URL=REDIS_URL)
-    assert run_cli("migrate", cwd=tmp_path, **env).returncode == 0
-    ports = [free_port(), free_port()]
-    procs = [start_cli("serve", "--processes", "2", cwd=tmp_path, PORT=str(port), **env) for port in ports]
-    try:
-        for port, proc in zip(ports, procs, strict=True):
-            wait_healthy(port, proc)
-        yield ports
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.communicate(timeout=30)
+    yield from _two_servers(tmp_path, env, "--processes", "2")
 
 
 @pytest.mark.postgres
