@@ -128,7 +128,7 @@ def verify(
         lo, hi = _range(chain, start, end, floor[0], head, places.get(chain))
         if hi is not None and hi < lo:
             continue  # nothing of this chain was written in the period
-        result.chains += 1
+        result.chains += not period or chain in places  # not one read only for its rows beside the period
         previous = floor[1] if lo == floor[0] + 1 else _hash_at(chain, lo - 1)
         check = ChainCheck(chain, seq=lo - 1, hash=previous or integrity.GENESIS)
         heads = [h for h in signed.get(chain, ()) if h.seq >= lo and (hi is None or h.seq <= hi)]
@@ -262,9 +262,9 @@ def _range(
 ) -> tuple[int | None, int | None]:
     """The places in `chain` to check: all after the floor; or for a period, its rows and the row on either
     side of them (a deletion at either edge is a gap; a row whose time was moved out of the period is still
-    read); or, when none of the chain's rows is in the period, the places between the last row written before
-    `start` and the first written at or after `end` — so a period whose rows were all deleted is a gap, not
-    an empty period."""
+    read); or, when none of the chain's rows is in the period, from the last row written before `start` to
+    the first written at or after `end` — so a period whose rows were all deleted is a gap, not an empty
+    period, and a row moved out of it is read as one of the two."""
     if start is None and end is None:
         return floor + 1, None
     if places is not None:
@@ -275,12 +275,11 @@ def _range(
     lo = floor + 1
     if start is not None:
         before = AuditLog.select(fn.MAX(AuditLog.seq)).where(mine & (AuditLog.timestamp < start)).scalar()
-        lo = before + 1 if before is not None else lo
+        lo = before if before is not None else lo
     hi = None
     if end is not None:
         after = AuditLog.select(fn.MIN(AuditLog.seq)).where(mine & (AuditLog.seq >= lo) & (AuditLog.timestamp >= end))
-        first_after = after.scalar()
-        hi = first_after - 1 if first_after is not None else None
+        hi = after.scalar()
     return lo, hi
 
 

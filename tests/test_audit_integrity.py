@@ -5,6 +5,7 @@ trail verifiable, key rotation, the CLI and the API."""
 import gzip
 import hashlib
 import json
+from datetime import timedelta
 
 import pytest
 
@@ -443,6 +444,31 @@ def test_a_period_whose_rows_were_all_deleted_is_a_gap_not_an_empty_period(servi
     assert verify(service, start=start, end=end).intact
     _exec(database, "DELETE FROM audit_logs WHERE device_id LIKE %s", ("P%",))
     assert "deleted" in kinds(verify(service, start=start, end=end))
+
+
+@pytest.mark.parametrize("edge", ["first", "last"])
+def test_a_period_rows_time_moved_out_of_it_is_still_read(service, database, clock, edge):
+    """Editing the time of the period's first (last) row to before (after) the period would take it out of
+    the rows a period check reads if the check began (ended) at the period's own rows; the row on either
+    side is read too, so the edit shows. And deleting that edge row is a gap."""
+    from otp_service.transitions import to_datetime
+
+    history(service, clock)
+    clock.advance(3600)
+    start = to_datetime(clock.now)
+    for n in range(6):
+        service.register(f"E{n}", "user3", CTX)
+    end = to_datetime(clock.now + 1)
+    clock.advance(3600)
+    service.register("AFTER", "user4", CTX)
+    service.checkpoint()
+    inside = [r for r in audit_rows(database) if start <= r.timestamp < end]
+    target = inside[0] if edge == "first" else inside[-1]
+    moved = start - timedelta(seconds=5) if edge == "first" else end + timedelta(seconds=5)
+    _exec(database, "UPDATE audit_logs SET timestamp = %s WHERE id = %s", (moved, target.id))
+    assert [(b.kind, b.row_id) for b in verify(service, start=start, end=end).breaks] == [("edited", target.id)]
+    _exec(database, "DELETE FROM audit_logs WHERE id = %s", (target.id,))
+    assert not verify(service, start=start, end=end).intact
 
 
 def test_malformed_checkpoints_are_findings_not_crashes(sealed, database):
