@@ -482,6 +482,34 @@ def test_malformed_checkpoints_are_findings_not_crashes(sealed, database):
         _exec(database, f"UPDATE audit_checkpoints SET {column} = %s WHERE id = %s", (original, first.id))
 
 
+@pytest.mark.postgres
+def test_a_prune_longer_than_a_requests_statement_timeout_completes(service, database, clock, tmp_path):
+    """Every connection carries DB_TIMEOUT as its statement timeout (5 s here), so that no request hangs;
+    deleting millions of rows takes longer (10,000,000 rows: minutes), and `audit prune` failed half-way
+    through as "cannot reach the database". A trigger makes the delete take longer than the timeout here."""
+    from datetime import timedelta
+
+    from otp_service.transitions import to_datetime
+
+    history(service, clock)
+    service.checkpoint()
+    cut = to_datetime(clock.now)
+    clock.advance(86400)
+    once = "IF current_setting('test.slept', true) IS NULL THEN PERFORM set_config('test.slept', 'y', true);"
+    _exec(
+        database,
+        "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN {once} PERFORM pg_sleep(5.5); END IF; RETURN NULL; END $$",
+    )
+    _exec(database, "CREATE TRIGGER slow_delete BEFORE DELETE ON audit_logs EXECUTE FUNCTION slow_delete()")
+    try:
+        manifest = service.prune_audit(cut + timedelta(seconds=1), tmp_path)
+    finally:
+        _exec(database, "DROP TRIGGER slow_delete ON audit_logs")
+        _exec(database, "DROP FUNCTION slow_delete()")
+    assert manifest["rows"] > 0 and verify(service).intact
+
+
 def test_prune_refuses_a_broken_trail_and_a_forged_floor_is_found(sealed, database, tmp_path):
     target = row(database, action="OTP_VERIFICATION", success=False)
     _exec(database, "UPDATE audit_logs SET success = %s WHERE id = %s", (True, target.id))
