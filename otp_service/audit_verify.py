@@ -55,6 +55,7 @@ class Result:
     checkpoint: dict[str, Any] | None = None  # the latest checkpoint whose signature verified
     breaks: list[Break] = field(default_factory=list)
     period: tuple[datetime | None, datetime | None] = (None, None)
+    held: list[tuple[int, str]] = field(default_factory=list)  # (id, sha256) of the --expect checkpoints found
 
     @property
     def intact(self) -> bool:
@@ -69,6 +70,7 @@ class Result:
             c = self.checkpoint
             against = f"checkpoint #{c['id']} of {c['at']}, signed by {', '.join(c['signed_by'])}"
         legacy = f"; {self.legacy_rows} older rows predate the chains" if self.legacy_rows else ""
+        legacy += "".join(f"; the checkpoint you hold (#{n}, {digest[:16]}…) is there" for n, digest in self.held)
         if self.intact:
             return f"intact: {checked}, checked against {against}{legacy}"
         return f"BROKEN: {len(self.breaks)} chain(s) broken among {checked}, checked against {against}{legacy}"
@@ -76,6 +78,10 @@ class Result:
     def lines(self) -> list[str]:
         lines = [self.summary()]
         for b in self.breaks:
+            if b.chain < 0:  # not a chain's break: the checkpoints', or rows outside every chain
+                what = "checkpoints" if b.kind.endswith("checkpoint") else "outside the chains"
+                lines.append(f"  {what}: {b.kind}: {b.detail}")
+                continue
             where = f"place {b.seq}" if b.seq is not None else "the chain"
             row = f", row id {b.row_id}" if b.row_id is not None else ""
             lines.append(f"  chain {b.chain}: {b.kind} at {where}{row}: {b.detail}")
@@ -183,7 +189,7 @@ def _checkpoints(
     legacy: int | None = None
     floors: dict[int, tuple[int, str]] = {}
     previous = None
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # sha256 of each validly signed checkpoint → its id
     for row in AuditCheckpoint.select().order_by(AuditCheckpoint.id):
         try:
             checkpoint = stored(row)
@@ -212,9 +218,11 @@ def _checkpoints(
             floors[int(chain)] = (seq, hash_)
         result.checkpoint = {"id": row.id, "at": payload["at"], "reason": payload["reason"], "signed_by": signers}
         result.checkpoint["sha256"] = previous
-        seen.add(previous)
+        seen[previous] = row.id
     for digest in expected:  # checkpoints the operator holds outside the database (logs, reports)
-        if digest.lower() not in seen:
+        if digest.lower() in seen:
+            result.held.append((seen[digest.lower()], digest.lower()))
+        else:
             detail = f"the checkpoint with SHA-256 {digest[:16]}… you hold is not in the database"
             result.breaks.append(Break(-1, "deleted-checkpoint", None, None, detail))
     return signed, legacy, floors

@@ -54,6 +54,20 @@ def _rows(chain: int, first: int, last: int) -> Iterator[tuple]:
         after = page[-1][EXPORT_COLUMNS.index("seq")]
 
 
+def vacuum(database: Database) -> None:
+    """After a prune, on PostgreSQL: clear the deleted rows' index entries now rather than when autovacuum
+    gets to them. Until then every verification steps over them (a day's check over a table where
+    5,000,000 of 10,000,000 rows had been pruned: 1.5 s → 19 s; after this, 1.7 s). Outside any
+    transaction, and not bound by the requests' DB_TIMEOUT (11.7 s on that table)."""
+    if not is_postgres(database):
+        return
+    database.execute_sql("SET statement_timeout = 0")
+    try:
+        database.execute_sql("VACUUM (ANALYZE) audit_logs")
+    finally:
+        database.execute_sql("RESET statement_timeout")  # back to the connection's own (DB_TIMEOUT)
+
+
 def prune(
     database: Database, journal: Journal, keys: Keys, before: datetime, export_dir: Path, now: datetime
 ) -> dict[str, Any]:

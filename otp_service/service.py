@@ -458,7 +458,9 @@ class OtpService:
             raise errors.AuditBroken("The audit trail does not verify; nothing was pruned. " + checked.lines()[0])
         with self.unit_of_work():
             at = to_datetime(self._now(None))
-            return retention.prune(self.database, self.journal, self.audit_keys, before, export_dir, at)
+            manifest = retention.prune(self.database, self.journal, self.audit_keys, before, export_dir, at)
+            retention.vacuum(self.database)
+            return manifest
 
     def erase_user(self, user_id: str, ctx: RequestContext = SYSTEM) -> dict[str, Any]:
         """GDPR art. 17: the user's devices and recovery codes, and the personal data in their audit rows."""

@@ -40,7 +40,7 @@ T0 = 1_764_000_000.0  # a fixed "now" (2025-11-24T16:00:00Z), on a 30 s step bou
 
 
 def pytest_report_header(config):
-    pg = f"PostgreSQL at {PG_URL}" if PG_URL else "SQLite only (set TEST_DATABASE_URL to add PostgreSQL)"
+    pg = f"SQLite and PostgreSQL at {PG_URL}" if PG_URL else "SQLite only (set TEST_DATABASE_URL to add PostgreSQL)"
     redis = f"Redis at {REDIS_URL}" if REDIS_URL else "no Redis (set REDIS_URL to add the shared rate-limit tests)"
     return [f"databases: {pg}", f"rate limits: {redis}"]
 

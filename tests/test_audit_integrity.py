@@ -5,6 +5,7 @@ trail verifiable, key rotation, the CLI and the API."""
 import gzip
 import hashlib
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -244,12 +245,17 @@ def test_removing_the_newest_checkpoints_is_found(service, database, clock):
     newest = service.checkpoint()
     with database.connection_context():
         held = hashlib.sha256(AuditCheckpoint.get_by_id(newest).payload.encode()).hexdigest()
-    assert verify(service, expected=(held,)).intact
+    found = verify(service, expected=(held,))
+    assert found.intact and f"the checkpoint you hold (#{newest}, {held[:16]}…) is there" in found.summary()
     clock.advance(2 * 300 + 61)  # two checkpoint periods: the server would have signed the new rows by now
     _exec(database, "DELETE FROM audit_checkpoints WHERE id = %s", (newest,))
     result = verify(service)
     assert kinds(result) == ["unsealed"] and "covered by no signed checkpoint" in result.breaks[0].detail
-    assert "deleted-checkpoint" in kinds(verify(service, expected=(held,)))  # a copy held elsewhere
+    gone = verify(service, expected=(held,))  # a copy held elsewhere
+    assert "deleted-checkpoint" in kinds(gone)
+    assert f"  checkpoints: deleted-checkpoint: the checkpoint with SHA-256 {held[:16]}… you hold" in "\n".join(
+        gone.lines()
+    )
 
 
 # -- rotation, retention, erasure ------------------------------------------------------------------------
@@ -482,6 +488,12 @@ def test_malformed_checkpoints_are_findings_not_crashes(sealed, database):
         _exec(database, f"UPDATE audit_checkpoints SET {column} = %s WHERE id = %s", (original, first.id))
 
 
+def vacuums(database) -> int:
+    with database.connection_context():
+        query = "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'audit_logs'"
+        return database.execute_sql(query).fetchone()[0]
+
+
 @pytest.mark.postgres
 def test_a_prune_longer_than_a_requests_statement_timeout_completes(service, database, clock, tmp_path):
     """Every connection carries DB_TIMEOUT as its statement timeout (5 s here), so that no request hangs;
@@ -502,12 +514,18 @@ def test_a_prune_longer_than_a_requests_statement_timeout_completes(service, dat
         f"$$ BEGIN {once} PERFORM pg_sleep(5.5); END IF; RETURN NULL; END $$",
     )
     _exec(database, "CREATE TRIGGER slow_delete BEFORE DELETE ON audit_logs EXECUTE FUNCTION slow_delete()")
+    vacuums_before = vacuums(database)
     try:
         manifest = service.prune_audit(cut + timedelta(seconds=1), tmp_path)
     finally:
         _exec(database, "DROP TRIGGER slow_delete ON audit_logs")
         _exec(database, "DROP FUNCTION slow_delete()")
     assert manifest["rows"] > 0 and verify(service).intact
+    # and the deleted rows' index entries were cleared at once (a vacuum), not left for every check to step over
+    deadline = time.monotonic() + 10
+    while vacuums(database) == vacuums_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert vacuums(database) == vacuums_before + 1
 
 
 def test_prune_refuses_a_broken_trail_and_a_forged_floor_is_found(sealed, database, tmp_path):
