@@ -10,6 +10,7 @@ import time
 
 import pytest
 import redis
+import redis.asyncio
 from limits import parse_many
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
@@ -208,3 +209,34 @@ def test_a_cold_burst_on_a_healthy_redis_is_counted_there(tmp_path, own_redis, m
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+@needs_redis_server
+def test_requests_in_flight_share_a_round_trip_and_are_each_counted(own_redis):
+    """200 checks at once (address then client): fewer pipelines than checks, exactly the limit allowed,
+    the refused ones spending nothing of the client's budget, and nothing counted in process instead."""
+    limiter = RateLimiter({"address": "50/minute", "client:verify": "1000/minute"}, own_redis.url)
+
+    async def run():
+        return await asyncio.gather(*(limiter.check([("address", "a"), ("client:verify", "c")]) for _ in range(200)))
+
+    answers = asyncio.run(run())
+    assert sum(d[0].allowed for d in answers) == 50 and all(len(d) == 2 for d in answers if d[0].allowed)
+    assert 1 <= limiter.pipelines < 200 and limiter.fallbacks == 0
+    client = RateLimiter({"client:verify": "1000/minute"}, own_redis.url)
+    assert asyncio.run(client.check([("client:verify", "c")]))[0].remaining == 1000 - 50 - 1
+
+
+@needs_redis_server
+def test_a_script_redis_lost_is_loaded_again(own_redis):
+    limiter = RateLimiter({"address": "5/minute"}, own_redis.url)
+
+    async def run():
+        first = await limiter.check([("address", "a")])
+        await redis.asyncio.Redis.from_url(own_redis.url).script_flush()  # a restart or a flush
+        second = await limiter.check([("address", "a")])
+        return first[0], second[0]
+
+    first, second = asyncio.run(run())
+    assert (first.allowed, first.remaining, second.allowed, second.remaining) == (True, 4, True, 3)
+    assert limiter.fallbacks == 0
