@@ -168,6 +168,7 @@ h1, h2, h3 { page-break-after: avoid; }
 /* a heading or an explanation stays with what it introduces (they are separate cells, so `h2` alone is not enough) */
 .jp-MarkdownCell, .jp-RenderedMarkdown { break-after: avoid; }
 p { orphans: 3; widows: 3; }
+.keep-together { break-inside: avoid; }  /* a heading and its (short) table: a longer one breaks anyway */
 .jp-OutputArea-output pre { white-space: pre-wrap; }
 """
 
