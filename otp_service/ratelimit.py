@@ -143,6 +143,7 @@ class RateLimiter:
             )
         self._waiting: list[tuple[list, list, asyncio.Future]] = []  # script calls for the next pipeline
         self._sending = False
+        self._sender: asyncio.Task | None = None
         self.pipelines = 0  # round trips to Redis (a test reads it: fewer than the requests in a burst)
         self.fail_open = fail_open
         self._warned_at = -math.inf
@@ -208,12 +209,13 @@ class RateLimiter:
         self._waiting.append((keys, args, future))
         if not self._sending:
             self._sending = True
-            asyncio.get_running_loop().create_task(self._send())
+            self._sender = asyncio.get_running_loop().create_task(self._send())  # kept: a task is weakly held
         return await future
 
     async def _send(self) -> None:
         """One pipeline at a time: what arrives while it is out goes in the next. Each call is answered (or
         failed: the request then falls back as `check` says) on its own; none is left waiting."""
+        batch: list = []
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
@@ -228,27 +230,37 @@ class RateLimiter:
                         future.set_exception(answer)
                     else:
                         future.set_result(answer)
-        finally:  # normally nothing is left; after a failure of this task itself, nobody may wait forever
+                batch = []
+        finally:  # normally nothing is left; if this task itself failed or was cancelled, nobody waits forever
             self._sending = False
-            stranded, self._waiting = self._waiting, []
+            stranded, self._waiting = batch + self._waiting, []
             for _, _, future in stranded:
                 if not future.done():
                     future.set_exception(RuntimeError("the rate-limit pipeline stopped"))
 
     async def _pipeline(self, calls: list[tuple[list, list]]) -> list:
-        """EVALSHA for each call in one round trip; loaded again if Redis lost the script (restart, flush)."""
+        """EVALSHA for each call in one round trip. Calls Redis answers NOSCRIPT (it lost the script: a restart,
+        a flush — perhaps between two calls of this very pipeline) are sent again after loading it, and only
+        those: the others have run, and must not be counted twice."""
         script, client = self._script, self._storage.bridge.get_connection()
-        for attempt in (1, 2):
+        answers: list = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(3):
             pipe = client.pipeline(transaction=False)
-            for keys, args in calls:
+            for n in todo:
+                keys, args = calls[n]
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             self.pipelines += 1
-            answers = await pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(a, redis.exceptions.NoScriptError) for a in answers):
-                await client.script_load(script.script)
-                continue
-            return answers
-        return answers
+            lost = []
+            for n, answer in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                answers[n] = answer
+                if isinstance(answer, redis.exceptions.NoScriptError):
+                    lost.append(n)
+            if not lost:
+                break
+            await client.script_load(script.script)
+            todo = lost
+        return answers  # a call still NOSCRIPT after three tries fails on its own (and falls back)
 
     async def _check_local(self, requests: Sequence[tuple[str, str]], degraded: bool) -> list[Decision]:
         decisions = []

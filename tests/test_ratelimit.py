@@ -240,3 +240,32 @@ def test_a_script_redis_lost_is_loaded_again(own_redis):
     first, second = asyncio.run(run())
     assert (first.allowed, first.remaining, second.allowed, second.remaining) == (True, 4, True, 3)
     assert limiter.fallbacks == 0
+
+
+@needs_redis_server
+def test_scripts_flushed_while_pipelines_run_never_count_a_request_twice(own_redis):
+    """Another client flushes Redis's scripts a few times while 2,000 checks on their own keys go through
+    (one pipeline, then what the flushes sent back): calls that ran before a flush inside a pipeline are not
+    sent again, so no key counts two."""
+    import threading
+
+    limiter = RateLimiter({"address": "10/minute"}, own_redis.url)
+
+    def flusher():
+        admin = redis.Redis.from_url(own_redis.url)
+        for pause in (0.01, 0.02, 0.03):
+            time.sleep(pause)
+            admin.script_flush()
+
+    async def run():
+        return await asyncio.gather(*(limiter.check([("address", f"k{n}")]) for n in range(2000)))
+
+    thread = threading.Thread(target=flusher)
+    thread.start()
+    try:
+        asyncio.run(run())
+    finally:
+        thread.join()
+    assert limiter.pipelines > 1 and limiter.fallbacks == 0, (limiter.pipelines, limiter.fallbacks)
+    counts = [int(v) for v in redis.Redis.from_url(own_redis.url).mget(redis.Redis.from_url(own_redis.url).keys("*"))]
+    assert counts and max(counts) == 1, (sorted(set(counts)), limiter.pipelines, limiter.fallbacks)
