@@ -142,8 +142,7 @@ class RateLimiter:
                 + COMPOSE
             )
         self._waiting: list[tuple[list, list, asyncio.Future]] = []  # script calls for the next pipeline
-        self._sending = False
-        self._sender: asyncio.Task | None = None
+        self._sender: asyncio.Task | None = None  # sending them (kept: asyncio holds tasks only weakly)
         self.pipelines = 0  # round trips to Redis (a test reads it: fewer than the requests in a burst)
         self.fail_open = fail_open
         self._warned_at = -math.inf
@@ -207,9 +206,8 @@ class RateLimiter:
         """The composed script's answer for one request, sent with every other call waiting meanwhile."""
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((keys, args, future))
-        if not self._sending:
-            self._sending = True
-            self._sender = asyncio.get_running_loop().create_task(self._send())  # kept: a task is weakly held
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send())
         return await future
 
     async def _send(self) -> None:
@@ -232,7 +230,6 @@ class RateLimiter:
                         future.set_result(answer)
                 batch = []
         finally:  # normally nothing is left; if this task itself failed or was cancelled, nobody waits forever
-            self._sending = False
             stranded, self._waiting = batch + self._waiting, []
             for _, _, future in stranded:
                 if not future.done():
