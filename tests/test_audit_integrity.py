@@ -78,19 +78,27 @@ def test_every_path_links_its_rows_into_the_chains(service, database, clock):
     assert sum(heads[c] for c in used) == len(rows)  # every row counted in its chain's head
 
 
-def test_a_period_in_the_middle_of_the_chains_verifies(service, database, clock):
-    """Checking only the rows of a period (what every report does) starts inside the chains."""
+def a_period(service, clock, prefix: str, inside: int, after: int = 1):
+    """A history; an hour later a period of `inside` registrations (devices `prefix`0, 1, …); an hour later
+    `after` more; sealed. Returns the period's (start, end)."""
     from otp_service.transitions import to_datetime
 
     history(service, clock)
     clock.advance(3600)
     start = to_datetime(clock.now)
-    for n in range(5):
-        service.register(f"M{n}", "user3", CTX)
+    for n in range(inside):
+        service.register(f"{prefix}{n}", "user3", CTX)
     end = to_datetime(clock.now + 1)
     clock.advance(3600)
-    service.register("AFTER", "user4", CTX)
+    for n in range(after):
+        service.register(f"AFTER-{prefix}{n}", "user4", CTX)
     service.checkpoint()
+    return start, end
+
+
+def test_a_period_in_the_middle_of_the_chains_verifies(service, database, clock):
+    """Checking only the rows of a period (what every report does) starts inside the chains."""
+    start, end = a_period(service, clock, "M", 5)
     result = verify(service, start=start, end=end)
     assert result.intact, result.lines()
     assert result.rows == len([r for r in audit_rows(database) if start <= r.timestamp < end]) == 5
@@ -435,18 +443,7 @@ def test_rows_outside_the_real_chains_and_fake_erasures_are_found(sealed, databa
 
 
 def test_a_period_whose_rows_were_all_deleted_is_a_gap_not_an_empty_period(service, database, clock):
-    from otp_service.transitions import to_datetime
-
-    history(service, clock)
-    clock.advance(3600)
-    start = to_datetime(clock.now)
-    for n in range(6):
-        service.register(f"P{n}", "user3", CTX)
-    clock.advance(3600)
-    end = to_datetime(clock.now)
-    for n in range(20):
-        service.register(f"Q{n}", "user4", CTX)
-    service.checkpoint()
+    start, end = a_period(service, clock, "P", 6, after=20)
     assert verify(service, start=start, end=end).intact
     _exec(database, "DELETE FROM audit_logs WHERE device_id LIKE %s", ("P%",))
     assert "deleted" in kinds(verify(service, start=start, end=end))
@@ -457,17 +454,7 @@ def test_a_period_rows_time_moved_out_of_it_is_still_read(service, database, clo
     """Editing the time of the period's first (last) row to before (after) the period would take it out of
     the rows a period check reads if the check began (ended) at the period's own rows; the row on either
     side is read too, so the edit shows. And deleting that edge row is a gap."""
-    from otp_service.transitions import to_datetime
-
-    history(service, clock)
-    clock.advance(3600)
-    start = to_datetime(clock.now)
-    for n in range(6):
-        service.register(f"E{n}", "user3", CTX)
-    end = to_datetime(clock.now + 1)
-    clock.advance(3600)
-    service.register("AFTER", "user4", CTX)
-    service.checkpoint()
+    start, end = a_period(service, clock, "E", 6)
     inside = [r for r in audit_rows(database) if start <= r.timestamp < end]
     target = inside[0] if edge == "first" else inside[-1]
     moved = start - timedelta(seconds=5) if edge == "first" else end + timedelta(seconds=5)

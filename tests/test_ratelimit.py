@@ -20,6 +20,8 @@ from tests.conftest import settings_for
 from tests.test_clients import make_client
 from tests.throwaway import ThrowawayRedis
 
+# These tests start a Redis of their own rather than use REDIS_URL's: they count its commands, flush its
+# scripts and read all its keys, which a shared server's other clients would disturb (and be disturbed by).
 needs_redis_server = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 
 
@@ -30,6 +32,12 @@ def own_redis(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["in process", pytest.param("redis", marks=needs_redis_server)])
+def limiter_url(request):
+    """Where a limiter counts: "" (in process) or a Redis of the test's own; the same answers are owed."""
+    return request.getfixturevalue("own_redis").url if request.param == "redis" else ""
 
 
 def evalsha_calls(url: str) -> int:
@@ -60,32 +68,22 @@ def test_statistics_are_the_librarys_own():
     asyncio.run(run())
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_later_limits_are_counted_only_while_the_earlier_ones_allow(shared, tmp_path):
-    if shared and not shutil.which("redis-server"):
-        pytest.skip("needs redis-server")
-    server = ThrowawayRedis(tmp_path) if shared else None
-    if server:
-        server.start()
-    try:
-        limiter = RateLimiter({"address": "2/minute", "client:read": "3/minute;10/hour"}, server.url if server else "")
+def test_later_limits_are_counted_only_while_the_earlier_ones_allow(limiter_url):
+    limiter = RateLimiter({"address": "2/minute", "client:read": "3/minute;10/hour"}, limiter_url)
 
-        async def run():
-            first = [await limiter.check([("address", "a"), ("client:read", "c")]) for _ in range(4)]
-            assert [[d.allowed for d in ds] for ds in first] == [[True, True], [True, True], [False], [False]]
-            assert [ds[0].remaining for ds in first] == [1, 0, 0, 0]
-            assert first[2][0].retry_after >= 1 and first[2][0].limit == 2
-            # The refused address spent nothing of the client's budget: one request left from elsewhere.
-            other = await limiter.check([("address", "b"), ("client:read", "c")])
-            assert [d.allowed for d in other] == [True, True]
-            refused = await limiter.check([("address", "b"), ("client:read", "c")])
-            assert [d.allowed for d in refused] == [True, False] and refused[1].retry_after >= 1
-            assert limiter.fallbacks == 0  # counted where asked, not in process after a failed script
+    async def run():
+        first = [await limiter.check([("address", "a"), ("client:read", "c")]) for _ in range(4)]
+        assert [[d.allowed for d in ds] for ds in first] == [[True, True], [True, True], [False], [False]]
+        assert [ds[0].remaining for ds in first] == [1, 0, 0, 0]
+        assert first[2][0].retry_after >= 1 and first[2][0].limit == 2
+        # The refused address spent nothing of the client's budget: one request left from elsewhere.
+        other = await limiter.check([("address", "b"), ("client:read", "c")])
+        assert [d.allowed for d in other] == [True, True]
+        refused = await limiter.check([("address", "b"), ("client:read", "c")])
+        assert [d.allowed for d in refused] == [True, False] and refused[1].retry_after >= 1
+        assert limiter.fallbacks == 0  # counted where asked, not in process after a failed script
 
-        asyncio.run(run())
-    finally:
-        if server:
-            server.stop()
+    asyncio.run(run())
 
 
 @needs_redis_server
@@ -128,28 +126,20 @@ def test_a_refused_address_does_not_spend_its_clients_budget_across_processes(ma
     assert refused.status == 429 and "client dashboard" in refused.body["message"]
 
 
-def test_a_refused_limit_spends_no_later_limit_of_its_scope(tmp_path):
+def test_a_refused_limit_spends_no_later_limit_of_its_scope(limiter_url):
     """3 per 4 seconds and 5 a minute: ten requests at once get three through; the seven refused by the first
     limit do not spend the minute's budget, so after four seconds the next request is allowed."""
-    if not shutil.which("redis-server"):
-        pytest.skip("needs redis-server")
-    server = ThrowawayRedis(tmp_path)
-    server.start()
-    try:
-        for url in ("", server.url):
-            limiter = RateLimiter({"s": "3 per 4 seconds;5 per 60 seconds"}, url)
+    limiter = RateLimiter({"s": "3 per 4 seconds;5 per 60 seconds"}, limiter_url)
 
-            async def run(limiter=limiter):
-                first = [(await limiter.check([("s", "y")]))[0] for _ in range(10)]
-                assert [d.allowed for d in first] == [True] * 3 + [False] * 7
-                assert all(1 <= d.retry_after <= 4 for d in first[3:])
-                await asyncio.sleep(4.2)
-                assert (await limiter.check([("s", "y")]))[0].allowed
+    async def run():
+        first = [(await limiter.check([("s", "y")]))[0] for _ in range(10)]
+        assert [d.allowed for d in first] == [True] * 3 + [False] * 7
+        assert all(1 <= d.retry_after <= 4 for d in first[3:])
+        await asyncio.sleep(4.2)
+        assert (await limiter.check([("s", "y")]))[0].allowed
 
-            asyncio.run(run())
-            assert limiter.fallbacks == 0
-    finally:
-        server.stop()
+    asyncio.run(run())
+    assert limiter.fallbacks == 0
 
 
 def test_a_window_opened_this_instant_has_a_whole_window_to_wait():
