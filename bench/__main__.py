@@ -187,7 +187,7 @@ def main() -> None:
             r = p["verify_wrong_shuffled"]
             md.append(
                 f"| {p['limiter']} | {p['baseline']['rps']:.0f} | {r['rps']:.0f} | **{r['ratio']:.0%}** | "
-                f"{r['p50_ms']:.1f} / **{r['p99_ms']:.1f}** | {r['non_2xx']} | "
+                f"{r['p50_ms']:.1f} / **{r['p99_ms']:.1f}** | {r['non_2xx'] + r['socket_errors']} | "
                 f"{', '.join(f'{a} → {b}' for a, b in zip(r['rss_mib_start'], r['rss_mib'], strict=False))} |"
             )
         md.append("")

@@ -283,12 +283,7 @@ def run_config(
                 time.sleep(0.5)  # requests wrk abandoned at its deadline finish
                 after = audit_counts(url), batch_stats(service_port)
                 results[name] = {
-                    "rps": statistics.median(s["rps"] for s in samples),
-                    "p50_ms": statistics.median(s["p50_us"] for s in samples) / 1000,
-                    "p99_ms": statistics.median(s["p99_us"] for s in samples) / 1000,
-                    "non_2xx": sum(s["non_2xx"] for s in samples),
-                    "socket_errors": sum(s["socket_errors"] for s in samples),
-                    "runs": [round(s["rps"]) for s in samples],
+                    **summary(samples),
                     **checks(name, sum(s["requests"] for s in samples), before, after),
                 }
             results["rss_mib"] = worker_rss(service.pid)
@@ -410,15 +405,20 @@ def run_soak(verifications: int, devices: int, connections: int, chunk_seconds: 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _median_run(port: int, bodies: Path, duration: float, runs: int, connections: int) -> dict:
-    samples = [wrk(port, bodies, "POST", "/api/v1/otp/verify", duration, connections) for _ in range(runs)]
+def summary(samples: list[dict]) -> dict:
+    """Several wrk runs of one scenario: medians of throughput and latency, errors summed."""
     return {
         "rps": statistics.median(s["rps"] for s in samples),
         "p50_ms": statistics.median(s["p50_us"] for s in samples) / 1000,
         "p99_ms": statistics.median(s["p99_us"] for s in samples) / 1000,
-        "non_2xx": sum(s["non_2xx"] + s["socket_errors"] for s in samples),
+        "non_2xx": sum(s["non_2xx"] for s in samples),
+        "socket_errors": sum(s["socket_errors"] for s in samples),
         "runs": [round(s["rps"]) for s in samples],
     }
+
+
+def _median_run(port: int, bodies: Path, duration: float, runs: int, connections: int) -> dict:
+    return summary([wrk(port, bodies, "POST", "/api/v1/otp/verify", duration, connections) for _ in range(runs)])
 
 
 def run_population(devices: int, limiter: str, duration: float, runs: int, connections: int) -> dict:
