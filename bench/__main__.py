@@ -226,7 +226,7 @@ def main() -> None:
             )
         md.append("")
     if args.what in ("all", "soak"):
-        from otp_service.engine import DEVICE_CACHE_SIZE
+        from otp_service.persistence.engine import DEVICE_CACHE_SIZE
 
         from .load import run_soak
 

@@ -77,10 +77,10 @@ def database_url(config: Config, workdir: Path) -> str:
 def seed_devices(url: str, count: int) -> list[tuple[str, bytes]]:
     """Devices inserted in bulk, derived exactly as registration derives them; returns (id, key)."""
     sys.path.insert(0, str(ROOT))
-    from otp_service.database import migrate, open_database
-    from otp_service.keys import Keyring, key_fingerprint
-    from otp_service.models import Device
-    from otp_service.transitions import to_datetime
+    from otp_service.core.keys import Keyring, key_fingerprint
+    from otp_service.core.transitions import to_datetime
+    from otp_service.db.database import migrate, open_database
+    from otp_service.db.models import Device
 
     database = open_database(url, 1)
     migrate(database)
@@ -212,7 +212,7 @@ class Bodies:
     def valid_codes(self, count: int) -> Path:
         """Codes for the current step, each for a device that has not been used yet (so none is a replay)."""
         sys.path.insert(0, str(ROOT))
-        from otp_service import totp
+        from otp_service.core import totp
 
         now = time.time()
         if self.cursor + count > len(self.devices):

@@ -8,8 +8,8 @@ import timeit
 
 import pyotp
 
-from otp_service import totp
-from otp_service.verification import check_code
+from otp_service.core import totp
+from otp_service.core.verification import check_code
 
 KEY = bytes(range(20))
 NOW = 1_767_225_600.0

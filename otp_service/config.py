@@ -16,7 +16,7 @@ from typing import Any
 
 from limits import parse_many
 
-from .totp import ALGORITHMS, DIGITS_RANGE, INTERVAL_RANGE
+from .core.totp import ALGORITHMS, DIGITS_RANGE, INTERVAL_RANGE
 
 MIN_MASTER_SECRET_LENGTH = 32
 MIN_PRODUCTION_API_KEY_LENGTH = 16
@@ -91,7 +91,7 @@ def rate(raw: str) -> str:
 
 def per_scope_rates(raw: str) -> dict[str, str]:
     """`verify=6000/minute read=1200/minute …`: a rate (in `limits`' notation) for each client scope."""
-    from .clients import SCOPES
+    from .service.clients import SCOPES
 
     rates = {}
     for pair in raw.split():
@@ -145,7 +145,7 @@ def master_secret(raw: str) -> str:
 def audit_key(raw: str) -> str:
     """An Ed25519 key (seed or public key): 32 bytes in base64."""
     if raw:
-        from .integrity import key_bytes
+        from .audit.chain import key_bytes
 
         key_bytes(raw)
     return raw
@@ -355,7 +355,7 @@ class Settings:
         if not values["audit_signing_key"]:
             if production:
                 raise ConfigError("AUDIT_SIGNING_KEY", "is required in production (32 random bytes, base64)")
-            from .integrity import new_signing_seed
+            from .audit.chain import new_signing_seed
 
             values["audit_signing_key"] = new_signing_seed()
             generated.append("AUDIT_SIGNING_KEY")

@@ -17,7 +17,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from .transitions import unix_time
+from .core.transitions import unix_time
 
 REQUESTS = Counter("otp_http_requests_total", "HTTP requests", ["handler", "method", "status"])
 LATENCY = Histogram(

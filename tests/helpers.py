@@ -4,8 +4,8 @@ import base64
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from otp_service import totp
-from otp_service.models import AuditLog
+from otp_service.core import totp
+from otp_service.db.models import AuditLog
 
 
 def code_at(registration: dict, at: float, offset_steps: int = 0) -> str:
@@ -48,9 +48,9 @@ def at_once(count: int, attempt) -> list:
 
 def journal_for(database):
     """The audit writer the test service uses (same pseudonym key), for tests that write audit rows directly."""
-    from otp_service import integrity
-    from otp_service.journal import Journal
-    from otp_service.keys import Keyring
+    from otp_service.audit import chain as integrity
+    from otp_service.audit.journal import Journal
+    from otp_service.core.keys import Keyring
     from tests.conftest import MASTER_SECRET
 
     return Journal(database, Keyring({1: MASTER_SECRET}, 1).purpose_key(integrity.PURPOSE), 16)

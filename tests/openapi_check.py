@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from jsonschema import Draft202012Validator
 
-from otp_service.openapi import build_spec
+from otp_service.http.openapi import build_spec
 
 
 @lru_cache(maxsize=1)

@@ -3,8 +3,8 @@ The README's security section has the table: advisory, what went wrong there, th
 
 import pytest
 
-from otp_service import errors
-from otp_service.audit import RequestContext
+from otp_service.audit.rows import RequestContext
+from otp_service.core import errors
 from tests.helpers import at_once, audit_rows, code_at, wrong_code
 
 CTX = RequestContext("198.51.100.3", "advisory-tests", None)

@@ -94,7 +94,7 @@ def test_api_keys_are_compared_as_equal_length_digests(monkeypatch):
     and every key is compared (no early exit): timing tells nothing of which key, or of any key's length."""
     import hmac
 
-    from otp_service.web import bearer_matches
+    from otp_service.http.handlers import bearer_matches
 
     compared = []
     real = hmac.compare_digest
@@ -348,7 +348,7 @@ def test_protocol_errors_are_json(api):
 
 
 def test_unexpected_error_is_a_json_500_with_nothing_internal(api, make_server, settings, monkeypatch):
-    from otp_service.service import OtpService
+    from otp_service.service.commands import OtpService
 
     def boom(self, *args, **kwargs):
         raise RuntimeError("secret internals /etc/passwd")

@@ -13,10 +13,10 @@ from http.client import HTTPConnection
 
 import pytest
 
-from otp_service import errors, totp
-from otp_service.audit import RequestContext
-from otp_service.models import AuditLog, Device
-from otp_service.verification import lock_seconds
+from otp_service.audit.rows import RequestContext
+from otp_service.core import errors, totp
+from otp_service.core.verification import lock_seconds
+from otp_service.db.models import AuditLog, Device
 from tests.conftest import API_KEY, PG_URL, REDIS_URL
 from tests.helpers import audit_rows, code_at
 from tests.serving import free_port, production_env, run_cli, start_cli, wait_healthy
@@ -210,8 +210,8 @@ def _check_against_the_rule(database, reg, results, failures_before=0):
     (`verification.decide`) with the code each request sent: every row, and every answer, must be what
     the rule says for the state the earlier rows left. Returns the number of codes checked and refused."""
 
-    from otp_service.transitions import DeviceState, to_datetime
-    from otp_service.verification import Policy, decide
+    from otp_service.core.transitions import DeviceState, to_datetime
+    from otp_service.core.verification import Policy, decide
 
     key = base64.b64decode(reg["derived_key"])
     sent = {rid: (code, status, body) for rid, code, status, body in results}
@@ -413,7 +413,7 @@ def test_lifecycle_bursts_across_two_processes_hold_the_budget_and_use_codes_onc
         assert checked.count() == 5
     # every row those processes wrote, each batch in its own chain, links up and verifies
     from otp_service.config import Settings
-    from otp_service.service import build_service
+    from otp_service.service.commands import build_service
 
     settings = Settings.from_env(production_env(PG_URL, API_KEY))
     result = build_service(settings, database).verify_audit(record=False)
@@ -478,7 +478,7 @@ def test_two_instances_under_load_accept_each_code_once_and_check_only_the_budge
     assert sum(answered) > 100 and load_rows == sum(answered)
     assert accepted >= 3  # each REPLAY round's code, and the load's valid codes accepted once per step
     from otp_service.config import Settings
-    from otp_service.service import build_service
+    from otp_service.service.commands import build_service
 
     result = build_service(Settings.from_env(production_env(PG_URL, API_KEY)), database).verify_audit(record=False)
     assert result.intact, result.lines()

@@ -10,11 +10,12 @@ from datetime import timedelta
 
 import pytest
 
-from otp_service import checkpoints, errors
-from otp_service.audit import RequestContext
-from otp_service.keys import Keyring
-from otp_service.models import Action, AuditChain, AuditCheckpoint
-from otp_service.service import OtpService
+from otp_service.audit import checkpoints
+from otp_service.audit.rows import RequestContext
+from otp_service.core import errors
+from otp_service.core.keys import Keyring
+from otp_service.db.models import Action, AuditChain, AuditCheckpoint
+from otp_service.service.commands import OtpService
 from tests.conftest import settings_for
 from tests.helpers import at_once, audit_rows, code_at, wrong_code
 
@@ -81,7 +82,7 @@ def test_every_path_links_its_rows_into_the_chains(service, database, clock):
 def a_period(service, clock, prefix: str, inside: int, after: int = 1):
     """A history; an hour later a period of `inside` registrations (devices `prefix`0, 1, …); an hour later
     `after` more; sealed. Returns the period's (start, end)."""
-    from otp_service.transitions import to_datetime
+    from otp_service.core.transitions import to_datetime
 
     history(service, clock)
     clock.advance(3600)
@@ -163,7 +164,7 @@ def test_a_deleted_row_is_found(sealed, database):
 
 
 def test_an_inserted_row_is_found(sealed, database, without_unique_places):
-    from otp_service.audit import AUDIT_COLUMNS
+    from otp_service.audit.rows import AUDIT_COLUMNS
 
     forged = (
         "2025-11-24 16:00:00",
@@ -304,7 +305,7 @@ def test_a_key_rotation_is_signed_by_both_keys_and_old_checkpoints_still_verify(
 def test_prune_exports_then_removes_old_rows_and_the_rest_still_verifies(service, database, clock, tmp_path):
     from datetime import timedelta
 
-    from otp_service.transitions import to_datetime
+    from otp_service.core.transitions import to_datetime
 
     history(service, clock)
     service.checkpoint()  # what the server does every few minutes
@@ -327,7 +328,7 @@ def test_prune_exports_then_removes_old_rows_and_the_rest_still_verifies(service
     signed = json.loads(manifest["checkpoint"]["text"])
     assert {c: i["last_hash"] for c, i in manifest["chains"].items()} == {c: f[1] for c, f in signed["floors"].items()}
     # and a row slipped back below the floor is found
-    from otp_service.audit import AUDIT_COLUMNS
+    from otp_service.audit.rows import AUDIT_COLUMNS
 
     chain, info = next(iter(manifest["chains"].items()))
     ghost = ["2025-01-01 00:00:00", "OTP_VERIFICATION", True] + [None] * (len(AUDIT_COLUMNS) - 3)
@@ -397,7 +398,7 @@ def test_audit_keys_and_erasure_over_http(api, database):
 
 
 def test_rows_outside_the_real_chains_and_fake_erasures_are_found(sealed, database, without_unique_places):
-    from otp_service.audit import AUDIT_COLUMNS
+    from otp_service.audit.rows import AUDIT_COLUMNS
 
     columns = ", ".join((*AUDIT_COLUMNS, "chain", "seq"))
     marks = ", ".join(["%s"] * (len(AUDIT_COLUMNS) + 2))
@@ -488,7 +489,7 @@ def test_a_prune_longer_than_a_requests_statement_timeout_completes(service, dat
     through as "cannot reach the database". A trigger makes the delete take longer than the timeout here."""
     from datetime import timedelta
 
-    from otp_service.transitions import to_datetime
+    from otp_service.core.transitions import to_datetime
 
     history(service, clock)
     service.checkpoint()

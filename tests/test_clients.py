@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from otp_service import clients
-from otp_service.models import ApiClient
+from otp_service.db.models import ApiClient
+from otp_service.service import clients
 from tests.conftest import ISSUED_KEYS, settings_for
 from tests.helpers import audit_rows, code_at, journal_for, wrong_code
 
@@ -165,7 +165,7 @@ def test_per_client_rates_are_checked():
 def test_the_audit_report_says_who_did_what_to_which_client_and_route(api, database):
     from datetime import datetime, timedelta
 
-    from otp_service import report_queries
+    from otp_service.reports import queries as report_queries
 
     reader = make_client(database, "dashboard", "read")
     api.post("/api/v1/devices/X1/unlock", auth=reader)  # refused: no manage scope

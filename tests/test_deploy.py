@@ -12,8 +12,8 @@ import signal
 import pytest
 import yaml
 
-from otp_service.app import API_ROUTES
 from otp_service.config import Settings
+from otp_service.http.app import API_ROUTES
 from tests.serving import ROOT, free_port, http, run_cli, start_cli, wait_healthy
 
 BLUEPRINT = yaml.safe_load((ROOT / "render.yaml").read_text())
@@ -116,7 +116,7 @@ def test_the_image_command_serves_with_the_blueprint_environment(tmp_path):
 
 @pytest.mark.slow
 def test_pre_deploy_and_cron_commands_run_against_the_test_database(service, db_url, tmp_path):
-    from otp_service.models import Report
+    from otp_service.db.models import Report
 
     service.register("CRON-1", "u")  # something for the reports to count
     commands = [WEB["preDeployCommand"]] + [c["dockerCommand"] for c in CRONS]

@@ -9,13 +9,13 @@ import time
 import psycopg2
 import pytest
 
-from otp_service import errors
-from otp_service.audit import RequestContext
-from otp_service.keys import Keyring
-from otp_service.models import AuditLog, Device
-from otp_service.pg_eventloop import AsyncPool
-from otp_service.service import AsyncOtpService, OtpService
-from otp_service.store import PostgresStore
+from otp_service.audit.rows import RequestContext
+from otp_service.core import errors
+from otp_service.core.keys import Keyring
+from otp_service.db.models import AuditLog, Device
+from otp_service.persistence.pg_eventloop import AsyncPool
+from otp_service.persistence.store import PostgresStore
+from otp_service.service.commands import AsyncOtpService, OtpService
 from tests.conftest import PG_URL
 from tests.helpers import code_at, journal_for, wrong_code
 

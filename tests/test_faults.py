@@ -10,8 +10,8 @@ from http.client import HTTPConnection
 
 import pytest
 
-from otp_service.database import open_database
-from otp_service.models import AuditLog, Device
+from otp_service.db.database import open_database
+from otp_service.db.models import AuditLog, Device
 from tests.conftest import API_KEY, settings_for
 from tests.helpers import code_at
 from tests.serving import free_port, production_env, run_cli, start_cli, wait_healthy

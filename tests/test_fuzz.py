@@ -10,7 +10,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from otp_service.openapi import build_spec
+from otp_service.http.openapi import build_spec
 from tests.conftest import API_KEY, SEEN_RESPONSES
 from tests.openapi_check import check_response
 

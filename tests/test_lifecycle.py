@@ -9,10 +9,10 @@ from datetime import timedelta
 
 import pytest
 
-from otp_service import errors, recovery, totp
-from otp_service.audit import RequestContext
-from otp_service.models import RecoveryCodes
-from otp_service.transitions import to_datetime
+from otp_service.audit.rows import RequestContext
+from otp_service.core import errors, recovery, totp
+from otp_service.core.transitions import to_datetime
+from otp_service.db.models import RecoveryCodes
 from tests.helpers import at_once, audit_rows, code_at, wrong_code
 
 CTX = RequestContext("198.51.100.7", "AcmeBank-iOS/5.2", None, "app")
@@ -428,8 +428,8 @@ def test_every_server_process_sweeps_expired_enrolments(settings, database, cloc
     """The sweep `serve` runs in each process records expiries nobody asked about."""
     import asyncio
 
-    from otp_service.app import build_state
-    from otp_service.server import expire_enrolments
+    from otp_service.http.app import build_state
+    from otp_service.http.server import expire_enrolments
 
     state = build_state(settings, database, clock)
 

@@ -7,8 +7,8 @@ from urllib.parse import urlparse, urlunparse
 import psycopg2
 import pytest
 
-from otp_service.database import migrate, open_database, pending_migrations
-from otp_service.models import Device, Report
+from otp_service.db.database import migrate, open_database, pending_migrations
+from otp_service.db.models import Device, Report
 from tests.conftest import PG_URL
 
 

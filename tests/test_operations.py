@@ -10,10 +10,10 @@ from datetime import datetime
 
 import pytest
 
-from otp_service.app import API_ROUTES, DEBUG_ROUTES, route_table
-from otp_service.logs import configure_logging
-from otp_service.models import Report
-from otp_service.openapi import build_spec
+from otp_service.db.models import Report
+from otp_service.http.app import API_ROUTES, DEBUG_ROUTES, route_table
+from otp_service.http.logs import configure_logging
+from otp_service.http.openapi import build_spec
 from tests.conftest import API_KEY, settings_for
 from tests.helpers import audit_rows, code_at
 from tests.openapi_check import check_response

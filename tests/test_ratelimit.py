@@ -15,7 +15,7 @@ from limits import parse_many
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
-from otp_service.ratelimit import RateLimiter, Window, window_stats
+from otp_service.http.ratelimit import RateLimiter, Window, window_stats
 from tests.conftest import settings_for
 from tests.test_clients import make_client
 from tests.throwaway import ThrowawayRedis

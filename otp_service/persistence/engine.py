@@ -1,0 +1,201 @@
+"""Carrying a decision to the database: decide on the device's state, write only if that state is still
+current, and decide again on the newer state when it is not.
+
+`settle` is that loop, written once and free of I/O: it yields what it needs done (read a state, apply a
+transition, or — after a few lost races — read, decide and apply under the row lock) and is driven by
+`Engine.run` (blocking: CLI, demo data, thread pool) or `Engine.run_async` (the event loop, where reads
+and writes of many requests share statements). Either way the answer a caller gets is the verdict of the
+transition that was applied, made on the state the row had when it applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ..audit.rows import RequestContext
+from ..core.transitions import UNKNOWN, DeviceState, Transition
+from ..metrics import OVERTAKEN
+from .store import Decide, Store
+
+_OVERTAKEN_OPTIMISTIC, _OVERTAKEN_LOCKED = OVERTAKEN.labels("optimistic"), OVERTAKEN.labels("locked")
+
+OPTIMISTIC_ATTEMPTS = 4  # then the row lock: a device under a storm of requests from several processes
+DEVICE_CACHE_SIZE = 32768  # states of about 0.75 KiB each: at most ~25 MiB per process
+
+
+class Read(NamedTuple):
+    device_id: str
+
+
+class Apply(NamedTuple):
+    transition: Transition
+    ctx: RequestContext
+
+
+class ApplyLocked(NamedTuple):
+    device_id: str
+    decide: Decide
+    ctx: RequestContext
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One command, ready to run: its decision as a function of the device's state, and how to answer."""
+
+    device_id: str
+    decide: Decide
+    ctx: RequestContext
+    answer: Callable[[Transition], dict[str, Any]]
+    assume: Any = UNKNOWN  # the state to decide on first when none is cached (registration: None, absent)
+
+
+def settle(plan: Plan, known: Any, optimistic: bool) -> Generator[Read | Apply | ApplyLocked, Any, Transition]:
+    """Decide and apply until a transition applies; returns it. `known`: the state to try first."""
+    if optimistic:
+        state = known
+        for _ in range(OPTIMISTIC_ATTEMPTS):
+            if state is UNKNOWN:
+                state = yield Read(plan.device_id)
+            transition = plan.decide(state)  # even one that writes nothing: `state` may be stale
+            applied, state = yield Apply(transition, plan.ctx)
+            if applied:
+                return transition
+    return (yield ApplyLocked(plan.device_id, plan.decide, plan.ctx))
+
+
+class Engine:
+    """Runs plans against a store, keeping the last state it saw of each device (a hint: a stale one
+    costs a lost race, never a wrong answer)."""
+
+    def __init__(self, store: Store, cache: DeviceCache | None = None):
+        self.store = store
+        self.cache = cache or DeviceCache()
+        self.loop_store: Any = None  # EventLoopStore, for run_async (PostgreSQL)
+        self._turns: dict[str, list] = {}  # device id -> [lock, requests holding or waiting for it]
+
+    def run(self, plan: Plan) -> dict[str, Any]:
+        steps = settle(plan, self._known(plan), self.store.optimistic)
+        reply = None
+        while True:
+            try:
+                op = steps.send(reply)
+            except StopIteration as done:
+                return plan.answer(self._applied(done.value))
+            if isinstance(op, Read):
+                reply = self._seen(op.device_id, self.store.read(op.device_id))
+            elif isinstance(op, Apply):
+                reply = self._outcome(op.transition, self.store.apply(*op))
+            else:
+                if self.store.optimistic:  # else every command takes the row lock: nothing overtook it
+                    _OVERTAKEN_LOCKED.inc()
+                reply = self.store.apply_locked(*op)
+
+    async def run_async(self, plan: Plan) -> dict[str, Any]:
+        """`run` on the event loop. Requests for one device take turns within the process, so only
+        other processes can overtake a decision."""
+        turn = self._turns.get(plan.device_id)
+        if turn is None:
+            turn = self._turns[plan.device_id] = [asyncio.Lock(), 0]
+        turn[1] += 1
+        try:
+            async with turn[0]:
+                return await self._settle_async(plan)
+        finally:
+            turn[1] -= 1
+            if not turn[1]:
+                del self._turns[plan.device_id]
+
+    async def _settle_async(self, plan: Plan) -> dict[str, Any]:
+        steps = settle(plan, self._known(plan), optimistic=True)
+        reply = None
+        while True:
+            try:
+                op = steps.send(reply)
+            except StopIteration as done:
+                return plan.answer(self._applied(done.value))
+            if isinstance(op, Read):
+                reply = self._seen(op.device_id, await self.loop_store.read(op.device_id))
+            elif isinstance(op, Apply):
+                reply = self._outcome(op.transition, await self.loop_store.apply(*op))
+            else:
+                _OVERTAKEN_LOCKED.inc()
+                reply = await self.loop_store.apply_locked(*op)
+
+    def warm(self, limit: int | None = None) -> int:
+        """Cache the states of the most recently used active devices; returns how many."""
+        states = self.store.recent(min(limit or self.cache.size, self.cache.size))
+        for state in reversed(states):
+            self.cache.put(state)
+        return len(states)
+
+    def _known(self, plan: Plan) -> Any:
+        return self.cache.get(plan.device_id, plan.assume)
+
+    def _seen(self, device_id: str, state: Any) -> Any:
+        """Remember what a read or a lost race showed of the device (None: absent; UNKNOWN: read it again)."""
+        if state is None or state is UNKNOWN:
+            self.cache.discard(device_id)
+        else:
+            self.cache.put(state)
+        return state
+
+    def _outcome(self, transition: Transition, outcome: tuple[bool, DeviceState | None]) -> tuple:
+        applied, current = outcome
+        if not applied:
+            _OVERTAKEN_OPTIMISTIC.inc()
+            self._seen(transition.device_id, current)
+        return outcome
+
+    def _applied(self, transition: Transition) -> Transition:
+        self._seen(transition.device_id, transition.current)
+        return transition
+
+
+class DeviceCache:
+    """A bounded, thread-safe LRU of device states by id."""
+
+    def __init__(self, size: int = DEVICE_CACHE_SIZE):
+        self._items: OrderedDict[str, DeviceState] = OrderedDict()
+        self.size = size
+        self._lock = threading.Lock()
+
+    def get(self, device_id: str, default: Any = None) -> Any:
+        with self._lock:
+            item = self._items.get(device_id)
+            if item is None:
+                return default
+            self._items.move_to_end(device_id)
+            return item
+
+    def put(self, state: DeviceState) -> None:
+        with self._lock:
+            self._items[state.device_id] = state
+            self._items.move_to_end(state.device_id)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def forget(self, device_id: str) -> None:
+        """A device that is gone (erased): its remembered state would only cost a lost race, but it is
+        personal data the process should not keep."""
+        with self._lock:
+            self._items.pop(device_id, None)
+
+    def refresh(self, state: DeviceState) -> None:
+        """A newer state of a device this process remembers (another process wrote it); others are ignored,
+        so a process remembers only what it has used."""
+        with self._lock:
+            current = self._items.get(state.device_id)
+            if current is not None and state.version > current.version:
+                self._items[state.device_id] = state
+
+    def discard(self, device_id: str) -> None:
+        with self._lock:
+            self._items.pop(device_id, None)
+
+    def __len__(self) -> int:
+        return len(self._items)

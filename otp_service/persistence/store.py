@@ -1,0 +1,352 @@
+"""Reading a device's state, and applying a transition only if the device still has the state it was
+decided on — with its audit rows, in the same statement (PostgreSQL) or transaction (SQLite).
+
+No rule lives here. The guard is the row's `version`: an UPDATE applies where `version` still equals the
+version the decision read, an INSERT where no row exists yet, and a transition that changes nothing
+(a refusal) is recorded where the row is still at that version (or still absent). When the guard fails,
+nothing is written and the caller (`engine`) decides again on the state this returns.
+
+PostgreSQL runs one prepared statement for any number of transitions (`APPLY`, one JSON element per
+transition, `group_commit` fills it); a lone request is a batch of one. Rows another transaction holds
+are skipped, not waited for (SKIP LOCKED): a batch never waits behind one busy device, and two batches
+cannot deadlock. `apply_locked` is the fallback for a device under contention: it reads the row FOR
+UPDATE, decides and applies in one transaction, so it cannot lose. SQLite serialises writers, so there
+every transition is read, decided and applied in one IMMEDIATE transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from peewee import Database
+
+from ..audit.journal import CHAIN_COLUMNS, Journal
+from ..audit.rows import AUDIT_COLUMNS, RequestContext, audit_row
+from ..core.recovery import RecoveryState
+from ..core.transitions import STATE_COLUMNS, DeviceState, Transition
+from ..db.database import is_postgres
+from ..db.models import Device, RecoveryCodes
+
+Decide = Callable[[DeviceState | None], Transition]
+_RECOVERY_COLUMNS = RecoveryState._fields
+Applied = tuple[bool, DeviceState | None]  # (applied, the device's state when not applied)
+LOCKED_ROUNDS = 5  # a row that exists is locked at once; only an id inserted meanwhile takes a second round
+
+_COLUMNS = ", ".join(STATE_COLUMNS)
+_NEW_COLUMNS = STATE_COLUMNS[1:]  # device_id is the key, the rest is the row to write
+STATES_CHANNEL = "otp_device_states"
+STATES_PER_NOTIFICATION = 4  # an element is at most ~1.7 KB (254 four-byte characters of user id…): 4 fit in 8000
+_PG_TYPES = {
+    "device_id": "text",
+    "user_id": "text",
+    "salt": "text",
+    "key_version": "int",
+    "derived_key_hash": "text",
+    "digits": "int",
+    "interval": "int",
+    "algorithm": "text",
+    "issuer": "text",
+    "is_active": "bool",
+    "created_at": "timestamp",
+    "last_used": "timestamp",
+    "usage_count": "int",
+    "deactivated_at": "timestamp",
+    "last_step": "bigint",
+    "drift": "int",
+    "failed_attempts": "int",
+    "locked_until": "timestamp",
+    "version": "bigint",
+    "pending_until": "timestamp",
+}
+_EVENT_TYPES = ("timestamp", "text", "bool", "text", "text", "text", "text", "text", "text", "text", "text")
+_T_KEYS = ("i", "device_id", "expected", "writes", *_NEW_COLUMNS)
+_NO_ROW = (None,) * len(_NEW_COLUMNS)
+_E_KEYS = ("i", "n", *AUDIT_COLUMNS, "personal", "subject", "content")
+_AUDIT_OUT = ", ".join((*AUDIT_COLUMNS, *CHAIN_COLUMNS))
+
+
+def _elements(names: Sequence[str], types: Sequence[str], alias: str) -> str:
+    """The rows of a JSON array of arrays, one column per position: `(r->>0)::int AS i, …`."""
+    columns = ", ".join(
+        f'(r->>{n}){"" if type_ == "text" else "::" + type_} AS "{name}"'
+        for n, (name, type_) in enumerate(zip(names, types, strict=True))
+    )
+    return f"(SELECT {columns}, r AS element FROM jsonb_array_elements(%s::jsonb) r) AS {alias}"
+
+
+# The batch comes as two JSON arrays of arrays (psycopg2 adapts one string far faster than hundreds of
+# array elements): transitions — i (position in the batch), device id, expected version (NULL: must not
+# exist), whether it writes the row, then the row to write — and audit rows: i of their transition, n
+# their order, then the audit columns.
+APPLY = f"""
+WITH RECURSIVE t AS (
+    SELECT * FROM {_elements(_T_KEYS, ("int", "text", "bigint", "bool", *(_PG_TYPES[c] for c in _NEW_COLUMNS)), "t")}
+), ev AS (
+    SELECT * FROM {_elements(_E_KEYS, ("int", "int", *_EVENT_TYPES, "text", "text", "text"), "e")}
+), mine AS (
+    SELECT d.device_id FROM devices d JOIN t ON d.device_id = t.device_id  -- a stale row is not even locked
+    WHERE t.writes AND d.version = t.expected FOR UPDATE OF d SKIP LOCKED
+), upd AS (
+    UPDATE devices d SET {", ".join(f"{c} = t.{c}" for c in _NEW_COLUMNS)}
+    FROM t JOIN mine ON mine.device_id = t.device_id
+    WHERE d.device_id = t.device_id AND d.version = t.expected
+    RETURNING t.i
+), ins AS (
+    INSERT INTO devices ({_COLUMNS})
+    SELECT {_COLUMNS} FROM t WHERE t.writes AND t.expected IS NULL ORDER BY device_id
+    ON CONFLICT (device_id) DO NOTHING
+    RETURNING device_id
+), unchanged AS (
+    SELECT t.i FROM t LEFT JOIN devices d ON d.device_id = t.device_id
+    WHERE NOT t.writes AND d.version IS NOT DISTINCT FROM t.expected
+), applied AS (
+    SELECT i FROM upd
+    UNION ALL SELECT t.i FROM t JOIN ins ON ins.device_id = t.device_id
+    UNION ALL SELECT i FROM unchanged
+), evs AS (  -- the audit rows to write, numbered in order
+    SELECT e.*, row_number() OVER (ORDER BY e.n) AS k FROM ev e JOIN applied a ON a.i = e.i
+), free AS (  -- a chain nobody is extending now (`journal`), starting from a random one
+    SELECT chain, seq, head FROM audit_chains WHERE chain >= 0 AND chain < %s::int AND EXISTS (SELECT FROM evs)
+    ORDER BY mod(chain + %s::int, %s::int) LIMIT 1 FOR UPDATE SKIP LOCKED
+), busy AS (  -- all are being extended: wait for one
+    SELECT chain, seq, head FROM audit_chains
+    WHERE chain = %s::int AND EXISTS (SELECT FROM evs) AND NOT EXISTS (SELECT FROM free) FOR UPDATE
+), ch AS (
+    SELECT * FROM free UNION ALL SELECT * FROM busy
+), linked AS (  -- entry_hash = sha256(previous entry_hash || content hash), row after row
+    SELECT e.k, encode(sha256(decode(c.head, 'hex') || decode(e.content, 'hex')), 'hex') AS h
+    FROM evs e CROSS JOIN ch c WHERE e.k = 1
+    UNION ALL
+    SELECT e.k, encode(sha256(decode(l.h, 'hex') || decode(e.content, 'hex')), 'hex')
+    FROM linked l JOIN evs e ON e.k = l.k + 1
+), logged AS (
+    INSERT INTO audit_logs ({_AUDIT_OUT})
+    SELECT {", ".join(f"e.{c}" for c in AUDIT_COLUMNS)}, c.chain, c.seq + e.k, l.h, e.personal, e.subject
+    FROM evs e JOIN linked l ON l.k = e.k CROSS JOIN ch c ORDER BY e.k
+    RETURNING 1
+), extended AS (
+    UPDATE audit_chains a
+    SET seq = c.seq + (SELECT count(*) FROM evs), head = (SELECT h FROM linked ORDER BY k DESC LIMIT 1)
+    FROM ch c WHERE a.chain = c.chain AND EXISTS (SELECT FROM evs)
+), told AS (  -- the new states, for the other processes that remember these devices (delivered on commit),
+    -- a few to a notification (a payload holds 8000 bytes): the transitions' own elements of the batch,
+    -- as sent, after the sender's name
+    SELECT pg_notify('{STATES_CHANNEL}', '["' || %s::text || '",[' || string_agg(t.element::text, ',') || ']]')
+    FROM t JOIN applied a ON a.i = t.i WHERE t.writes GROUP BY t.i / {STATES_PER_NOTIFICATION}
+)
+SELECT t.i, a.i IS NOT NULL, {", ".join(f"d.{c}" for c in STATE_COLUMNS)}
+FROM t LEFT JOIN applied a ON a.i = t.i
+LEFT JOIN (  -- the state that won, for a transition that did not apply (read only for those)
+    SELECT m.i, {", ".join(f"w.{c}" for c in STATE_COLUMNS)}
+    FROM t m JOIN devices w ON w.device_id = m.device_id
+    WHERE NOT EXISTS (SELECT FROM applied x WHERE x.i = m.i)
+) d ON d.i = t.i
+WHERE (SELECT count(*) FROM told) >= 0  -- makes the notifications happen (a plain SELECT in WITH runs only if read)
+-- and fails the statement (division by zero) rather than let an audit row go unwritten
+AND 1 / (CASE WHEN (SELECT count(*) FROM logged) = (SELECT count(*) FROM evs) THEN 1 ELSE 0 END) = 1
+"""
+READ = f"SELECT {_COLUMNS} FROM devices WHERE device_id = ANY(%s::text[])"
+_TIMES = [n for n, c in enumerate(STATE_COLUMNS) if _PG_TYPES[c] == "timestamp"]
+
+
+def states_from_notification(payload: str) -> tuple[str, list[DeviceState]]:
+    """(sender, states) from one of APPLY's notifications: its transitions' elements, as `apply_args` made them."""
+    sender, elements = json.loads(payload)
+    states = []
+    for element in elements:
+        values = [element[1], *element[4:]]  # the device id, then the row the transition wrote
+        for n in _TIMES:
+            if values[n] is not None:
+                values[n] = datetime.fromisoformat(values[n])
+        states.append(DeviceState(*values))
+    return sender, states
+
+
+def apply_args(
+    batch: Sequence[tuple[Transition, RequestContext]], sender: str, journal: Journal
+) -> tuple[str, str, int, int, int, int, str]:
+    """APPLY's parameters for these transitions: the transitions and their audit rows (with what the chain
+    covers of each), as JSON; how many chains there are and where to start looking for a free one; and who
+    sends them (so a process can skip the notifications of its own writes)."""
+    rows, events = [], []
+    for i, (transition, ctx) in enumerate(batch):
+        after = transition.after
+        new = _NO_ROW if after is None else after[1:]
+        rows.append((i, transition.device_id, transition.expected_version, after is not None, *new))
+        user_id = transition.user_id
+        for event in transition.events:
+            row = audit_row(event, transition.at, transition.device_id, user_id, ctx)
+            events.append((i, len(events), *row, *journal.sql_columns(row)))
+    chains, start = journal.chains, random.randrange(journal.chains)
+    return _ENCODE(rows), _ENCODE(events), chains, chains - start, chains, start, sender
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=datetime.isoformat).encode  # made once, not per call
+
+
+def apply_results(rows: Sequence[tuple], count: int) -> list[Applied]:
+    """APPLY's answer, in the batch's order."""
+    results: list[Applied] = [(False, None)] * count
+    for i, applied, *state in rows:
+        results[i] = (True, None) if applied else (False, None if state[0] is None else DeviceState(*state))
+    return results
+
+
+def read_results(rows: Sequence[tuple], device_ids: Sequence[str]) -> list[DeviceState | None]:
+    found = {row[0]: DeviceState(*row) for row in rows}
+    return [found.get(device_id) for device_id in device_ids]
+
+
+class Store(ABC):
+    """The device table as the engine sees it; `open_store` picks the database's kind."""
+
+    optimistic = True  # decide on a cached or read state and apply if unchanged (else: always apply_locked)
+
+    def __init__(self, database: Database, journal: Journal):
+        self.database, self.journal = database, journal
+
+    @abstractmethod
+    def read(self, device_id: str) -> DeviceState | None:
+        """The device's state now, or None if there is no such device."""
+
+    @abstractmethod
+    def apply(self, transition: Transition, ctx: RequestContext) -> Applied:
+        """Write the transition and its audit rows if the device is still at `transition.before`'s version."""
+
+    @abstractmethod
+    def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:
+        """Read, decide and apply with the row held, so the decision cannot be overtaken."""
+
+    def recent(self, limit: int) -> list[DeviceState]:
+        """The `limit` most recently used active devices, most recent first (to warm a cache)."""
+        query = (
+            Device.select(*(getattr(Device, c) for c in STATE_COLUMNS))
+            .where(Device.is_active)
+            .order_by(Device.last_used.desc(nulls="LAST"), Device.created_at.desc())
+            .limit(limit)
+        )
+        return [DeviceState(*row) for row in query.tuples()]
+
+    def record(self, rows: list[tuple]) -> None:
+        """Audit rows (in AUDIT_COLUMNS order), into a chain, in the caller's transaction."""
+        self.journal.append(rows)
+
+    def pending_expired(self, at: datetime, limit: int) -> list[str]:
+        """Ids of enrolments still pending past their deadline (the partial index finds them)."""
+        query = (
+            Device.select(Device.device_id)
+            .where(Device.pending_until.is_null(False) & (Device.pending_until <= at) & Device.is_active)
+            .order_by(Device.pending_until)
+            .limit(limit)
+        )
+        return [device_id for (device_id,) in query.tuples()]
+
+    def read_recovery(self, user_id: str, lock: bool = False) -> RecoveryState | None:
+        query = RecoveryCodes.select(*(getattr(RecoveryCodes, c) for c in _RECOVERY_COLUMNS))
+        query = query.where(RecoveryCodes.user_id == user_id)
+        if lock and is_postgres(self.database):
+            query = query.for_update()
+        row = query.tuples().first()
+        return None if row is None else RecoveryState.from_row(row)
+
+    def apply_recovery(self, user_id: str, decide: Callable[[RecoveryState | None], Transition], ctx: RequestContext):
+        """Read a user's recovery codes with the row held, decide and apply, in one transaction: they are
+        used rarely, so they always take the lock (SQLite: the write transaction; PostgreSQL: FOR UPDATE, and
+        for a user with no set yet, an INSERT that only one of two concurrent requests wins)."""
+        for _ in range(LOCKED_ROUNDS):
+            with self.database.atomic():
+                transition = decide(self.read_recovery(user_id, lock=True))
+                after = transition.after
+                if after is not None:
+                    values = dict(zip(_RECOVERY_COLUMNS, after.row(), strict=True))
+                    if transition.before is None:
+                        if not RecoveryCodes.insert(values).on_conflict_ignore().as_rowcount().execute():
+                            continue  # another request created the set first: decide again on it
+                    else:
+                        RecoveryCodes.update(values).where(RecoveryCodes.user_id == user_id).execute()
+                rows = [audit_row(e, transition.at, None, user_id, ctx) for e in transition.events]
+                if rows:
+                    self.record(rows)
+                return transition
+        raise RuntimeError(f"the recovery codes of {user_id!r} changed under a row lock {LOCKED_ROUNDS} times")
+
+
+class PostgresStore(Store):
+    def __init__(self, database: Database, journal: Journal):
+        super().__init__(database, journal)
+        self.sender = secrets.token_hex(8)  # names this process's writes in APPLY's notifications
+        self.apply_statement = _prepare(database, "otp_apply", APPLY)
+        self.read_statement = _prepare(database, "otp_read", READ)
+
+    def read(self, device_id: str) -> DeviceState | None:
+        return read_results(self.database.execute_sql(self.read_statement, ([device_id],)).fetchall(), [device_id])[0]
+
+    def apply(self, transition: Transition, ctx: RequestContext) -> Applied:
+        args = apply_args([(transition, ctx)], self.sender, self.journal)
+        rows = self.database.execute_sql(self.apply_statement, args).fetchall()
+        return apply_results(rows, 1)[0]
+
+    def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:
+        lock = f"SELECT {_COLUMNS} FROM devices WHERE device_id = %s FOR UPDATE"
+        for _ in range(LOCKED_ROUNDS):
+            with self.database.atomic():
+                row = self.database.execute_sql(lock, (device_id,)).fetchone()
+                transition = decide(None if row is None else DeviceState(*row))
+                if transition.empty or self.apply(transition, ctx)[0]:
+                    return transition
+        raise RuntimeError(f"device {device_id!r} changed under a row lock {LOCKED_ROUNDS} times")
+
+
+class SqliteStore(Store):
+    optimistic = False  # writers queue for the database lock anyway: decide inside the write transaction
+
+    def read(self, device_id: str) -> DeviceState | None:
+        query = Device.select(*(getattr(Device, c) for c in STATE_COLUMNS)).where(Device.device_id == device_id)
+        row = query.tuples().first()
+        return None if row is None else DeviceState(*row)
+
+    def apply(self, transition: Transition, ctx: RequestContext) -> Applied:
+        with self.database.atomic():  # IMMEDIATE: no other writer until it commits
+            current = self.read(transition.device_id)
+            if (None if current is None else current.version) != transition.expected_version:
+                return False, current
+            if transition.after is not None:
+                values = {c: getattr(transition.after, c) for c in STATE_COLUMNS}
+                if current is None:
+                    Device.insert(values).execute()
+                else:
+                    Device.update(values).where(Device.device_id == transition.device_id).execute()
+            user_id = transition.user_id
+            rows = [audit_row(e, transition.at, transition.device_id, user_id, ctx) for e in transition.events]
+            if rows:
+                self.record(rows)
+        return True, None
+
+    def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:
+        with self.database.atomic():
+            transition = decide(self.read(device_id))
+            if not transition.empty:
+                self.apply(transition, ctx)  # a savepoint inside our transaction: nobody can change the row
+        return transition
+
+
+def open_store(database: Database, journal: Journal) -> Store:
+    return PostgresStore(database, journal) if is_postgres(database) else SqliteStore(database, journal)
+
+
+def _prepare(database: Database, name: str, sql: str) -> str:
+    """Register `sql` to be prepared on every new connection; returns the EXECUTE that runs it.
+
+    psycopg2 has no protocol-level prepare, so this uses SQL PREPARE with numbered parameters and
+    EXECUTE with psycopg2's own. Each parameter is written `%s::type` in `sql`, and the EXECUTE repeats
+    the cast, so an array of only NULLs still takes its type."""
+    parts = sql.split("%s")
+    casts = [part[: len(part) - len(part.lstrip(":abcdefghijklmnopqrstuvwxyz[]"))] for part in parts[1:]]
+    numbered = parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+    database.prepare(name, f"PREPARE {name} AS {numbered}")
+    return f"EXECUTE {name} ({', '.join(f'%s{cast}' for cast in casts)})"

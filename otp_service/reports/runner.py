@@ -1,0 +1,312 @@
+"""Running a report notebook: papermill executes it, nbconvert renders HTML for readers who
+are not engineers (code hidden, figures embedded), and the result is kept both on disk and
+in the `reports` table, because a scheduled job's disk is thrown away after the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOKS = {"audit": "03_audit_report.ipynb", "usage": "04_usage_report.ipynb", "user": "06_user_report.ipynb"}
+SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.IGNORECASE | re.DOTALL)
+TITLES = {"audit": "OTP service audit report", "usage": "OTP service usage report", "user": "OTP service user report"}
+MANIFEST = "SHA256SUMS"  # in each report's zip: `sha256sum -c SHA256SUMS` checks every other file in it
+# The system libraries WeasyPrint needs (Debian names), for the message when they are missing.
+PDF_LIBRARIES = "libpango-1.0-0 libpangoft2-1.0-0 (and a font, e.g. fonts-dejavu-core)"
+
+
+class ReportError(Exception):
+    """A report could not be produced; the message says why, for the operator."""
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    notebook: Path
+    html: Path
+    pdf: Path | None  # None: WeasyPrint could not run here (`pdf_problem` says why)
+    data_zip: Path
+    data_dir: Path
+    report_id: int | None
+    pdf_problem: str | None = None
+
+
+def report_name(kind: str, start: date, end: date, subject: str | None = None) -> str:
+    """The name of a report's files, the same on disk and from the API: the kind, for a user report the user
+    (only characters safe in a file name), and the first and last day, both included."""
+    if kind == "user":
+        return f"user-{re.sub(r'[^A-Za-z0-9._@-]+', '_', subject or '')[:64]}-{start}_{end}"
+    return f"{kind}-{start}_{end}"
+
+
+def parse_day(text: str, name: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise ReportError(f"--{name} must be a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def period(start: date, end: date) -> tuple[datetime, datetime]:
+    """Inclusive dates to the half-open UTC interval [start 00:00, end+1 00:00) the queries use."""
+    if end < start:
+        raise ReportError(f"the end date {end} is before the start date {start}")
+    return datetime.combine(start, datetime.min.time()), datetime.combine(end + timedelta(days=1), datetime.min.time())
+
+
+def run_report(
+    kind: str,
+    start: date,
+    end: date,
+    database_url: str,
+    output_dir: Path,
+    store: bool = True,
+    timeout: float = 600,
+    settings: Settings | None = None,
+    user_id: str | None = None,
+    generated_by: str = "",
+) -> ReportResult:
+    """Run a report notebook. With `settings` (the service's keys), the audit chains are sealed by a signed
+    checkpoint first and the period's rows verified against it; the report states the result. `user_id`: the
+    user a "user" report is about. `generated_by`: who or what asked for it, as the report says it."""
+    import papermill
+    from nbconvert import HTMLExporter
+
+    from ..db.database import UNAVAILABLE_ERRORS, open_database, pending_migrations
+
+    if kind not in NOTEBOOKS:
+        raise ReportError(f"unknown report {kind!r}; choose {', '.join(NOTEBOOKS)}")
+    if (kind == "user") != bool(user_id):
+        raise ReportError("--user-id names the user of a user report, and only of one")
+    period(start, end)
+    database_url = local_database_url(database_url)
+    try:
+        database = open_database(database_url, 1, 5)
+        if pending_migrations(database):
+            raise ReportError("the database schema is out of date: run `python -m otp_service migrate` first")
+    except UNAVAILABLE_ERRORS as exc:
+        raise ReportError(f"cannot reach the database: {str(exc).strip() or type(exc).__name__}") from None
+
+    name = report_name(kind, start, end, user_id)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    notebook, html_path, data_dir = output_dir / f"{name}.ipynb", output_dir / f"{name}.html", output_dir / name
+    parameters = {
+        "data": "DATABASE_URL",
+        "start": str(start),
+        "end": str(end),
+        "output_dir": str(data_dir.resolve()),
+        "title": TITLES[kind],
+        "generated_by": generated_by,
+    }
+    if user_id:
+        parameters["user_id"] = user_id
+    try:
+        # The database URL (and its password) reaches the kernel in its environment, never as a parameter:
+        # papermill writes parameters into the notebook it saves.
+        with _environment(DATABASE_URL=database_url), _private_kernel() as km:
+            km.start_kernel(cwd=str(NOTEBOOKS_DIR))  # it boots (~1 s) while the chains are sealed and verified
+            if settings is not None:
+                parameters["integrity"] = _integrity(settings, database, *period(start, end))
+            executed = papermill.execute_notebook(
+                str(NOTEBOOKS_DIR / NOTEBOOKS[kind]),
+                str(notebook),
+                kernel_name="python3",
+                km=km,
+                progress_bar=False,
+                cwd=str(NOTEBOOKS_DIR),
+                execution_timeout=timeout,
+                parameters=parameters,
+            )
+    except papermill.PapermillExecutionError as exc:
+        raise ReportError(f"the {kind} notebook failed: {exc.ename}: {exc.evalue}") from None
+    title = f"{TITLES[kind]}{f' for {user_id}' if user_id else ''}, {start} to {end}"
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    html = self_contained(exporter.from_notebook_node(executed, resources={"metadata": {"name": title}})[0])
+    html_path.write_text(html, encoding="utf-8")
+    pdf, problem = render_pdf(html)
+    pdf_path = None
+    if pdf is not None:
+        pdf_path = output_dir / f"{name}.pdf"
+        pdf_path.write_bytes(pdf)
+    data_zip = zip_tables(data_dir)
+    zip_path = output_dir / f"{name}.zip"
+    zip_path.write_bytes(data_zip)
+    report_id = None
+    if store:
+        report_id = _store(database, kind, start, end, html, data_zip, pdf, user_id)
+    database.close_all()
+    return ReportResult(notebook, html_path, pdf_path, zip_path, data_dir, report_id, problem)
+
+
+# For paper: A4 landscape (the tables are wide), figures and tables shrunk to the page, page numbers.
+PRINT_CSS = """
+@page { size: A4 landscape; margin: 14mm 12mm 16mm 12mm;
+        @bottom-left { content: string(title); font: 7pt "DejaVu Sans", sans-serif; color: #555; }
+        @bottom-right { content: "page " counter(page) " of " counter(pages); font: 7pt "DejaVu Sans", sans-serif;
+                        color: #555; } }
+html, body { font-size: 9pt; }
+h1 { string-set: title content(); }
+img { max-width: 100%; height: auto; }
+table { font-size: 7.5pt; max-width: 100%; }
+td, th { overflow-wrap: break-word; }
+tr, img { page-break-inside: avoid; }
+h1, h2, h3 { page-break-after: avoid; }
+/* a heading or an explanation stays with what it introduces (they are separate cells, so `h2` alone is not enough) */
+.jp-MarkdownCell, .jp-RenderedMarkdown { break-after: avoid; }
+p { orphans: 3; widows: 3; }
+.keep-together { break-inside: avoid; }  /* a heading and its (short) table: a longer one breaks anyway */
+.jp-OutputArea-output pre { white-space: pre-wrap; }
+"""
+
+
+def render_pdf(html: str) -> tuple[bytes | None, str | None]:
+    """The page as a PDF (WeasyPrint), for archiving; or None and why, when WeasyPrint's system libraries
+    (Pango) are missing. Nothing is fetched: the page embeds its figures, and only `data:` URLs are read."""
+    try:
+        from weasyprint import CSS, HTML, URLFetcher
+    except OSError as exc:  # the Python package is there, but it could not load Pango
+        return None, f"WeasyPrint cannot load its system libraries ({exc}); install {PDF_LIBRARIES}"
+    fetcher = URLFetcher(allowed_protocols={"data"})
+    return HTML(string=html, url_fetcher=fetcher).write_pdf(stylesheets=[CSS(string=PRINT_CSS)]), None
+
+
+def _integrity(settings: Settings, database, start: datetime, end: datetime) -> str:
+    """Seal the chains (a checkpoint for this report), then verify the period's rows: the statement, as JSON."""
+    from ..service.commands import build_service
+
+    service = build_service(settings, database)
+    service.checkpoint("report")
+    return json.dumps(service.verify_audit(start, end, record=False).as_dict(), default=str)
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
+def _private_kernel() -> Iterator[object]:
+    """A kernel that talks over Unix sockets in a private folder, not plain-text TCP on the loopback
+    (which any local user could connect to, and which ipykernel warns about on every run)."""
+    from jupyter_client.manager import KernelManager
+
+    with tempfile.TemporaryDirectory(prefix="otp-kernel-") as sockets:
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
+        try:
+            yield km
+        finally:
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
+
+
+def local_database_url(url: str) -> str:
+    """An SQLite URL with its path made absolute against the caller's working directory (the notebook runs
+    elsewhere, where a relative path would name a new, empty file); refused if there is no such file."""
+    if not url.startswith("sqlite"):
+        return url
+    path = url.split("://", 1)[1].split("?", 1)[0]
+    path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db and sqlite:////abs.db
+    if not path or path == ":memory:":
+        raise ReportError("a report needs a database file, not an in-memory database")
+    absolute = Path(path).resolve()
+    if not absolute.is_file():
+        raise ReportError(
+            f"there is no database at {absolute}: run `python -m otp_service migrate` or check DATABASE_URL"
+        )
+    return f"sqlite:///{absolute}"
+
+
+# Tables read as text: left-aligned from the top of each cell (JupyterLab's style right-aligns every cell).
+READER_CSS = (
+    "<style>.jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th "
+    "{ text-align: left !important; vertical-align: top; }</style>"
+)
+
+
+def self_contained(html: str) -> str:
+    """Drop every <script>: nbconvert's page loads require.js, MathJax and Mermaid from a CDN, and a report
+    of tables and embedded images needs none of them — it must open offline, years from now. Tables are
+    set to read as text."""
+    return SCRIPT.sub("", html).replace("</head>", f"{READER_CSS}\n</head>", 1)
+
+
+def zip_tables(data_dir: Path) -> bytes:
+    """The report's CSV files (its tables and, for the audit and user reports, the raw audit events), with a
+    manifest of their SHA-256 hashes in the format `sha256sum -c` checks."""
+    buffer = io.BytesIO()
+    sums = []
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for csv in sorted(data_dir.glob("*.csv")):
+            content = csv.read_bytes()
+            archive.writestr(csv.name, content)
+            sums.append(f"{hashlib.sha256(content).hexdigest()}  {csv.name}\n")
+        archive.writestr(MANIFEST, "".join(sums))
+    return buffer.getvalue()
+
+
+def _store(
+    database, kind: str, start: date, end: date, html: str, data_zip: bytes, pdf: bytes | None, subject: str | None
+) -> int:
+    from ..db.models import Report
+
+    begin, until = period(start, end)
+    with database.connection_context():
+        return Report.insert(
+            kind=kind,
+            period_start=begin,
+            period_end=until,
+            created_at=datetime.utcnow(),
+            html=html,
+            data_zip=data_zip,
+            pdf=pdf,
+            subject=subject,
+        ).execute()
+
+
+def user_first_day(database_url: str, user_id: str) -> date | None:
+    """The day of the user's first audit record or device (None: the service has nothing of them): where a
+    user report with no --start begins, so that by default it holds all the user's history."""
+    from peewee import fn
+
+    from ..db.database import UNAVAILABLE_ERRORS, open_database
+    from ..db.models import AuditLog, Device
+
+    try:
+        database = open_database(local_database_url(database_url), 1, 5)
+        with database.connection_context():
+            first = [
+                AuditLog.select(fn.MIN(AuditLog.timestamp)).where(AuditLog.user_id == user_id).scalar(),
+                Device.select(fn.MIN(Device.created_at)).where(Device.user_id == user_id).scalar(),
+            ]
+        database.close_all()
+    except UNAVAILABLE_ERRORS as exc:
+        raise ReportError(f"cannot reach the database: {str(exc).strip() or type(exc).__name__}") from None
+    found = [_as_datetime(f) for f in first if f is not None]
+    return min(found).date() if found else None
+
+
+def _as_datetime(value) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
