@@ -45,7 +45,7 @@ def fill(url: str, rows: int, chains: int, spacing: float = 2.592, devices: int 
     from otp_service.audit import chain as integrity
     from otp_service.config import Settings
     from otp_service.db.database import open_database
-    from otp_service.service.commands import build_service
+    from otp_service.service import build_service
 
     os.environ.update({k: v for k, v in _env(url).items() if k != "PYTHONPATH"})
     service = build_service(Settings.from_env(), open_database(url, 2, 30))

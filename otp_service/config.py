@@ -16,6 +16,8 @@ from typing import Any
 
 from limits import parse_many
 
+from .core.actions import SCOPES
+from .core.signing import key_bytes, new_signing_seed
 from .core.totp import ALGORITHMS, DIGITS_RANGE, INTERVAL_RANGE
 
 MIN_MASTER_SECRET_LENGTH = 32
@@ -91,8 +93,6 @@ def rate(raw: str) -> str:
 
 def per_scope_rates(raw: str) -> dict[str, str]:
     """`verify=6000/minute read=1200/minute …`: a rate (in `limits`' notation) for each client scope."""
-    from .service.clients import SCOPES
-
     rates = {}
     for pair in raw.split():
         scope, sep, text = pair.partition("=")
@@ -145,8 +145,6 @@ def master_secret(raw: str) -> str:
 def audit_key(raw: str) -> str:
     """An Ed25519 key (seed or public key): 32 bytes in base64."""
     if raw:
-        from .audit.chain import key_bytes
-
         key_bytes(raw)
     return raw
 
@@ -355,8 +353,6 @@ class Settings:
         if not values["audit_signing_key"]:
             if production:
                 raise ConfigError("AUDIT_SIGNING_KEY", "is required in production (32 random bytes, base64)")
-            from .audit.chain import new_signing_seed
-
             values["audit_signing_key"] = new_signing_seed()
             generated.append("AUDIT_SIGNING_KEY")
         return cls(**values, generated=tuple(generated))

@@ -29,7 +29,7 @@ from otp_service.core.keys import Keyring
 from otp_service.db.database import migrate, open_database
 from otp_service.http.app import build_state, make_app
 from otp_service.http.server import MAX_BODY_BYTES
-from otp_service.service.commands import AsyncOtpService, OtpService
+from otp_service.service import AsyncOtpService, OtpService
 from tests.openapi_check import check_response
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")

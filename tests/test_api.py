@@ -348,7 +348,7 @@ def test_protocol_errors_are_json(api):
 
 
 def test_unexpected_error_is_a_json_500_with_nothing_internal(api, make_server, settings, monkeypatch):
-    from otp_service.service.commands import OtpService
+    from otp_service.service import OtpService
 
     def boom(self, *args, **kwargs):
         raise RuntimeError("secret internals /etc/passwd")

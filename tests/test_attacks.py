@@ -413,7 +413,7 @@ def test_lifecycle_bursts_across_two_processes_hold_the_budget_and_use_codes_onc
         assert checked.count() == 5
     # every row those processes wrote, each batch in its own chain, links up and verifies
     from otp_service.config import Settings
-    from otp_service.service.commands import build_service
+    from otp_service.service import build_service
 
     settings = Settings.from_env(production_env(PG_URL, API_KEY))
     result = build_service(settings, database).verify_audit(record=False)
@@ -478,7 +478,7 @@ def test_two_instances_under_load_accept_each_code_once_and_check_only_the_budge
     assert sum(answered) > 100 and load_rows == sum(answered)
     assert accepted >= 3  # each REPLAY round's code, and the load's valid codes accepted once per step
     from otp_service.config import Settings
-    from otp_service.service.commands import build_service
+    from otp_service.service import build_service
 
     result = build_service(Settings.from_env(production_env(PG_URL, API_KEY)), database).verify_audit(record=False)
     assert result.intact, result.lines()

@@ -13,9 +13,10 @@ import pytest
 from otp_service.audit import checkpoints
 from otp_service.audit.rows import RequestContext
 from otp_service.core import errors
+from otp_service.core.actions import Action
 from otp_service.core.keys import Keyring
-from otp_service.db.models import Action, AuditChain, AuditCheckpoint
-from otp_service.service.commands import OtpService
+from otp_service.db.models import AuditChain, AuditCheckpoint
+from otp_service.service import OtpService
 from tests.conftest import settings_for
 from tests.helpers import at_once, audit_rows, code_at, wrong_code
 

@@ -14,7 +14,7 @@ from otp_service.core.lifecycle import decide_unlock
 from otp_service.core.transitions import UNKNOWN, DeviceState, to_datetime
 from otp_service.persistence.engine import OPTIMISTIC_ATTEMPTS, Apply, ApplyLocked, Plan, Read, settle
 from otp_service.persistence.store import PostgresStore
-from otp_service.service.commands import OtpService
+from otp_service.service import OtpService
 from tests.conftest import T0
 from tests.helpers import audit_rows, code_at, journal_for, wrong_code
 

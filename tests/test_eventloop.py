@@ -15,7 +15,7 @@ from otp_service.core.keys import Keyring
 from otp_service.db.models import AuditLog, Device
 from otp_service.persistence.pg_eventloop import AsyncPool
 from otp_service.persistence.store import PostgresStore
-from otp_service.service.commands import AsyncOtpService, OtpService
+from otp_service.service import AsyncOtpService, OtpService
 from tests.conftest import PG_URL
 from tests.helpers import code_at, journal_for, wrong_code
 
@@ -39,7 +39,7 @@ def fast(settings, database, clock):
 
 
 def batches(fast, kind="writes") -> int:
-    return getattr(fast.service.engine.loop_store, kind).batches
+    return getattr(fast.engine.store, kind).batches
 
 
 def run(coro):
@@ -103,7 +103,7 @@ def test_an_unknown_device_is_answered_and_audited_on_the_event_loop(fast, datab
 
 
 def test_new_connections_prepare_the_statements(database):
-    statement = PostgresStore(database, journal_for(database)).read_statement
+    statement = PostgresStore(database, journal_for(database)).statements.read
     assert statement.startswith("EXECUTE otp_read")
     pool = pool_for(database)
     try:
@@ -263,7 +263,7 @@ def test_a_row_locked_elsewhere_does_not_hold_up_the_others_and_is_settled_under
 def test_when_the_database_is_unreachable_every_request_of_the_batch_gets_a_503(fast, database, clock):
     regs = [fast.service.register(f"F{i}", "alice", CTX) for i in range(5)]
     params = {**database.connect_params, "port": 1, "host": "127.0.0.1"}
-    fast.service.engine.loop_store.writes.pool = AsyncPool({"dbname": database.database, **params}, 2, 2.0, {})
+    fast.engine.store.writes.pool = AsyncPool({"dbname": database.database, **params}, 2, 2.0, {})
 
     async def storm():
         return await asyncio.gather(

@@ -12,7 +12,7 @@ from otp_service.core import errors, totp
 from otp_service.core.keys import Keyring
 from otp_service.db.database import migrate, open_database
 from otp_service.db.models import AuditLog, Device
-from otp_service.service.commands import AsyncOtpService, OtpService
+from otp_service.service import AsyncOtpService, OtpService
 from tests.conftest import PG_URL, RESET_POSTGRES, FakeClock, settings_for
 
 APP = RequestContext("203.0.113.9", "AcmeBank-iOS/5.2", "req-1")

@@ -11,7 +11,7 @@ from otp_service.core import errors, totp
 from otp_service.core.keys import Keyring, key_fingerprint
 from otp_service.core.verification import lock_seconds
 from otp_service.db.models import Device
-from otp_service.service.commands import OtpService
+from otp_service.service import OtpService
 from tests.conftest import settings_for
 from tests.helpers import at_once, audit_rows, code_at, wrong_code
 

@@ -19,7 +19,6 @@ reordered, or tail cut.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -27,10 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 GENESIS = "0" * 64  # the hash before a chain's first row
 PURPOSE = "audit-pseudonyms"  # the keyring purpose of the pseudonym key
@@ -101,47 +96,6 @@ def link(previous: str, entry: Entry) -> str:
 _sha256 = hashlib.sha256
 
 
-# -- signatures ------------------------------------------------------------------------------------------
-
-
-def key_bytes(text: str) -> bytes:
-    """32 bytes written in base64, standard or URL-safe, padded or not (generated secrets come in both)."""
-    text = text.strip().replace("-", "+").replace("_", "/")
-    try:
-        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except ValueError:
-        raise ValueError("must be 32 bytes in base64") from None
-    if len(raw) != 32:
-        raise ValueError(f"must be 32 bytes in base64, got {len(raw)} bytes")
-    return raw
-
-
-def signing_key(seed: str) -> Ed25519PrivateKey:
-    """AUDIT_SIGNING_KEY: the 32-byte Ed25519 seed, base64."""
-    return Ed25519PrivateKey.from_private_bytes(key_bytes(seed))
-
-
-def public_key(public: str) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(key_bytes(public))
-
-
-def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
-    """A key's default id: a short fingerprint of its public key."""
-    return "ed25519:" + hashlib.sha256(base64.b64decode(public_b64(key))).hexdigest()[:16]
-
-
-def public_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return base64.b64encode(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
-
-
-def new_signing_seed() -> str:
-    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
-
-    raw = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    return base64.b64encode(raw).decode("ascii")
-
-
 class Head(NamedTuple):
     chain: int
     seq: int  # the last row's place (0: empty)
@@ -151,25 +105,6 @@ class Head(NamedTuple):
 def canonical(payload: dict[str, Any]) -> str:
     """The exact text a checkpoint signs: compact JSON with sorted keys."""
     return _encode(payload).decode("utf-8")
-
-
-def sign(key: Ed25519PrivateKey, text: str) -> str:
-    return base64.b64encode(key.sign(text.encode("utf-8"))).decode("ascii")
-
-
-def valid_signers(text: str, signatures: dict[str, str], keys: dict[str, Ed25519PublicKey]) -> list[str]:
-    """The ids of the known keys whose signature on `text` is valid."""
-    valid = []
-    for key_id, signature in sorted(signatures.items()):
-        key = keys.get(key_id)
-        if key is None:
-            continue
-        try:
-            key.verify(base64.b64decode(signature), text.encode("utf-8"))
-        except (InvalidSignature, ValueError):
-            continue
-        valid.append(key_id)
-    return valid
 
 
 @dataclass(frozen=True)

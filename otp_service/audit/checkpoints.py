@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from peewee import Database, fn
 
 from ..config import Settings
+from ..core import signing
 from ..core.transitions import isoformat
 from ..db.database import is_postgres
 from ..db.models import AuditChain, AuditCheckpoint, AuditLog
@@ -39,17 +40,17 @@ class Keys:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Keys:
-        signing = integrity.signing_key(settings.audit_signing_key)
-        key_id = settings.audit_signing_key_id or integrity.key_id(signing)
-        previous = {name: integrity.signing_key(seed) for name, seed in settings.audit_previous_signing_key.items()}
-        public = {name: integrity.public_key(key) for name, key in settings.audit_verify_keys.items()}
+        current = signing.signing_key(settings.audit_signing_key)
+        key_id = settings.audit_signing_key_id or signing.key_id(current)
+        previous = {name: signing.signing_key(seed) for name, seed in settings.audit_previous_signing_key.items()}
+        public = {name: signing.public_key(key) for name, key in settings.audit_verify_keys.items()}
         public |= {name: key.public_key() for name, key in previous.items()}
-        public[key_id] = signing.public_key()
-        return cls(key_id, signing, previous, public)
+        public[key_id] = current.public_key()
+        return cls(key_id, current, previous, public)
 
     def listing(self) -> list[dict[str, Any]]:
         return [
-            {"key_id": name, "public_key": integrity.public_b64(key), "current": name == self.key_id}
+            {"key_id": name, "public_key": signing.public_b64(key), "current": name == self.key_id}
             for name, key in sorted(self.public.items())
         ]
 
@@ -82,7 +83,7 @@ def take(
     payload = {"at": isoformat(at), "reason": reason, "heads": [list(h) for h in heads(database)], "previous": previous}
     payload |= {"legacy_rows": legacy_rows(database), **(extra or {})}
     text = integrity.canonical(payload)
-    signatures = {name: integrity.sign(key, text) for name, key in signers.items()}
+    signatures = {name: signing.sign(key, text) for name, key in signers.items()}
     return AuditCheckpoint.create(created_at=at, reason=reason, payload=text, signatures=json.dumps(signatures))
 
 

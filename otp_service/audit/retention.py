@@ -24,9 +24,10 @@ from typing import Any
 
 from peewee import Database, fn
 
+from ..core.actions import Action
 from ..core.transitions import AuditEvent, isoformat
 from ..db.database import is_postgres
-from ..db.models import Action, AuditChain, AuditLog, Device, RecoveryCodes, Report
+from ..db.models import AuditChain, AuditLog, Device, RecoveryCodes, Report
 from . import chain as integrity
 from . import checkpoints
 from .checkpoints import Keys

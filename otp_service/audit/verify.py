@@ -19,8 +19,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from peewee import Database, fn
 
+from ..core import signing
+from ..core.actions import Action
 from ..db.database import is_postgres
-from ..db.models import Action, AuditChain, AuditCheckpoint, AuditLog
+from ..db.models import AuditChain, AuditCheckpoint, AuditLog
 from . import chain as integrity
 from .chain import Break, ChainCheck, Head
 from .checkpoints import LEGACY, stored
@@ -205,7 +207,7 @@ def _checkpoints(
         if checkpoint.payload.get("previous") != before:  # each checkpoint names the one before it
             detail = f"checkpoint #{row.id} does not follow the one before it: checkpoints were removed or edited"
             result.breaks.append(Break(-1, "deleted-checkpoint", None, None, detail))
-        signers = integrity.valid_signers(checkpoint.text, checkpoint.signatures, public_keys)
+        signers = signing.valid_signers(checkpoint.text, checkpoint.signatures, public_keys)
         if not signers:
             detail = f"checkpoint #{row.id}: no valid signature by a known key"
             result.breaks.append(Break(-1, "forged-checkpoint", None, None, detail))

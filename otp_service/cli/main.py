@@ -272,7 +272,7 @@ def cmd_scheduled_report(args: argparse.Namespace) -> int:
 def _service_for(args: argparse.Namespace):
     """The service over the database `args` names (default DATABASE_URL), checked to be current; or a reason."""
     from ..db.database import open_database, pending_migrations
-    from ..service.commands import build_service
+    from ..service import build_service
 
     settings = Settings.from_env(_with_url(args))
     database = open_database(settings.database_url, 2, settings.db_timeout)
@@ -371,7 +371,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     from ..db.database import UNAVAILABLE_ERRORS, migrate, open_database
     from ..reports.demo import generate
     from ..reports.runner import ReportError, parse_day
-    from ..service.commands import build_service
+    from ..service import build_service
 
     settings = Settings.from_env(_with_url(args))
     if not (1 <= args.devices <= 100_000 and 1 <= args.days <= 3650):
@@ -404,8 +404,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
 
     from ..db.database import UNAVAILABLE_ERRORS, open_database, pending_migrations
     from ..reports.runner import ReportError, parse_day
-    from ..service import clients
-    from ..service.commands import build_service
+    from ..service import build_service, clients
 
     try:
         expires = None

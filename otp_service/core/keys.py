@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .transitions import DeviceState
+
+log = logging.getLogger("otp_service.service")
 
 KEY_LABEL = b"otp-service/device-key/v1\x00"
 PURPOSE_LABEL = b"otp-service/purpose-key/v1\x00"
@@ -63,6 +70,25 @@ class Keyring:
         if not hmac.compare_digest(key_fingerprint(key), fingerprint):
             raise KeyUnavailable(f"master secret version {version} does not match the key registered for this device")
         return key
+
+    def key_of(self, state: DeviceState) -> bytes | None:
+        """The device's key, or None (logged) when its master secret is missing or not the registered one: a
+        rule then refuses with KEY_UNAVAILABLE instead of checking a code against the wrong key."""
+        try:
+            return self.device_key(
+                state.device_id, bytes.fromhex(state.salt), state.key_version, state.derived_key_hash
+            )
+        except KeyUnavailable as exc:
+            log.error("cannot derive the key of device %s: %s", state.device_id, exc)
+            return None
+
+    def purpose_key_or_none(self, purpose: str, version: int) -> bytes | None:
+        """`purpose_key`, or None (logged) when that master secret version is no longer configured."""
+        try:
+            return self.purpose_key(purpose, version)
+        except KeyUnavailable:
+            log.error("no master secret for %s of key version %s", purpose, version)
+            return None
 
     def purpose_key(self, purpose: str, version: int | None = None) -> bytes:
         """A key for one other use of the master secret (e.g. "recovery-codes"), apart from every device

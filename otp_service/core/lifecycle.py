@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ..db.models import Action
+from .actions import Action
 from .transitions import AuditEvent, DeviceState, Transition, isoformat
 
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import NamedTuple
 
-from ..db.models import Action
+from .actions import Action
 from .errors import ValidationError
-from .transitions import AuditEvent, Transition, isoformat
-from .verification import HARD_LOCK, Policy, failure
+from .transitions import HARD_LOCK, AuditEvent, Transition, isoformat, locked
+from .verification import Policy, failure
 
 ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: nothing to misread from paper
 CODE_LENGTH = 12  # 60 bits, written as three groups of four: XXXX-XXXX-XXXX
@@ -36,6 +36,13 @@ class RecoveryState(NamedTuple):
     failed_attempts: int
     locked_until: datetime | None
     version: int
+
+    def locked(self, at: datetime) -> bool:
+        return locked(self.locked_until, at)
+
+    @property
+    def hard_locked(self) -> bool:
+        return self.locked_until == HARD_LOCK
 
     @property
     def remaining(self) -> int:
@@ -104,8 +111,8 @@ def decide_use(
 
     if state is None or not state.codes:
         return refuse("NO_RECOVERY_CODES")
-    if state.locked_until is not None and state.locked_until > at:
-        return refuse("LOCKED", locked_until=state.locked_until, hard=state.locked_until == HARD_LOCK)
+    if state.locked(at):
+        return refuse("LOCKED", locked_until=state.locked_until, hard=state.hard_locked)
     hashing_key = key(state.key_version)
     if hashing_key is None:
         return refuse("KEY_UNAVAILABLE")
@@ -134,7 +141,7 @@ def describe(state: RecoveryState | None) -> dict | None:
     """What a user's listing shows of the set: never a hash."""
     if state is None:
         return None
-    hard = state.locked_until == HARD_LOCK
+    hard = state.hard_locked
     return {
         "remaining": state.remaining,
         "total": len(state.codes),

@@ -12,7 +12,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from ..db.models import Action
+from .actions import Action
+
+HARD_LOCK = datetime(9999, 12, 31)  # locked_until of a device (or recovery codes) only an operator's action reopens
+
+
+def locked(locked_until: datetime | None, at: datetime) -> bool:
+    """Locked at `at` (for a while, or for good): what a device and a user's recovery codes share."""
+    return locked_until is not None and locked_until > at
 
 
 class DeviceState(NamedTuple):
@@ -53,6 +60,14 @@ class DeviceState(NamedTuple):
     def enrollment_expired(self, at: datetime) -> bool:
         """The enrolment ended unconfirmed: recorded (`expired`), or its deadline passed unrecorded so far."""
         return self.expired or (self.is_active and self.pending_until is not None and self.pending_until <= at)
+
+    def locked(self, at: datetime) -> bool:
+        return locked(self.locked_until, at)
+
+    @property
+    def hard_locked(self) -> bool:
+        """Locked until an operator unlocks it (the hard limit of wrong codes was reached)."""
+        return self.locked_until == HARD_LOCK
 
     def status(self, at: datetime) -> str:
         """pending (registered, awaiting its first code), active, or deactivated (which an enrolment not

@@ -20,18 +20,18 @@ current, so a wrong code is counted before any later one is checked, in every pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..db.models import Action
 from . import totp
+from .actions import Action
 from .errors import ValidationError
 from .lifecycle import decide_expire
-from .transitions import AuditEvent, DeviceState, Transition, isoformat, to_datetime
+from .transitions import HARD_LOCK, AuditEvent, DeviceState, Transition, isoformat, to_datetime
 from .validation import otp_for_device
 
 MAX_LOCK_SECONDS = 3600
-HARD_LOCK = datetime(9999, 12, 31)  # locked_until of a device only an operator's unlock reopens
 
 
 @dataclass(frozen=True)
@@ -139,8 +139,8 @@ def _gate(
         return refuse("ALREADY_CONFIRMED")
     if not confirm and state.pending_until is not None:
         return refuse("DEVICE_PENDING")
-    if state.locked_until is not None and state.locked_until > at:
-        return refuse("DEVICE_LOCKED", locked_until=state.locked_until, hard=state.locked_until == HARD_LOCK)
+    if state.locked(at):
+        return refuse("DEVICE_LOCKED", locked_until=state.locked_until, hard=state.hard_locked)
     if key is None:
         return refuse("KEY_UNAVAILABLE")
     return None
@@ -208,6 +208,32 @@ def decide(
     if outcome.reason == "REPLAYED":  # refused but not counted: the owner may have sent the same code twice
         return Transition(device_id, at, state, None, (AuditEvent(action, False, "REPLAYED"),), "REPLAYED")
     return _counted_failure(state, at, policy, AuditEvent(action, False, "INVALID_CODE"))
+
+
+KeyOf = Callable[[DeviceState], bytes | None]  # a device's key (None: it cannot be derived), `Keyring.key_of`
+
+
+def verification_rule(
+    device_id: str, otp: str | int, now: float, policy: Policy, key_of: KeyOf, *, confirm: bool = False
+) -> Callable[[DeviceState | None], Transition]:
+    """`decide` as a function of the device's state alone: what the engine runs, and runs again on a newer
+    state when another request changed the device first."""
+
+    def rule(state: DeviceState | None) -> Transition:
+        return decide(device_id, state, None if state is None else key_of(state), otp, now, policy, confirm=confirm)
+
+    return rule
+
+
+def resync_rule(
+    device_id: str, otp1: str | int, otp2: str | int, now: float, policy: Policy, key_of: KeyOf
+) -> Callable[[DeviceState | None], Transition]:
+    """`decide_resync` as a function of the device's state alone."""
+
+    def rule(state: DeviceState | None) -> Transition:
+        return decide_resync(device_id, state, None if state is None else key_of(state), otp1, otp2, now, policy)
+
+    return rule
 
 
 def decide_resync(

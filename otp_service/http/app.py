@@ -7,7 +7,7 @@ import re
 import tornado.web
 
 from ..config import Settings
-from ..service.commands import AsyncOtpService, build_service
+from ..service import AsyncOtpService, build_service
 from . import docs
 from . import handlers as web
 from .logs import access_log

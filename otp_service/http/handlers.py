@@ -26,11 +26,10 @@ from .. import __version__, metrics
 from ..audit.rows import RequestContext, normal_ip
 from ..config import Settings
 from ..core import errors, validation
-from ..db.models import Action
+from ..core.actions import Action
 from ..reports.runner import report_name
-from ..service import clients
+from ..service import AsyncOtpService, clients
 from ..service.clients import Caller
-from ..service.commands import AsyncOtpService
 from ..service.queries import last_day
 from .ratelimit import Decision, RateLimiter
 

@@ -3,7 +3,7 @@ current, and decide again on the newer state when it is not.
 
 `settle` is that loop, written once and free of I/O: it yields what it needs done (read a state, apply a
 transition, or — after a few lost races — read, decide and apply under the row lock) and is driven by
-`Engine.run` (blocking: CLI, demo data, thread pool) or `Engine.run_async` (the event loop, where reads
+`Engine.run` (blocking: CLI, demo data, thread pool) or `AsyncEngine.run` (the event loop, where reads
 and writes of many requests share statements). Either way the answer a caller gets is the verdict of the
 transition that was applied, made on the state the row had when it applied.
 """
@@ -15,12 +15,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from ..audit.rows import RequestContext
 from ..core.transitions import UNKNOWN, DeviceState, Transition
 from ..metrics import OVERTAKEN
-from .store import Decide, Store
+from .store import Applied, Decide, Store
 
 _OVERTAKEN_OPTIMISTIC, _OVERTAKEN_LOCKED = OVERTAKEN.labels("optimistic"), OVERTAKEN.labels("locked")
 
@@ -68,15 +68,42 @@ def settle(plan: Plan, known: Any, optimistic: bool) -> Generator[Read | Apply |
     return (yield ApplyLocked(plan.device_id, plan.decide, plan.ctx))
 
 
-class Engine:
-    """Runs plans against a store, keeping the last state it saw of each device (a hint: a stale one
-    costs a lost race, never a wrong answer)."""
+class _Runner:
+    """What both drivers of `settle` share: the last state seen of each device (a hint: a stale one costs a
+    lost race, never a wrong answer), kept from every read, lost race and applied transition."""
+
+    def __init__(self, cache: DeviceCache):
+        self.cache = cache
+
+    def _known(self, plan: Plan) -> Any:
+        return self.cache.get(plan.device_id, plan.assume)
+
+    def _seen(self, device_id: str, state: Any) -> Any:
+        """Remember what a read or a lost race showed of the device (None: absent; UNKNOWN: read it again)."""
+        if state is None or state is UNKNOWN:
+            self.cache.discard(device_id)
+        else:
+            self.cache.put(state)
+        return state
+
+    def _outcome(self, transition: Transition, outcome: Applied) -> Applied:
+        applied, current = outcome
+        if not applied:
+            _OVERTAKEN_OPTIMISTIC.inc()
+            self._seen(transition.device_id, current)
+        return outcome
+
+    def _applied(self, transition: Transition) -> Transition:
+        self._seen(transition.device_id, transition.current)
+        return transition
+
+
+class Engine(_Runner):
+    """Runs plans against a blocking store (CLI, demo data, the thread pool, SQLite)."""
 
     def __init__(self, store: Store, cache: DeviceCache | None = None):
+        super().__init__(cache or DeviceCache())
         self.store = store
-        self.cache = cache or DeviceCache()
-        self.loop_store: Any = None  # EventLoopStore, for run_async (PostgreSQL)
-        self._turns: dict[str, list] = {}  # device id -> [lock, requests holding or waiting for it]
 
     def run(self, plan: Plan) -> dict[str, Any]:
         steps = settle(plan, self._known(plan), self.store.optimistic)
@@ -95,22 +122,38 @@ class Engine:
                     _OVERTAKEN_LOCKED.inc()
                 reply = self.store.apply_locked(*op)
 
-    async def run_async(self, plan: Plan) -> dict[str, Any]:
-        """`run` on the event loop. Requests for one device take turns within the process, so only
-        other processes can overtake a decision."""
+    def warm(self, limit: int | None = None) -> int:
+        """Cache the states of the most recently used active devices; returns how many."""
+        states = self.store.recent(min(limit or self.cache.size, self.cache.size))
+        for state in reversed(states):
+            self.cache.put(state)
+        return len(states)
+
+
+class AsyncEngine(_Runner):
+    """Runs plans on the event loop (PostgreSQL), where reads and writes of many requests share statements.
+    Requests for one device take turns within the process, so only other processes can overtake a decision.
+    It shares the blocking engine's cache: both paths of one process see what either learnt."""
+
+    def __init__(self, store: AsyncStore, cache: DeviceCache):
+        super().__init__(cache)
+        self.store = store
+        self._turns: dict[str, list] = {}  # device id -> [lock, requests holding or waiting for it]
+
+    async def run(self, plan: Plan) -> dict[str, Any]:
         turn = self._turns.get(plan.device_id)
         if turn is None:
             turn = self._turns[plan.device_id] = [asyncio.Lock(), 0]
         turn[1] += 1
         try:
             async with turn[0]:
-                return await self._settle_async(plan)
+                return await self._settle(plan)
         finally:
             turn[1] -= 1
             if not turn[1]:
                 del self._turns[plan.device_id]
 
-    async def _settle_async(self, plan: Plan) -> dict[str, Any]:
+    async def _settle(self, plan: Plan) -> dict[str, Any]:
         steps = settle(plan, self._known(plan), optimistic=True)
         reply = None
         while True:
@@ -119,41 +162,22 @@ class Engine:
             except StopIteration as done:
                 return plan.answer(self._applied(done.value))
             if isinstance(op, Read):
-                reply = self._seen(op.device_id, await self.loop_store.read(op.device_id))
+                reply = self._seen(op.device_id, await self.store.read(op.device_id))
             elif isinstance(op, Apply):
-                reply = self._outcome(op.transition, await self.loop_store.apply(*op))
+                reply = self._outcome(op.transition, await self.store.apply(*op))
             else:
                 _OVERTAKEN_LOCKED.inc()
-                reply = await self.loop_store.apply_locked(*op)
+                reply = await self.store.apply_locked(*op)
 
-    def warm(self, limit: int | None = None) -> int:
-        """Cache the states of the most recently used active devices; returns how many."""
-        states = self.store.recent(min(limit or self.cache.size, self.cache.size))
-        for state in reversed(states):
-            self.cache.put(state)
-        return len(states)
 
-    def _known(self, plan: Plan) -> Any:
-        return self.cache.get(plan.device_id, plan.assume)
+class AsyncStore(Protocol):
+    """The device table as the event loop sees it (`pg_eventloop.EventLoopStore`)."""
 
-    def _seen(self, device_id: str, state: Any) -> Any:
-        """Remember what a read or a lost race showed of the device (None: absent; UNKNOWN: read it again)."""
-        if state is None or state is UNKNOWN:
-            self.cache.discard(device_id)
-        else:
-            self.cache.put(state)
-        return state
+    async def read(self, device_id: str) -> DeviceState | None: ...
 
-    def _outcome(self, transition: Transition, outcome: tuple[bool, DeviceState | None]) -> tuple:
-        applied, current = outcome
-        if not applied:
-            _OVERTAKEN_OPTIMISTIC.inc()
-            self._seen(transition.device_id, current)
-        return outcome
+    async def apply(self, transition: Transition, ctx: RequestContext) -> Applied: ...
 
-    def _applied(self, transition: Transition) -> Transition:
-        self._seen(transition.device_id, transition.current)
-        return transition
+    async def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition: ...
 
 
 class DeviceCache:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psycopg2
 import psycopg2.extensions
@@ -28,8 +28,12 @@ from prometheus_client import Histogram
 
 from ..core.errors import ServiceError
 
-if TYPE_CHECKING:
-    from .pg_eventloop import AsyncPool
+
+class Pool(Protocol):
+    """What a batch is sent through (`pg_eventloop.AsyncPool`): one statement, its rows."""
+
+    async def fetchall(self, sql: str, args: tuple = ()) -> list[tuple]: ...
+
 
 MAX_BATCH = 128
 
@@ -37,7 +41,7 @@ MAX_BATCH = 128
 class GroupCommit:
     def __init__(
         self,
-        pool: AsyncPool,
+        pool: Pool,
         statement: str,
         to_args: Callable[[list[Any]], tuple],
         from_rows: Callable[[Sequence[tuple], list[Any]], list[Any]],

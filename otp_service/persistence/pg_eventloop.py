@@ -28,6 +28,7 @@ import psycopg2
 import psycopg2.extensions
 
 from .. import metrics
+from ..audit.journal import Journal
 from ..audit.rows import RequestContext
 from ..core import errors
 from ..core.transitions import UNKNOWN, DeviceState, Transition
@@ -48,6 +49,11 @@ class AsyncPool:
         self._idle: list[psycopg2.extensions.connection] = []
         self._slots: asyncio.Semaphore | None = None
         self.in_use = 0
+
+    @property
+    def connect_params(self) -> dict[str, Any]:
+        """What a connection of this pool connects with (a listener's own connection takes the same)."""
+        return dict(self._params)
 
     @classmethod
     def for_database(cls, database, size: int, timeout: float) -> AsyncPool:
@@ -168,16 +174,23 @@ class EventLoopStore:
     """`store.PostgresStore` on the event loop: reads and transitions of concurrent requests go in shared
     statements (`group_commit`); the row-lock fallback, a transaction, runs on the thread pool."""
 
-    def __init__(self, pool: AsyncPool, sync: store.PostgresStore, apply_locked: Callable, executor: Executor):
-        """`apply_locked`: `sync.apply_locked` inside a unit of work (a connection, errors as 503s)."""
+    def __init__(
+        self,
+        pool: AsyncPool,
+        statements: store.Statements,
+        journal: Journal,
+        apply_locked: Callable[[str, store.Decide, RequestContext], Transition],
+        executor: Executor,
+    ):
+        """`statements`: the prepared READ and APPLY and the name this process writes under (the blocking
+        store's, so both paths share the prepared statements); `apply_locked`: the blocking store's
+        row-lock fallback inside a unit of work (a connection, errors as 503s)."""
         self._apply_locked, self.executor = apply_locked, executor
-        self.reads = GroupCommit(
-            pool, sync.read_statement, lambda ids: (ids,), store.read_results, metrics.READ_BATCH_SIZE
-        )
+        self.reads = GroupCommit(pool, statements.read, lambda ids: (ids,), store.read_results, metrics.READ_BATCH_SIZE)
         self.writes = GroupCommit(
             pool,
-            sync.apply_statement,
-            lambda items: store.apply_args(items, sync.sender, sync.journal),
+            statements.apply,
+            lambda items: store.apply_args(items, statements.sender, journal),
             lambda rows, items: store.apply_results(rows, len(items)),
             metrics.APPLY_BATCH_SIZE,
             rolled_back=(False, UNKNOWN),  # undone whole (a deadlock): read again
@@ -200,8 +213,10 @@ class StateListener:
     changed costs a lost race when next used here (a round trip); with it, usually nothing. Correctness
     never depends on it: a write still applies only on the state it was decided on."""
 
-    def __init__(self, pool: AsyncPool, sender: str, refresh: Callable[[DeviceState], None]):
-        self._params, self.sender, self.refresh = pool._params, sender, refresh
+    def __init__(self, connect_params: dict[str, Any], sender: str, refresh: Callable[[DeviceState], None]):
+        """`connect_params`: the server to listen on (`AsyncPool.connect_params`); `sender`: this process's name
+        in the notifications (its own are skipped); `refresh`: what to do with another process's new state."""
+        self._params, self.sender, self.refresh = connect_params, sender, refresh
         self.received = 0
 
     async def run(self) -> None:

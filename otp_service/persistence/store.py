@@ -22,6 +22,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from peewee import Database
 
@@ -41,28 +42,16 @@ _COLUMNS = ", ".join(STATE_COLUMNS)
 _NEW_COLUMNS = STATE_COLUMNS[1:]  # device_id is the key, the rest is the row to write
 STATES_CHANNEL = "otp_device_states"
 STATES_PER_NOTIFICATION = 4  # an element is at most ~1.7 KB (254 four-byte characters of user id…): 4 fit in 8000
-_PG_TYPES = {
-    "device_id": "text",
-    "user_id": "text",
-    "salt": "text",
-    "key_version": "int",
-    "derived_key_hash": "text",
-    "digits": "int",
-    "interval": "int",
-    "algorithm": "text",
-    "issuer": "text",
-    "is_active": "bool",
-    "created_at": "timestamp",
-    "last_used": "timestamp",
-    "usage_count": "int",
-    "deactivated_at": "timestamp",
-    "last_step": "bigint",
-    "drift": "int",
-    "failed_attempts": "int",
-    "locked_until": "timestamp",
-    "version": "bigint",
-    "pending_until": "timestamp",
+# A device column's PostgreSQL type, from its model field: the table is described once, in `db.models`.
+_PG_TYPE_OF = {
+    "VARCHAR": "text",
+    "TEXT": "text",
+    "INT": "int",
+    "BIGINT": "bigint",
+    "BOOL": "bool",
+    "DATETIME": "timestamp",
 }
+_PG_TYPES = {c: _PG_TYPE_OF[Device._meta.fields[c].field_type] for c in STATE_COLUMNS}
 _EVENT_TYPES = ("timestamp", "text", "bool", "text", "text", "text", "text", "text", "text", "text", "text")
 _T_KEYS = ("i", "device_id", "expected", "writes", *_NEW_COLUMNS)
 _NO_ROW = (None,) * len(_NEW_COLUMNS)
@@ -276,19 +265,34 @@ class Store(ABC):
         raise RuntimeError(f"the recovery codes of {user_id!r} changed under a row lock {LOCKED_ROUNDS} times")
 
 
+class Statements(NamedTuple):
+    """The EXECUTEs of the prepared READ and APPLY, and the name this process's writes go under in APPLY's
+    notifications: what the blocking store and the event loop's store share."""
+
+    read: str
+    apply: str
+    sender: str
+
+
 class PostgresStore(Store):
     def __init__(self, database: Database, journal: Journal):
         super().__init__(database, journal)
-        self.sender = secrets.token_hex(8)  # names this process's writes in APPLY's notifications
-        self.apply_statement = _prepare(database, "otp_apply", APPLY)
-        self.read_statement = _prepare(database, "otp_read", READ)
+        self.statements = Statements(
+            read=_prepare(database, "otp_read", READ),
+            apply=_prepare(database, "otp_apply", APPLY),
+            sender=secrets.token_hex(8),
+        )
+
+    @property
+    def sender(self) -> str:
+        return self.statements.sender
 
     def read(self, device_id: str) -> DeviceState | None:
-        return read_results(self.database.execute_sql(self.read_statement, ([device_id],)).fetchall(), [device_id])[0]
+        return read_results(self.database.execute_sql(self.statements.read, ([device_id],)).fetchall(), [device_id])[0]
 
     def apply(self, transition: Transition, ctx: RequestContext) -> Applied:
         args = apply_args([(transition, ctx)], self.sender, self.journal)
-        rows = self.database.execute_sql(self.apply_statement, args).fetchall()
+        rows = self.database.execute_sql(self.statements.apply, args).fetchall()
         return apply_results(rows, 1)[0]
 
     def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:

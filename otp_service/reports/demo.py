@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 
 from ..audit.rows import RequestContext
 from ..core import errors, recovery, totp
-from ..db.models import Action
-from ..service.commands import OtpService
+from ..core.actions import Action
+from ..service import OtpService
 
 DEFAULT_END = datetime(2026, 3, 1, tzinfo=UTC)
 USER_AGENTS = ("AcmeBank-iOS/5.2", "AcmeBank-Android/5.1", "AcmeWeb/2026.02 (Chrome)", "AcmeWeb/2026.02 (Firefox)")
@@ -428,7 +428,7 @@ def demo_database(url: str, devices: int = 40, days: int = 28, seed: int = 7, en
     """A database at `url` holding the demo history, its audit chains sealed by a checkpoint at its end: what
     report notebooks use when they are given no database."""
     from ..db.database import migrate, open_database
-    from ..service.commands import build_service
+    from ..service import build_service
 
     database = open_database(url, 1)
     migrate(database)

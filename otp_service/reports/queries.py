@@ -22,8 +22,9 @@ from urllib.parse import urlparse
 import pandas as pd
 from peewee import JOIN, SQL, Case, Database, NodeList, fn
 
+from ..core.actions import Action
 from ..db.database import is_postgres, open_database
-from ..db.models import Action, AuditLog, Device, db
+from ..db.models import AuditLog, Device, db
 
 VERIFY = Action.OTP_VERIFICATION
 
@@ -910,7 +911,7 @@ def prepare(
 def _verify(database: Database, database_url: str, data: str, start: datetime, end: datetime) -> dict | None:
     """The period's audit rows verified here (demo: with the demo's keys; else the environment's, if set)."""
     from ..config import ConfigError, Settings
-    from ..service.commands import build_service
+    from ..service import build_service
     from .demo import demo_settings
 
     try:

@@ -186,7 +186,7 @@ def render_pdf(html: str) -> tuple[bytes | None, str | None]:
 
 def _integrity(settings: Settings, database, start: datetime, end: datetime) -> str:
     """Seal the chains (a checkpoint for this report), then verify the period's rows: the statement, as JSON."""
-    from ..service.commands import build_service
+    from ..service import build_service
 
     service = build_service(settings, database)
     service.checkpoint("report")

@@ -23,12 +23,13 @@ from datetime import datetime, timedelta
 
 from ..audit.journal import Journal
 from ..audit.rows import RequestContext, audit_row
+from ..core.actions import SCOPES, Action
 from ..core.transitions import AuditEvent, to_datetime
-from ..db.models import Action, ApiClient
+from ..db.models import ApiClient
 
 COMMAND_LINE = RequestContext(user_agent="otp-service clients (command line)", actor="command-line")
 
-SCOPES = ("verify", "enroll", "manage", "read", "reports", "metrics", "admin")
+
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}", re.ASCII)
 KEY_PREFIX = "otpk_"
 REMEMBER_SECONDS = 5.0  # a revocation or rotation takes effect in every process within this

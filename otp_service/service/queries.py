@@ -13,10 +13,10 @@ from typing import Any
 from peewee import fn
 
 from ..core import errors, recovery
+from ..core.actions import Action
 from ..core.recovery import RecoveryState
 from ..core.transitions import STATE_COLUMNS, DeviceState, isoformat, to_datetime
-from ..core.verification import HARD_LOCK
-from ..db.models import Action, AuditLog, Device, RecoveryCodes, Report
+from ..db.models import AuditLog, Device, RecoveryCodes, Report
 
 
 def device(device_id: str) -> Device:
@@ -150,7 +150,6 @@ def describe(device: Device, at: datetime) -> dict[str, Any]:
     """Everything about a device except anything that could help derive its key."""
     state = DeviceState(*(getattr(device, c) for c in STATE_COLUMNS))  # its rules decide what it is now
     expired = state.enrollment_expired(at)
-    locked = device.locked_until is not None and device.locked_until > at
     return {
         "device_id": device.device_id,
         "user_id": device.user_id,
@@ -158,7 +157,7 @@ def describe(device: Device, at: datetime) -> dict[str, Any]:
         "is_active": device.is_active and not expired,
         "confirm_by": None if expired else isoformat(device.pending_until),
         "enrollment_expired": expired,
-        "locked": locked,
+        "locked": state.locked(at),
         "drift": device.drift,
         "created_at": isoformat(device.created_at),
         "last_used": isoformat(device.last_used),
@@ -170,8 +169,8 @@ def describe(device: Device, at: datetime) -> dict[str, Any]:
         "issuer": device.issuer,
         "key_version": device.key_version,
         "failed_attempts": device.failed_attempts,
-        "locked_until": None if device.locked_until == HARD_LOCK else isoformat(device.locked_until),
-        "hard_locked": device.locked_until == HARD_LOCK,
+        "locked_until": None if state.hard_locked else isoformat(device.locked_until),
+        "hard_locked": state.hard_locked,
     }
 
 

@@ -1,0 +1,70 @@
+"""The read side of `OtpService` (`blocking`): device info, a user's devices and audit trail, statistics,
+stored reports, each one query (`queries`) in a unit of work. Nothing here changes state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+from peewee import Database
+
+from ..core import errors, totp
+from ..core.keys import Keyring
+from ..core.transitions import DeviceState, to_datetime
+from ..db.models import Report
+from ..persistence.store import Store
+from . import queries
+
+T = TypeVar("T")
+
+
+class Reads:
+    """Provided by `OtpService`: the database, the store, the keyring, the clock."""
+
+    database: Database
+    store: Store
+    keyring: Keyring
+    unit_of_work: Callable[..., AbstractContextManager[None]]
+    _now: Callable[[float | None], float]
+
+    def query(self, fn: Callable[..., T], *args: Any) -> T:
+        with self.unit_of_work():
+            return fn(*args)
+
+    def device_info(self, device_id: str, now: float | None = None) -> dict[str, Any]:
+        return self.query(queries.device_info, device_id, to_datetime(self._now(now)))
+
+    def user_devices(self, user_id: str, now: float | None = None) -> dict[str, Any]:
+        return self.query(queries.user_devices, user_id, to_datetime(self._now(now)))
+
+    def user_audit(self, user_id: str, limit: int = 50, before: int | None = None) -> dict[str, Any]:
+        return self.query(queries.user_audit, user_id, limit, before)
+
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        return self.query(queries.stats, self._now(now))
+
+    def list_reports(self, limit: int = 50, before: int | None = None) -> dict[str, Any]:
+        return self.query(queries.list_reports, limit, before)
+
+    def report_content(self, report_id: int, part: str) -> tuple[Report, bytes | str]:
+        return self.query(queries.report_content, report_id, part)
+
+    def current_code(self, device_id: str, now: float | None = None) -> dict[str, Any]:
+        """For DEBUG test set-ups only: the code a device shows now."""
+        device, key = self._device_and_key(device_id)
+        code = totp.totp(key, self._now(now), device.digits, device.interval, device.algorithm)
+        return {"device_id": device_id, "otp": code}
+
+    def _device_and_key(self, device_id: str) -> tuple[DeviceState, bytes]:
+        """A device's state and key, for the read-only operations that need its codes."""
+        device = self.query(self.store.read, device_id)
+        if device is None:
+            raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
+        key = self.keyring.key_of(device)
+        if key is None:
+            raise errors.KeyUnavailableError("This device's key cannot be derived.")
+        return device, key
+
+    def ping(self) -> None:
+        self.query(self.database.execute_sql, "SELECT 1")
