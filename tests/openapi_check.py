@@ -13,11 +13,12 @@ from functools import lru_cache
 from jsonschema import Draft202012Validator
 
 from otp_service.http.openapi import build_spec
+from otp_service.http.routes import served
 
 
 @lru_cache(maxsize=1)
 def spec() -> dict:
-    return build_spec(debug=True)
+    return build_spec(served(debug=True))
 
 
 def to_json_schema(node):

@@ -94,7 +94,7 @@ def test_api_keys_are_compared_as_equal_length_digests(monkeypatch):
     and every key is compared (no early exit): timing tells nothing of which key, or of any key's length."""
     import hmac
 
-    from otp_service.http.handlers import bearer_matches
+    from otp_service.http.access import bearer_matches
 
     compared = []
     real = hmac.compare_digest

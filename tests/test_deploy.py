@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from otp_service.config import Settings
-from otp_service.http.app import API_ROUTES
+from otp_service.http.routes import ROUTES
 from tests.serving import ROOT, free_port, http, run_cli, start_cli, wait_healthy
 
 BLUEPRINT = yaml.safe_load((ROOT / "render.yaml").read_text())
@@ -64,7 +64,7 @@ def test_blueprint_provides_every_production_setting(tmp_path):
 
 def test_blueprint_shape():
     assert WEB["runtime"] == "docker" and WEB["dockerfilePath"] == "./Dockerfile"
-    assert WEB["healthCheckPath"] in {t for t, _ in API_ROUTES}
+    assert WEB["healthCheckPath"] in {r.path for r in ROUTES}
     kv = next(s for s in BLUEPRINT["services"] if s["type"] == "keyvalue")
     assert kv["ipAllowList"] == []
     assert {c["dockerCommand"].split()[3] for c in CRONS} == {"scheduled-report", "audit"}

@@ -11,12 +11,13 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from otp_service.http.openapi import build_spec
+from otp_service.http.routes import served
 from tests.conftest import API_KEY, SEEN_RESPONSES
 from tests.openapi_check import check_response
 
 pytestmark = pytest.mark.fuzz
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
-schema = schemathesis.openapi.from_dict(build_spec(debug=False))
+schema = schemathesis.openapi.from_dict(build_spec(served(debug=False)))
 
 
 @schema.parametrize()

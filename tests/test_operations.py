@@ -11,9 +11,10 @@ from datetime import datetime
 import pytest
 
 from otp_service.db.models import Report
-from otp_service.http.app import API_ROUTES, DEBUG_ROUTES, route_table
+from otp_service.http.app import route_table
 from otp_service.http.logs import configure_logging
 from otp_service.http.openapi import build_spec
+from otp_service.http.routes import ROUTES, served
 from tests.conftest import API_KEY, settings_for
 from tests.helpers import audit_rows, code_at
 from tests.openapi_check import check_response
@@ -22,15 +23,15 @@ METHODS = ("get", "head", "post", "put", "patch", "delete")
 
 
 def test_every_route_is_described_and_every_description_routed(settings):
-    spec = build_spec(debug=True)
-    routed = {template: handler for template, handler in API_ROUTES + DEBUG_ROUTES}
+    spec = build_spec(served(debug=True))
+    routed = {route.path: route.handler for route in ROUTES}
     assert set(routed) == set(spec["paths"])
     for template, handler in routed.items():
         own = [k for k in handler.__mro__ if k.__module__.startswith("otp_service")]
         implemented = {m for m in METHODS if any(m in vars(k) for k in own)}
         assert set(spec["paths"][template]) == implemented, template
-    assert "/api/v1/debug/devices/{device_id}/otp" not in build_spec(debug=False)["paths"]
-    assert [t for t, _ in route_table(settings)] == [t for t, _ in API_ROUTES]
+    assert "/api/v1/debug/devices/{device_id}/otp" not in build_spec(served(debug=False))["paths"]
+    assert [r.path for r in route_table(settings)] == [r.path for r in ROUTES if not r.debug]
 
 
 def test_the_response_checker_rejects_what_the_spec_does_not_allow():

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from otp_service.config import ConfigError, Settings
 from otp_service.core import errors, validation
-from otp_service.http.handlers import client_ip
+from otp_service.http.base import client_ip
 
 pytestmark = pytest.mark.properties
 

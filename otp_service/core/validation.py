@@ -153,7 +153,10 @@ def otp_for_device(value: str | int, device_digits: int) -> str:
     return value
 
 
-def limit(value: str | None, default: int = 50, maximum: int = 200) -> int:
+PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX = 50, 200  # entries per page of a listing
+
+
+def limit(value: str | None, default: int = PAGE_LIMIT_DEFAULT, maximum: int = PAGE_LIMIT_MAX) -> int:
     if value is None:
         return default
     if not ASCII_DIGITS.fullmatch(value) or not 1 <= int(value) <= maximum:

@@ -1,0 +1,276 @@
+"""The route table: every path the service serves, once — its handler, the API client scope it needs, the
+rate limit it counts against, and what `/openapi.json` says of it (summary, request and response schema,
+the error statuses it can answer). The Tornado router (`app.make_app`) and the OpenAPI description
+(`openapi.build_spec`) are both built from it, so they cannot disagree.
+
+A new operation is one row here, one handler (`handlers`) and one service method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import tornado.web
+
+from . import handlers as h
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One method of a path, as the OpenAPI description states it."""
+
+    method: str
+    summary: str
+    ok: int = 200
+    response: str | None = None  # the schema of `data` in the envelope (components/schemas)
+    errors: tuple[int, ...] = ()  # statuses beyond those every /api operation can answer (`schemas.API_ERRORS`)
+    body: str | None = None  # the request body's schema (JSON)
+    paged: bool = False  # takes ?limit= and ?before=
+    tag: str = "devices"
+    content: str | None = None  # the media type of a 200 that is not the JSON envelope (a report's file)
+    responses: str | None = None  # the operational routes outside /api: their answers, as `schemas.OPERATIONAL`
+    auth: bool = True  # needs a Bearer key
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str  # an OpenAPI path template: `{device_id}` is one path segment
+    handler: type[tornado.web.RequestHandler]
+    operations: tuple[Operation, ...]
+    scope: str | None = None  # the API client scope it needs (`core.actions.SCOPES`); None: no API key
+    rate: str = "default"  # the per-address rate limit it counts against
+    debug: bool = False  # served only with DEBUG=true outside production
+
+
+def post(summary: str, **kw: Any) -> Operation:
+    return Operation("post", summary, **kw)
+
+
+def get(summary: str, **kw: Any) -> Operation:
+    return Operation("get", summary, **kw)
+
+
+DEVICE, USER, REPORT = "/api/v1/devices/{device_id}", "/api/v1/users/{user_id}", "/api/v1/reports/{report_id}"
+_REPORT_FILE = {"errors": (404,), "tag": "reports"}
+_OPS = "operations"
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "/health",
+        h.HealthHandler,
+        (
+            get("Liveness and database check", tag=_OPS, responses="health", auth=False),
+            Operation("head", "Liveness and database check, no body", tag=_OPS, responses="health-head", auth=False),
+        ),
+    ),
+    Route("/openapi.json", h.OpenApiHandler, (get("This description", tag=_OPS, responses="openapi", auth=False),)),
+    Route(
+        "/metrics",
+        h.MetricsHandler,
+        (
+            get(
+                "Prometheus metrics (Bearer METRICS_TOKEN, or an API key when none is set; rate limited)",
+                tag=_OPS,
+                responses="metrics",
+            ),
+        ),
+        scope="metrics",
+    ),
+    Route(
+        "/api/v1/devices/register",
+        h.RegisterHandler,
+        (
+            post(
+                "Register a device; the response holds its key, shown this once",
+                ok=201,
+                response="Registration",
+                errors=(409,),
+                body="RegisterRequest",
+            ),
+        ),
+        scope="enroll",
+    ),
+    Route(
+        "/api/v1/otp/verify",
+        h.VerifyHandler,
+        (
+            post(
+                "Verify a code (replay-safe, throttled)",
+                response="Verification",
+                errors=(404, 409),
+                body="VerifyRequest",
+                tag="verification",
+            ),
+        ),
+        scope="verify",
+        rate="verify",
+    ),
+    Route(
+        f"{DEVICE}/deactivate",
+        h.DeactivateHandler,
+        (post("Deactivate a device (idempotent)", response="Deactivation", errors=(404,)),),
+        scope="manage",
+    ),
+    Route(
+        f"{DEVICE}/unlock",
+        h.UnlockHandler,
+        (post("Lift a device's lock and reset its clock offset", response="Unlock", errors=(404,)),),
+        scope="manage",
+    ),
+    Route(
+        f"{DEVICE}/confirm",
+        h.ConfirmHandler,
+        (
+            post(
+                "Confirm a pending enrolment with its first code",
+                response="Confirmation",
+                errors=(404, 409, 410),
+                body="ConfirmRequest",
+            ),
+        ),
+        scope="enroll",
+        rate="verify",
+    ),
+    Route(
+        f"{DEVICE}/resync",
+        h.ResyncHandler,
+        (
+            post(
+                "Resynchronise a device's clock with two consecutive codes",
+                response="Resync",
+                errors=(404, 409, 410),
+                body="ResyncRequest",
+                tag="verification",
+            ),
+        ),
+        scope="verify",
+        rate="verify",
+    ),
+    Route(
+        f"{DEVICE}/drift/reset",
+        h.DriftResetHandler,
+        (post("Forget a device's clock offset", response="DriftReset", errors=(404,)),),
+        scope="manage",
+    ),
+    Route(
+        f"{DEVICE}/code-lookup",
+        h.CodeLookupHandler,
+        (
+            post(
+                "When was this code valid for this device? (investigations; audited)",
+                response="CodeLookup",
+                errors=(404,),
+                body="CodeLookupRequest",
+            ),
+        ),
+        scope="manage",
+    ),
+    Route(
+        DEVICE, h.DeviceHandler, (get("A device's state (never its key)", response="Device", errors=(404,)),), "read"
+    ),
+    Route(
+        f"{USER}/devices", h.UserDevicesHandler, (get("A user's devices", response="UserDevices", tag="users"),), "read"
+    ),
+    Route(
+        f"{USER}/audit",
+        h.UserAuditHandler,
+        (get("A user's audit trail, newest first", response="AuditPage", paged=True, tag="users"),),
+        scope="read",
+    ),
+    Route(
+        f"{USER}/recovery-codes",
+        h.RecoveryCodesHandler,
+        (
+            post(
+                "Issue 10 one-time recovery codes, shown this once (replaces any earlier set)",
+                ok=201,
+                response="RecoveryCodes",
+                tag="users",
+            ),
+        ),
+        scope="enroll",
+    ),
+    Route(
+        f"{USER}/recovery-codes/verify",
+        h.RecoveryCodeVerifyHandler,
+        (
+            post(
+                "Check a recovery code (valid once; wrong ones are counted)",
+                response="RecoveryCodeCheck",
+                errors=(404,),
+                body="RecoveryCodeRequest",
+                tag="verification",
+            ),
+        ),
+        scope="verify",
+        rate="verify",
+    ),
+    Route(
+        f"{USER}/erase",
+        h.EraseUserHandler,
+        (
+            post(
+                "Erase a user (GDPR art. 17): devices, recovery codes, personal data in the audit trail",
+                response="Erasure",
+                tag="users",
+            ),
+        ),
+        scope="manage",
+    ),
+    Route(
+        "/api/v1/audit/keys",
+        h.AuditKeysHandler,
+        (get("The public keys that verify the audit trail's signed checkpoints", response="AuditKeys", tag="reports"),),
+        scope="reports",
+    ),
+    Route("/api/v1/stats", h.StatsHandler, (get("Usage statistics", response="Stats", tag="reports"),), "read"),
+    Route(
+        "/api/v1/reports",
+        h.ReportsHandler,
+        (get("Stored reports, newest first", response="ReportList", paged=True, tag="reports"),),
+        scope="reports",
+    ),
+    Route(
+        REPORT,
+        h.ReportHtmlHandler,
+        (get("A stored report as a self-contained HTML page", content="text/html", **_REPORT_FILE),),
+        scope="reports",
+    ),
+    Route(
+        f"{REPORT}/data",
+        h.ReportDataHandler,
+        (
+            get(
+                "A stored report's tables (and raw audit events) as CSV files in a zip, with SHA256SUMS",
+                content="application/zip",
+                **_REPORT_FILE,
+            ),
+        ),
+        scope="reports",
+    ),
+    Route(
+        f"{REPORT}/pdf",
+        h.ReportPdfHandler,
+        (
+            get(
+                "A stored report as a PDF, for archiving (404 if it was made without one)",
+                content="application/pdf",
+                **_REPORT_FILE,
+            ),
+        ),
+        scope="reports",
+    ),
+    Route(
+        "/api/v1/debug/devices/{device_id}/otp",
+        h.DebugOtpHandler,
+        (get("The device's current code (DEBUG only)", response="DebugCode", errors=(404,), tag="debug"),),
+        scope="read",
+        debug=True,
+    ),
+)
+
+
+def served(debug: bool) -> tuple[Route, ...]:
+    """The routes a process serves: the debug route only with DEBUG=true outside production."""
+    return tuple(r for r in ROUTES if debug or not r.debug)

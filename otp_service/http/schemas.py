@@ -1,0 +1,385 @@
+"""The OpenAPI 3.0 schemas of every request and response body, and what each error status means: declarative
+data, which `openapi` assembles with the route table. Bounds and patterns come from the validation that
+enforces them (`core.validation`, `core.totp`, `core.recovery`), so the description cannot drift from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..audit.rows import AUDIT_COLUMNS
+from ..core import recovery, totp, validation
+from .base import MAX_HEADERS, MAX_JSON_BODY
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(required: list[str], **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}
+
+
+def _s(fmt: str | None = None, nullable: bool = False, **kw: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", **kw}
+    if fmt:
+        schema["format"] = fmt
+    if nullable:
+        schema["nullable"] = True
+    return schema
+
+
+INT = {"type": "integer"}
+BOOL = {"type": "boolean"}
+TIME = _s("date-time")
+DATE = _s("date")
+TIME_OR_NULL = _s("date-time", nullable=True)
+_CODE = f"^[0-9]{{{min(totp.DIGITS_RANGE)},{max(totp.DIGITS_RANGE)}}}$"
+_GROUP = f"[{''.join(recovery.ALPHABET)}]{{4}}"
+_RECOVERY_CODE = "^" + "-".join([_GROUP] * (recovery.CODE_LENGTH // 4)) + "$"
+
+
+def _whole(allowed: range) -> dict[str, Any]:
+    return {"type": "integer", "minimum": allowed.start, "maximum": allowed.stop - 1}
+
+
+DEVICE_ID = _s(pattern=f"^{validation.DEVICE_ID.pattern}$")
+USER_ID = _s(minLength=1, maxLength=validation.MAX_USER_ID)
+REPORT_ID = {"type": "integer"}
+PATH_PARAMETERS = {"device_id": DEVICE_ID, "user_id": USER_ID, "report_id": REPORT_ID}  # by template name
+OTP = {
+    "oneOf": [_s(pattern=_CODE), {"type": "integer", "minimum": 0, "maximum": 10 ** max(totp.DIGITS_RANGE) - 1}],
+    "description": "exactly `digits` ASCII digits, or an integer (zero-padded)",
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj(
+        ["success", "message", "data", "error"],
+        success={"type": "boolean", "enum": [False]},
+        message=_s(),
+        data={"type": "object"},
+        error={
+            **_obj(
+                ["code", "request_id"],
+                code=_s(),
+                request_id=_s(),
+                field=_s(),
+                retry_after=INT,
+                locked_until=_s("date-time"),
+            ),
+            "additionalProperties": True,
+        },
+    ),
+    "Health": _obj(
+        ["success", "message", "data"],
+        success=BOOL,
+        message=_s(),
+        data=_obj(
+            ["status", "database", "version", "uptime_seconds"],
+            status=_s(enum=["ok", "degraded", "draining"]),
+            database=_s(enum=["ok", "unreachable"]),
+            version=_s(),
+            uptime_seconds={"type": "number"},
+        ),
+    ),
+    "RegisterRequest": _obj(
+        ["device_id", "user_id"],
+        device_id=DEVICE_ID,
+        user_id=USER_ID,
+        digits=_whole(totp.DIGITS_RANGE),
+        interval=_whole(totp.INTERVAL_RANGE),
+        algorithm=_s(enum=list(totp.ALGORITHMS)),
+        issuer=_s(maxLength=validation.MAX_ISSUER),
+        confirm={
+            **BOOL,
+            "description": "keep the device pending until its first code (always: ENROLLMENT_CONFIRMATION=required)",
+        },
+        qr={
+            **_s(enum=list(validation.QR_FORMATS)),
+            "description": "also return the otpauth URI's QR code as a data: URI",
+        },
+    ),
+    "Registration": _obj(
+        [
+            "device_id",
+            "user_id",
+            "derived_key",
+            "secret_base32",
+            "otpauth_uri",
+            "digits",
+            "interval",
+            "algorithm",
+            "issuer",
+            "key_version",
+            "created_at",
+            "status",
+            "confirm_by",
+        ],
+        device_id=DEVICE_ID,
+        user_id=_s(),
+        status=_s(enum=["pending", "active"]),
+        confirm_by={**TIME_OR_NULL, "description": "a pending device expires unless confirmed by then"},
+        qr=_s(description="present when asked for: data:image/svg+xml or data:image/png URI of the otpauth URI"),
+        derived_key=_s("byte", description="the key, standard base64; shown once"),
+        secret_base32=_s(description="the key, RFC 4648 base32 without padding"),
+        otpauth_uri=_s(),
+        digits=INT,
+        interval=INT,
+        algorithm=_s(),
+        issuer=_s(nullable=True),
+        key_version=INT,
+        created_at=TIME,
+    ),
+    "VerifyRequest": _obj(["device_id", "otp"], device_id=DEVICE_ID, otp=OTP),
+    "Verification": _obj(
+        ["device_id", "valid"],
+        device_id=DEVICE_ID,
+        valid=BOOL,
+        reason=_s(enum=["INVALID_CODE", "REPLAYED"]),
+        locked_until={**TIME_OR_NULL, "description": "present when this failure locked the device: until when"},
+        hard_locked={**BOOL, "description": "present (true) when this failure locked the device until an unlock"},
+    ),
+    "ConfirmRequest": _obj(["otp"], otp=OTP),
+    "Confirmation": _obj(
+        ["device_id", "valid", "status"],
+        device_id=DEVICE_ID,
+        valid=BOOL,
+        status=_s(enum=["pending", "active"]),
+        reason=_s(enum=["INVALID_CODE", "REPLAYED"]),
+        locked_until=TIME_OR_NULL,
+        hard_locked=BOOL,
+    ),
+    "ResyncRequest": _obj(["otp1", "otp2"], otp1=OTP, otp2={**OTP, "description": "the code shown right after otp1"}),
+    "Resync": _obj(
+        ["device_id", "resynced"],
+        device_id=DEVICE_ID,
+        resynced=BOOL,
+        drift={**INT, "description": "the device's clock offset now, in steps"},
+        reason=_s(enum=["INVALID_CODE", "REPLAYED"]),
+        locked_until=TIME_OR_NULL,
+        hard_locked=BOOL,
+    ),
+    "DriftReset": _obj(["device_id", "drift", "previous_drift"], device_id=DEVICE_ID, drift=INT, previous_drift=INT),
+    "RecoveryCodes": _obj(
+        ["user_id", "codes", "created_at"],
+        user_id=_s(),
+        codes={"type": "array", "items": _s(pattern=_RECOVERY_CODE)},
+        created_at=TIME,
+    ),
+    "RecoveryCodeRequest": _obj(["code"], code=_s(description="any case; hyphens and spaces are ignored")),
+    "RecoveryCodeCheck": _obj(
+        ["user_id", "valid"],
+        user_id=_s(),
+        valid=BOOL,
+        remaining=INT,
+        reason=_s(enum=["INVALID_CODE", "REPLAYED"]),
+        locked_until=TIME_OR_NULL,
+        hard_locked=BOOL,
+    ),
+    "RecoveryCodesState": {
+        **_obj(
+            ["remaining", "total", "created_at", "last_used", "failed_attempts", "locked_until", "hard_locked"],
+            remaining=INT,
+            total=INT,
+            created_at=TIME,
+            last_used=TIME_OR_NULL,
+            failed_attempts=INT,
+            locked_until=TIME_OR_NULL,
+            hard_locked=BOOL,
+        ),
+        "nullable": True,
+    },
+    "CodeLookupRequest": _obj(
+        ["otp", "from", "to"],
+        otp=OTP,
+        **{"from": TIME, "to": {**TIME, "description": f"at most {validation.MAX_LOOKUP_RANGE.days} days after from"}},
+    ),
+    "CodeLookup": _obj(
+        ["device_id", "from", "to", "searched_to", "matches"],
+        device_id=DEVICE_ID,
+        searched_to={
+            **TIME,
+            "description": "steps the device could still accept are never searched: the search ends here",
+        },
+        matches={
+            "type": "array",
+            "items": _obj(["step", "valid_from", "valid_to"], step=INT, valid_from=TIME, valid_to=TIME),
+        },
+        **{"from": TIME, "to": TIME},
+    ),
+    "Erasure": _obj(
+        ["user_id", "subject", "devices", "recovery_codes", "audit_rows", "user_reports"],
+        user_id=_s(),
+        subject=_s(description="the user's pseudonym, by which the erasure is audited"),
+        devices=INT,
+        recovery_codes=INT,
+        audit_rows={**INT, "description": "audit rows whose personal data was removed"},
+        user_reports={**INT, "description": "stored user reports about the user, deleted"},
+    ),
+    "AuditKeys": _obj(
+        ["keys"],
+        keys={
+            "type": "array",
+            "items": _obj(
+                ["key_id", "public_key", "current"],
+                key_id=_s(),
+                public_key=_s(description="Ed25519 public key, 32 bytes, base64"),
+                current=BOOL,
+            ),
+        },
+    ),
+    "Deactivation": _obj(
+        ["device_id", "is_active", "deactivated_at"],
+        device_id=DEVICE_ID,
+        is_active={"type": "boolean", "enum": [False]},
+        deactivated_at=TIME,
+    ),
+    "Unlock": _obj(
+        ["device_id", "failed_attempts", "locked_until"],
+        device_id=DEVICE_ID,
+        failed_attempts=INT,
+        locked_until=_s(nullable=True),
+    ),
+    "Device": _obj(
+        [
+            "device_id",
+            "user_id",
+            "is_active",
+            "created_at",
+            "last_used",
+            "usage_count",
+            "deactivated_at",
+            "digits",
+            "interval",
+            "algorithm",
+            "issuer",
+            "key_version",
+            "failed_attempts",
+            "locked_until",
+        ],
+        device_id=DEVICE_ID,
+        user_id=_s(),
+        is_active=BOOL,
+        created_at=TIME,
+        last_used=TIME_OR_NULL,
+        usage_count=INT,
+        deactivated_at=TIME_OR_NULL,
+        digits=INT,
+        interval=INT,
+        algorithm=_s(),
+        issuer=_s(nullable=True),
+        key_version=INT,
+        failed_attempts=INT,
+        locked_until=TIME_OR_NULL,
+        hard_locked=BOOL,
+        status=_s(enum=["pending", "active", "deactivated"]),
+        confirm_by=TIME_OR_NULL,
+        enrollment_expired={**BOOL, "description": "deactivated because its enrolment was not confirmed in time"},
+        locked=BOOL,
+        drift={**INT, "description": "the device's remembered clock offset, in steps"},
+    ),
+    "UserDevices": _obj(
+        ["user_id", "devices", "recovery_codes"],
+        user_id=_s(),
+        devices={"type": "array", "items": _ref("Device")},
+        recovery_codes=_ref("RecoveryCodesState"),
+    ),
+    "AuditEntry": _obj(
+        ["id", *AUDIT_COLUMNS],
+        id=INT,
+        timestamp=TIME,
+        action=_s(),
+        success=BOOL,
+        reason=_s(nullable=True),
+        device_id=_s(nullable=True),
+        user_id=_s(nullable=True),
+        ip_address=_s(nullable=True),
+        user_agent=_s(nullable=True),
+        request_id=_s(nullable=True),
+        additional_data={"type": "object", "nullable": True},
+        actor=_s(nullable=True, description="the API client that asked (null: the service itself)"),
+    ),
+    "AuditPage": _obj(
+        ["user_id", "entries", "next_before"],
+        user_id=_s(),
+        entries={"type": "array", "items": _ref("AuditEntry")},
+        next_before={"type": "integer", "nullable": True},
+    ),
+    "Activity": _obj(
+        ["registrations", "verifications_succeeded", "verifications_failed"],
+        registrations=INT,
+        verifications_succeeded=INT,
+        verifications_failed=INT,
+    ),
+    "Stats": _obj(
+        ["devices", "by_key_version", "last_24h", "last_7d", "generated_at"],
+        devices=_obj(["total", "active", "inactive"], total=INT, active=INT, inactive=INT),
+        by_key_version={"type": "object", "additionalProperties": _obj(["active", "total"], active=INT, total=INT)},
+        last_24h=_ref("Activity"),
+        last_7d=_ref("Activity"),
+        generated_at=TIME,
+    ),
+    "ReportList": _obj(
+        ["reports", "next_before"],
+        next_before={"type": "integer", "nullable": True},
+        reports={
+            "type": "array",
+            "items": _obj(
+                [
+                    "id",
+                    "kind",
+                    "user_id",
+                    "period_start",
+                    "period_end",
+                    "created_at",
+                    "html_url",
+                    "pdf_url",
+                    "data_url",
+                ],
+                id=INT,
+                kind=_s(enum=["audit", "usage", "user"]),
+                user_id=_s(nullable=True),  # the user of a user report
+                period_start=DATE,  # the first day
+                period_end=DATE,  # the last day, included
+                created_at=TIME,
+                html_url=_s(),
+                pdf_url=_s(nullable=True),  # null: no PDF (WeasyPrint could not run where it was made)
+                data_url=_s(),
+            ),
+        },
+    ),
+    "DebugCode": _obj(["device_id", "otp"], device_id=DEVICE_ID, otp=_s(pattern=_CODE)),
+}
+
+ERRORS = {
+    400: "Invalid input (`VALIDATION_ERROR` with `error.field`, or `MALFORMED_JSON`)",
+    401: "Missing or wrong API key (`UNAUTHORIZED`)",
+    403: "The key's client lacks the operation's scope (`INSUFFICIENT_SCOPE`, with `error.scope`)",
+    404: "No such resource (`NOT_FOUND`, `DEVICE_NOT_FOUND`)",
+    405: "Method not allowed (`METHOD_NOT_ALLOWED`)",
+    409: "Conflict (`DEVICE_EXISTS`, `DEVICE_INACTIVE`, `DEVICE_PENDING`, `ALREADY_CONFIRMED`)",
+    410: "The enrolment was not confirmed in time (`ENROLLMENT_EXPIRED`): register the device again",
+    413: f"Body over {MAX_JSON_BODY // 1024} KiB (`PAYLOAD_TOO_LARGE`)",
+    415: "Body is not application/json (`UNSUPPORTED_MEDIA_TYPE`)",
+    431: f"Request headers over {MAX_HEADERS // 1024} KiB (`HEADERS_TOO_LARGE`)",
+    429: "Too many requests (`RATE_LIMITED`), device or recovery codes locked (`DEVICE_LOCKED`, "
+    "`RECOVERY_CODES_LOCKED`); see `Retry-After`",
+    500: "Unexpected error (`INTERNAL_ERROR`): nothing internal is disclosed",
+    503: "Dependency unavailable (`DATABASE_UNAVAILABLE`, `KEY_UNAVAILABLE`, `RATE_LIMITER_UNAVAILABLE`)",
+}
+API_ERRORS = (400, 401, 403, 405, 429, 431, 500, 503)
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_HEALTH = {"description": "Service and database status", "content": {"application/json": {"schema": _ref("Health")}}}
+OPERATIONAL: dict[str, dict[str, Any]] = {  # the answers of the routes outside /api, written out whole
+    "health": {"200": _HEALTH, "503": _HEALTH, "431": _json(_ref("Error"), ERRORS[431])},
+    "health-head": {"200": {"description": "healthy"}, "503": {"description": "unhealthy"}},
+    "openapi": {"200": {"description": "OpenAPI 3.0 document", "content": {"application/json": {}}}},
+    "metrics": {
+        "200": {"description": "text exposition format", "content": {"text/plain": {}}},
+        **{str(code): _json(_ref("Error"), ERRORS[code]) for code in (401, 403, 429, 431, 503)},
+    },
+}
