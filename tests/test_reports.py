@@ -16,7 +16,8 @@ from otp_service.core.transitions import to_datetime
 from otp_service.db.models import AuditLog, Device, Report
 from otp_service.reports import audit_queries, bursts, usage_queries
 from otp_service.reports.demo import generate
-from otp_service.reports.runner import NOTEBOOKS_DIR, render_pdf
+from otp_service.reports.pdf import render_pdf
+from otp_service.reports.runner import NOTEBOOKS_DIR
 from tests.helpers import code_at, wrong_code
 from tests.serving import run_cli
 

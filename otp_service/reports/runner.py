@@ -1,6 +1,7 @@
 """Running a report notebook: papermill executes it, nbconvert renders HTML for readers who
-are not engineers (code hidden, figures embedded), and the result is kept both on disk and
-in the `reports` table, because a scheduled job's disk is thrown away after the run.
+are not engineers (code hidden, figures embedded), `pdf` prints that page for archiving, and the
+result is kept both on disk and in the `reports` table, because a scheduled job's disk is thrown
+away after the run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .pdf import render_pdf
+
 if TYPE_CHECKING:
     from ..config import Settings
 
@@ -27,8 +30,6 @@ NOTEBOOKS = {"audit": "03_audit_report.ipynb", "usage": "04_usage_report.ipynb",
 SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.IGNORECASE | re.DOTALL)
 TITLES = {"audit": "OTP service audit report", "usage": "OTP service usage report", "user": "OTP service user report"}
 MANIFEST = "SHA256SUMS"  # in each report's zip: `sha256sum -c SHA256SUMS` checks every other file in it
-# The system libraries WeasyPrint needs (Debian names), for the message when they are missing.
-PDF_LIBRARIES = "libpango-1.0-0 libpangoft2-1.0-0 (and a font, e.g. fonts-dejavu-core)"
 
 
 class ReportError(Exception):
@@ -150,38 +151,6 @@ def run_report(
         report_id = _store(database, kind, start, end, html, data_zip, pdf, user_id)
     database.close_all()
     return ReportResult(notebook, html_path, pdf_path, zip_path, data_dir, report_id, problem)
-
-
-# For paper: A4 landscape (the tables are wide), figures and tables shrunk to the page, page numbers.
-PRINT_CSS = """
-@page { size: A4 landscape; margin: 14mm 12mm 16mm 12mm;
-        @bottom-left { content: string(title); font: 7pt "DejaVu Sans", sans-serif; color: #555; }
-        @bottom-right { content: "page " counter(page) " of " counter(pages); font: 7pt "DejaVu Sans", sans-serif;
-                        color: #555; } }
-html, body { font-size: 9pt; }
-h1 { string-set: title content(); }
-img { max-width: 100%; height: auto; }
-table { font-size: 7.5pt; max-width: 100%; }
-td, th { overflow-wrap: break-word; }
-tr, img { page-break-inside: avoid; }
-h1, h2, h3 { page-break-after: avoid; }
-/* a heading or an explanation stays with what it introduces (they are separate cells, so `h2` alone is not enough) */
-.jp-MarkdownCell, .jp-RenderedMarkdown { break-after: avoid; }
-p { orphans: 3; widows: 3; }
-.keep-together { break-inside: avoid; }  /* a heading and its (short) table: a longer one breaks anyway */
-.jp-OutputArea-output pre { white-space: pre-wrap; }
-"""
-
-
-def render_pdf(html: str) -> tuple[bytes | None, str | None]:
-    """The page as a PDF (WeasyPrint), for archiving; or None and why, when WeasyPrint's system libraries
-    (Pango) are missing. Nothing is fetched: the page embeds its figures, and only `data:` URLs are read."""
-    try:
-        from weasyprint import CSS, HTML, URLFetcher
-    except OSError as exc:  # the Python package is there, but it could not load Pango
-        return None, f"WeasyPrint cannot load its system libraries ({exc}); install {PDF_LIBRARIES}"
-    fetcher = URLFetcher(allowed_protocols={"data"})
-    return HTML(string=html, url_fetcher=fetcher).write_pdf(stylesheets=[CSS(string=PRINT_CSS)]), None
 
 
 def _integrity(settings: Settings, database, start: datetime, end: datetime) -> str:
