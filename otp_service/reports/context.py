@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from peewee import Database
 
-from ..db.database import open_database
+from ..db.database import open_database, sqlite_path
 from ..db.models import Device
 from .output import ReportOutput
 
@@ -119,7 +119,7 @@ def prepare(
         source = (
             f"{parsed.scheme}://{parsed.hostname}{parsed.path}"
             if parsed.hostname
-            else f"SQLite database {Path(parsed.path).name}"
+            else f"SQLite database {Path(sqlite_path(database_url)).name}"
         )
     else:
         raise ValueError(f'data must be "demo" or "DATABASE_URL", got {data!r}')

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from .pdf import render_pdf
 
@@ -194,10 +195,11 @@ def _private_kernel() -> Iterator[object]:
 def local_database_url(url: str) -> str:
     """An SQLite URL with its path made absolute against the caller's working directory (the notebook runs
     elsewhere, where a relative path would name a new, empty file); refused if there is no such file."""
+    from ..db.database import sqlite_path
+
     if not url.startswith("sqlite"):
         return url
-    path = url.split("://", 1)[1].split("?", 1)[0]
-    path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db and sqlite:////abs.db
+    path = sqlite_path(url)
     if not path or path == ":memory:":
         raise ReportError("a report needs a database file, not an in-memory database")
     absolute = Path(path).resolve()
@@ -205,7 +207,7 @@ def local_database_url(url: str) -> str:
         raise ReportError(
             f"there is no database at {absolute}: run `python -m otp_service migrate` or check DATABASE_URL"
         )
-    return f"sqlite:///{absolute}"
+    return f"sqlite:///{quote(str(absolute))}"  # escaped again: `open_database` decodes it
 
 
 # Tables read as text: left-aligned from the top of each cell (JupyterLab's style right-aligns every cell).
