@@ -1,8 +1,7 @@
 """What a report notebook starts from: `prepare` opens the database (the demo's or DATABASE_URL's), turns the
-notebook's inclusive days into the half-open interval the queries take, states the audit trail's integrity,
-and hands back a `ReportContext` whose methods write the parts every report shares — the header, the
-integrity statement, the note on its files — plus the words the notebooks use to put a caller's text or a
-duration on the page.
+notebook's days into a `Period`, states the audit trail's integrity, and hands back a `ReportContext` whose
+methods write the parts every report shares — the header, the integrity statement, the note on its files —
+plus the words the notebooks use to put a caller's text or a duration on the page.
 """
 
 from __future__ import annotations
@@ -11,12 +10,13 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
 from peewee import Database
 
+from ..core.period import Period
 from ..db.database import open_database, sqlite_path
 from ..db.models import Device
 from .output import ReportOutput
@@ -27,13 +27,22 @@ class ReportContext:
     """What a report notebook works on: the open database, the period and where its files go."""
 
     database: Database
-    start: datetime
-    end: datetime  # exclusive
+    period: Period
     output: ReportOutput
     source: str  # the database, for the reader, without any password
     generated_at: str
     integrity: dict | None = None  # `audit verify` over the period's rows (audit.verify.Result.as_dict())
     generated_by: str = ""  # who or what asked for the report, in words
+
+    @property
+    def start(self) -> datetime:
+        """The period's first instant: what the queries take, with `end`."""
+        return self.period.start
+
+    @property
+    def end(self) -> datetime:
+        """The instant after the period's last day (exclusive)."""
+        return self.period.end
 
     def integrity_markdown(self) -> str:
         """The integrity statement a reader checks first: were these records altered?"""
@@ -67,11 +76,8 @@ class ReportContext:
         the settings its figures depend on (in words, each a row)."""
         from .. import __version__
 
-        last_day = (self.end - timedelta(days=1)).date()
-        days = (last_day - self.start.date()).days + 1
-        length = "1 day" if days == 1 else f"{days} days"
         rows = [
-            ("Period (UTC)", f"{self.start:%-d %B %Y} to {last_day:%-d %B %Y}, both days included ({length})"),
+            ("Period (UTC)", self.period.in_words()),
             ("Data", self.source),
             ("Generated", f"{self.generated_at}, by {self.generated_by or 'this notebook, run by hand'}"),
             ("Software", f"otp-service {__version__}"),
@@ -108,7 +114,7 @@ def prepare(
     from .demo import demo_database
     from .runner import period
 
-    begin, until = period(date.fromisoformat(start), date.fromisoformat(end))
+    span = period(date.fromisoformat(start), date.fromisoformat(end))
     if data == "demo":
         database_url = demo_database(f"sqlite:///{tempfile.mkdtemp(prefix='otp-demo-')}/demo.db")
         source = "demo history (synthetic: {devices} devices, 28 days to 2026-03-01, seed 7)"  # counted below
@@ -129,11 +135,11 @@ def prepare(
         source = source.format(devices=Device.select().count())
     output = ReportOutput(output_dir or tempfile.mkdtemp(prefix="otp-report-"))
     generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    checked = json.loads(integrity) if integrity else _verify(database, database_url, data, begin, until)
-    return ReportContext(database, begin, until, output, source, generated, checked, generated_by)
+    checked = json.loads(integrity) if integrity else _verify(database, database_url, data, span)
+    return ReportContext(database, span, output, source, generated, checked, generated_by)
 
 
-def _verify(database: Database, database_url: str, data: str, start: datetime, end: datetime) -> dict | None:
+def _verify(database: Database, database_url: str, data: str, span: Period) -> dict | None:
     """The period's audit rows verified here (demo: with the demo's keys; else the environment's, if set)."""
     from ..config import ConfigError, Settings
     from ..service.commands import build_service
@@ -146,7 +152,7 @@ def _verify(database: Database, database_url: str, data: str, start: datetime, e
     if data != "demo" and "AUDIT_SIGNING_KEY" in settings.generated:
         return None  # no keys given: the one just generated would call every checkpoint forged
     service = build_service(settings, database)
-    return service.verify_audit(start, end, record=False).as_dict()
+    return service.verify_audit(span.start, span.end, record=False).as_dict()
 
 
 MARKDOWN_SPECIALS = str.maketrans({c: f"&#{ord(c)};" for c in "\\`*_{}[]()#+-.!|<>&~"})

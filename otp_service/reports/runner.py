@@ -16,11 +16,12 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from ..core.period import Period
 from .pdf import render_pdf
 
 if TYPE_CHECKING:
@@ -63,11 +64,13 @@ def parse_day(text: str, name: str) -> date:
         raise ReportError(f"--{name} must be a date as YYYY-MM-DD, got {text!r}") from None
 
 
-def period(start: date, end: date) -> tuple[datetime, datetime]:
-    """Inclusive dates to the half-open UTC interval [start 00:00, end+1 00:00) the queries use."""
-    if end < start:
-        raise ReportError(f"the end date {end} is before the start date {start}")
-    return datetime.combine(start, datetime.min.time()), datetime.combine(end + timedelta(days=1), datetime.min.time())
+def period(start: date, end: date) -> Period:
+    """The report's days, first and last included, with the instants the queries take; a ReportError (for the
+    operator) if the end is before the start."""
+    try:
+        return Period(start, end)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def run_report(
@@ -94,7 +97,7 @@ def run_report(
         raise ReportError(f"unknown report {kind!r}; choose {', '.join(NOTEBOOKS)}")
     if (kind == "user") != bool(user_id):
         raise ReportError("--user-id names the user of a user report, and only of one")
-    period(start, end)
+    span = period(start, end)
     database_url = local_database_url(database_url)
     try:
         database = open_database(database_url, 1, 5)
@@ -122,7 +125,7 @@ def run_report(
         with _environment(DATABASE_URL=database_url), _private_kernel() as km:
             km.start_kernel(cwd=str(NOTEBOOKS_DIR))  # it boots (~1 s) while the chains are sealed and verified
             if settings is not None:
-                parameters["integrity"] = _integrity(settings, database, *period(start, end))
+                parameters["integrity"] = _integrity(settings, database, span)
             executed = papermill.execute_notebook(
                 str(NOTEBOOKS_DIR / NOTEBOOKS[kind]),
                 str(notebook),
@@ -149,18 +152,18 @@ def run_report(
     zip_path.write_bytes(data_zip)
     report_id = None
     if store:
-        report_id = _store(database, kind, start, end, html, data_zip, pdf, user_id)
+        report_id = _store(database, kind, span, html, data_zip, pdf, user_id)
     database.close_all()
     return ReportResult(notebook, html_path, pdf_path, zip_path, data_dir, report_id, problem)
 
 
-def _integrity(settings: Settings, database, start: datetime, end: datetime) -> str:
+def _integrity(settings: Settings, database, span: Period) -> str:
     """Seal the chains (a checkpoint for this report), then verify the period's rows: the statement, as JSON."""
     from ..service.commands import build_service
 
     service = build_service(settings, database)
     service.checkpoint("report")
-    return json.dumps(service.verify_audit(start, end, record=False).as_dict(), default=str)
+    return json.dumps(service.verify_audit(span.start, span.end, record=False).as_dict(), default=str)
 
 
 @contextmanager
@@ -239,16 +242,15 @@ def zip_tables(data_dir: Path) -> bytes:
 
 
 def _store(
-    database, kind: str, start: date, end: date, html: str, data_zip: bytes, pdf: bytes | None, subject: str | None
+    database, kind: str, span: Period, html: str, data_zip: bytes, pdf: bytes | None, subject: str | None
 ) -> int:
     from ..db.models import Report
 
-    begin, until = period(start, end)
     with database.connection_context():
         return Report.insert(
             kind=kind,
-            period_start=begin,
-            period_end=until,
+            period_start=span.start,
+            period_end=span.end,
             created_at=datetime.utcnow(),
             html=html,
             data_zip=data_zip,

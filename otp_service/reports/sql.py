@@ -7,7 +7,7 @@ SQLite and PostgreSQL alike, and the dialect differences stay here.
 
 Periods are given as a start and an end instant, in naive UTC like the stored timestamps: a row counts
 if start <= its time < end (a report of 1 to 28 February runs from 1 February 00:00 to 1 March 00:00;
-`reports.runner.period` converts the days a person gives).
+`core.period.Period` converts the days a person gives).
 """
 
 from __future__ import annotations
