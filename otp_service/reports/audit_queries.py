@@ -6,7 +6,7 @@ The brute-force episodes are in `bursts`, the raw records in `events`.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pandas as pd
 from peewee import SQL, Case, fn
@@ -95,7 +95,7 @@ def daily_verifications(start: datetime, end: datetime) -> pd.DataFrame:
     )
     columns = ["day", "accepted", "wrong code", "double submit", "refused otherwise"]
     frame = sql.frame(query, columns)
-    days = pd.date_range(start.date(), (end - timedelta(microseconds=1)).date(), freq="D").strftime("%Y-%m-%d")
+    days = sql.every_day(start, end)
     return (
         frame.set_index("day")
         .reindex(days, fill_value=0)

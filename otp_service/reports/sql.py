@@ -12,7 +12,7 @@ if start <= its time < end (a report of 1 to 28 February runs from 1 February 00
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pandas as pd
 from peewee import SQL, NodeList, fn
@@ -54,6 +54,12 @@ def frame(query, columns: list[str]) -> pd.DataFrame:
 def in_period(start: datetime, end: datetime):
     """The audit rows written in [start, end): the condition every period's query starts from."""
     return (AuditLog.timestamp >= start) & (AuditLog.timestamp < end)
+
+
+def every_day(start: datetime, end: datetime) -> pd.Index:
+    """Every UTC day that [start, end) touches, as 'YYYY-MM-DD': the rows of a daily table, days without an
+    audit row included (`end` is exclusive: a period ending at midnight does not touch the day starting then)."""
+    return pd.date_range(start.date(), (end - timedelta(microseconds=1)).date(), freq="D").strftime("%Y-%m-%d")
 
 
 def stringify_times(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

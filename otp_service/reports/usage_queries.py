@@ -26,7 +26,7 @@ def daily_activity(start: datetime, end: datetime) -> pd.DataFrame:
         .order_by(day, AuditLog.action)
     )
     frame = sql.frame(query, ["day", "action", "succeeded", "failed"])
-    days = pd.date_range(start.date(), (end - timedelta(microseconds=1)).date(), freq="D").strftime("%Y-%m-%d")
+    days = sql.every_day(start, end)
     actions = sorted(set(frame["action"])) or [VERIFY]
     full = pd.MultiIndex.from_product([days, actions], names=["day", "action"])
     return (
