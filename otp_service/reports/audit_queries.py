@@ -64,6 +64,8 @@ def audit_totals(start: datetime, end: datetime) -> dict[str, int | float | None
 
 
 def failures_by_reason(start: datetime, end: datetime) -> pd.DataFrame:
+    """The period's refused verifications per reason (wrong code, double submit, device locked…), the most
+    frequent first: why sign-ins failed."""
     query = (
         AuditLog.select(AuditLog.reason, fn.COUNT(AuditLog.id).alias("n"))
         .where(sql.in_period(start, end) & (AuditLog.action == VERIFY) & ~AuditLog.success)
@@ -257,6 +259,8 @@ def _admin_details(data: str | None) -> str:
 
 
 def key_versions() -> pd.DataFrame:
+    """Devices (all, and active) by the master-secret version their key derives from, now: how far a rotation
+    of the master secret has got."""
     active = fn.SUM(Case(None, [(Device.is_active, 1)], 0))
     query = (
         Device.select(Device.key_version, fn.COUNT(Device.device_id), active)

@@ -7,8 +7,12 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -24,7 +28,7 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return safe
 
 
-def safe_cell(value):
+def safe_cell(value: object) -> object:
     """One cell, neutralised as `spreadsheet_safe` says."""
     return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
@@ -57,6 +61,7 @@ class ReportOutput:
         self.files.append(f"{name}.csv")
         return count
 
-    def figure(self, name: str, fig) -> None:
+    def figure(self, name: str, fig: Figure) -> None:
+        """Save `fig` as PNG, without the "Software" tag matplotlib writes: nothing about the machine that made it."""
         fig.savefig(self.directory / f"{name}.png", dpi=110, bbox_inches="tight", metadata={"Software": None})
         self.files.append(f"{name}.png")

@@ -40,6 +40,9 @@ class ReportError(Exception):
 
 @dataclass(frozen=True)
 class ReportResult:
+    """What `run_report` made: the executed notebook, the page as HTML and PDF, the zip of its tables and the
+    folder they were written to, and the stored report's id (None when it was not stored)."""
+
     notebook: Path
     html: Path
     pdf: Path | None  # None: WeasyPrint could not run here (`pdf_problem` says why)
@@ -58,6 +61,7 @@ def report_name(kind: str, start: date, end: date, subject: str | None = None) -
 
 
 def parse_day(text: str, name: str) -> date:
+    """A day given to the option --`name` as YYYY-MM-DD; a ReportError naming the option if it is not one."""
     try:
         return date.fromisoformat(text)
     except (TypeError, ValueError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pandas as pd
-from peewee import SQL, NodeList, fn
+from peewee import SQL, ColumnBase, Expression, NodeList, SelectBase, fn
 
 from ..db.database import is_postgres
 from ..db.models import Action, AuditLog, db
@@ -23,14 +23,14 @@ from ..db.models import Action, AuditLog, db
 VERIFY = Action.OTP_VERIFICATION
 
 
-def day(column):
+def day(column: ColumnBase) -> ColumnBase:
     """The UTC calendar day of a timestamp column, as 'YYYY-MM-DD' text."""
     if is_postgres(db.obj):
         return fn.to_char(column, "YYYY-MM-DD")
     return fn.substr(column, 1, 10)
 
 
-def epoch(column):
+def epoch(column: ColumnBase) -> ColumnBase:
     """Whole seconds since 1970 of a timestamp column, as an integer (truncated on both: a cast alone would
     round on PostgreSQL, putting a time late in a second into the next one)."""
     if is_postgres(db.obj):
@@ -38,7 +38,7 @@ def epoch(column):
     return fn.strftime("%s", column).cast("INTEGER")
 
 
-def json_field(column, key: str, sql_type: str):
+def json_field(column: ColumnBase, key: str, sql_type: str) -> ColumnBase:
     """A top-level field of a JSON text column (an audit row's additional_data) as `sql_type` ("BIGINT" or
     "BOOLEAN"); NULL where the row has no such field."""
     if is_postgres(db.obj):
@@ -46,12 +46,12 @@ def json_field(column, key: str, sql_type: str):
     return fn.json_extract(column, f"$.{key}").cast(sql_type)
 
 
-def frame(query, columns: list[str]) -> pd.DataFrame:
+def frame(query: SelectBase, columns: list[str]) -> pd.DataFrame:
     """A query's rows as a DataFrame with these column names (an empty result still has the columns)."""
     return pd.DataFrame(list(query.tuples()), columns=columns)
 
 
-def in_period(start: datetime, end: datetime):
+def in_period(start: datetime, end: datetime) -> Expression:
     """The audit rows written in [start, end): the condition every period's query starts from."""
     return (AuditLog.timestamp >= start) & (AuditLog.timestamp < end)
 

@@ -38,6 +38,7 @@ def daily_activity(start: datetime, end: datetime) -> pd.DataFrame:
 
 
 def registrations_per_day(start: datetime, end: datetime) -> pd.DataFrame:
+    """Devices registered on each day of the period, 0 on a day with none (from `daily_activity`)."""
     frame = daily_activity(start, end)
     frame = frame[frame["action"] == Action.DEVICE_REGISTERED]
     if frame.empty:
@@ -72,6 +73,8 @@ USAGE_BUCKETS = ((0, 0, "0"), (1, 9, "1-9"), (10, 49, "10-49"), (50, 99, "50-99"
 
 
 def usage_distribution() -> pd.DataFrame:
+    """Devices by how many successful verifications they have had, in the `USAGE_BUCKETS` (an empty bucket
+    as 0): whether the devices registered are used at all."""
     bucket = Case(
         None,
         [
@@ -94,6 +97,7 @@ def _stale(as_of: datetime, days: int):
 
 
 def stale_device_count(as_of: datetime, days: int = 14) -> int:
+    """How many devices are stale (`_stale`): the total beside the capped list of `stale_devices`."""
     return Device.select(fn.COUNT(Device.device_id)).where(_stale(as_of, days)).scalar()
 
 
@@ -116,6 +120,7 @@ def drift_distribution() -> pd.DataFrame:
 
 
 def parameter_mix() -> pd.DataFrame:
+    """Devices by algorithm, digits and time step, the most common first: the code settings in use."""
     query = (
         Device.select(Device.algorithm, Device.digits, Device.interval, fn.COUNT(Device.device_id).alias("n"))
         .group_by(Device.algorithm, Device.digits, Device.interval)
