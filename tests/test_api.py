@@ -393,7 +393,7 @@ def test_forwarded_for_is_trusted_only_for_configured_hops(make_server, db_url):
 
 
 def test_ipv6_clients_are_limited_per_network_and_addresses_are_stored_in_normal_form(make_server, db_url, database):
-    api = make_server(settings_for(db_url, RATE_LIMIT_DEFAULT="3/minute", TRUSTED_PROXY_HOPS="1")).client
+    api = make_server(settings_for(db_url, RATE_LIMIT_DEFAULT="3/hour", TRUSTED_PROXY_HOPS="1")).client
 
     def stats(address):
         return api.get("/api/v1/stats", headers={"X-Forwarded-For": address}).status

@@ -165,12 +165,12 @@ def test_per_client_rates_are_checked():
 def test_the_audit_report_says_who_did_what_to_which_client_and_route(api, database):
     from datetime import datetime, timedelta
 
-    from otp_service.reports import queries as report_queries
+    from otp_service.reports import audit_queries
 
     reader = make_client(database, "dashboard", "read")
     api.post("/api/v1/devices/X1/unlock", auth=reader)  # refused: no manage scope
     with database.connection_context():
-        admin = report_queries.admin_actions(datetime(2000, 1, 1), datetime.now() + timedelta(days=1))
+        admin = audit_queries.admin_actions(datetime(2000, 1, 1), datetime.now() + timedelta(days=1))
     rows = admin[["client", "action", "result", "details"]].values.tolist()
     assert rows == [
         ["command-line", "CLIENT_CREATED", "done", "client dashboard; scopes read"],

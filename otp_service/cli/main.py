@@ -284,22 +284,23 @@ def _service_for(args: argparse.Namespace):
 def cmd_audit(args: argparse.Namespace) -> int:
     """verify (exit 1 when a chain is broken), checkpoint, prune, keys."""
     import json as json_module
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
     from ..core.errors import AuditBroken, DatabaseUnavailable
+    from ..core.period import end_of, start_of
     from ..db.database import UNAVAILABLE_ERRORS
     from ..reports.runner import ReportError, parse_day
 
     try:
         start = end = before = None
         if getattr(args, "start", None) is not None:
-            start = datetime.combine(parse_day(args.start, "start"), datetime.min.time())
+            start = start_of(parse_day(args.start, "start"))
         if getattr(args, "end", None) is not None:
-            end = datetime.combine(parse_day(args.end, "end"), datetime.min.time()) + timedelta(days=1)
+            end = end_of(parse_day(args.end, "end"))  # the last day is included
         if start and end and end <= start:
             return _fail(f"--end must not be before --start, got {args.start} to {args.end}")
         if getattr(args, "before", None) is not None:
-            before = datetime.combine(parse_day(args.before, "before"), datetime.min.time())
+            before = start_of(parse_day(args.before, "before"))
             if not datetime(1970, 1, 2) <= before <= datetime.now(UTC).replace(tzinfo=None):
                 return _fail(f"--before must be a day from 1970-01-02 to today, got {args.before}")
         for digest in getattr(args, "expect", None) or ():

@@ -68,8 +68,7 @@ def open_database(
     parsed = urlparse(url)
     scheme = parsed.scheme.split("+")[0]
     if scheme == "sqlite":
-        path = unquote(url.split("://", 1)[1].split("?", 1)[0])
-        path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db and sqlite:////abs.db
+        path = sqlite_path(url)
         if path and path != ":memory:" and not Path(path).resolve().parent.is_dir():
             # A typo in a path must not quietly create a new, empty database somewhere else.
             raise ConfigError("DATABASE_URL", f"the folder {Path(path).resolve().parent} does not exist")
@@ -98,6 +97,14 @@ def open_database(
         raise ValueError(f"unsupported database URL scheme {parsed.scheme!r}")
     proxy.initialize(database)
     return database
+
+
+def sqlite_path(url: str) -> str:
+    """The file an SQLite URL names, percent-escapes decoded: relative to the working directory for
+    sqlite:///rel.db, absolute for sqlite:////abs.db; "" or ":memory:" for an in-memory database. The one
+    reading of such a URL, so that the database opened and the file a report checks for are the same."""
+    path = unquote(url.split("://", 1)[1].split("?", 1)[0])
+    return path[1:] if path.startswith("/") else path
 
 
 def is_postgres(database: Database) -> bool:

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 from .. import __version__, metrics
 from ..core import errors, validation
+from ..core.period import last_day
 from ..reports.runner import report_name
 from ..service.clients import Caller
-from ..service.queries import last_day
 from .access import METRICS_SCRAPER, ApiHandler, bearer_matches
 from .base import AppState, BaseHandler, compact
 
@@ -197,7 +197,7 @@ class ReportHtmlHandler(ApiHandler):
             raise errors.NotFound(f"No report with id {report_id!r}.")
         report, content = await self.service.report_content(int(report_id), self.part)
         # named like the files the report command writes: by its first and last day, both included
-        name = report_name(report.kind, report.period_start.date(), last_day(report.period_end).date(), report.subject)
+        name = report_name(report.kind, report.period_start.date(), last_day(report.period_end), report.subject)
         if self.part == "html":
             self.set_header("Content-Type", "text/html; charset=utf-8")
             # The page needs no script and nothing from elsewhere; say so to the browser.

@@ -20,11 +20,15 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from ..audit.rows import RequestContext
 from ..core import errors, recovery, totp
 from ..core.actions import Action
 from ..service import OtpService
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 DEFAULT_END = datetime(2026, 3, 1, tzinfo=UTC)
 USER_AGENTS = ("AcmeBank-iOS/5.2", "AcmeBank-Android/5.1", "AcmeWeb/2026.02 (Chrome)", "AcmeWeb/2026.02 (Firefox)")
@@ -415,7 +419,7 @@ DEMO_MASTER_SECRET = "demo-master-secret-not-for-production-0123"  # demo databa
 DEMO_SIGNING_KEY = "ZGVtby1hdWRpdC1zaWduaW5nLWtleS1kZW1vLW9ubHk="  # 32 bytes, base64: demo checkpoints
 
 
-def demo_settings(url: str):
+def demo_settings(url: str) -> Settings:
     """The settings demo databases are written (and verified) with: fixed throwaway secrets, so a report can
     check the demo trail's chains and signature like a real one's."""
     from ..config import Settings

@@ -1,6 +1,7 @@
 """Running a report notebook: papermill executes it, nbconvert renders HTML for readers who
-are not engineers (code hidden, figures embedded), and the result is kept both on disk and
-in the `reports` table, because a scheduled job's disk is thrown away after the run.
+are not engineers (code hidden, figures embedded), `pdf` prints that page for archiving, and the
+result is kept both on disk and in the `reports` table, because a scheduled job's disk is thrown
+away after the run.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from ..core.period import Period
+from .pdf import render_pdf
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -27,8 +32,6 @@ NOTEBOOKS = {"audit": "03_audit_report.ipynb", "usage": "04_usage_report.ipynb",
 SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.IGNORECASE | re.DOTALL)
 TITLES = {"audit": "OTP service audit report", "usage": "OTP service usage report", "user": "OTP service user report"}
 MANIFEST = "SHA256SUMS"  # in each report's zip: `sha256sum -c SHA256SUMS` checks every other file in it
-# The system libraries WeasyPrint needs (Debian names), for the message when they are missing.
-PDF_LIBRARIES = "libpango-1.0-0 libpangoft2-1.0-0 (and a font, e.g. fonts-dejavu-core)"
 
 
 class ReportError(Exception):
@@ -37,6 +40,9 @@ class ReportError(Exception):
 
 @dataclass(frozen=True)
 class ReportResult:
+    """What `run_report` made: the executed notebook, the page as HTML and PDF, the zip of its tables and the
+    folder they were written to, and the stored report's id (None when it was not stored)."""
+
     notebook: Path
     html: Path
     pdf: Path | None  # None: WeasyPrint could not run here (`pdf_problem` says why)
@@ -55,17 +61,20 @@ def report_name(kind: str, start: date, end: date, subject: str | None = None) -
 
 
 def parse_day(text: str, name: str) -> date:
+    """A day given to the option --`name` as YYYY-MM-DD; a ReportError naming the option if it is not one."""
     try:
         return date.fromisoformat(text)
     except (TypeError, ValueError):
         raise ReportError(f"--{name} must be a date as YYYY-MM-DD, got {text!r}") from None
 
 
-def period(start: date, end: date) -> tuple[datetime, datetime]:
-    """Inclusive dates to the half-open UTC interval [start 00:00, end+1 00:00) the queries use."""
-    if end < start:
-        raise ReportError(f"the end date {end} is before the start date {start}")
-    return datetime.combine(start, datetime.min.time()), datetime.combine(end + timedelta(days=1), datetime.min.time())
+def period(start: date, end: date) -> Period:
+    """The report's days, first and last included, with the instants the queries take; a ReportError (for the
+    operator) if the end is before the start."""
+    try:
+        return Period(start, end)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def run_report(
@@ -92,7 +101,7 @@ def run_report(
         raise ReportError(f"unknown report {kind!r}; choose {', '.join(NOTEBOOKS)}")
     if (kind == "user") != bool(user_id):
         raise ReportError("--user-id names the user of a user report, and only of one")
-    period(start, end)
+    span = period(start, end)
     database_url = local_database_url(database_url)
     try:
         database = open_database(database_url, 1, 5)
@@ -120,7 +129,7 @@ def run_report(
         with _environment(DATABASE_URL=database_url), _private_kernel() as km:
             km.start_kernel(cwd=str(NOTEBOOKS_DIR))  # it boots (~1 s) while the chains are sealed and verified
             if settings is not None:
-                parameters["integrity"] = _integrity(settings, database, *period(start, end))
+                parameters["integrity"] = _integrity(settings, database, span)
             executed = papermill.execute_notebook(
                 str(NOTEBOOKS_DIR / NOTEBOOKS[kind]),
                 str(notebook),
@@ -147,50 +156,18 @@ def run_report(
     zip_path.write_bytes(data_zip)
     report_id = None
     if store:
-        report_id = _store(database, kind, start, end, html, data_zip, pdf, user_id)
+        report_id = _store(database, kind, span, html, data_zip, pdf, user_id)
     database.close_all()
     return ReportResult(notebook, html_path, pdf_path, zip_path, data_dir, report_id, problem)
 
 
-# For paper: A4 landscape (the tables are wide), figures and tables shrunk to the page, page numbers.
-PRINT_CSS = """
-@page { size: A4 landscape; margin: 14mm 12mm 16mm 12mm;
-        @bottom-left { content: string(title); font: 7pt "DejaVu Sans", sans-serif; color: #555; }
-        @bottom-right { content: "page " counter(page) " of " counter(pages); font: 7pt "DejaVu Sans", sans-serif;
-                        color: #555; } }
-html, body { font-size: 9pt; }
-h1 { string-set: title content(); }
-img { max-width: 100%; height: auto; }
-table { font-size: 7.5pt; max-width: 100%; }
-td, th { overflow-wrap: break-word; }
-tr, img { page-break-inside: avoid; }
-h1, h2, h3 { page-break-after: avoid; }
-/* a heading or an explanation stays with what it introduces (they are separate cells, so `h2` alone is not enough) */
-.jp-MarkdownCell, .jp-RenderedMarkdown { break-after: avoid; }
-p { orphans: 3; widows: 3; }
-.keep-together { break-inside: avoid; }  /* a heading and its (short) table: a longer one breaks anyway */
-.jp-OutputArea-output pre { white-space: pre-wrap; }
-"""
-
-
-def render_pdf(html: str) -> tuple[bytes | None, str | None]:
-    """The page as a PDF (WeasyPrint), for archiving; or None and why, when WeasyPrint's system libraries
-    (Pango) are missing. Nothing is fetched: the page embeds its figures, and only `data:` URLs are read."""
-    try:
-        from weasyprint import CSS, HTML, URLFetcher
-    except OSError as exc:  # the Python package is there, but it could not load Pango
-        return None, f"WeasyPrint cannot load its system libraries ({exc}); install {PDF_LIBRARIES}"
-    fetcher = URLFetcher(allowed_protocols={"data"})
-    return HTML(string=html, url_fetcher=fetcher).write_pdf(stylesheets=[CSS(string=PRINT_CSS)]), None
-
-
-def _integrity(settings: Settings, database, start: datetime, end: datetime) -> str:
+def _integrity(settings: Settings, database, span: Period) -> str:
     """Seal the chains (a checkpoint for this report), then verify the period's rows: the statement, as JSON."""
     from ..service import build_service
 
     service = build_service(settings, database)
     service.checkpoint("report")
-    return json.dumps(service.verify_audit(start, end, record=False).as_dict(), default=str)
+    return json.dumps(service.verify_audit(span.start, span.end, record=False).as_dict(), default=str)
 
 
 @contextmanager
@@ -225,10 +202,11 @@ def _private_kernel() -> Iterator[object]:
 def local_database_url(url: str) -> str:
     """An SQLite URL with its path made absolute against the caller's working directory (the notebook runs
     elsewhere, where a relative path would name a new, empty file); refused if there is no such file."""
+    from ..db.database import sqlite_path
+
     if not url.startswith("sqlite"):
         return url
-    path = url.split("://", 1)[1].split("?", 1)[0]
-    path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db and sqlite:////abs.db
+    path = sqlite_path(url)
     if not path or path == ":memory:":
         raise ReportError("a report needs a database file, not an in-memory database")
     absolute = Path(path).resolve()
@@ -236,7 +214,7 @@ def local_database_url(url: str) -> str:
         raise ReportError(
             f"there is no database at {absolute}: run `python -m otp_service migrate` or check DATABASE_URL"
         )
-    return f"sqlite:///{absolute}"
+    return f"sqlite:///{quote(str(absolute))}"  # escaped again: `open_database` decodes it
 
 
 # Tables read as text: left-aligned from the top of each cell (JupyterLab's style right-aligns every cell).
@@ -268,16 +246,15 @@ def zip_tables(data_dir: Path) -> bytes:
 
 
 def _store(
-    database, kind: str, start: date, end: date, html: str, data_zip: bytes, pdf: bytes | None, subject: str | None
+    database, kind: str, span: Period, html: str, data_zip: bytes, pdf: bytes | None, subject: str | None
 ) -> int:
     from ..db.models import Report
 
-    begin, until = period(start, end)
     with database.connection_context():
         return Report.insert(
             kind=kind,
-            period_start=begin,
-            period_end=until,
+            period_start=span.start,
+            period_end=span.end,
             created_at=datetime.utcnow(),
             html=html,
             data_zip=data_zip,

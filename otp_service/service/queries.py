@@ -7,13 +7,14 @@ here changes state or decides anything, and nothing returned can help derive a k
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from peewee import fn
 
 from ..core import errors, recovery
 from ..core.actions import Action
+from ..core.period import last_day
 from ..core.recovery import RecoveryState
 from ..core.transitions import STATE_COLUMNS, DeviceState, isoformat, to_datetime
 from ..db.models import AuditLog, Device, RecoveryCodes, Report
@@ -118,11 +119,6 @@ def list_reports(limit: int = 50, before: int | None = None) -> dict[str, Any]:
         for r in rows[:limit]
     ]
     return {"reports": entries, "next_before": entries[-1]["id"] if more else None}
-
-
-def last_day(period_end: datetime) -> datetime:
-    """The last day a stored period includes (it is stored half-open: the end is the next day's midnight)."""
-    return period_end - timedelta(days=1)
 
 
 REPORT_PARTS = {"html": Report.html, "data": Report.data_zip, "pdf": Report.pdf}

@@ -1,0 +1,173 @@
+"""What a report notebook starts from: `prepare` opens the database (the demo's or DATABASE_URL's), turns the
+notebook's days into a `Period`, states the audit trail's integrity, and hands back a `ReportContext` whose
+methods write the parts every report shares — the header, the integrity statement, the note on its files —
+plus the words the notebooks use to put a caller's text or a duration on the page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+from peewee import Database
+
+from ..core.period import Period
+from ..db.database import open_database, sqlite_path
+from ..db.models import Device
+from .output import ReportOutput
+
+
+@dataclass
+class ReportContext:
+    """What a report notebook works on: the open database, the period and where its files go."""
+
+    database: Database
+    period: Period
+    output: ReportOutput
+    source: str  # the database, for the reader, without any password
+    generated_at: str
+    integrity: dict | None = None  # `audit verify` over the period's rows (audit.verify.Result.as_dict())
+    generated_by: str = ""  # who or what asked for the report, in words
+
+    @property
+    def start(self) -> datetime:
+        """The period's first instant: what the queries take, with `end`."""
+        return self.period.start
+
+    @property
+    def end(self) -> datetime:
+        """The instant after the period's last day (exclusive)."""
+        return self.period.end
+
+    def integrity_markdown(self) -> str:
+        """The integrity statement a reader checks first: were these records altered?"""
+        found = self.integrity
+        if found is None:
+            return "## Integrity of these records\n\n**Not checked**: the service's keys were not available."
+        checkpoint = found.get("checkpoint")
+        against = (
+            f"the signed checkpoint #{checkpoint['id']} of {checkpoint['at'].replace('T', ' ').rstrip('Z')} UTC "
+            f"(key {', '.join(checkpoint['signed_by'])}; SHA-256 of its text {checkpoint.get('sha256', '?')})"
+            if checkpoint
+            else "no signed checkpoint (none has been taken yet)"
+        )
+        if found["intact"]:
+            verdict = (
+                f"**Intact.** The {found['rows']:,} audit records written in this period were recomputed link by "
+                f"link in their {found['chains']} hash chains and match, checked against {against}: none was "
+                "edited, removed, inserted or reordered."
+            )
+        else:
+            lines = "\n".join(f"- chain {b['chain']}: {b['kind']} — {b['detail']}" for b in found["breaks"])
+            verdict = (
+                f"**ALTERED.** Checking the {found['rows']:,} audit records of this period against {against} "
+                f"found {len(found['breaks'])} break(s); the figures below include records that were changed:"
+                f"\n\n{lines}"
+            )
+        return f"## Integrity of these records\n\n{verdict}"
+
+    def header(self, title: str, settings: list[tuple[str, str]] = ()) -> str:
+        """The report's first lines: what it covers, from which data, when, by whom and with which software, and
+        the settings its figures depend on (in words, each a row)."""
+        from .. import __version__
+
+        rows = [
+            ("Period (UTC)", self.period.in_words()),
+            ("Data", self.source),
+            ("Generated", f"{self.generated_at}, by {self.generated_by or 'this notebook, run by hand'}"),
+            ("Software", f"otp-service {__version__}"),
+            *settings,
+        ]
+        table = "".join(f"| {name} | {value} |\n" for name, value in rows)
+        return f"# {title}\n\n| | |\n|---|---|\n{table}"
+
+    def files_note(self) -> str:
+        """Where the tables are, besides this page (never a folder of the machine that made it)."""
+        tables = sorted(f for f in self.output.files if f.endswith(".csv"))
+        raw = ", and every audit record counted (audit_events.csv)," if "audit_events.csv" in tables else ""
+        return (
+            f"## The data behind this report\n\nEvery table above{raw} is in the report's zip file as CSV "
+            "(UTF-8, comma-separated; a cell a spreadsheet would run as a formula starts with an apostrophe): "
+            f"{', '.join(tables)}. The file SHA256SUMS in the zip holds each file's SHA-256 hash (the command "
+            "`sha256sum -c SHA256SUMS` checks them)."
+        )
+
+
+def prepare(
+    data: str, start: str, end: str, output_dir: str | None, integrity: str = "", generated_by: str = ""
+) -> ReportContext:
+    """Open the report's database, parse the inclusive dates, make the output folder.
+
+    `data`: "demo" builds the deterministic demo history in a temporary SQLite file, so the notebook runs
+    anywhere with no set-up and shows the same figures every time; "DATABASE_URL" opens the database
+    that environment variable names (the `report` command sets it: a URL given as a parameter, password
+    and all, would be written into the executed notebook). `integrity`: the `report` command's verification
+    of the period's audit rows, as JSON; without it the notebook verifies them itself (demo, or the service's
+    keys in the environment).
+    """
+    from ..config import read
+    from .demo import demo_database
+    from .runner import period
+
+    span = period(date.fromisoformat(start), date.fromisoformat(end))
+    if data == "demo":
+        database_url = demo_database(f"sqlite:///{tempfile.mkdtemp(prefix='otp-demo-')}/demo.db")
+        source = "demo history (synthetic: {devices} devices, 28 days to 2026-03-01, seed 7)"  # counted below
+    elif data == "DATABASE_URL":
+        database_url = read(os.environ, ["DATABASE_URL"])["database_url"]
+        parsed = urlparse(database_url)
+        # the server and database, never a password; for SQLite the file's name, not a folder of this machine
+        source = (
+            f"{parsed.scheme}://{parsed.hostname}{parsed.path}"
+            if parsed.hostname
+            else f"SQLite database {Path(sqlite_path(database_url)).name}"
+        )
+    else:
+        raise ValueError(f'data must be "demo" or "DATABASE_URL", got {data!r}')
+    database = open_database(database_url, 1)
+    database.connect()
+    if data == "demo":  # its 40 devices signing in, and those the lifecycle's stories enrol
+        source = source.format(devices=Device.select().count())
+    output = ReportOutput(output_dir or tempfile.mkdtemp(prefix="otp-report-"))
+    generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    checked = json.loads(integrity) if integrity else _verify(database, database_url, data, span)
+    return ReportContext(database, span, output, source, generated, checked, generated_by)
+
+
+def _verify(database: Database, database_url: str, data: str, span: Period) -> dict | None:
+    """The period's audit rows verified here (demo: with the demo's keys; else the environment's, if set)."""
+    from ..config import ConfigError, Settings
+    from ..service import build_service
+    from .demo import demo_settings
+
+    try:
+        settings = demo_settings(database_url) if data == "demo" else Settings.from_env()
+    except ConfigError:
+        return None
+    if data != "demo" and "AUDIT_SIGNING_KEY" in settings.generated:
+        return None  # no keys given: the one just generated would call every checkpoint forged
+    service = build_service(settings, database)
+    return service.verify_audit(span.start, span.end, record=False).as_dict()
+
+
+MARKDOWN_SPECIALS = str.maketrans({c: f"&#{ord(c)};" for c in "\\`*_{}[]()#+-.!|<>&~"})
+
+
+def in_markdown(text: str) -> str:
+    """Text chosen by an API caller (a user id) put into Markdown as itself: no markup, no HTML, no table cell
+    broken by a `|`."""
+    return str(text).translate(MARKDOWN_SPECIALS)
+
+
+def duration_words(seconds: float) -> str:
+    """A number of seconds as a reader says it: "2 minutes", "90 seconds", "1 hour"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds:g} second{'s' if seconds != 1 else ''}"
