@@ -323,7 +323,7 @@ def test_report_command_writes_html_csv_png_and_stores_the_report(service, datab
     data = out / "audit-2026-02-01_2026-02-28"
     assert {"summary.csv", "failures_by_reason.csv", "brute_force_episodes.csv"} <= {p.name for p in data.glob("*.csv")}
     assert (data / "daily_verifications.png").stat().st_size > 1000
-    assert "data:image/png;base64" in html and "report_queries.prepare" not in html  # figures inline, code hidden
+    assert "data:image/png;base64" in html and "context.prepare(" not in html  # figures inline, code hidden
     assert "<script" not in html and "cdnjs" not in html  # self-contained: opens offline
     assert "<title>OTP service audit report, 2026-02-01 to 2026-02-28</title>" in html
     assert "Integrity of these records" in html and "<strong>Intact.</strong>" in html
