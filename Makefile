@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint notebooks bench clean
+.PHONY: install run test test-fast lint notebooks bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/nbval-sanitize.cfg $(PYTEST_ARGS)
+
+# The fast lane: the pure rules and everything in process on SQLite (no PostgreSQL, Redis or server processes),
+# in under a minute. `make test` runs it too, with everything else.
+FAST_LANE := tests/core tests/db tests/audit tests/persistence tests/service tests/http tests/reports tests/test_config.py
+
+test-fast: $(STAMP) lint
+	env -u TEST_DATABASE_URL -u REDIS_URL $(BIN)/python -m pytest $(FAST_LANE) -q -m "not slow and not faults and not fuzz" $(PYTEST_ARGS)
 
 # Re-run every notebook in place (after changing one, so nbval compares against fresh outputs).
 notebooks: $(STAMP)

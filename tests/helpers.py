@@ -1,11 +1,16 @@
 """Helpers that play the part of an authenticator app holding a registered key, and read the audit trail."""
 
 import base64
+import hashlib
+import hmac
+import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from otp_service.core import totp
 from otp_service.db.models import AuditLog
+from otp_service.service import clients
 
 
 def code_at(registration: dict, at: float, offset_steps: int = 0) -> str:
@@ -54,3 +59,22 @@ def journal_for(database):
     from tests.conftest import MASTER_SECRET
 
     return Journal(database, Keyring({1: MASTER_SECRET}, 1).purpose_key(integrity.PURPOSE), 16)
+
+
+def seed_client_generate(derived_key_b64: str, at: float, digits=6, interval=30) -> int:
+    """The original spec's client example, verbatim in logic (it returns an int)."""
+    key = base64.b64decode(derived_key_b64)
+    msg = struct.pack(">Q", int(at // interval))
+    h = hmac.new(key, msg, hashlib.sha1).digest()
+    o = h[-1] & 0x0F
+    return (struct.unpack(">I", h[o : o + 4])[0] & 0x7FFFFFFF) % (10**digits)
+
+
+def make_client(database, name, scopes, expires=None):
+    """An API client made as `clients create` makes it; its key is remembered by the secrets scan."""
+    from tests.conftest import ISSUED_KEYS
+
+    with database.connection_context(), database.atomic():
+        key = clients.create(journal_for(database), name, clients.parse_scopes(scopes), time.time(), expires)
+    ISSUED_KEYS.add(key)  # the secrets scan: never in a log line, an audit row or another response
+    return key

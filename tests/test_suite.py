@@ -10,7 +10,7 @@ from tests.serving import ROOT, cli_env, free_port
 def test_an_unreachable_test_database_is_one_message_up_front(tmp_path):
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_totp.py")],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "core" / "test_totp.py")],
         cwd=tmp_path,
         env=cli_env(TEST_DATABASE_URL=url),
         capture_output=True,
@@ -33,7 +33,7 @@ def test_what_is_not_configured_is_skipped_with_its_reason(tmp_path):
             "-rs",
             "-p",
             "no:cacheprovider",
-            str(ROOT / "tests" / "test_eventloop.py"),
+            str(ROOT / "tests" / "persistence" / "test_eventloop.py"),
         ],
         cwd=tmp_path,
         env=env,

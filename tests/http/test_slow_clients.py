@@ -4,6 +4,8 @@ import json
 import socket
 import time
 
+import pytest
+
 from tests.conftest import API_KEY
 
 
@@ -35,6 +37,7 @@ def test_a_huge_declared_body_is_refused_before_it_is_sent(api):
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_an_oversized_chunked_body_is_refused_with_json(api):
     head = (
         f"POST /api/v1/otp/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"

@@ -3,12 +3,12 @@
 import base64
 import hashlib
 import hmac
-import struct
 
 import pyotp
 import pytest
 
 from otp_service.core import totp
+from tests.helpers import seed_client_generate
 from tests.rfc_vectors import (
     RFC4226_EXAMPLE_DBC,
     RFC4226_EXAMPLE_HMAC,
@@ -60,15 +60,6 @@ def test_matching_steps_finds_every_match_in_the_window():
     code = totp.hotp(key, 1000)
     assert totp.matching_steps(key, code, range(998, 1003)) == [1000]
     assert totp.matching_steps(key, code, range(990, 995)) == []
-
-
-def seed_client_generate(derived_key_b64: str, at: float, digits=6, interval=30) -> int:
-    """The original spec's client example, verbatim in logic (it returns an int)."""
-    key = base64.b64decode(derived_key_b64)
-    msg = struct.pack(">Q", int(at // interval))
-    h = hmac.new(key, msg, hashlib.sha1).digest()
-    o = h[-1] & 0x0F
-    return (struct.unpack(">I", h[o : o + 4])[0] & 0x7FFFFFFF) % (10**digits)
 
 
 @pytest.mark.parametrize("at", [0, 59, 1111111109, 1234567890, 2000000000])

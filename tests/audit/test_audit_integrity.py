@@ -362,6 +362,7 @@ def test_erasure_removes_personal_data_and_the_trail_still_verifies(service, dat
 # -- CLI and API -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_audit_verify_cli_reports_intact_then_the_first_break(tmp_path):
     from tests.serving import run_cli
 
@@ -543,6 +544,7 @@ def test_a_failed_verification_is_audited_and_never_signed(sealed, database):
         assert checkpoints.status(database)["failed_verifications"] == 1
 
 
+@pytest.mark.slow
 def test_audit_cli_refuses_bad_input_with_one_line(tmp_path):
     from tests.serving import run_cli
 

@@ -17,7 +17,7 @@ from limits.storage import storage_from_string
 
 from otp_service.http.ratelimit import RateLimiter, Window, window_stats
 from tests.conftest import settings_for
-from tests.test_clients import make_client
+from tests.helpers import make_client
 from tests.throwaway import ThrowawayRedis
 
 # These tests start a Redis of their own rather than use REDIS_URL's: they count its commands, flush its
@@ -126,6 +126,7 @@ def test_a_refused_address_does_not_spend_its_clients_budget_across_processes(ma
     assert refused.status == 429 and "client dashboard" in refused.body["message"]
 
 
+@pytest.mark.slow
 def test_a_refused_limit_spends_no_later_limit_of_its_scope(limiter_url):
     """3 per 4 seconds and 5 a minute: ten requests at once get three through; the seven refused by the first
     limit do not spend the minute's budget, so after four seconds the next request is allowed."""
@@ -161,6 +162,7 @@ def test_a_client_refused_by_its_own_limit_gets_that_limits_headers(make_server,
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
 
 
+@pytest.mark.slow
 @needs_redis_server
 @pytest.mark.parametrize("mode", ["open", "closed"])
 def test_a_cold_burst_on_a_healthy_redis_is_counted_there(tmp_path, own_redis, mode):

@@ -428,6 +428,7 @@ def test_user_report_command_holds_the_users_devices_and_whole_trail(service, da
         assert Report.select().count() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -447,6 +448,7 @@ def test_report_command_refuses_bad_input_clearly(tmp_path, args, message):
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -7,8 +7,7 @@ import pyotp
 import pytest
 
 from tests.conftest import API_KEY, settings_for
-from tests.helpers import audit_rows, code_at, wrong_code
-from tests.test_totp import seed_client_generate
+from tests.helpers import audit_rows, code_at, seed_client_generate, wrong_code
 
 REGISTER = "/api/v1/devices/register"
 VERIFY = "/api/v1/otp/verify"

@@ -231,3 +231,26 @@ def test_the_secrets_scan_finds_what_it_looks_for():
     assert conftest.find_secrets(f'{{"note": "{(b"k" * 32).hex()}"}}')
     assert conftest.find_secrets("otp=042917;") and not conftest.find_secrets("otp=0429170")
     assert not conftest.find_secrets("otp=042917", codes=False)
+
+
+def test_the_secrets_scan_learns_resync_codes(api, clock):
+    from tests import conftest
+
+    reg = api.post("/api/v1/devices/register", {"device_id": "SCAN-R", "user_id": "u"}).body["data"]
+    first, second = code_at(reg, clock.now, 20), code_at(reg, clock.now, 21)
+    assert api.post("/api/v1/devices/SCAN-R/resync", {"otp1": first, "otp2": second}).body["data"]["resynced"]
+    assert {first, second} <= conftest.ISSUED_CODES
+    assert conftest.find_secrets(f'{{"note": "{second}"}}')
+
+
+def test_the_table_scan_is_skipped_only_where_a_fault_test_took_the_database_away(tmp_path):
+    import peewee
+
+    from otp_service.db.database import open_database
+    from tests import conftest
+
+    unreadable = open_database(f"sqlite:///{tmp_path}/empty.db")  # no tables: every SELECT fails
+    with pytest.raises(peewee.OperationalError):
+        conftest.scan_tables_for_secrets(unreadable)
+    conftest.scan_tables_for_secrets(unreadable, database_taken_away=True)
+    unreadable.close_all()
