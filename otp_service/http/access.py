@@ -17,7 +17,7 @@ from .base import AUDITED_LIMIT_CACHE, BaseHandler
 from .ratelimit import Decision
 
 if TYPE_CHECKING:
-    from .routes import Route
+    from .route import Route
 
 METRICS_SCRAPER = Caller("metrics-token", frozenset({"metrics"}))
 

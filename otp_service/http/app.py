@@ -16,7 +16,8 @@ from .handlers import OpenApiHandler
 from .logs import access_log
 from .openapi import build_spec
 from .ratelimit import RateLimiter
-from .routes import Route, served
+from .route import Route
+from .routes import served
 
 
 def build_state(settings: Settings, database=None, clock=None) -> AppState:

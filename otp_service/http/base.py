@@ -29,7 +29,7 @@ from ..service import AsyncOtpService
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from .routes import Route
+    from .route import Route
 
 log = logging.getLogger("otp_service.web")
 

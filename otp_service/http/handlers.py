@@ -19,7 +19,7 @@ from .access import METRICS_SCRAPER, ApiHandler, bearer_matches
 from .base import AppState, BaseHandler, compact
 
 if TYPE_CHECKING:
-    from .routes import Route
+    from .route import Route
 
 
 class HealthHandler(BaseHandler):

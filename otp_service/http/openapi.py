@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import __version__
 from ..core import validation
-from .routes import Operation, Route
+from .route import Operation, Route
 from .schemas import (
     API_ERRORS,
     ERRORS,

@@ -8,39 +8,10 @@ A new operation is one row here, one handler (`handlers`) and one service method
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import tornado.web
-
 from . import handlers as h
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One method of a path, as the OpenAPI description states it."""
-
-    method: str
-    summary: str
-    ok: int = 200
-    response: str | None = None  # the schema of `data` in the envelope (components/schemas)
-    errors: tuple[int, ...] = ()  # statuses beyond those every /api operation can answer (`schemas.API_ERRORS`)
-    body: str | None = None  # the request body's schema (JSON)
-    paged: bool = False  # takes ?limit= and ?before=
-    tag: str = "devices"
-    content: str | None = None  # the media type of a 200 that is not the JSON envelope (a report's file)
-    responses: str | None = None  # the operational routes outside /api: their answers, as `schemas.OPERATIONAL`
-    auth: bool = True  # needs a Bearer key
-
-
-@dataclass(frozen=True)
-class Route:
-    path: str  # an OpenAPI path template: `{device_id}` is one path segment
-    handler: type[tornado.web.RequestHandler]
-    operations: tuple[Operation, ...]
-    scope: str | None = None  # the API client scope it needs (`core.actions.SCOPES`); None: no API key
-    rate: str = "default"  # the per-address rate limit it counts against
-    debug: bool = False  # served only with DEBUG=true outside production
+from .route import Operation, Route
 
 
 def post(summary: str, **kw: Any) -> Operation:
