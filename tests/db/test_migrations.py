@@ -66,3 +66,12 @@ def test_first_migration_upgrades_to_head(empty_db_url):
         indexes = {i.name for i in database.get_indexes("audit_logs")}
     assert any("user_id" in name for name in indexes) and any("device_id" in name for name in indexes)
     database.close_all()
+
+
+def test_the_device_state_is_the_device_row_column_for_column():
+    """The store reads and writes `DeviceState` as the row (and derives the PostgreSQL types from the model):
+    the two must name the same columns in the same order."""
+    from otp_service.core.transitions import STATE_COLUMNS
+    from otp_service.db.models import Device
+
+    assert STATE_COLUMNS == tuple(Device._meta.sorted_field_names)
