@@ -74,4 +74,4 @@ def test_the_device_state_is_the_device_row_column_for_column():
     from otp_service.core.transitions import STATE_COLUMNS
     from otp_service.db.models import Device
 
-    assert STATE_COLUMNS == tuple(Device._meta.sorted_field_names)
+    assert tuple(Device._meta.sorted_field_names) == STATE_COLUMNS
