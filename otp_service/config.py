@@ -16,7 +16,7 @@ from typing import Any
 
 from limits import parse_many
 
-from .core.actions import SCOPES
+from .core.actions import ROUTE_SCOPES
 from .core.signing import key_bytes, new_signing_seed
 from .core.totp import ALGORITHMS, DIGITS_RANGE, INTERVAL_RANGE
 
@@ -96,9 +96,9 @@ def per_scope_rates(raw: str) -> dict[str, str]:
     rates = {}
     for pair in raw.split():
         scope, sep, text = pair.partition("=")
-        if not sep or scope not in SCOPES or scope == "admin":
+        if not sep or scope not in ROUTE_SCOPES:
             raise ValueError(
-                f"must be scope=rate pairs separated by spaces (scopes: {', '.join(SCOPES[:-1])}), got {pair!r}"
+                f"must be scope=rate pairs separated by spaces (scopes: {', '.join(ROUTE_SCOPES)}), got {pair!r}"
             )
         rates[scope] = rate(text)
     return rates
@@ -210,6 +210,11 @@ VARIABLES = (
         per_scope_rates,
         "verify=6000/minute enroll=600/minute manage=600/minute read=1200/minute reports=120/minute metrics=120/minute",
     ),
+    Variable(
+        "RATE_LIMIT_PER_TENANT",
+        per_scope_rates,
+        "verify=60000/minute enroll=6000/minute manage=6000/minute read=12000/minute reports=1200/minute",
+    ),
     Variable("RATE_LIMIT_ON_REDIS_ERROR", choice("open", "closed"), "open"),
     Variable("RATE_LIMIT_IPV6_PREFIX", whole(range(32, 129)), "64"),
     Variable("REDIS_URL", redis_url, ""),
@@ -273,6 +278,7 @@ class Settings:
     rate_limit_unlock: str
     rate_limit_code_lookup: str
     rate_limit_per_client: dict[str, str]
+    rate_limit_per_tenant: dict[str, str]
     rate_limit_on_redis_error: str
     rate_limit_ipv6_prefix: int
     redis_url: str
@@ -341,10 +347,9 @@ class Settings:
             raise ConfigError(
                 "OTP_HARD_LOCK_FAILURES", f"must be more than OTP_MAX_FAILURES ({values['otp_max_failures']})"
             )
-        values["rate_limit_per_client"] = {
-            **read({}, ["RATE_LIMIT_PER_CLIENT"])["rate_limit_per_client"],
-            **values["rate_limit_per_client"],
-        }
+        for name in ("RATE_LIMIT_PER_CLIENT", "RATE_LIMIT_PER_TENANT"):  # a scope not named keeps its default
+            field = name.lower()
+            values[field] = {**read({}, [name])[field], **values[field]}
         if values["metrics_token"] and values["metrics_token"] in values["api_key"]:
             raise ConfigError("METRICS_TOKEN", "must not be one of the API keys (a scraper needs no API access)")
         if values["master_secret_version"] in values["master_secrets_previous"]:

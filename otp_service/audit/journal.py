@@ -36,13 +36,19 @@ class Journal:
         self._personal = lru_cache(maxsize=4096)(partial(integrity.personal_digest, pseudonym_key))
         self._subject = lru_cache(maxsize=4096)(partial(integrity.subject, pseudonym_key))
 
+    def forget_people(self) -> None:
+        """Drop the remembered digests (keyed by user ids, addresses and User-Agents): after an erasure, this
+        process keeps none of the erased user's personal data, not even as a cache key."""
+        self._personal.cache_clear()
+        self._subject.cache_clear()
+
     def entry(self, row: Sequence) -> integrity.Entry:
         """What the chain covers of a row (AUDIT_COLUMNS order)."""
         personal = self._personal(row[_USER], row[_IP], row[_AGENT])
-        timestamp, action, success, reason, device_id, _, _, _, request_id, data, actor = row
-        subject = self._subject(row[_USER])
+        timestamp, action, success, reason, device_id, _, _, _, request_id, data, actor, tenant_id = row
+        subject = self._subject(row[_USER], tenant_id)
         return integrity.Entry(
-            timestamp, action, success, reason, device_id, personal, subject, request_id, data, actor
+            timestamp, action, success, reason, device_id, personal, subject, request_id, data, actor, tenant_id
         )
 
     def append(self, rows: Sequence[Sequence]) -> None:

@@ -147,6 +147,13 @@ def prune(
     return manifest
 
 
+WITHDRAWN_HTML = (
+    "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Report withdrawn</title></head><body>"
+    "<h1>Report withdrawn</h1><p>An erasure of a user's personal data (GDPR art. 17) reached this report; it is "
+    "made again from the erased records by <code>python -m otp_service report regenerate</code>.</p></body></html>"
+)
+
+
 def erase(
     database: Database,
     journal: Journal,
@@ -157,17 +164,42 @@ def erase(
     now: datetime,
 ) -> dict[str, Any]:
     """Delete the user's devices and recovery codes and empty the personal fields of their audit rows, in one
-    transaction with its audit row (by pseudonym) and a signed checkpoint."""
-    subjects = sorted({integrity.subject(key, user_id) for key in pseudonym_keys})
+    transaction with its audit row (by pseudonym) and a signed checkpoint — all within the tenant `ctx` acts
+    in. Stored reports that may name the user go too: the user's own reports are deleted; every other report
+    of the tenant whose period ends after the user's first record is withdrawn (its content removed) until
+    `report regenerate` makes it again from the erased records.
+
+    On PostgreSQL the devices are deleted first: that takes their rows' locks, so a request deciding on a
+    device's old state either committed its audit row before (and this empties it) or waits and finds no
+    device (`store.APPLY` records a refusal only on a row it holds)."""
+    tenant_id = ctx.tenant_id
+    subjects = sorted({integrity.subject(key, user_id, tenant_id) for key in pseudonym_keys})
+    devices_of = (Device.tenant_id == tenant_id) & (Device.user_id == user_id)
+    rows_of = (AuditLog.tenant_id == tenant_id) & (AuditLog.user_id == user_id)
     with database.atomic():
-        device_ids = [d for (d,) in Device.select(Device.device_id).where(Device.user_id == user_id).tuples()]
-        devices = Device.delete().where(Device.user_id == user_id).execute()
-        codes = RecoveryCodes.delete().where(RecoveryCodes.user_id == user_id).execute()
-        rows = (
-            AuditLog.update(user_id=None, ip_address=None, user_agent=None).where(AuditLog.user_id == user_id).execute()
+        device_ids = [d for (d,) in Device.select(Device.device_id).where(devices_of).tuples()]
+        first_seen = [
+            AuditLog.select(fn.MIN(AuditLog.timestamp)).where(rows_of).scalar(),
+            Device.select(fn.MIN(Device.created_at)).where(devices_of).scalar(),
+        ]
+        devices = Device.delete().where(devices_of).execute()
+        codes = (
+            RecoveryCodes.delete()
+            .where((RecoveryCodes.tenant_id == tenant_id) & (RecoveryCodes.user_id == user_id))
+            .execute()
         )
+        rows = AuditLog.update(user_id=None, ip_address=None, user_agent=None).where(rows_of).execute()
         # a stored user report is the user's personal data, whole: it goes too
-        reports = Report.delete().where((Report.kind == "user") & (Report.subject == user_id)).execute()
+        mine = Report.tenant_id == tenant_id
+        reports = Report.delete().where(mine & (Report.kind == "user") & (Report.subject == user_id)).execute()
+        withdrawn = 0
+        seen = [_as_datetime(f) for f in first_seen if f is not None]
+        if seen:
+            withdrawn = (
+                Report.update(withdrawn_at=now, html=WITHDRAWN_HTML, data_zip=b"", pdf=None)
+                .where(mine & (Report.kind != "user") & (Report.period_end > min(seen)))
+                .execute()
+            )
         data = {
             "subject": subjects[0],
             "subjects": subjects,
@@ -175,17 +207,25 @@ def erase(
             "recovery_codes": codes,
             "rows": rows,
             "user_reports": reports,
+            "reports_withdrawn": withdrawn,
         }
         journal.append([audit_row(AuditEvent(Action.USER_ERASED, True, None, data), now, None, None, ctx)])
         checkpoints.take(database, keys, "erasure", now)
+    journal.forget_people()  # the digests it remembers are keyed by user id, address and User-Agent
     return {
         "subject": subjects[0],
         "devices": devices,
         "recovery_codes": codes,
         "audit_rows": rows,
         "user_reports": reports,
+        "reports_withdrawn": withdrawn,
         "device_ids": device_ids,
     }
+
+
+def _as_datetime(value: Any) -> datetime:
+    """An aggregate's time (SQLite returns it as text)."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
 _OPERATOR = RequestContext(user_agent="otp-service audit (command line)", actor="command-line")

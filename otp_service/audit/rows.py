@@ -14,7 +14,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from ..core.transitions import AuditEvent
+from ..core.transitions import DEFAULT_TENANT, AuditEvent
 
 USER_AGENT_MAX = 256  # the audit column's size
 REQUEST_ID_MAX = 64
@@ -30,6 +30,7 @@ AUDIT_COLUMNS = (
     "request_id",
     "additional_data",
     "actor",
+    "tenant_id",
 )
 
 
@@ -57,6 +58,7 @@ class RequestContext:
     user_agent: str | None = None
     request_id: str | None = None
     actor: str | None = None  # the API client's name (None: the service itself, e.g. the CLI)
+    tenant_id: int = DEFAULT_TENANT  # the tenant the request acts in: every row and state it touches is its
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ip_address", normal_ip(self.ip_address))
@@ -90,4 +92,5 @@ def audit_row(
         ctx.request_id,
         compact_json(event.data),
         ctx.actor,
+        ctx.tenant_id,
     )

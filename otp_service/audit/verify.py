@@ -46,6 +46,7 @@ _COLUMNS = (
     AuditLog.user_id,
     AuditLog.ip_address,
     AuditLog.user_agent,
+    AuditLog.tenant_id,
 )
 
 
@@ -142,7 +143,7 @@ def verify(
         heads = [h for h in signed.get(chain, ()) if h.seq >= lo and (hi is None or h.seq <= hi)]
         watch = frozenset(h.seq for h in heads)
         for row in _rows(database, chain, lo, hi):
-            entry = integrity.Entry(*row[3:13])
+            entry = integrity.Entry(*row[3:13], row[16])
             before = check.first_break
             check.feed(row[0], row[1], row[2], entry, watch)
             moved = before is None and check.first_break is not None and check.first_break.kind == "edited"

@@ -7,8 +7,10 @@ from enum import StrEnum
 
 # verify: check codes; enroll: register devices, issue recovery codes; manage: deactivate, unlock, erase, look up
 # codes; read: device info, a user's devices and audit trail, statistics; reports: the reports API; metrics:
-# /metrics; admin: all of them.
-SCOPES = ("verify", "enroll", "manage", "read", "reports", "metrics", "admin")
+# /metrics — the scopes the routes need. admin: all of those, in the client's own tenant. operator: act in any
+# tenant, named by the request's X-Tenant header (never implied by admin: a tenant's admin stays in it).
+ROUTE_SCOPES = ("verify", "enroll", "manage", "read", "reports", "metrics")
+SCOPES = (*ROUTE_SCOPES, "operator", "admin")
 
 
 class Action(StrEnum):
@@ -36,3 +38,4 @@ class Action(StrEnum):
     USER_ERASED = "USER_ERASED"  # a user's devices, recovery codes and personal data removed (by pseudonym)
     AUDIT_PRUNED = "AUDIT_PRUNED"  # audit rows before a date exported and removed (retention)
     AUDIT_VERIFIED = "AUDIT_VERIFIED"  # a verification of the audit trail that found it broken
+    TENANT_CHANGED = "TENANT_CHANGED"  # a tenant created, or its policy or rate limits set

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from .actions import Action
 from .errors import ValidationError
-from .transitions import HARD_LOCK, AuditEvent, Transition, isoformat, locked
+from .transitions import DEFAULT_TENANT, HARD_LOCK, AuditEvent, Transition, isoformat, locked
 from .verification import Policy, failure
 
 ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: nothing to misread from paper
@@ -36,6 +36,7 @@ class RecoveryState(NamedTuple):
     failed_attempts: int
     locked_until: datetime | None
     version: int
+    tenant_id: int = DEFAULT_TENANT
 
     def locked(self, at: datetime) -> bool:
         return locked(self.locked_until, at)
@@ -84,11 +85,17 @@ def code_hash(key: bytes, user_id: str, code: str) -> str:
 
 
 def decide_issue(
-    user_id: str, state: RecoveryState | None, hashes: list[str], key_version: int, at: datetime
+    user_id: str,
+    state: RecoveryState | None,
+    hashes: list[str],
+    key_version: int,
+    at: datetime,
+    tenant_id: int = DEFAULT_TENANT,
 ) -> Transition:
     """A new set replaces any earlier one, used or not, and clears its failures and lock."""
     version = 0 if state is None else state.version + 1
-    after = RecoveryState(user_id, tuple((h, None) for h in hashes), key_version, at, None, 0, None, version)
+    codes = tuple((h, None) for h in hashes)
+    after = RecoveryState(user_id, codes, key_version, at, None, 0, None, version, tenant_id)
     data = {"count": len(hashes), "replaced_remaining": None if state is None else state.remaining}
     event = AuditEvent(Action.RECOVERY_CODES_ISSUED, True, None, data)
     return Transition(None, at, state, after, (event,), "ISSUED")

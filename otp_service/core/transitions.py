@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 from .actions import Action
 
+DEFAULT_TENANT = 1  # what the tenants' migration put every earlier row in, and where API_KEY's keys act
+
 HARD_LOCK = datetime(9999, 12, 31)  # locked_until of a device (or recovery codes) only an operator's action reopens
 
 
@@ -46,6 +48,12 @@ class DeviceState(NamedTuple):
     locked_until: datetime | None
     version: int  # +1 with every change
     pending_until: datetime | None = None  # registered, not yet confirmed by a first code: expires at this time
+    tenant_id: int = DEFAULT_TENANT  # the tenant whose namespace the device id is in (`core.tenants`)
+
+    @property
+    def key(self) -> tuple[int, str]:
+        """What names the device: its id within its tenant."""
+        return self.tenant_id, self.device_id
 
     @property
     def expired(self) -> bool:

@@ -14,6 +14,7 @@ from peewee import (
     BlobField,
     BooleanField,
     CharField,
+    CompositeKey,
     DatabaseProxy,
     DateTimeField,
     IntegerField,
@@ -30,8 +31,21 @@ class BaseModel(Model):
         legacy_table_names = False
 
 
+class Tenant(BaseModel):
+    """A namespace of users and devices (`core.tenants`), with its own policy over the service's settings."""
+
+    id = AutoField()
+    name = CharField(max_length=64, unique=True)
+    created_at = DateTimeField()
+    policy = TextField(null=True)  # JSON: {"OTP_WINDOW": "2", …}, as the environment would write them
+    rate_limits = TextField(null=True)  # "verify=6000/minute …": what all the tenant's clients share
+
+    class Meta:
+        table_name = "tenants"
+
+
 class Device(BaseModel):
-    device_id = CharField(max_length=128, primary_key=True)
+    device_id = CharField(max_length=128)
     user_id = CharField(max_length=254, index=True)
     salt = CharField(max_length=64)  # hex of the derivation salt: not a secret without the master secret
     key_version = IntegerField()
@@ -51,9 +65,11 @@ class Device(BaseModel):
     locked_until = DateTimeField(null=True)
     version = BigIntegerField(default=0)  # +1 with every change: a write applies only to the version it was decided on
     pending_until = DateTimeField(null=True)  # an enrolment awaiting its first code, until this time
+    tenant_id = IntegerField(default=1)  # a device id names a device within its tenant
 
     class Meta:
         table_name = "devices"
+        primary_key = CompositeKey("tenant_id", "device_id")
 
 
 class AuditLog(BaseModel):
@@ -76,6 +92,7 @@ class AuditLog(BaseModel):
     entry_hash = CharField(max_length=64, null=True)
     personal = CharField(max_length=64, null=True)
     subject = CharField(max_length=64, null=True)
+    tenant_id = IntegerField(default=1)  # the tenant the request acted in (the chain covers it)
 
     class Meta:
         table_name = "audit_logs"
@@ -111,7 +128,7 @@ class RecoveryCodes(BaseModel):
     """A user's set of one-time recovery codes: only keyed hashes (HMAC, `recovery.py`), each with the time
     it was used; and the set's own failure count and lock, like a device's."""
 
-    user_id = CharField(max_length=254, primary_key=True)
+    user_id = CharField(max_length=254)
     codes = TextField()  # JSON: [[hash hex, used at ISO-8601 or null], …]
     key_version = IntegerField()
     created_at = DateTimeField()
@@ -119,9 +136,11 @@ class RecoveryCodes(BaseModel):
     failed_attempts = IntegerField(default=0)
     locked_until = DateTimeField(null=True)
     version = BigIntegerField(default=0)
+    tenant_id = IntegerField(default=1)
 
     class Meta:
         table_name = "recovery_codes"
+        primary_key = CompositeKey("tenant_id", "user_id")
 
 
 class ApiClient(BaseModel):
@@ -137,6 +156,7 @@ class ApiClient(BaseModel):
     last_used_at = DateTimeField(null=True)
     expires_at = DateTimeField(null=True)
     revoked_at = DateTimeField(null=True)
+    tenant_id = IntegerField(default=1)  # the tenant it acts in (with the `operator` scope, any, by X-Tenant)
 
     class Meta:
         table_name = "api_clients"
@@ -152,9 +172,11 @@ class Report(BaseModel):
     data_zip = BlobField()
     pdf = BlobField(null=True)  # None: WeasyPrint could not run where the report was made
     subject = CharField(max_length=254, null=True)  # a per-user report's user id
+    tenant_id = IntegerField(default=1)  # the tenant whose data it covers
+    withdrawn_at = DateTimeField(null=True)  # its content removed by an erasure, until it is made again
 
     class Meta:
         table_name = "reports"
 
 
-ALL_MODELS = (Device, AuditLog, Report, ApiClient, RecoveryCodes, AuditChain, AuditCheckpoint)
+ALL_MODELS = (Tenant, Device, AuditLog, Report, ApiClient, RecoveryCodes, AuditChain, AuditCheckpoint)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from .. import metrics
 from ..core import errors
 from ..core.actions import Action
+from ..core.tenants import Tenant
 from ..service import clients
 from ..service.clients import Caller
 from .base import AUDITED_LIMIT_CACHE, BaseHandler
@@ -41,6 +42,7 @@ class ApiHandler(BaseHandler):
     must hold the route's scope — both named by its row of the route table (`route.rate`, `route.scope`)."""
 
     route: Route
+    tenant: Tenant
     unauthorized = "A valid API key is required: send Authorization: Bearer <key>."
     caller: Caller | None = None
 
@@ -48,11 +50,9 @@ class ApiHandler(BaseHandler):
         super().prepare()
         token = self._bearer()
         known, caller = self._known(token)
-        checks = [(self.route.rate, self.limit_key)]
-        client_scope = f"client:{self.route.scope}"
-        if known and caller is not None and self.state.limiter.has(client_scope):
-            checks.append((client_scope, caller.name))  # a key this process knows: both limits in one round trip
-        decisions = await self.state.limiter.check(checks)
+        # a key this process knows: its client's and tenant's limits go in the address's round trip
+        later = self._caller_limits(caller) if known and caller is not None else []
+        decisions = await self.state.limiter.check([(self.route.rate, self.limit_key), *later])
         self.keep_header("X-RateLimit-Limit", str(decisions[0].limit))
         self.keep_header("X-RateLimit-Remaining", str(decisions[0].remaining))
         await self._enforce(decisions[0], self.limit_key, self.route.rate, "Too many requests; slow down.")
@@ -62,19 +62,66 @@ class ApiHandler(BaseHandler):
             await self.service.record(Action.AUTH_FAILED, self.context)
             raise errors.Unauthorized(self.unauthorized)
         metrics.CLIENT_REQUESTS.labels(self.caller.name).inc()
-        if len(decisions) > 1 or self.state.limiter.has(client_scope):
-            limiter = self.state.limiter
-            decision = decisions[1] if len(decisions) > 1 else await limiter.hit(client_scope, self.caller.name)
-            message = f"Too many requests from client {self.caller.name} for {self.route.scope!r}; slow down."
-            await self._enforce(decision, self.caller.name, client_scope, message, client=self.caller.name)
+        if later:
+            counted = decisions[1:]
+        else:
+            later = self._caller_limits(self.caller)
+            counted = await self.state.limiter.check(later) if later else []
+        for (scope, who), decision in zip(later, counted, strict=False):
+            await self._enforce(decision, who, scope, self._limited(scope), client=self.caller.name)
         if not self.caller.may(self.route.scope):
-            metrics.AUTH_FAILURES.inc()
-            data = {"route": self.request.path[:200], "scope": self.route.scope}
-            await self.service.record(Action.ACCESS_DENIED, self.context, reason="INSUFFICIENT_SCOPE", data=data)
-            raise errors.InsufficientScope(
+            await self._deny(
                 f"This API key's client ({self.caller.name}) may not do this: it needs the {self.route.scope!r} scope.",
-                details={"scope": self.route.scope},
+                self.route.scope,
             )
+        if self.route.tenanted:
+            self.tenant = await self._acting_tenant()
+
+    async def _acting_tenant(self) -> Tenant:
+        """The tenant the request acts in: its client's, or — for a client with the `operator` scope — the one
+        its X-Tenant header names. Any other client naming another tenant is refused whether or not that tenant
+        exists (no answer tells a tenant's client of another tenant)."""
+        own = await self.service.tenant(self.caller.tenant_id)
+        asked = self.request.headers.get("X-Tenant")
+        if asked is None or asked == own.name:
+            return own
+        if not self.caller.operator:
+            await self._deny(
+                f"This API key's client ({self.caller.name}) acts in its own tenant only: naming another in X-Tenant "
+                "needs the 'operator' scope.",
+                "operator",
+            )
+        tenant = await self.service.tenant_named(asked)
+        if tenant is None:
+            raise errors.NotFound(f"There is no tenant named {asked[:64]!r}.")
+        return tenant
+
+    async def _deny(self, message: str, scope: str) -> NoReturn:
+        """403, audited (the route as its template: a path holds ids, and the row is no place for them)."""
+        metrics.AUTH_FAILURES.inc()
+        data = {"route": self.route.path, "scope": scope}
+        await self.service.record(Action.ACCESS_DENIED, self.context, reason="INSUFFICIENT_SCOPE", data=data)
+        raise errors.InsufficientScope(message, details={"scope": scope})
+
+    def _caller_limits(self, caller: Caller) -> list[tuple[str, str]]:
+        """The limits a request of `caller` counts against after its address's: its client's, then its tenant's
+        (shared by all the tenant's clients; a tenant may have its own rates)."""
+        limiter, scope, found = self.state.limiter, self.route.scope, []
+        if limiter.has(f"client:{scope}"):
+            found.append((f"client:{scope}", caller.name))
+        tenant = self.service.known_tenant(caller.tenant_id)
+        own = dict(tenant.rate_limits) if tenant is not None else {}
+        who = str(caller.tenant_id)
+        if scope in own:  # named by its rate too: a tenant given a new rate starts counting afresh
+            found.append((limiter.ensure(f"tenant:{who}:{scope}:{own[scope]}", own[scope]), who))
+        elif limiter.has(f"tenant:{scope}"):
+            found.append((f"tenant:{scope}", who))
+        return found
+
+    def _limited(self, scope: str) -> str:
+        if scope.startswith("client:"):
+            return f"Too many requests from client {self.caller.name} for {self.route.scope!r}; slow down."
+        return f"Too many requests from this tenant's clients for {self.route.scope!r}; slow down."
 
     def _known(self, token: str) -> tuple[bool, Caller | None]:
         """(True, caller or None) when this process knows who sent `token` without the database."""
@@ -114,5 +161,5 @@ class ApiHandler(BaseHandler):
         seen.move_to_end(key)
         while len(seen) > AUDITED_LIMIT_CACHE:
             seen.popitem(last=False)
-        data = {"route": self.request.path[:200], **data}
+        data = {"route": self.route.path, **data}  # the template: a path holds ids, and the row is no place for them
         await self.service.record(Action.RATE_LIMITED, self.context, reason=reason, data=data)

@@ -30,6 +30,7 @@ def build_state(settings: Settings, database=None, clock=None) -> AppState:
             "unlock": settings.rate_limit_unlock,  # per device, whoever asks
             "lookup": settings.rate_limit_code_lookup,  # per API client: each lookup costs up to 40,000 HMACs
             **{f"client:{scope}": rate for scope, rate in settings.rate_limit_per_client.items()},
+            **{f"tenant:{scope}": rate for scope, rate in settings.rate_limit_per_tenant.items()},
         },
         redis_url=settings.redis_url,
         fail_open=settings.rate_limit_fail_open,

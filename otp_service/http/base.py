@@ -25,6 +25,7 @@ import tornado.web
 from ..audit.rows import RequestContext, normal_ip
 from ..config import Settings
 from ..core import errors
+from ..core.transitions import DEFAULT_TENANT
 from ..service import AsyncOtpService
 from .ratelimit import RateLimiter
 
@@ -156,12 +157,16 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def context(self) -> RequestContext:
-        caller = getattr(self, "caller", None)
+        caller, tenant = getattr(self, "caller", None), getattr(self, "tenant", None)
+        # the tenant the request acts in; refused before that was known: the client's own, or the default
+        own = caller.tenant_id if caller is not None else DEFAULT_TENANT
+        tenant_id = tenant.id if tenant is not None else own
         return RequestContext(
             ip_address=self.ip,
             user_agent=self.request.headers.get("User-Agent"),
             request_id=self.request_id,
             actor=caller.name if caller is not None else None,
+            tenant_id=tenant_id,
         )
 
     def respond(self, data: dict[str, Any], message: str, status: int = 200) -> None:
@@ -207,7 +212,7 @@ class BaseHandler(tornado.web.RequestHandler):
         log.error(
             "unhandled error in %s %s (request %s)",
             self.request.method,
-            self.request.path,
+            self.route.path if self.route is not None else "(no route)",  # the template: a path holds ids
             self.request_id,
             exc_info=(typ, value, tb),
         )

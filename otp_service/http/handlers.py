@@ -159,12 +159,12 @@ class UnlockHandler(ApiHandler):
 
 class DeviceHandler(ApiHandler):
     async def get(self, device_id: str) -> None:
-        self.respond(await self.service.device_info(validation.device_id(device_id)), "Device found")
+        self.respond(await self.service.device_info(validation.device_id(device_id), self.context), "Device found")
 
 
 class UserDevicesHandler(ApiHandler):
     async def get(self, user_id: str) -> None:
-        self.respond(await self.service.user_devices(validation.user_id(user_id)), "Devices of the user")
+        self.respond(await self.service.user_devices(validation.user_id(user_id), self.context), "Devices of the user")
 
 
 class UserAuditHandler(ApiHandler):
@@ -172,19 +172,19 @@ class UserAuditHandler(ApiHandler):
         uid = validation.user_id(user_id)
         limit = validation.limit(self.get_query_argument("limit", None))
         before = validation.cursor(self.get_query_argument("before", None))
-        self.respond(await self.service.user_audit(uid, limit, before), "Audit trail of the user")
+        self.respond(await self.service.user_audit(uid, limit, before, self.context), "Audit trail of the user")
 
 
 class StatsHandler(ApiHandler):
     async def get(self) -> None:
-        self.respond(await self.service.stats(), "Usage statistics")
+        self.respond(await self.service.stats(self.context), "Usage statistics")
 
 
 class ReportsHandler(ApiHandler):
     async def get(self) -> None:
         limit = validation.limit(self.get_query_argument("limit", None))
         before = validation.cursor(self.get_query_argument("before", None))
-        self.respond(await self.service.list_reports(limit, before), "Stored reports")
+        self.respond(await self.service.list_reports(limit, before, self.context), "Stored reports")
 
 
 class ReportHtmlHandler(ApiHandler):
@@ -195,7 +195,7 @@ class ReportHtmlHandler(ApiHandler):
     async def get(self, report_id: str) -> None:
         if not report_id.isascii() or not report_id.isdigit() or len(report_id) > 18:
             raise errors.NotFound(f"No report with id {report_id!r}.")
-        report, content = await self.service.report_content(int(report_id), self.part)
+        report, content = await self.service.report_content(int(report_id), self.part, self.context)
         # named like the files the report command writes: by its first and last day, both included
         name = report_name(report.kind, report.period_start.date(), last_day(report.period_end), report.subject)
         if self.part == "html":
@@ -267,5 +267,5 @@ class MetricsHandler(ApiHandler):
 
 class DebugOtpHandler(ApiHandler):
     async def get(self, device_id: str) -> None:
-        data = await self.service.current_code(validation.device_id(device_id))
+        data = await self.service.current_code(validation.device_id(device_id), self.context)
         self.respond(data, "Current code (debug only)")

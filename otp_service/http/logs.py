@@ -64,7 +64,8 @@ def access_log(handler) -> None:
         "request",
         extra={
             "method": request.method,
-            "path": request.path,
+            # the route's template, not the path: a path holds user and device ids, and logs outlive erasures
+            "path": handler.route.path if getattr(handler, "route", None) is not None else None,
             "handler": name,
             "status": status,
             "duration_ms": round(1000.0 * duration, 2),

@@ -151,6 +151,12 @@ class RateLimiter:
     def has(self, scope: str) -> bool:
         return scope in self._limits
 
+    def ensure(self, scope: str, rate: str) -> str:
+        """A scope of its own for `rate` (a tenant's own rate limit), made on first use; returns its name."""
+        if scope not in self._limits:
+            self._limits[scope] = parse_many(rate)
+        return scope
+
     async def hit(self, scope: str, client: str) -> Decision:
         """Count one request of `client` against every limit of `scope`; the tightest limit decides."""
         return (await self.check([(scope, client)]))[0]

@@ -34,3 +34,4 @@ class Route:
     scope: str | None = None  # the API client scope it needs (`core.actions.SCOPES`); None: no API key
     rate: str = "default"  # the per-address rate limit it counts against
     debug: bool = False  # served only with DEBUG=true outside production
+    tenanted: bool = True  # acts in a tenant (/metrics does not: it must answer while the database is down)

@@ -47,6 +47,7 @@ ROUTES: tuple[Route, ...] = (
             ),
         ),
         scope="metrics",
+        tenanted=False,
     ),
     Route(
         "/api/v1/devices/register",

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 from ..audit.rows import RequestContext
 from ..core.transitions import UNKNOWN, DeviceState, Transition
 from ..metrics import OVERTAKEN
-from .store import Applied, Decide, Store
+from .store import Applied, Decide, Key, Store
 
 _OVERTAKEN_OPTIMISTIC, _OVERTAKEN_LOCKED = OVERTAKEN.labels("optimistic"), OVERTAKEN.labels("locked")
 
@@ -29,7 +29,7 @@ DEVICE_CACHE_SIZE = 32768  # states of about 0.75 KiB each: at most ~25 MiB per 
 
 
 class Read(NamedTuple):
-    device_id: str
+    key: Key
 
 
 class Apply(NamedTuple):
@@ -38,7 +38,7 @@ class Apply(NamedTuple):
 
 
 class ApplyLocked(NamedTuple):
-    device_id: str
+    key: Key
     decide: Decide
     ctx: RequestContext
 
@@ -53,6 +53,11 @@ class Plan:
     answer: Callable[[Transition], dict[str, Any]]
     assume: Any = UNKNOWN  # the state to decide on first when none is cached (registration: None, absent)
 
+    @property
+    def key(self) -> Key:
+        """The device it is about: its id within the tenant the request acts in."""
+        return self.ctx.tenant_id, self.device_id
+
 
 def settle(plan: Plan, known: Any, optimistic: bool) -> Generator[Read | Apply | ApplyLocked, Any, Transition]:
     """Decide and apply until a transition applies; returns it. `known`: the state to try first."""
@@ -60,12 +65,12 @@ def settle(plan: Plan, known: Any, optimistic: bool) -> Generator[Read | Apply |
         state = known
         for _ in range(OPTIMISTIC_ATTEMPTS):
             if state is UNKNOWN:
-                state = yield Read(plan.device_id)
+                state = yield Read(plan.key)
             transition = plan.decide(state)  # even one that writes nothing: `state` may be stale
             applied, state = yield Apply(transition, plan.ctx)
             if applied:
                 return transition
-    return (yield ApplyLocked(plan.device_id, plan.decide, plan.ctx))
+    return (yield ApplyLocked(plan.key, plan.decide, plan.ctx))
 
 
 class _Runner:
@@ -76,25 +81,25 @@ class _Runner:
         self.cache = cache
 
     def _known(self, plan: Plan) -> Any:
-        return self.cache.get(plan.device_id, plan.assume)
+        return self.cache.get(plan.key, plan.assume)
 
-    def _seen(self, device_id: str, state: Any) -> Any:
+    def _seen(self, key: Key, state: Any) -> Any:
         """Remember what a read or a lost race showed of the device (None: absent; UNKNOWN: read it again)."""
         if state is None or state is UNKNOWN:
-            self.cache.discard(device_id)
+            self.cache.discard(key)
         else:
             self.cache.put(state)
         return state
 
-    def _outcome(self, transition: Transition, outcome: Applied) -> Applied:
+    def _outcome(self, op: Apply, outcome: Applied) -> Applied:
         applied, current = outcome
         if not applied:
             _OVERTAKEN_OPTIMISTIC.inc()
-            self._seen(transition.device_id, current)
+            self._seen((op.ctx.tenant_id, op.transition.device_id), current)
         return outcome
 
-    def _applied(self, transition: Transition) -> Transition:
-        self._seen(transition.device_id, transition.current)
+    def _applied(self, plan: Plan, transition: Transition) -> Transition:
+        self._seen(plan.key, transition.current)
         return transition
 
 
@@ -112,11 +117,11 @@ class Engine(_Runner):
             try:
                 op = steps.send(reply)
             except StopIteration as done:
-                return plan.answer(self._applied(done.value))
+                return plan.answer(self._applied(plan, done.value))
             if isinstance(op, Read):
-                reply = self._seen(op.device_id, self.store.read(op.device_id))
+                reply = self._seen(op.key, self.store.read(op.key))
             elif isinstance(op, Apply):
-                reply = self._outcome(op.transition, self.store.apply(*op))
+                reply = self._outcome(op, self.store.apply(*op))
             else:
                 if self.store.optimistic:  # else every command takes the row lock: nothing overtook it
                     _OVERTAKEN_LOCKED.inc()
@@ -138,12 +143,13 @@ class AsyncEngine(_Runner):
     def __init__(self, store: AsyncStore, cache: DeviceCache):
         super().__init__(cache)
         self.store = store
-        self._turns: dict[str, list] = {}  # device id -> [lock, requests holding or waiting for it]
+        self._turns: dict[Key, list] = {}  # device -> [lock, requests holding or waiting for it]
 
     async def run(self, plan: Plan) -> dict[str, Any]:
-        turn = self._turns.get(plan.device_id)
+        key = plan.key
+        turn = self._turns.get(key)
         if turn is None:
-            turn = self._turns[plan.device_id] = [asyncio.Lock(), 0]
+            turn = self._turns[key] = [asyncio.Lock(), 0]
         turn[1] += 1
         try:
             async with turn[0]:
@@ -151,7 +157,7 @@ class AsyncEngine(_Runner):
         finally:
             turn[1] -= 1
             if not turn[1]:
-                del self._turns[plan.device_id]
+                del self._turns[key]
 
     async def _settle(self, plan: Plan) -> dict[str, Any]:
         steps = settle(plan, self._known(plan), optimistic=True)
@@ -160,11 +166,11 @@ class AsyncEngine(_Runner):
             try:
                 op = steps.send(reply)
             except StopIteration as done:
-                return plan.answer(self._applied(done.value))
+                return plan.answer(self._applied(plan, done.value))
             if isinstance(op, Read):
-                reply = self._seen(op.device_id, await self.store.read(op.device_id))
+                reply = self._seen(op.key, await self.store.read(op.key))
             elif isinstance(op, Apply):
-                reply = self._outcome(op.transition, await self.store.apply(*op))
+                reply = self._outcome(op, await self.store.apply(*op))
             else:
                 _OVERTAKEN_LOCKED.inc()
                 reply = await self.store.apply_locked(*op)
@@ -173,53 +179,53 @@ class AsyncEngine(_Runner):
 class AsyncStore(Protocol):
     """The device table as the event loop sees it (`pg_eventloop.EventLoopStore`)."""
 
-    async def read(self, device_id: str) -> DeviceState | None: ...
+    async def read(self, key: Key) -> DeviceState | None: ...
 
     async def apply(self, transition: Transition, ctx: RequestContext) -> Applied: ...
 
-    async def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition: ...
+    async def apply_locked(self, key: Key, decide: Decide, ctx: RequestContext) -> Transition: ...
 
 
 class DeviceCache:
-    """A bounded, thread-safe LRU of device states by id."""
+    """A bounded, thread-safe LRU of device states by key (tenant id, device id)."""
 
     def __init__(self, size: int = DEVICE_CACHE_SIZE):
-        self._items: OrderedDict[str, DeviceState] = OrderedDict()
+        self._items: OrderedDict[Key, DeviceState] = OrderedDict()
         self.size = size
         self._lock = threading.Lock()
 
-    def get(self, device_id: str, default: Any = None) -> Any:
+    def get(self, key: Key, default: Any = None) -> Any:
         with self._lock:
-            item = self._items.get(device_id)
+            item = self._items.get(key)
             if item is None:
                 return default
-            self._items.move_to_end(device_id)
+            self._items.move_to_end(key)
             return item
 
     def put(self, state: DeviceState) -> None:
         with self._lock:
-            self._items[state.device_id] = state
-            self._items.move_to_end(state.device_id)
+            self._items[state.key] = state
+            self._items.move_to_end(state.key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
-    def forget(self, device_id: str) -> None:
+    def forget(self, key: Key) -> None:
         """A device that is gone (erased): its remembered state would only cost a lost race, but it is
         personal data the process should not keep."""
         with self._lock:
-            self._items.pop(device_id, None)
+            self._items.pop(key, None)
 
     def refresh(self, state: DeviceState) -> None:
         """A newer state of a device this process remembers (another process wrote it); others are ignored,
         so a process remembers only what it has used."""
         with self._lock:
-            current = self._items.get(state.device_id)
+            current = self._items.get(state.key)
             if current is not None and state.version > current.version:
-                self._items[state.device_id] = state
+                self._items[state.key] = state
 
-    def discard(self, device_id: str) -> None:
+    def discard(self, key: Key) -> None:
         with self._lock:
-            self._items.pop(device_id, None)
+            self._items.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._items)

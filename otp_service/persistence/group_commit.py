@@ -19,7 +19,7 @@ statement; every request in it is then answered `rolled_back` (not applied), and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
 
 import psycopg2
@@ -53,11 +53,11 @@ class GroupCommit:
         self.pool, self.statement, self.size_metric = pool, statement, size_metric
         self.to_args, self.from_rows, self.rolled_back = to_args, from_rows, rolled_back
         self.max_batch = MAX_BATCH
-        self._waiting: dict[str, tuple[Any, asyncio.Future]] = {}
+        self._waiting: dict[Hashable, tuple[Any, asyncio.Future]] = {}
         self._task: asyncio.Future | None = None  # kept: the event loop holds tasks only weakly
         self.batches = 0  # statements sent
 
-    async def submit(self, key: str, item: Any) -> Any:
+    async def submit(self, key: Hashable, item: Any) -> Any:
         """The result for `item` once the statement holding it has committed."""
         if key in self._waiting:
             raise RuntimeError(f"{key!r} is already waiting for this batch")  # the engine's turns prevent it

@@ -179,14 +179,14 @@ class EventLoopStore:
         pool: AsyncPool,
         statements: store.Statements,
         journal: Journal,
-        apply_locked: Callable[[str, store.Decide, RequestContext], Transition],
+        apply_locked: Callable[[store.Key, store.Decide, RequestContext], Transition],
         executor: Executor,
     ):
         """`statements`: the prepared READ and APPLY and the name this process writes under (the blocking
         store's, so both paths share the prepared statements); `apply_locked`: the blocking store's
         row-lock fallback inside a unit of work (a connection, errors as 503s)."""
         self._apply_locked, self.executor = apply_locked, executor
-        self.reads = GroupCommit(pool, statements.read, lambda ids: (ids,), store.read_results, metrics.READ_BATCH_SIZE)
+        self.reads = GroupCommit(pool, statements.read, store.read_args, store.read_results, metrics.READ_BATCH_SIZE)
         self.writes = GroupCommit(
             pool,
             statements.apply,
@@ -196,15 +196,15 @@ class EventLoopStore:
             rolled_back=(False, UNKNOWN),  # undone whole (a deadlock): read again
         )
 
-    async def read(self, device_id: str) -> DeviceState | None:
-        return await self.reads.submit(device_id, device_id)
+    async def read(self, key: store.Key) -> DeviceState | None:
+        return await self.reads.submit(key, key)
 
     async def apply(self, transition: Transition, ctx: RequestContext) -> store.Applied:
-        return await self.writes.submit(transition.device_id, (transition, ctx))
+        return await self.writes.submit((ctx.tenant_id, transition.device_id), (transition, ctx))
 
-    async def apply_locked(self, device_id: str, decide: store.Decide, ctx: RequestContext) -> Transition:
+    async def apply_locked(self, key: store.Key, decide: store.Decide, ctx: RequestContext) -> Transition:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._apply_locked, device_id, decide, ctx)
+        return await loop.run_in_executor(self.executor, self._apply_locked, key, decide, ctx)
 
 
 class StateListener:

@@ -29,11 +29,12 @@ from peewee import Database
 from ..audit.journal import CHAIN_COLUMNS, Journal
 from ..audit.rows import AUDIT_COLUMNS, RequestContext, audit_row
 from ..core.recovery import RecoveryState
-from ..core.transitions import STATE_COLUMNS, DeviceState, Transition
+from ..core.transitions import STATE_COLUMNS, AuditEvent, DeviceState, Transition
 from ..db.database import is_postgres
 from ..db.models import Device, RecoveryCodes
 
 Decide = Callable[[DeviceState | None], Transition]
+Key = tuple[int, str]  # what names a device: (tenant id, device id)
 _RECOVERY_COLUMNS = RecoveryState._fields
 Applied = tuple[bool, DeviceState | None]  # (applied, the device's state when not applied)
 LOCKED_ROUNDS = 5  # a row that exists is locked at once; only an id inserted meanwhile takes a second round
@@ -52,8 +53,9 @@ _PG_TYPE_OF = {
     "DATETIME": "timestamp",
 }
 _PG_TYPES = {c: _PG_TYPE_OF[Device._meta.fields[c].field_type] for c in STATE_COLUMNS}
-_EVENT_TYPES = ("timestamp", "text", "bool", "text", "text", "text", "text", "text", "text", "text", "text")
-_T_KEYS = ("i", "device_id", "expected", "writes", *_NEW_COLUMNS)
+_EVENT_TYPES = ("timestamp", "text", "bool", "text", "text", "text", "text", "text", "text", "text", "text", "int")
+_T_KEYS = ("i", "tenant", "device_id", "expected", "writes", *_NEW_COLUMNS)
+_T_TYPES = ("int", "int", "text", "bigint", "bool", *(_PG_TYPES[c] for c in _NEW_COLUMNS))
 _NO_ROW = (None,) * len(_NEW_COLUMNS)
 _E_KEYS = ("i", "n", *AUDIT_COLUMNS, "personal", "subject", "content")
 _AUDIT_OUT = ", ".join((*AUDIT_COLUMNS, *CHAIN_COLUMNS))
@@ -69,33 +71,38 @@ def _elements(names: Sequence[str], types: Sequence[str], alias: str) -> str:
 
 
 # The batch comes as two JSON arrays of arrays (psycopg2 adapts one string far faster than hundreds of
-# array elements): transitions — i (position in the batch), device id, expected version (NULL: must not
-# exist), whether it writes the row, then the row to write — and audit rows: i of their transition, n
-# their order, then the audit columns.
+# array elements): transitions — i (position in the batch), tenant and device id (the device's key), expected
+# version (NULL: must not exist), whether it writes the row, then the row to write — and audit rows: i of
+# their transition, n their order, then the audit columns.
 APPLY = f"""
 WITH RECURSIVE t AS (
-    SELECT * FROM {_elements(_T_KEYS, ("int", "text", "bigint", "bool", *(_PG_TYPES[c] for c in _NEW_COLUMNS)), "t")}
+    SELECT * FROM {_elements(_T_KEYS, _T_TYPES, "t")}
 ), ev AS (
     SELECT * FROM {_elements(_E_KEYS, ("int", "int", *_EVENT_TYPES, "text", "text", "text"), "e")}
 ), mine AS (
-    SELECT d.device_id FROM devices d JOIN t ON d.device_id = t.device_id  -- a stale row is not even locked
-    WHERE t.writes AND d.version = t.expected FOR UPDATE OF d SKIP LOCKED
+    SELECT t.i FROM devices d JOIN t ON d.tenant_id = t.tenant AND d.device_id = t.device_id
+    WHERE t.writes AND d.version = t.expected FOR UPDATE OF d SKIP LOCKED  -- a stale row is not even locked
 ), upd AS (
-    UPDATE devices d SET {", ".join(f"{c} = t.{c}" for c in _NEW_COLUMNS)}
-    FROM t JOIN mine ON mine.device_id = t.device_id
-    WHERE d.device_id = t.device_id AND d.version = t.expected
+    UPDATE devices d SET {", ".join(f"{c} = t.{c}" for c in _NEW_COLUMNS if c != "tenant_id")}
+    FROM t JOIN mine ON mine.i = t.i
+    WHERE d.tenant_id = t.tenant AND d.device_id = t.device_id AND d.version = t.expected
     RETURNING t.i
 ), ins AS (
     INSERT INTO devices ({_COLUMNS})
-    SELECT {_COLUMNS} FROM t WHERE t.writes AND t.expected IS NULL ORDER BY device_id
-    ON CONFLICT (device_id) DO NOTHING
-    RETURNING device_id
+    SELECT {_COLUMNS} FROM t WHERE t.writes AND t.expected IS NULL ORDER BY tenant_id, device_id
+    ON CONFLICT (tenant_id, device_id) DO NOTHING
+    RETURNING tenant_id, device_id
+), held AS (  -- a refusal is recorded only while its row still has the version it was decided on, and holds
+    -- it (FOR SHARE): an erasure's DELETE waits for the refusal to commit, then its UPDATE sees the audit row
+    SELECT t.i FROM devices d JOIN t ON d.tenant_id = t.tenant AND d.device_id = t.device_id
+    WHERE NOT t.writes AND d.version = t.expected FOR SHARE OF d SKIP LOCKED
 ), unchanged AS (
-    SELECT t.i FROM t LEFT JOIN devices d ON d.device_id = t.device_id
-    WHERE NOT t.writes AND d.version IS NOT DISTINCT FROM t.expected
+    SELECT i FROM held
+    UNION ALL SELECT t.i FROM t WHERE NOT t.writes AND t.expected IS NULL
+    AND NOT EXISTS (SELECT FROM devices d WHERE d.tenant_id = t.tenant AND d.device_id = t.device_id)
 ), applied AS (
     SELECT i FROM upd
-    UNION ALL SELECT t.i FROM t JOIN ins ON ins.device_id = t.device_id
+    UNION ALL SELECT t.i FROM t JOIN ins ON ins.tenant_id = t.tenant AND ins.device_id = t.device_id
     UNION ALL SELECT i FROM unchanged
 ), evs AS (  -- the audit rows to write, numbered in order
     SELECT e.*, row_number() OVER (ORDER BY e.n) AS k FROM ev e JOIN applied a ON a.i = e.i
@@ -132,14 +139,14 @@ SELECT t.i, a.i IS NOT NULL, {", ".join(f"d.{c}" for c in STATE_COLUMNS)}
 FROM t LEFT JOIN applied a ON a.i = t.i
 LEFT JOIN (  -- the state that won, for a transition that did not apply (read only for those)
     SELECT m.i, {", ".join(f"w.{c}" for c in STATE_COLUMNS)}
-    FROM t m JOIN devices w ON w.device_id = m.device_id
+    FROM t m JOIN devices w ON w.tenant_id = m.tenant AND w.device_id = m.device_id
     WHERE NOT EXISTS (SELECT FROM applied x WHERE x.i = m.i)
 ) d ON d.i = t.i
 WHERE (SELECT count(*) FROM told) >= 0  -- makes the notifications happen (a plain SELECT in WITH runs only if read)
 -- and fails the statement (division by zero) rather than let an audit row go unwritten
 AND 1 / (CASE WHEN (SELECT count(*) FROM logged) = (SELECT count(*) FROM evs) THEN 1 ELSE 0 END) = 1
 """
-READ = f"SELECT {_COLUMNS} FROM devices WHERE device_id = ANY(%s::text[])"
+READ = f"SELECT {_COLUMNS} FROM devices WHERE (tenant_id, device_id) IN (SELECT * FROM unnest(%s::int[], %s::text[]))"
 _TIMES = [n for n, c in enumerate(STATE_COLUMNS) if _PG_TYPES[c] == "timestamp"]
 
 
@@ -148,7 +155,7 @@ def states_from_notification(payload: str) -> tuple[str, list[DeviceState]]:
     sender, elements = json.loads(payload)
     states = []
     for element in elements:
-        values = [element[1], *element[4:]]  # the device id, then the row the transition wrote
+        values = [element[2], *element[5:]]  # the device id, then the row the transition wrote
         for n in _TIMES:
             if values[n] is not None:
                 values[n] = datetime.fromisoformat(values[n])
@@ -166,7 +173,7 @@ def apply_args(
     for i, (transition, ctx) in enumerate(batch):
         after = transition.after
         new = _NO_ROW if after is None else after[1:]
-        rows.append((i, transition.device_id, transition.expected_version, after is not None, *new))
+        rows.append((i, ctx.tenant_id, transition.device_id, transition.expected_version, after is not None, *new))
         user_id = transition.user_id
         for event in transition.events:
             row = audit_row(event, transition.at, transition.device_id, user_id, ctx)
@@ -186,9 +193,14 @@ def apply_results(rows: Sequence[tuple], count: int) -> list[Applied]:
     return results
 
 
-def read_results(rows: Sequence[tuple], device_ids: Sequence[str]) -> list[DeviceState | None]:
-    found = {row[0]: DeviceState(*row) for row in rows}
-    return [found.get(device_id) for device_id in device_ids]
+def read_args(keys: Sequence[Key]) -> tuple[list[int], list[str]]:
+    """READ's parameters: the tenants and the device ids, position by position."""
+    return [tenant for tenant, _ in keys], [device_id for _, device_id in keys]
+
+
+def read_results(rows: Sequence[tuple], keys: Sequence[Key]) -> list[DeviceState | None]:
+    found = {state.key: state for state in map(DeviceState._make, rows)}
+    return [found.get(key) for key in keys]
 
 
 class Store(ABC):
@@ -200,7 +212,7 @@ class Store(ABC):
         self.database, self.journal = database, journal
 
     @abstractmethod
-    def read(self, device_id: str) -> DeviceState | None:
+    def read(self, key: Key) -> DeviceState | None:
         """The device's state now, or None if there is no such device."""
 
     @abstractmethod
@@ -208,7 +220,7 @@ class Store(ABC):
         """Write the transition and its audit rows if the device is still at `transition.before`'s version."""
 
     @abstractmethod
-    def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:
+    def apply_locked(self, key: Key, decide: Decide, ctx: RequestContext) -> Transition:
         """Read, decide and apply with the row held, so the decision cannot be overtaken."""
 
     def recent(self, limit: int) -> list[DeviceState]:
@@ -225,19 +237,28 @@ class Store(ABC):
         """Audit rows (in AUDIT_COLUMNS order), into a chain, in the caller's transaction."""
         self.journal.append(rows)
 
-    def pending_expired(self, at: datetime, limit: int) -> list[str]:
-        """Ids of enrolments still pending past their deadline (the partial index finds them)."""
+    def record_about_device(self, event: AuditEvent, at: datetime, key: Key, ctx: RequestContext) -> None:
+        """An audit row about a device that changes nothing (a code lookup), naming the device's user as its row
+        has it now, with the row held until this commits (PostgreSQL: FOR SHARE): an erasure of the user either
+        comes after, and empties this row too, or came before, and the row names nobody. In a transaction."""
+        query = Device.select(Device.user_id).where(_is(key))
+        if is_postgres(self.database):
+            query = query.for_update("FOR SHARE")
+        self.record([audit_row(event, at, key[1], query.scalar(), ctx)])
+
+    def pending_expired(self, at: datetime, limit: int) -> list[Key]:
+        """The enrolments still pending past their deadline (the partial index finds them)."""
         query = (
-            Device.select(Device.device_id)
+            Device.select(Device.tenant_id, Device.device_id)
             .where(Device.pending_until.is_null(False) & (Device.pending_until <= at) & Device.is_active)
             .order_by(Device.pending_until)
             .limit(limit)
         )
-        return [device_id for (device_id,) in query.tuples()]
+        return list(query.tuples())
 
-    def read_recovery(self, user_id: str, lock: bool = False) -> RecoveryState | None:
+    def read_recovery(self, tenant_id: int, user_id: str, lock: bool = False) -> RecoveryState | None:
         query = RecoveryCodes.select(*(getattr(RecoveryCodes, c) for c in _RECOVERY_COLUMNS))
-        query = query.where(RecoveryCodes.user_id == user_id)
+        query = query.where((RecoveryCodes.tenant_id == tenant_id) & (RecoveryCodes.user_id == user_id))
         if lock and is_postgres(self.database):
             query = query.for_update()
         row = query.tuples().first()
@@ -249,7 +270,7 @@ class Store(ABC):
         for a user with no set yet, an INSERT that only one of two concurrent requests wins)."""
         for _ in range(LOCKED_ROUNDS):
             with self.database.atomic():
-                transition = decide(self.read_recovery(user_id, lock=True))
+                transition = decide(self.read_recovery(ctx.tenant_id, user_id, lock=True))
                 after = transition.after
                 if after is not None:
                     values = dict(zip(_RECOVERY_COLUMNS, after.row(), strict=True))
@@ -257,7 +278,8 @@ class Store(ABC):
                         if not RecoveryCodes.insert(values).on_conflict_ignore().as_rowcount().execute():
                             continue  # another request created the set first: decide again on it
                     else:
-                        RecoveryCodes.update(values).where(RecoveryCodes.user_id == user_id).execute()
+                        mine = (RecoveryCodes.tenant_id == ctx.tenant_id) & (RecoveryCodes.user_id == user_id)
+                        RecoveryCodes.update(values).where(mine).execute()
                 rows = [audit_row(e, transition.at, None, user_id, ctx) for e in transition.events]
                 if rows:
                     self.record(rows)
@@ -287,36 +309,37 @@ class PostgresStore(Store):
     def sender(self) -> str:
         return self.statements.sender
 
-    def read(self, device_id: str) -> DeviceState | None:
-        return read_results(self.database.execute_sql(self.statements.read, ([device_id],)).fetchall(), [device_id])[0]
+    def read(self, key: Key) -> DeviceState | None:
+        return read_results(self.database.execute_sql(self.statements.read, read_args([key])).fetchall(), [key])[0]
 
     def apply(self, transition: Transition, ctx: RequestContext) -> Applied:
         args = apply_args([(transition, ctx)], self.sender, self.journal)
         rows = self.database.execute_sql(self.statements.apply, args).fetchall()
         return apply_results(rows, 1)[0]
 
-    def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:
-        lock = f"SELECT {_COLUMNS} FROM devices WHERE device_id = %s FOR UPDATE"
+    def apply_locked(self, key: Key, decide: Decide, ctx: RequestContext) -> Transition:
+        lock = f"SELECT {_COLUMNS} FROM devices WHERE tenant_id = %s AND device_id = %s FOR UPDATE"
         for _ in range(LOCKED_ROUNDS):
             with self.database.atomic():
-                row = self.database.execute_sql(lock, (device_id,)).fetchone()
+                row = self.database.execute_sql(lock, key).fetchone()
                 transition = decide(None if row is None else DeviceState(*row))
                 if transition.empty or self.apply(transition, ctx)[0]:
                     return transition
-        raise RuntimeError(f"device {device_id!r} changed under a row lock {LOCKED_ROUNDS} times")
+        raise RuntimeError(f"device {key!r} changed under a row lock {LOCKED_ROUNDS} times")
 
 
 class SqliteStore(Store):
     optimistic = False  # writers queue for the database lock anyway: decide inside the write transaction
 
-    def read(self, device_id: str) -> DeviceState | None:
-        query = Device.select(*(getattr(Device, c) for c in STATE_COLUMNS)).where(Device.device_id == device_id)
+    def read(self, key: Key) -> DeviceState | None:
+        query = Device.select(*(getattr(Device, c) for c in STATE_COLUMNS)).where(_is(key))
         row = query.tuples().first()
         return None if row is None else DeviceState(*row)
 
     def apply(self, transition: Transition, ctx: RequestContext) -> Applied:
         with self.database.atomic():  # IMMEDIATE: no other writer until it commits
-            current = self.read(transition.device_id)
+            key = (ctx.tenant_id, transition.device_id)
+            current = self.read(key)
             if (None if current is None else current.version) != transition.expected_version:
                 return False, current
             if transition.after is not None:
@@ -324,19 +347,24 @@ class SqliteStore(Store):
                 if current is None:
                     Device.insert(values).execute()
                 else:
-                    Device.update(values).where(Device.device_id == transition.device_id).execute()
+                    Device.update(values).where(_is(key)).execute()
             user_id = transition.user_id
             rows = [audit_row(e, transition.at, transition.device_id, user_id, ctx) for e in transition.events]
             if rows:
                 self.record(rows)
         return True, None
 
-    def apply_locked(self, device_id: str, decide: Decide, ctx: RequestContext) -> Transition:
+    def apply_locked(self, key: Key, decide: Decide, ctx: RequestContext) -> Transition:
         with self.database.atomic():
-            transition = decide(self.read(device_id))
+            transition = decide(self.read(key))
             if not transition.empty:
                 self.apply(transition, ctx)  # a savepoint inside our transaction: nobody can change the row
         return transition
+
+
+def _is(key: Key):
+    """The condition naming one device: its id within its tenant."""
+    return (Device.tenant_id == key[0]) & (Device.device_id == key[1])
 
 
 def open_store(database: Database, journal: Journal) -> Store:

@@ -265,6 +265,7 @@ def key_versions() -> pd.DataFrame:
     active = fn.SUM(Case(None, [(Device.is_active, 1)], 0))
     query = (
         Device.select(Device.key_version, fn.COUNT(Device.device_id), active)
+        .where(sql.of_tenant(Device))
         .group_by(Device.key_version)
         .order_by(Device.key_version)
     )

@@ -17,8 +17,11 @@ from urllib.parse import urlparse
 from peewee import Database
 
 from ..core.period import Period
+from ..core.tenants import DEFAULT_NAME
 from ..db.database import open_database, sqlite_path
 from ..db.models import Device
+from ..db.models import Tenant as TenantRow
+from . import sql
 from .output import ReportOutput
 
 
@@ -33,6 +36,7 @@ class ReportContext:
     generated_at: str
     integrity: dict | None = None  # `audit verify` over the period's rows (audit.verify.Result.as_dict())
     generated_by: str = ""  # who or what asked for the report, in words
+    tenant: str = DEFAULT_NAME  # whose users, devices and audit records it covers
 
     @property
     def start(self) -> datetime:
@@ -78,6 +82,7 @@ class ReportContext:
 
         rows = [
             ("Period (UTC)", self.period.in_words()),
+            ("Tenant", f"{in_markdown(self.tenant)}: its users, devices and audit records only"),
             ("Data", self.source),
             ("Generated", f"{self.generated_at}, by {self.generated_by or 'this notebook, run by hand'}"),
             ("Software", f"otp-service {__version__}"),
@@ -99,7 +104,13 @@ class ReportContext:
 
 
 def prepare(
-    data: str, start: str, end: str, output_dir: str | None, integrity: str = "", generated_by: str = ""
+    data: str,
+    start: str,
+    end: str,
+    output_dir: str | None,
+    integrity: str = "",
+    generated_by: str = "",
+    tenant: str = DEFAULT_NAME,
 ) -> ReportContext:
     """Open the report's database, parse the inclusive dates, make the output folder.
 
@@ -108,7 +119,7 @@ def prepare(
     that environment variable names (the `report` command sets it: a URL given as a parameter, password
     and all, would be written into the executed notebook). `integrity`: the `report` command's verification
     of the period's audit rows, as JSON; without it the notebook verifies them itself (demo, or the service's
-    keys in the environment).
+    keys in the environment). `tenant`: whose data the report covers (every query keeps to it, `sql.TENANT`).
     """
     from ..config import read
     from .demo import demo_database
@@ -131,12 +142,16 @@ def prepare(
         raise ValueError(f'data must be "demo" or "DATABASE_URL", got {data!r}')
     database = open_database(database_url, 1)
     database.connect()
+    found = TenantRow.get_or_none(TenantRow.name == tenant)
+    if found is None:
+        raise ValueError(f"there is no tenant named {tenant!r}")
+    sql.TENANT.set(found.id)
     if data == "demo":  # its 40 devices signing in, and those the lifecycle's stories enrol
         source = source.format(devices=Device.select().count())
     output = ReportOutput(output_dir or tempfile.mkdtemp(prefix="otp-report-"))
     generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     checked = json.loads(integrity) if integrity else _verify(database, database_url, data, span)
-    return ReportContext(database, span, output, source, generated, checked, generated_by)
+    return ReportContext(database, span, output, source, generated, checked, generated_by, tenant)
 
 
 def _verify(database: Database, database_url: str, data: str, span: Period) -> dict | None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..core.period import Period
+from ..core.tenants import DEFAULT_NAME
 from .pdf import render_pdf
 
 if TYPE_CHECKING:
@@ -52,12 +53,14 @@ class ReportResult:
     pdf_problem: str | None = None
 
 
-def report_name(kind: str, start: date, end: date, subject: str | None = None) -> str:
-    """The name of a report's files, the same on disk and from the API: the kind, for a user report the user
-    (only characters safe in a file name), and the first and last day, both included."""
+def report_name(kind: str, start: date, end: date, subject: str | None = None, tenant: str = DEFAULT_NAME) -> str:
+    """The name of a report's files, the same on disk and from the API: the tenant (unless the default one), the
+    kind, for a user report the user (only characters safe in a file name), and the first and last day, both
+    included."""
+    within = "" if tenant == DEFAULT_NAME else f"{tenant}-"
     if kind == "user":
-        return f"user-{re.sub(r'[^A-Za-z0-9._@-]+', '_', subject or '')[:64]}-{start}_{end}"
-    return f"{kind}-{start}_{end}"
+        return f"{within}user-{re.sub(r'[^A-Za-z0-9._@-]+', '_', subject or '')[:64]}-{start}_{end}"
+    return f"{within}{kind}-{start}_{end}"
 
 
 def parse_day(text: str, name: str) -> date:
@@ -88,10 +91,13 @@ def run_report(
     settings: Settings | None = None,
     user_id: str | None = None,
     generated_by: str = "",
+    tenant: str = DEFAULT_NAME,
+    replacing: int | None = None,
 ) -> ReportResult:
     """Run a report notebook. With `settings` (the service's keys), the audit chains are sealed by a signed
     checkpoint first and the period's rows verified against it; the report states the result. `user_id`: the
-    user a "user" report is about. `generated_by`: who or what asked for it, as the report says it."""
+    user a "user" report is about. `generated_by`: who or what asked for it, as the report says it. `tenant`:
+    whose data it covers. `replacing`: the stored report (withdrawn by an erasure) this one is made again as."""
     import papermill
     from nbconvert import HTMLExporter
 
@@ -110,7 +116,8 @@ def run_report(
     except UNAVAILABLE_ERRORS as exc:
         raise ReportError(f"cannot reach the database: {str(exc).strip() or type(exc).__name__}") from None
 
-    name = report_name(kind, start, end, user_id)
+    tenant_id = _tenant_id(database, tenant)
+    name = report_name(kind, start, end, user_id, tenant)
     output_dir.mkdir(parents=True, exist_ok=True)
     notebook, html_path, data_dir = output_dir / f"{name}.ipynb", output_dir / f"{name}.html", output_dir / name
     parameters = {
@@ -120,6 +127,7 @@ def run_report(
         "output_dir": str(data_dir.resolve()),
         "title": TITLES[kind],
         "generated_by": generated_by,
+        "tenant": tenant,
     }
     if user_id:
         parameters["user_id"] = user_id
@@ -156,7 +164,7 @@ def run_report(
     zip_path.write_bytes(data_zip)
     report_id = None
     if store:
-        report_id = _store(database, kind, span, html, data_zip, pdf, user_id)
+        report_id = _store(database, kind, span, html, data_zip, pdf, user_id, tenant_id, replacing)
     database.close_all()
     return ReportResult(notebook, html_path, pdf_path, zip_path, data_dir, report_id, problem)
 
@@ -245,25 +253,75 @@ def zip_tables(data_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _store(
-    database, kind: str, span: Period, html: str, data_zip: bytes, pdf: bytes | None, subject: str | None
-) -> int:
-    from ..db.models import Report
+def _tenant_id(database, name: str) -> int:
+    from ..db.models import Tenant
 
     with database.connection_context():
-        return Report.insert(
-            kind=kind,
-            period_start=span.start,
-            period_end=span.end,
-            created_at=datetime.utcnow(),
-            html=html,
-            data_zip=data_zip,
-            pdf=pdf,
-            subject=subject,
-        ).execute()
+        found = Tenant.get_or_none(Tenant.name == name)
+    if found is None:
+        raise ReportError(f"there is no tenant named {name!r}: see `python -m otp_service tenants list`")
+    return found.id
 
 
-def user_first_day(database_url: str, user_id: str) -> date | None:
+def _store(
+    database,
+    kind: str,
+    span: Period,
+    html: str,
+    data_zip: bytes,
+    pdf: bytes | None,
+    subject: str | None,
+    tenant_id: int,
+    replacing: int | None = None,
+) -> int:
+    """Keep the report in the database (a scheduled job's disk goes with it), or put it back in the place of
+    the one an erasure withdrew."""
+    from ..db.models import Report
+
+    content = dict(created_at=datetime.utcnow(), html=html, data_zip=data_zip, pdf=pdf)
+    with database.connection_context():
+        if replacing is not None:
+            Report.update(**content, withdrawn_at=None).where(Report.id == replacing).execute()
+            return replacing
+        fields = dict(kind=kind, period_start=span.start, period_end=span.end, subject=subject, tenant_id=tenant_id)
+        return Report.insert(**fields, **content).execute()
+
+
+def regenerate(database_url: str, output_dir: Path, settings: Settings, generated_by: str = "") -> list[int]:
+    """Make again every report an erasure withdrew, from the records as they are now (the erased user's
+    personal data gone); returns their ids. Each is put back in its own place, so its links stay valid."""
+    from ..db.database import open_database
+    from ..db.models import Report, Tenant
+
+    database = open_database(local_database_url(database_url), 1, 5)
+    with database.connection_context():
+        withdrawn = list(
+            Report.select(Report.id, Report.kind, Report.period_start, Report.period_end, Tenant.name)
+            .join(Tenant, on=Report.tenant_id == Tenant.id)
+            .where(Report.withdrawn_at.is_null(False))
+            .order_by(Report.id)
+            .tuples()
+        )
+    database.close_all()
+    made = []
+    for report_id, kind, first, after, tenant in withdrawn:
+        span = Period.between(_as_datetime(first), _as_datetime(after))
+        run_report(
+            kind,
+            span.first,
+            span.last,
+            database_url,
+            output_dir,
+            settings=settings,
+            generated_by=generated_by,
+            tenant=tenant,
+            replacing=report_id,
+        )
+        made.append(report_id)
+    return made
+
+
+def user_first_day(database_url: str, user_id: str, tenant: str = DEFAULT_NAME) -> date | None:
     """The day of the user's first audit record or device (None: the service has nothing of them): where a
     user report with no --start begins, so that by default it holds all the user's history."""
     from peewee import fn
@@ -273,10 +331,13 @@ def user_first_day(database_url: str, user_id: str) -> date | None:
 
     try:
         database = open_database(local_database_url(database_url), 1, 5)
+        tenant_id = _tenant_id(database, tenant)
         with database.connection_context():
+            mine = (AuditLog.tenant_id == tenant_id) & (AuditLog.user_id == user_id)
+            devices = (Device.tenant_id == tenant_id) & (Device.user_id == user_id)
             first = [
-                AuditLog.select(fn.MIN(AuditLog.timestamp)).where(AuditLog.user_id == user_id).scalar(),
-                Device.select(fn.MIN(Device.created_at)).where(Device.user_id == user_id).scalar(),
+                AuditLog.select(fn.MIN(AuditLog.timestamp)).where(mine).scalar(),
+                Device.select(fn.MIN(Device.created_at)).where(devices).scalar(),
             ]
         database.close_all()
     except UNAVAILABLE_ERRORS as exc:

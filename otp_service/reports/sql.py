@@ -12,12 +12,14 @@ if start <= its time < end (a report of 1 to 28 February runs from 1 February 00
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 
 import pandas as pd
-from peewee import SQL, ColumnBase, Expression, NodeList, SelectBase, fn
+from peewee import SQL, ColumnBase, Expression, Model, NodeList, SelectBase, fn
 
 from ..core.actions import Action
+from ..core.transitions import DEFAULT_TENANT
 from ..db.database import is_postgres
 from ..db.models import AuditLog, db
 
@@ -52,9 +54,19 @@ def frame(query: SelectBase, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(list(query.tuples()), columns=columns)
 
 
+# The tenant a report covers: `context.prepare` sets it once per notebook (a kernel runs one report), and every
+# query keeps to it — through `in_period` for the audit rows, `of_tenant` for the devices.
+TENANT: ContextVar[int] = ContextVar("report_tenant", default=DEFAULT_TENANT)
+
+
+def of_tenant(model: type[Model]) -> Expression:
+    """The rows of `model` (devices, audit rows) that belong to the report's tenant."""
+    return model.tenant_id == TENANT.get()
+
+
 def in_period(start: datetime, end: datetime) -> Expression:
-    """The audit rows written in [start, end): the condition every period's query starts from."""
-    return (AuditLog.timestamp >= start) & (AuditLog.timestamp < end)
+    """The report's tenant's audit rows written in [start, end): the condition every period's query starts from."""
+    return (AuditLog.timestamp >= start) & (AuditLog.timestamp < end) & of_tenant(AuditLog)
 
 
 def every_day(start: datetime, end: datetime) -> pd.Index:

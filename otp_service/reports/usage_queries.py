@@ -63,7 +63,7 @@ def device_states(as_of: datetime) -> pd.DataFrame:
     )
     query = (
         Device.select(state.alias("state"), fn.COUNT(Device.device_id))
-        .where(Device.created_at < as_of)
+        .where((Device.created_at < as_of) & sql.of_tenant(Device))
         .group_by(SQL("state"))
         .order_by(SQL("state"))
     )
@@ -85,7 +85,9 @@ def usage_distribution() -> pd.DataFrame:
             for lo, hi, label in USAGE_BUCKETS
         ],
     )
-    counts = dict(Device.select(bucket, fn.COUNT(Device.device_id)).group_by(bucket).tuples())
+    counts = dict(
+        Device.select(bucket, fn.COUNT(Device.device_id)).where(sql.of_tenant(Device)).group_by(bucket).tuples()
+    )
     return pd.DataFrame(
         [(label, counts.get(label, 0)) for *_, label in USAGE_BUCKETS], columns=["verifications", "devices"]
     )
@@ -94,7 +96,8 @@ def usage_distribution() -> pd.DataFrame:
 def _stale(as_of: datetime, days: int):
     """Active devices not used in `days` days before `as_of` (never used counts as stale once that old)."""
     cutoff = as_of - timedelta(days=days)
-    return Device.is_active & (Device.created_at < cutoff) & (Device.last_used.is_null() | (Device.last_used < cutoff))
+    unused = Device.last_used.is_null() | (Device.last_used < cutoff)
+    return sql.of_tenant(Device) & Device.is_active & (Device.created_at < cutoff) & unused
 
 
 def stale_device_count(as_of: datetime, days: int = 14) -> int:
@@ -116,7 +119,12 @@ def stale_devices(as_of: datetime, days: int = 14, limit: int = 50) -> pd.DataFr
 
 def drift_distribution() -> pd.DataFrame:
     """The clock offsets (in time steps) the service has learned for devices."""
-    query = Device.select(Device.drift, fn.COUNT(Device.device_id)).group_by(Device.drift).order_by(Device.drift)
+    query = (
+        Device.select(Device.drift, fn.COUNT(Device.device_id))
+        .where(sql.of_tenant(Device))
+        .group_by(Device.drift)
+        .order_by(Device.drift)
+    )
     return sql.frame(query, ["drift_steps", "devices"])
 
 
@@ -124,6 +132,7 @@ def parameter_mix() -> pd.DataFrame:
     """Devices by algorithm, digits and time step, the most common first: the code settings in use."""
     query = (
         Device.select(Device.algorithm, Device.digits, Device.interval, fn.COUNT(Device.device_id).alias("n"))
+        .where(sql.of_tenant(Device))
         .group_by(Device.algorithm, Device.digits, Device.interval)
         .order_by(SQL("n").desc(), Device.algorithm, Device.digits)
     )

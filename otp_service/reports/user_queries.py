@@ -17,7 +17,7 @@ def user_devices(user_id: str, as_of: datetime) -> pd.DataFrame:
     """A user's devices as the service holds them now (state as `queries.describe` tells it), oldest first."""
     from ..service.queries import user_devices as described
 
-    devices = described(user_id, as_of)["devices"]
+    devices = described(sql.TENANT.get(), user_id, as_of)["devices"]
     columns = {
         "device_id": "device",
         "status": "state",
@@ -43,7 +43,7 @@ def user_recovery_codes(user_id: str, as_of: datetime) -> pd.DataFrame:
     """The user's set of recovery codes, if any: how many are left, when issued and last used, whether locked."""
     from ..service.queries import user_devices as described
 
-    codes = described(user_id, as_of)["recovery_codes"]
+    codes = described(sql.TENANT.get(), user_id, as_of)["recovery_codes"]
     columns = ["codes left", "codes issued", "issued", "last used", "failures counted", "locked until"]
     if codes is None:
         return pd.DataFrame([], columns=columns)

@@ -22,6 +22,7 @@ from ..audit.rows import RequestContext
 from ..config import Settings
 from ..core import errors, verification
 from ..core.keys import Keyring
+from ..core.tenants import Tenant
 from ..core.transitions import Transition
 from ..db.database import UNAVAILABLE_ERRORS, open_database
 from ..persistence.engine import Engine, Plan
@@ -29,6 +30,7 @@ from ..persistence.store import Decide, open_store
 from .clients import Caller, Directory
 from .commands import Commands
 from .reads import Reads
+from .tenants import Tenants
 from .trail import AuditTrail
 
 log = logging.getLogger("otp_service.service")
@@ -39,14 +41,7 @@ class OtpService(Commands, Reads, AuditTrail):
         self, settings: Settings, keyring: Keyring, database: Database, clock: Callable[[], float] = time.time
     ):
         self.settings, self.keyring, self.database, self.clock = settings, keyring, database, clock
-        self.policy = verification.Policy(
-            window=settings.otp_window,
-            max_drift=settings.otp_max_drift,
-            max_failures=settings.otp_max_failures,
-            lockout_seconds=settings.otp_lockout_seconds,
-            hard_lock_failures=settings.otp_hard_lock_failures,
-            resync_window=settings.otp_resync_window,
-        )
+        self.tenants = Tenants(settings)
         self.journal = Journal(database, keyring.purpose_key(integrity.PURPOSE), settings.audit_chains)
         self.audit_keys = checkpoints.Keys.from_settings(settings)
         self._last_signed: tuple[int, str] | None = None  # (id, sha256) of the last checkpoint this process signed
@@ -87,6 +82,17 @@ class OtpService(Commands, Reads, AuditTrail):
         """The engine's last resort for a contended device, for callers on another thread (`EventLoopStore`)."""
         with self.unit_of_work():
             return self.store.apply_locked(device_id, decide, ctx)
+
+    def tenant(self, tenant_id: int) -> Tenant:
+        """The tenant's policy and defaults: remembered, else read (so never on the event loop: the HTTP layer
+        has read the tenant of every request it lets through, `AsyncOtpService.tenant`)."""
+        known = self.tenants.fresh(tenant_id) or self.tenants.known(tenant_id)
+        return known if known is not None else self.query(self.tenants.get, tenant_id)
+
+    @property
+    def policy(self) -> verification.Policy:
+        """The default tenant's policy: the service's settings."""
+        return self.tenants.base.policy
 
     def _now(self, now: float | None) -> float:
         return self.clock() if now is None else now

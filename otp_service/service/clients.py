@@ -1,11 +1,12 @@
 """API clients: who may call what. Each client has a name, scopes and a key that is shown once; the
 database keeps only the key's SHA-256 (a key is 256 random bits, so its digest reveals nothing and can
-be looked up directly). The keys in API_KEY are clients too, with every scope (`admin`), named `env`
-(or `env-1`, `env-2`… by position), so deployments from before clients existed keep working.
+be looked up directly). Every client belongs to one tenant and acts in it. The keys in API_KEY are clients
+too, with every scope (`admin`) and `operator`, named `env` (or `env-1`, `env-2`… by position), in the
+default tenant, so deployments from before clients and tenants existed keep working.
 
-Scopes: `verify` (verify codes), `enroll` (register devices), `manage` (deactivate, unlock), `read`
-(device info, a user's devices and audit trail, statistics), `reports` (the reports API), `metrics`
-(/metrics); `admin` holds them all.
+Scopes (`core.actions.SCOPES`): `verify` (verify codes), `enroll` (register devices), `manage` (deactivate,
+unlock), `read` (device info, a user's devices and audit trail, statistics), `reports` (the reports API),
+`metrics` (/metrics); `admin` holds them all; `operator` may act in any tenant, naming it (X-Tenant).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from ..audit.journal import Journal
 from ..audit.rows import RequestContext, audit_row
-from ..core.actions import SCOPES, Action
-from ..core.transitions import AuditEvent, to_datetime
+from ..core.actions import ROUTE_SCOPES, SCOPES, Action
+from ..core.transitions import DEFAULT_TENANT, AuditEvent, to_datetime
 from ..db.models import ApiClient
 
 COMMAND_LINE = RequestContext(user_agent="otp-service clients (command line)", actor="command-line")
@@ -40,9 +41,16 @@ REMEMBERED_KEYS = 4096
 class Caller:
     name: str
     scopes: frozenset[str]
+    tenant_id: int = DEFAULT_TENANT  # the tenant it acts in
 
     def may(self, scope: str) -> bool:
-        return "admin" in self.scopes or scope in self.scopes
+        """Whether it holds `scope` (admin holds every route's scope, never `operator`)."""
+        return scope in self.scopes or ("admin" in self.scopes and scope in ROUTE_SCOPES)
+
+    @property
+    def operator(self) -> bool:
+        """May act in any tenant, naming it (X-Tenant)."""
+        return "operator" in self.scopes
 
 
 def parse_scopes(text: str) -> tuple[str, ...]:
@@ -86,7 +94,7 @@ def matching(key: str, digests: Sequence[bytes]) -> int | None:
 
 def env_callers(api_keys: tuple[str, ...]) -> list[Caller]:
     names = ["env"] if len(api_keys) == 1 else [f"env-{n}" for n in range(1, len(api_keys) + 1)]
-    return [Caller(name, frozenset({"admin"})) for name in names]
+    return [Caller(name, frozenset({"admin", "operator"})) for name in names]  # the deployment's own keys
 
 
 class Directory:
@@ -126,7 +134,7 @@ class Directory:
         )
         caller = None
         if row is not None and row.revoked_at is None and (row.expires_at is None or row.expires_at > now):
-            caller = Caller(row.name, frozenset(row.scopes.split(",")))
+            caller = Caller(row.name, frozenset(row.scopes.split(",")), row.tenant_id)
             ApiClient.update(last_used_at=now).where(ApiClient.id == row.id).execute()
         with self._lock:
             self._remembered[sent] = (time.monotonic() + REMEMBER_SECONDS, caller)
@@ -138,20 +146,33 @@ class Directory:
 # -- the commands behind `python -m otp_service clients …` (each in the caller's transaction) ----------------
 
 
-def create(journal: Journal, name: str, scopes: tuple[str, ...], now: float, expires: datetime | None = None) -> str:
-    """A new client; returns its key (shown this once)."""
+def create(
+    journal: Journal,
+    name: str,
+    scopes: tuple[str, ...],
+    now: float,
+    expires: datetime | None = None,
+    tenant_id: int = DEFAULT_TENANT,
+) -> str:
+    """A new client of `tenant_id`; returns its key (shown this once)."""
     check_name(name)
     existing = ApiClient.get_or_none(ApiClient.name == name)
     if existing is not None and existing.revoked_at is None:
         raise ValueError(f"a client named {name!r} exists already: rotate its key, or revoke it first")
     key = new_key()
-    fields = dict(scopes=",".join(scopes), key_digest=digest(key), created_at=to_datetime(now), expires_at=expires)
+    fields = dict(
+        scopes=",".join(scopes),
+        key_digest=digest(key),
+        created_at=to_datetime(now),
+        expires_at=expires,
+        tenant_id=tenant_id,
+    )
     if existing is None:
         ApiClient.create(name=name, **fields)
     else:  # a revoked client's name, given again: a new key and new scopes, nothing of the old one
         fields.update(previous_key_digest=None, previous_valid_until=None, last_used_at=None, revoked_at=None)
         ApiClient.update(**fields).where(ApiClient.id == existing.id).execute()
-    _audit(journal, Action.CLIENT_CREATED, now, {"client": name, "scopes": ",".join(scopes)})
+    _audit(journal, Action.CLIENT_CREATED, now, {"client": name, "scopes": ",".join(scopes)}, tenant_id)
     return key
 
 
@@ -167,6 +188,7 @@ def rotate(journal: Journal, name: str, now: float, grace: timedelta) -> str:
         Action.CLIENT_ROTATED,
         now,
         {"client": name, "previous_key_until": client.previous_valid_until.isoformat()},
+        client.tenant_id,
     )
     return key
 
@@ -175,12 +197,13 @@ def revoke(journal: Journal, name: str, now: float) -> None:
     client = _active(name)
     client.revoked_at = to_datetime(now)
     client.save()
-    _audit(journal, Action.CLIENT_REVOKED, now, {"client": name})
+    _audit(journal, Action.CLIENT_REVOKED, now, {"client": name}, client.tenant_id)
 
 
-def _audit(journal: Journal, action: Action, now: float, data: dict) -> None:
-    """In the caller's transaction, like the change it records."""
-    journal.append([audit_row(AuditEvent(action, True, None, data), to_datetime(now), None, None, COMMAND_LINE)])
+def _audit(journal: Journal, action: Action, now: float, data: dict, tenant_id: int) -> None:
+    """In the caller's transaction, like the change it records; in the client's tenant's trail."""
+    ctx = replace(COMMAND_LINE, tenant_id=tenant_id)
+    journal.append([audit_row(AuditEvent(action, True, None, data), to_datetime(now), None, None, ctx)])
 
 
 def listing() -> list[dict]:
@@ -193,6 +216,7 @@ def listing() -> list[dict]:
             "expires_at": c.expires_at,
             "revoked_at": c.revoked_at,
             "previous_key_until": c.previous_valid_until,
+            "tenant_id": c.tenant_id,
         }
         for c in ApiClient.select().order_by(ApiClient.name)
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -20,7 +21,8 @@ from ..core import lifecycle, recovery, verification
 from ..core.actions import Action
 from ..core.keys import Keyring, key_fingerprint
 from ..core.provisioning import provision
-from ..core.transitions import AuditEvent, DeviceState, isoformat, to_datetime, unix_time
+from ..core.tenants import Tenant
+from ..core.transitions import DEFAULT_TENANT, AuditEvent, DeviceState, isoformat, to_datetime, unix_time
 from ..persistence.engine import Plan
 from ..persistence.store import Store
 from . import answers
@@ -33,13 +35,13 @@ class Commands:
 
     settings: Settings
     keyring: Keyring
-    policy: verification.Policy
+    tenant: Callable[[int], Tenant]
     store: Store
     execute: Callable[[Plan], dict[str, Any]]
     query: Callable[..., Any]
     unit_of_work: Callable[..., AbstractContextManager[None]]
     _now: Callable[[float | None], float]
-    _device_and_key: Callable[[str], tuple[DeviceState, bytes]]
+    _device_and_key: Callable[[RequestContext, str], tuple[DeviceState, bytes]]
 
     def register(self, device_id: str, user_id: str, ctx: RequestContext = SYSTEM, **options: Any) -> dict[str, Any]:
         """Create a device with a freshly derived key; the only time the key leaves the service.
@@ -66,8 +68,8 @@ class Commands:
         request touching such a device records it too). Returns how many expired now."""
         now = self._now(now)
         expired = 0
-        for device_id in self.query(self.store.pending_expired, to_datetime(now), limit):
-            expired += self.execute(self.plan_expire(device_id, now))["expired"]
+        for tenant_id, device_id in self.query(self.store.pending_expired, to_datetime(now), limit):
+            expired += self.execute(self.plan_expire(device_id, now, tenant_id))["expired"]
         return expired
 
     def issue_recovery_codes(self, user_id: str, ctx: RequestContext = SYSTEM, now: float | None = None) -> dict:
@@ -75,7 +77,9 @@ class Commands:
         codes, at = recovery.new_codes(), to_datetime(self._now(now))
         key, version = self.keyring.purpose_key(RECOVERY_PURPOSE), self.keyring.current_version
         hashes = [recovery.code_hash(key, user_id, code) for code in codes]
-        decide = partial(recovery.decide_issue, user_id, hashes=hashes, key_version=version, at=at)
+        decide = partial(
+            recovery.decide_issue, user_id, hashes=hashes, key_version=version, at=at, tenant_id=ctx.tenant_id
+        )
         with self.unit_of_work():
             transition = self.store.apply_recovery(user_id, decide, ctx)
         metrics.RECOVERY_CODES.labels("issued").inc()
@@ -92,7 +96,7 @@ class Commands:
             code=code,
             key=partial(self.keyring.purpose_key_or_none, RECOVERY_PURPOSE),
             at=at,
-            policy=self.policy,
+            policy=self.tenant(ctx.tenant_id).policy,
         )
         with self.unit_of_work():
             return answers.recovery_used(user_id, self.store.apply_recovery(user_id, decide, ctx))
@@ -108,9 +112,9 @@ class Commands:
     ) -> dict[str, Any]:
         """Every time step in [start, end] for which `otp` was the device's code (`verification.lookup_steps`)."""
         now = self._now(now)
-        state, key = self._device_and_key(device_id)
+        state, key = self._device_and_key(ctx, device_id)
         from_, to = unix_time(start), unix_time(end)
-        steps, last = verification.lookup_steps(key, state, otp, from_, to, now, self.policy)
+        steps, last = verification.lookup_steps(key, state, otp, from_, to, now, self.tenant(ctx.tenant_id).policy)
         interval = state.interval
         searched_to = min(to, (last + 1) * interval)
         matches = [
@@ -122,9 +126,9 @@ class Commands:
             for step in steps
         ]
         data = {"from": isoformat(to_datetime(from_)), "to": isoformat(to_datetime(to)), "matches": len(steps)}
-        self.record(
-            Action.CODE_LOOKUP, ctx, data=data, now=now, success=True, device_id=device_id, user_id=state.user_id
-        )
+        event = AuditEvent(Action.CODE_LOOKUP, True, None, data)
+        with self.unit_of_work(write=True):  # the device's user as the row has it now, the row held: an erasure
+            self.store.record_about_device(event, to_datetime(now), state.key, ctx)  # meanwhile reaches this too
         return {
             "device_id": device_id,
             "from": data["from"],
@@ -175,7 +179,8 @@ class Commands:
         now: float | None = None,
     ) -> Plan:
         s, at = self.settings, to_datetime(self._now(now))
-        pending = confirm or s.enrollment_confirmation == "required"
+        defaults = self.tenant(ctx.tenant_id).registration
+        pending = confirm or defaults.confirmation == "required"
         key, salt, version = self.keyring.new_device_key(device_id)
         fresh = DeviceState(
             device_id=device_id,
@@ -183,9 +188,9 @@ class Commands:
             salt=salt.hex(),
             key_version=version,
             derived_key_hash=key_fingerprint(key),
-            digits=digits or s.otp_digits,
-            interval=interval or s.otp_interval,
-            algorithm=algorithm or s.otp_algorithm,
+            digits=digits or defaults.digits,
+            interval=interval or defaults.interval,
+            algorithm=algorithm or defaults.algorithm,
             issuer=issuer,
             is_active=True,
             created_at=at,
@@ -198,6 +203,7 @@ class Commands:
             locked_until=None,
             version=0,
             pending_until=at + timedelta(seconds=s.enrollment_ttl_seconds) if pending else None,
+            tenant_id=ctx.tenant_id,
         )
         keys = provision(key, fresh, qr)  # before the write: a QR code that cannot be made fails it
         decide = partial(lifecycle.decide_register, device_id, fresh=fresh, at=at)
@@ -207,7 +213,8 @@ class Commands:
     def plan_verify(
         self, device_id: str, otp: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
     ) -> Plan:
-        rule = verification.verification_rule(device_id, otp, self._now(now), self.policy, self.keyring.key_of)
+        policy = self.tenant(ctx.tenant_id).policy
+        rule = verification.verification_rule(device_id, otp, self._now(now), policy, self.keyring.key_of)
         return Plan(device_id, rule, ctx, answers.verified)
 
     def plan_deactivate(self, device_id: str, ctx: RequestContext = SYSTEM, now: float | None = None) -> Plan:
@@ -222,19 +229,21 @@ class Commands:
         self, device_id: str, otp: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
     ) -> Plan:
         now = self._now(now)
-        rule = verification.verification_rule(device_id, otp, now, self.policy, self.keyring.key_of, confirm=True)
+        policy = self.tenant(ctx.tenant_id).policy
+        rule = verification.verification_rule(device_id, otp, now, policy, self.keyring.key_of, confirm=True)
         return Plan(device_id, rule, ctx, answers.confirmed)
 
     def plan_resync(
         self, device_id: str, otp1: str | int, otp2: str | int, ctx: RequestContext = SYSTEM, now: float | None = None
     ) -> Plan:
-        rule = verification.resync_rule(device_id, otp1, otp2, self._now(now), self.policy, self.keyring.key_of)
+        policy = self.tenant(ctx.tenant_id).policy
+        rule = verification.resync_rule(device_id, otp1, otp2, self._now(now), policy, self.keyring.key_of)
         return Plan(device_id, rule, ctx, answers.resynced)
 
     def plan_drift_reset(self, device_id: str, ctx: RequestContext = SYSTEM, now: float | None = None) -> Plan:
         decide = partial(lifecycle.decide_drift_reset, device_id, at=to_datetime(self._now(now)))
         return Plan(device_id, decide, ctx, answers.drift_reset)
 
-    def plan_expire(self, device_id: str, now: float | None = None) -> Plan:
+    def plan_expire(self, device_id: str, now: float | None = None, tenant_id: int = DEFAULT_TENANT) -> Plan:
         decide = partial(lifecycle.decide_expire, device_id, at=to_datetime(self._now(now)))
-        return Plan(device_id, decide, SYSTEM, answers.expired)
+        return Plan(device_id, decide, replace(SYSTEM, tenant_id=tenant_id), answers.expired)

@@ -13,8 +13,9 @@ from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from ..audit.rows import RequestContext
+from ..audit.rows import SYSTEM, RequestContext
 from ..core.actions import Action
+from ..core.tenants import Tenant
 from ..db.models import Report
 from ..persistence.engine import AsyncEngine, Plan
 from ..persistence.pg_eventloop import AsyncPool, EventLoopStore, StateListener
@@ -104,26 +105,45 @@ class AsyncOtpService:
     async def record(self, action: Action, ctx: RequestContext, **fields: Any) -> None:
         await self.thread(partial(self.service.record, action, ctx, **fields))
 
-    async def device_info(self, device_id: str) -> dict[str, Any]:
-        return await self.thread(self.service.device_info, device_id)
+    async def tenant(self, tenant_id: int) -> Tenant:
+        """The tenant (policy, defaults, rate limits): remembered, or read on the thread pool — so that the
+        commands, which read it on the event loop, find it remembered."""
+        found = self.service.tenants.fresh(tenant_id)
+        return (
+            found if found is not None else await self.thread(self.service.query, self.service.tenants.get, tenant_id)
+        )
 
-    async def user_devices(self, user_id: str) -> dict[str, Any]:
-        return await self.thread(self.service.user_devices, user_id)
+    def known_tenant(self, tenant_id: int) -> Tenant | None:
+        """What this process remembers of the tenant (for its rate limits, without waiting)."""
+        return self.service.tenants.known(tenant_id)
 
-    async def user_audit(self, user_id: str, limit: int, before: int | None) -> dict[str, Any]:
-        return await self.thread(self.service.user_audit, user_id, limit, before)
+    async def tenant_named(self, name: str) -> Tenant | None:
+        return await self.thread(self.service.query, self.service.tenants.by_name, name)
 
-    async def stats(self) -> dict[str, Any]:
-        return await self.thread(self.service.stats)
+    async def device_info(self, device_id: str, ctx: RequestContext = SYSTEM) -> dict[str, Any]:
+        return await self.thread(partial(self.service.device_info, device_id, tenant_id=ctx.tenant_id))
 
-    async def list_reports(self, limit: int, before: int | None) -> dict[str, Any]:
-        return await self.thread(self.service.list_reports, limit, before)
+    async def user_devices(self, user_id: str, ctx: RequestContext = SYSTEM) -> dict[str, Any]:
+        return await self.thread(partial(self.service.user_devices, user_id, tenant_id=ctx.tenant_id))
 
-    async def report_content(self, report_id: int, part: str) -> tuple[Report, bytes | str]:
-        return await self.thread(self.service.report_content, report_id, part)
+    async def user_audit(
+        self, user_id: str, limit: int, before: int | None, ctx: RequestContext = SYSTEM
+    ) -> dict[str, Any]:
+        return await self.thread(partial(self.service.user_audit, user_id, limit, before, tenant_id=ctx.tenant_id))
 
-    async def current_code(self, device_id: str) -> dict[str, Any]:
-        return await self.thread(self.service.current_code, device_id)
+    async def stats(self, ctx: RequestContext = SYSTEM) -> dict[str, Any]:
+        return await self.thread(partial(self.service.stats, tenant_id=ctx.tenant_id))
+
+    async def list_reports(self, limit: int, before: int | None, ctx: RequestContext = SYSTEM) -> dict[str, Any]:
+        return await self.thread(partial(self.service.list_reports, limit, before, tenant_id=ctx.tenant_id))
+
+    async def report_content(
+        self, report_id: int, part: str, ctx: RequestContext = SYSTEM
+    ) -> tuple[Report, bytes | str]:
+        return await self.thread(partial(self.service.report_content, report_id, part, tenant_id=ctx.tenant_id))
+
+    async def current_code(self, device_id: str, ctx: RequestContext = SYSTEM) -> dict[str, Any]:
+        return await self.thread(partial(self.service.current_code, device_id, tenant_id=ctx.tenant_id))
 
     async def erase_user(self, user_id: str, ctx: RequestContext) -> dict[str, Any]:
         return await self.thread(self.service.erase_user, user_id, ctx)

@@ -20,20 +20,28 @@ from ..core.transitions import STATE_COLUMNS, DeviceState, isoformat, to_datetim
 from ..db.models import AuditLog, Device, RecoveryCodes, Report
 
 
-def device(device_id: str) -> Device:
-    found = Device.get_or_none(Device.device_id == device_id)
+def device(key: tuple[int, str]) -> Device:
+    """A device of a tenant; another tenant's device of that id is no more found than one that does not exist."""
+    tenant_id, device_id = key
+    found = Device.get_or_none((Device.tenant_id == tenant_id) & (Device.device_id == device_id))
     if found is None:
         raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
     return found
 
 
-def device_info(device_id: str, at: datetime) -> dict[str, Any]:
-    return describe(device(device_id), at)
+def device_info(key: tuple[int, str], at: datetime) -> dict[str, Any]:
+    return describe(device(key), at)
 
 
-def user_devices(user_id: str, at: datetime) -> dict[str, Any]:
-    devices = Device.select().where(Device.user_id == user_id).order_by(Device.created_at, Device.device_id)
-    codes = RecoveryCodes.select().where(RecoveryCodes.user_id == user_id).tuples().first()
+def user_devices(tenant_id: int, user_id: str, at: datetime) -> dict[str, Any]:
+    mine = (Device.tenant_id == tenant_id) & (Device.user_id == user_id)
+    devices = Device.select().where(mine).order_by(Device.created_at, Device.device_id)
+    codes = (
+        RecoveryCodes.select()
+        .where((RecoveryCodes.tenant_id == tenant_id) & (RecoveryCodes.user_id == user_id))
+        .tuples()
+        .first()
+    )
     return {
         "user_id": user_id,
         "devices": [describe(d, at) for d in devices],
@@ -41,9 +49,9 @@ def user_devices(user_id: str, at: datetime) -> dict[str, Any]:
     }
 
 
-def user_audit(user_id: str, limit: int = 50, before: int | None = None) -> dict[str, Any]:
+def user_audit(tenant_id: int, user_id: str, limit: int = 50, before: int | None = None) -> dict[str, Any]:
     """Newest first, keyset-paginated on the row id so deep pages cost the same as the first."""
-    query = AuditLog.select().where(AuditLog.user_id == user_id)
+    query = AuditLog.select().where((AuditLog.tenant_id == tenant_id) & (AuditLog.user_id == user_id))
     if before is not None:
         query = query.where(AuditLog.id < before)
     rows = list(query.order_by(AuditLog.id.desc()).limit(limit + 1))
@@ -52,18 +60,25 @@ def user_audit(user_id: str, limit: int = 50, before: int | None = None) -> dict
     return {"user_id": user_id, "entries": [audit_entry(r) for r in rows], "next_before": rows[-1].id if more else None}
 
 
-def stats(now: float) -> dict[str, Any]:
+def stats(tenant_id: int, now: float) -> dict[str, Any]:
+    """The tenant's devices and recent activity."""
     windows = {"last_24h": to_datetime(now - 86400), "last_7d": to_datetime(now - 7 * 86400)}
-    by_state = dict(Device.select(Device.is_active, fn.COUNT(Device.device_id)).group_by(Device.is_active).tuples())
+    by_state = dict(
+        Device.select(Device.is_active, fn.COUNT(Device.device_id))
+        .where(Device.tenant_id == tenant_id)
+        .group_by(Device.is_active)
+        .tuples()
+    )
     by_version = {
         str(v): {"active": a or 0, "total": t}
         for v, t, a in Device.select(
             Device.key_version, fn.COUNT(Device.device_id), fn.SUM(Device.is_active.cast("integer"))
         )
+        .where(Device.tenant_id == tenant_id)
         .group_by(Device.key_version)
         .tuples()
     }
-    activity = {name: _activity(since) for name, since in windows.items()}
+    activity = {name: _activity(tenant_id, since) for name, since in windows.items()}
     active, inactive = by_state.get(True, 0), by_state.get(False, 0)
     return {
         "devices": {"total": active + inactive, "active": active, "inactive": inactive},
@@ -73,11 +88,12 @@ def stats(now: float) -> dict[str, Any]:
     }
 
 
-def _activity(since: datetime) -> dict[str, int]:
+def _activity(tenant_id: int, since: datetime) -> dict[str, int]:
+    counted = AuditLog.action.in_([Action.DEVICE_REGISTERED, Action.OTP_VERIFICATION])
     counts = {
         (action, bool(ok)): n
         for action, ok, n in AuditLog.select(AuditLog.action, AuditLog.success, fn.COUNT(AuditLog.id))
-        .where((AuditLog.timestamp >= since) & AuditLog.action.in_([Action.DEVICE_REGISTERED, Action.OTP_VERIFICATION]))
+        .where((AuditLog.timestamp >= since) & counted & (AuditLog.tenant_id == tenant_id))
         .group_by(AuditLog.action, AuditLog.success)
         .tuples()
     }
@@ -88,9 +104,9 @@ def _activity(since: datetime) -> dict[str, int]:
     }
 
 
-def list_reports(limit: int = 50, before: int | None = None) -> dict[str, Any]:
-    """Newest first. Periods as their first and last day, both included (the days a person would write, and
-    the days in the files' names); stored half-open, [first day 00:00, day after the last 00:00)."""
+def list_reports(tenant_id: int, limit: int = 50, before: int | None = None) -> dict[str, Any]:
+    """The tenant's reports, newest first. Periods as their first and last day, both included (the days a person
+    would write, and the days in the files' names); stored half-open, [first day 00:00, day after the last 00:00)."""
     query = Report.select(
         Report.id,
         Report.kind,
@@ -99,7 +115,8 @@ def list_reports(limit: int = 50, before: int | None = None) -> dict[str, Any]:
         Report.period_end,
         Report.created_at,
         Report.pdf.is_null(False).alias("has_pdf"),
-    )
+        Report.withdrawn_at,
+    ).where(Report.tenant_id == tenant_id)
     if before is not None:
         query = query.where(Report.id < before)
     rows = list(query.order_by(Report.id.desc()).limit(limit + 1))
@@ -115,6 +132,7 @@ def list_reports(limit: int = 50, before: int | None = None) -> dict[str, Any]:
             "html_url": f"/api/v1/reports/{r.id}",
             "pdf_url": f"/api/v1/reports/{r.id}/pdf" if r.has_pdf else None,
             "data_url": f"/api/v1/reports/{r.id}/data",
+            "withdrawn": r.withdrawn_at is not None,  # by an erasure, until it is made again
         }
         for r in rows[:limit]
     ]
@@ -124,16 +142,17 @@ def list_reports(limit: int = 50, before: int | None = None) -> dict[str, Any]:
 REPORT_PARTS = {"html": Report.html, "data": Report.data_zip, "pdf": Report.pdf}
 
 
-def report_content(report_id: int, part: str) -> tuple[Report, bytes | str]:
-    """One stored report's HTML, CSV zip or PDF (only the requested column is read)."""
+def report_content(tenant_id: int, report_id: int, part: str) -> tuple[Report, bytes | str]:
+    """One of the tenant's stored reports: its HTML, CSV zip or PDF (only the requested column is read)."""
     column = REPORT_PARTS[part]
-    row = (
-        Report.select(Report.id, Report.kind, Report.subject, Report.period_start, Report.period_end, column)
-        .where(Report.id == report_id)
-        .first()
-    )
+    fields = (Report.id, Report.kind, Report.subject, Report.period_start, Report.period_end, Report.withdrawn_at)
+    row = Report.select(*fields, column).where((Report.id == report_id) & (Report.tenant_id == tenant_id)).first()
     if row is None:
         raise errors.NotFound(f"No report with id {report_id}.")
+    if row.withdrawn_at is not None:
+        raise errors.ReportWithdrawn(
+            f"Report {report_id} was withdrawn by an erasure of personal data it held; it is being made again."
+        )
     if part == "html":
         return row, row.html
     content = getattr(row, column.name)

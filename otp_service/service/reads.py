@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from peewee import Database
 
+from ..audit.rows import SYSTEM, RequestContext
 from ..core import errors, totp
 from ..core.keys import Keyring
-from ..core.transitions import DeviceState, to_datetime
+from ..core.transitions import DEFAULT_TENANT, DeviceState, to_datetime
 from ..db.models import Report
 from ..persistence.store import Store
 from . import queries
@@ -32,33 +34,37 @@ class Reads:
         with self.unit_of_work():
             return fn(*args)
 
-    def device_info(self, device_id: str, now: float | None = None) -> dict[str, Any]:
-        return self.query(queries.device_info, device_id, to_datetime(self._now(now)))
+    def device_info(self, device_id: str, now: float | None = None, *, tenant_id: int = DEFAULT_TENANT) -> dict:
+        return self.query(queries.device_info, (tenant_id, device_id), to_datetime(self._now(now)))
 
-    def user_devices(self, user_id: str, now: float | None = None) -> dict[str, Any]:
-        return self.query(queries.user_devices, user_id, to_datetime(self._now(now)))
+    def user_devices(self, user_id: str, now: float | None = None, *, tenant_id: int = DEFAULT_TENANT) -> dict:
+        return self.query(queries.user_devices, tenant_id, user_id, to_datetime(self._now(now)))
 
-    def user_audit(self, user_id: str, limit: int = 50, before: int | None = None) -> dict[str, Any]:
-        return self.query(queries.user_audit, user_id, limit, before)
+    def user_audit(
+        self, user_id: str, limit: int = 50, before: int | None = None, *, tenant_id: int = DEFAULT_TENANT
+    ) -> dict[str, Any]:
+        return self.query(queries.user_audit, tenant_id, user_id, limit, before)
 
-    def stats(self, now: float | None = None) -> dict[str, Any]:
-        return self.query(queries.stats, self._now(now))
+    def stats(self, now: float | None = None, *, tenant_id: int = DEFAULT_TENANT) -> dict[str, Any]:
+        return self.query(queries.stats, tenant_id, self._now(now))
 
-    def list_reports(self, limit: int = 50, before: int | None = None) -> dict[str, Any]:
-        return self.query(queries.list_reports, limit, before)
+    def list_reports(self, limit: int = 50, before: int | None = None, *, tenant_id: int = DEFAULT_TENANT) -> dict:
+        return self.query(queries.list_reports, tenant_id, limit, before)
 
-    def report_content(self, report_id: int, part: str) -> tuple[Report, bytes | str]:
-        return self.query(queries.report_content, report_id, part)
+    def report_content(
+        self, report_id: int, part: str, *, tenant_id: int = DEFAULT_TENANT
+    ) -> tuple[Report, bytes | str]:
+        return self.query(queries.report_content, tenant_id, report_id, part)
 
-    def current_code(self, device_id: str, now: float | None = None) -> dict[str, Any]:
+    def current_code(self, device_id: str, now: float | None = None, *, tenant_id: int = DEFAULT_TENANT) -> dict:
         """For DEBUG test set-ups only: the code a device shows now."""
-        device, key = self._device_and_key(device_id)
+        device, key = self._device_and_key(replace(SYSTEM, tenant_id=tenant_id), device_id)
         code = totp.totp(key, self._now(now), device.digits, device.interval, device.algorithm)
         return {"device_id": device_id, "otp": code}
 
-    def _device_and_key(self, device_id: str) -> tuple[DeviceState, bytes]:
-        """A device's state and key, for the read-only operations that need its codes."""
-        device = self.query(self.store.read, device_id)
+    def _device_and_key(self, ctx: RequestContext, device_id: str) -> tuple[DeviceState, bytes]:
+        """A device of the tenant `ctx` acts in, and its key, for the read-only operations that need its codes."""
+        device = self.query(self.store.read, (ctx.tenant_id, device_id))
         if device is None:
             raise errors.DeviceNotFound(f"No device with id {device_id!r}.")
         key = self.keyring.key_of(device)

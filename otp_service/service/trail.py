@@ -118,7 +118,7 @@ class AuditTrail:
                 self.database, self.journal, self.audit_keys, self.pseudonym_keys, user_id, ctx, at
             )
         for device_id in erased.pop("device_ids"):
-            self.engine.cache.forget(device_id)
+            self.engine.cache.forget((ctx.tenant_id, device_id))
         return {"user_id": user_id, **erased}
 
     def audit_status(self) -> dict[str, Any]:

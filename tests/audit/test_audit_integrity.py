@@ -179,6 +179,7 @@ def test_an_inserted_row_is_found(sealed, database, without_unique_places):
         None,
         None,
         "ops",
+        1,  # the default tenant
     )
     columns = ", ".join(AUDIT_COLUMNS)
     _exec(database, f"INSERT INTO audit_logs ({columns}) VALUES ({', '.join(['%s'] * len(forged))})", forged)
@@ -332,7 +333,7 @@ def test_prune_exports_then_removes_old_rows_and_the_rest_still_verifies(service
     from otp_service.audit.rows import AUDIT_COLUMNS
 
     chain, info = next(iter(manifest["chains"].items()))
-    ghost = ["2025-01-01 00:00:00", "OTP_VERIFICATION", True] + [None] * (len(AUDIT_COLUMNS) - 3)
+    ghost = ["2025-01-01 00:00:00", "OTP_VERIFICATION", True] + [None] * (len(AUDIT_COLUMNS) - 4) + [1]
     columns = ", ".join((*AUDIT_COLUMNS, "chain", "seq", "entry_hash"))
     placeholders = ", ".join(["%s"] * (len(AUDIT_COLUMNS) + 3))
     _exec(database, f"INSERT INTO audit_logs ({columns}) VALUES ({placeholders})", [*ghost, int(chain), 0, "0" * 64])
@@ -416,6 +417,7 @@ def test_rows_outside_the_real_chains_and_fake_erasures_are_found(sealed, databa
         None,
         None,
         "env",
+        1,  # the default tenant
     ]
     for chain, seq in ((64, 1), (3, None), (3, -5)):
         _exec(database, f"INSERT INTO audit_logs ({columns}) VALUES ({marks})", [*base, chain, seq])
@@ -438,6 +440,7 @@ def test_rows_outside_the_real_chains_and_fake_erasures_are_found(sealed, databa
         None,
         json.dumps({"subject": victim.subject}),
         "ops",
+        1,  # the default tenant
     ]
     _exec(database, f"INSERT INTO audit_logs ({columns}) VALUES ({marks})", [*erased, 64, 1])
     assert "personal-data-edited" in kinds(verify(sealed))

@@ -39,6 +39,7 @@ def test_first_migration_upgrades_to_head(empty_db_url):
         "0007_audit_chains",
         "0008_erasure_index",
         "0009_reports_pdf",
+        "0010_tenants",
     ]
     assert pending_migrations(database) == later
     with database.connection_context():
@@ -52,8 +53,9 @@ def test_first_migration_upgrades_to_head(empty_db_url):
     assert migrate(database) == []  # idempotent
     assert pending_migrations(database) == []
     with database.connection_context():
-        old = Device.get_by_id("OLD-1")
+        old = Device.get(Device.device_id == "OLD-1")
         assert old.usage_count == 3 and old.version == 0  # a row from before versions starts at 0
+        assert old.tenant_id == 1  # a row from before tenants is the default tenant's
         Report.create(
             kind="audit",
             period_start=datetime(2026, 1, 1),

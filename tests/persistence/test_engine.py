@@ -40,7 +40,7 @@ def test_settle_applies_a_decision_made_on_a_known_state_in_one_write():
 
 def test_settle_reads_first_when_nothing_is_known():
     steps = settle(unlock_plan(), UNKNOWN, optimistic=True)
-    assert next(steps) == Read("D")
+    assert next(steps) == Read((1, "D"))  # the device's id within the default tenant
     assert steps.send(STATE).transition.before is STATE
 
 
@@ -59,7 +59,7 @@ def test_settle_takes_the_row_lock_after_losing_every_optimistic_race():
         op = steps.send((False, STATE._replace(version=10 + n)))
         assert isinstance(op, Apply)
     op = steps.send((False, STATE._replace(version=99)))
-    assert isinstance(op, ApplyLocked) and op.device_id == "D"
+    assert isinstance(op, ApplyLocked) and op.key == (1, "D")
 
 
 def test_settle_without_optimism_goes_straight_to_the_row_lock():
@@ -230,15 +230,15 @@ def test_a_device_overtaken_at_every_attempt_is_settled_under_the_row_lock(setti
 def test_warm_cache_loads_recent_active_devices_and_verification_uses_it(service, other, clock, database):
     regs = {d: service.register(d, "alice", CTX) for d in ("A", "B", "C")}
     service.deactivate("C", CTX)
-    assert other.warm_cache() == 2 and {d for d in "ABC" if other.engine.cache.get(d)} == {"A", "B"}
+    assert other.warm_cache() == 2 and {d for d in "ABC" if other.engine.cache.get((1, d))} == {"A", "B"}
     assert other.warm_cache(limit=1) == 1
     assert other.verify("A", code_at(regs["A"], clock.now), CTX)["valid"] is True
 
 
 def test_every_command_leaves_the_state_it_applied_in_the_cache(service, clock):
     reg = service.register("N", "alice", CTX, digits=8)
-    assert service.engine.cache.get("N").digits == 8 and service.engine.cache.get("N").version == 0
+    assert service.engine.cache.get((1, "N")).digits == 8 and service.engine.cache.get((1, "N")).version == 0
     service.verify("N", code_at(reg, clock.now), CTX)
-    assert service.engine.cache.get("N").version == 1 and service.engine.cache.get("N").usage_count == 1
+    assert service.engine.cache.get((1, "N")).version == 1 and service.engine.cache.get((1, "N")).usage_count == 1
     service.deactivate("N", CTX)
-    assert service.engine.cache.get("N").is_active is False
+    assert service.engine.cache.get((1, "N")).is_active is False

@@ -107,7 +107,7 @@ def test_new_connections_prepare_the_statements(database):
     assert statement.startswith("EXECUTE otp_read")
     pool = pool_for(database)
     try:
-        assert run(pool.fetchone(statement, (["no-such-device"],))) is None  # needs the prepared statement
+        assert run(pool.fetchone(statement, ([1], ["no-such-device"]))) is None  # needs the prepared statement
     finally:
         pool.close()
 
@@ -382,7 +382,7 @@ def test_processes_keep_each_others_remembered_states_current(settings, database
     async def main():
         a.start(), b.start()
         reg = await a.register("COHERENT", "alice", CTX)
-        b.service.engine.cache.put(b.service.query(b.service.store.read, "COHERENT"))  # b has seen it too
+        b.service.engine.cache.put(b.service.query(b.service.store.read, (1, "COHERENT")))  # b has seen it too
         await asyncio.sleep(0.3)  # both listeners connected
         before = overtaken._value.get()
         for n in range(4):  # within the failure budget
@@ -393,8 +393,10 @@ def test_processes_keep_each_others_remembered_states_current(settings, database
 
     try:
         assert run(main()) == 0
-        assert a.service.engine.cache.get("COHERENT").failed_attempts == 4
-        assert b.service.engine.cache.get("COHERENT").version == a.service.engine.cache.get("COHERENT").version
+        assert a.service.engine.cache.get((1, "COHERENT")).failed_attempts == 4
+        assert (
+            b.service.engine.cache.get((1, "COHERENT")).version == a.service.engine.cache.get((1, "COHERENT")).version
+        )
     finally:
         for service in (a, b):
             service.close()

@@ -276,7 +276,7 @@ def test_a_burst_of_wrong_codes_gets_exactly_the_failure_budget_checked(two_proc
         assert statuses == [200] * 5 + [429] * 55
         assert _check_against_the_rule(database, reg, results) == 5
         with database.connection_context():
-            device = Device.get_by_id(reg["device_id"])
+            device = Device.get_by_id((1, reg["device_id"]))
             locks = AuditLog.select().where(
                 (AuditLog.device_id == reg["device_id"]) & (AuditLog.action == "DEVICE_LOCKED")
             )
@@ -386,7 +386,7 @@ def test_lifecycle_bursts_across_two_processes_hold_the_budget_and_use_codes_onc
     results = _burst_to(ports, "/api/v1/devices/PENDING/confirm", bodies)
     assert sorted(status for status, _ in results) == [200] * 5 + [429] * 35
     with database.connection_context():
-        assert Device.get_by_id("PENDING").failed_attempts == 5
+        assert Device.get_by_id((1, "PENDING")).failed_attempts == 5
 
     reg = _register(ports[1], "DRIFTY")
     now_step = totp.time_step(time.time())

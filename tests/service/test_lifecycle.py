@@ -311,7 +311,7 @@ def test_recovery_codes_are_one_time_and_stored_only_as_keyed_hashes(service, da
     assert len(codes) == len(set(codes)) == 10
     assert all(re.fullmatch(r"[2-9A-HJ-NP-Z]{4}-[2-9A-HJ-NP-Z]{4}-[2-9A-HJ-NP-Z]{4}", c) for c in codes)
     with database.connection_context():
-        row = RecoveryCodes.get_by_id("alice")
+        row = RecoveryCodes.get_by_id((1, "alice"))
     stored = json.loads(row.codes)
     assert len(stored) == 10 and all(len(h) == 64 and used is None for h, used in stored)
     assert not any(c in row.codes or c.replace("-", "") in row.codes for c in codes)
@@ -376,7 +376,7 @@ def test_simultaneous_first_issues_leave_one_set(service, database):
     # one whole set is stored: the one written last, not a mixture
     key = service.keyring.purpose_key("recovery-codes")
     with database.connection_context():
-        stored = [h for h, _ in json.loads(RecoveryCodes.get_by_id("newbie").codes)]
+        stored = [h for h, _ in json.loads(RecoveryCodes.get_by_id((1, "newbie")).codes)]
     assert sum(stored == [recovery.code_hash(key, "newbie", c) for c in codes] for codes in sets) == 1
 
 

@@ -20,7 +20,7 @@ CTX = RequestContext(ip_address="203.0.113.7", user_agent="tests", request_id="r
 
 def device_row(database, device_id):
     with database.connection_context():
-        return Device.get_by_id(device_id)
+        return Device.get_by_id((1, device_id))
 
 
 def test_registration_stores_no_usable_secret(service, database):
@@ -272,7 +272,7 @@ def test_audit_row_and_state_change_commit_together(service, database, clock):
         for attempt in attempts:
             with pytest.raises(Exception, match="disk full"):
                 attempt()
-        service.engine.cache.discard("DEV-1")  # and on a fresh read
+        service.engine.cache.discard((1, "DEV-1"))  # and on a fresh read
         with pytest.raises(Exception, match="disk full"):
             service.verify("DEV-1", code_at(reg, clock.now), CTX)
     finally:
