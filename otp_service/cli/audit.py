@@ -1,0 +1,68 @@
+"""`audit`: verify the trail's chains and signatures, sign a checkpoint, prune (export, then remove) old rows,
+list the keys that verify checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import fail, service_for
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """verify (exit 1 when a chain is broken), checkpoint, prune, keys."""
+    import json as json_module
+    from datetime import UTC, datetime, timedelta
+
+    from ..core.errors import AuditBroken, DatabaseUnavailable
+    from ..db.database import UNAVAILABLE_ERRORS
+    from ..reports.runner import ReportError, parse_day
+
+    try:
+        start = end = before = None
+        if getattr(args, "start", None) is not None:
+            start = datetime.combine(parse_day(args.start, "start"), datetime.min.time())
+        if getattr(args, "end", None) is not None:
+            end = datetime.combine(parse_day(args.end, "end"), datetime.min.time()) + timedelta(days=1)
+        if start and end and end <= start:
+            return fail(f"--end must not be before --start, got {args.start} to {args.end}")
+        if getattr(args, "before", None) is not None:
+            before = datetime.combine(parse_day(args.before, "before"), datetime.min.time())
+            if not datetime(1970, 1, 2) <= before <= datetime.now(UTC).replace(tzinfo=None):
+                return fail(f"--before must be a day from 1970-01-02 to today, got {args.before}")
+        for digest in getattr(args, "expect", None) or ():
+            if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                return fail(f"--expect must be a checkpoint's SHA-256 (64 hex digits), got {digest!r}")
+    except (ReportError, OverflowError) as exc:
+        return fail(str(exc) if isinstance(exc, ReportError) else "--end is too far in the future")
+    try:
+        service = service_for(args)
+        if args.action == "keys":
+            for key in service.audit_keys.listing():
+                print(f"{key['key_id']}  {key['public_key']}{'  (signing)' if key['current'] else ''}")
+            return 0
+        if args.action == "checkpoint":
+            print(f"checkpoint #{service.checkpoint('on-demand')} signed by {service.audit_keys.key_id}")
+            return 0
+        if args.action == "prune":
+            if not args.export.strip():
+                return fail("--export must name a folder")
+            manifest = service.prune_audit(before, Path(args.export))
+            print(
+                f"exported and removed {manifest['rows']} audit rows written before {args.before}: "
+                f"{Path(args.export) / manifest['file']} (manifest beside it); signed checkpoint "
+                f"#{manifest['checkpoint']['id']}"
+            )
+            return 0
+        result = service.verify_audit(start, end, record=not (start or end), expected=tuple(args.expect or ()))
+    except UNAVAILABLE_ERRORS + (DatabaseUnavailable,) as exc:
+        return fail(f"cannot reach the database: {exc}", 1)
+    except AuditBroken as exc:
+        return fail(exc.message, 1)
+    except OSError as exc:  # the export folder: not writable, not a folder, a file already there
+        return fail(f"cannot write the export: {exc.strerror or exc}: {exc.filename or args.export}", 1)
+    if args.json:
+        print(json_module.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        print("\n".join(result.lines()))
+    return 0 if result.intact else 1
