@@ -14,8 +14,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     import json as json_module
     from datetime import UTC, datetime, timedelta
 
-    from ..core.errors import AuditBroken, DatabaseUnavailable
-    from ..db.database import UNAVAILABLE_ERRORS
+    from ..core.errors import AuditBroken
     from ..reports.runner import ReportError, parse_day
 
     try:
@@ -36,27 +35,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except (ReportError, OverflowError) as exc:
         return fail(str(exc) if isinstance(exc, ReportError) else "--end is too far in the future")
     try:
-        service = service_for(args)
-        if args.action == "keys":
-            for key in service.audit_keys.listing():
-                print(f"{key['key_id']}  {key['public_key']}{'  (signing)' if key['current'] else ''}")
-            return 0
-        if args.action == "checkpoint":
-            print(f"checkpoint #{service.checkpoint('on-demand')} signed by {service.audit_keys.key_id}")
-            return 0
-        if args.action == "prune":
-            if not args.export.strip():
-                return fail("--export must name a folder")
-            manifest = service.prune_audit(before, Path(args.export))
-            print(
-                f"exported and removed {manifest['rows']} audit rows written before {args.before}: "
-                f"{Path(args.export) / manifest['file']} (manifest beside it); signed checkpoint "
-                f"#{manifest['checkpoint']['id']}"
-            )
-            return 0
-        result = service.verify_audit(start, end, record=not (start or end), expected=tuple(args.expect or ()))
-    except UNAVAILABLE_ERRORS + (DatabaseUnavailable,) as exc:
-        return fail(f"cannot reach the database: {exc}", 1)
+        with service_for(args) as service:
+            if args.action == "keys":
+                for key in service.audit_keys.listing():
+                    print(f"{key['key_id']}  {key['public_key']}{'  (signing)' if key['current'] else ''}")
+                return 0
+            if args.action == "checkpoint":
+                print(f"checkpoint #{service.checkpoint('on-demand')} signed by {service.audit_keys.key_id}")
+                return 0
+            if args.action == "prune":
+                if not args.export.strip():
+                    return fail("--export must name a folder")
+                manifest = service.prune_audit(before, Path(args.export))
+                print(
+                    f"exported and removed {manifest['rows']} audit rows written before {args.before}: "
+                    f"{Path(args.export) / manifest['file']} (manifest beside it); signed checkpoint "
+                    f"#{manifest['checkpoint']['id']}"
+                )
+                return 0
+            result = service.verify_audit(start, end, record=not (start or end), expected=tuple(args.expect or ()))
     except AuditBroken as exc:
         return fail(exc.message, 1)
     except OSError as exc:  # the export folder: not writable, not a folder, a file already there

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import date, datetime
 
-from .common import fail, settings_for
+from .common import command_database, fail, settings_for
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
@@ -13,7 +13,6 @@ def cmd_clients(args: argparse.Namespace) -> int:
     import time as clock
     from datetime import UTC, timedelta
 
-    from ..db.database import UNAVAILABLE_ERRORS, open_database, pending_migrations
     from ..reports.runner import ReportError, parse_day
     from ..service import clients
     from ..service.commands import build_service
@@ -34,25 +33,21 @@ def cmd_clients(args: argparse.Namespace) -> int:
     except (ValueError, ReportError) as exc:
         return fail(str(exc))
     try:
-        settings = settings_for(args)
-        database = open_database(settings.database_url, 1, settings.db_timeout)
-        if pending_migrations(database):
-            return fail("the database schema is out of date: run `python -m otp_service migrate` first", 1)
-        journal = build_service(settings, database).journal  # client changes are audited like the rest
-        with database.connection_context(), database.atomic():
-            now = clock.time()
-            if args.action == "create":
-                key = clients.create(journal, args.name, scopes, now, expires)
-            elif args.action == "rotate":
-                key = clients.rotate(journal, args.name, now, timedelta(hours=args.grace_hours))
-            elif args.action == "revoke":
-                clients.revoke(journal, args.name, now)
-            else:
-                rows = clients.listing()
+        settings = settings_for(args)  # a bad DATABASE_URL here is a ValueError too: exit code 1
+        with command_database(settings.database_url, settings.db_timeout, schema="current") as database:
+            journal = build_service(settings, database).journal  # client changes are audited like the rest
+            with database.connection_context(), database.atomic():
+                now = clock.time()
+                if args.action == "create":
+                    key = clients.create(journal, args.name, scopes, now, expires)
+                elif args.action == "rotate":
+                    key = clients.rotate(journal, args.name, now, timedelta(hours=args.grace_hours))
+                elif args.action == "revoke":
+                    clients.revoke(journal, args.name, now)
+                else:
+                    rows = clients.listing()
     except ValueError as exc:
         return fail(str(exc), 1)
-    except UNAVAILABLE_ERRORS as exc:
-        return fail(f"cannot reach the database: {exc}", 1)
     if args.action in ("create", "rotate"):
         print(f"client {args.name}: its key, shown this once (only its SHA-256 is kept):\n{key}")
         if args.action == "rotate":

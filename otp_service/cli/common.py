@@ -1,7 +1,9 @@
-"""What every command shares: its environment (with the development secrets), its settings, the database URL
-it was given, and how it fails.
+"""What every command shares: its environment (with the development secrets), its settings, the database it
+was given, and how it fails.
 
-A failure is one line on stderr and an exit code, never a traceback (see `main`'s exit codes).
+A failure is one line on stderr and an exit code, never a traceback (see `main`'s exit codes): `fail` for
+the command that returns it, `Failed` for the helper that raises it, `command_database` for a database that
+cannot be reached or whose schema is behind — written here once for every command.
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ import argparse
 import os
 import secrets
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlparse, urlunparse
 
 from ..config import ConfigError, Settings, database_url, environment, read
 
 if TYPE_CHECKING:
+    from peewee import Database
+
     from ..service.commands import OtpService
+
+Schema = Literal["current", "migrate"] | None
 
 DEV_SECRETS_FILE = Path(".dev-secrets")
 DEV_SECRETS = ("MASTER_SECRET", "API_KEY", "AUDIT_SIGNING_KEY")  # 32 random bytes each (URL-safe base64)
@@ -86,13 +94,49 @@ def masked_url(url: str) -> str:
     return urlunparse(parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)))
 
 
-def service_for(args: argparse.Namespace) -> OtpService:
-    """The service over the database `args` names (default DATABASE_URL), checked to be current; or a reason."""
-    from ..db.database import open_database, pending_migrations
+class Failed(Exception):
+    """The command cannot go on: `main()` prints `message` as one line and exits with `code`. Raised by the
+    helpers below, which cannot end the command by returning `fail(...)` themselves."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+@contextmanager
+def command_database(
+    url: str, timeout: float, pool_size: int = 1, *, schema: Schema = None, stale_code: int = 1
+) -> Iterator[Database]:
+    """The database a command works in, for the `with` block that does the work.
+
+    `schema`: "current" refuses a schema with migrations pending (`Failed` with `stale_code`: audit and
+    users have always answered 2 there, serve and clients 1); "migrate" applies them first; None leaves it
+    to the caller. A database that cannot be reached, on opening or in the block (peewee's errors, or the
+    service's DatabaseUnavailable), ends the command with exit code 1 and the driver's reason.
+    """
+    from ..core.errors import DatabaseUnavailable
+    from ..db.database import UNAVAILABLE_ERRORS, migrate, open_database, pending_migrations
+
+    try:
+        database = open_database(url, pool_size, timeout)
+        if schema == "migrate":
+            migrate(database)
+        elif schema == "current" and (pending := pending_migrations(database)):
+            raise Failed(
+                f"the database schema is out of date ({', '.join(pending)} pending): "
+                "run `python -m otp_service migrate` first",
+                stale_code,
+            )
+        yield database
+    except UNAVAILABLE_ERRORS + (DatabaseUnavailable,) as exc:
+        raise Failed(f"cannot reach the database: {exc}", 1) from None
+
+
+@contextmanager
+def service_for(args: argparse.Namespace) -> Iterator[OtpService]:
+    """The service over the database `args` names (default DATABASE_URL), whose schema must be current."""
     from ..service.commands import build_service
 
     settings = settings_for(args)
-    database = open_database(settings.database_url, 2, settings.db_timeout)
-    if pending_migrations(database):
-        raise ConfigError("DATABASE_URL", "the schema is out of date: run `python -m otp_service migrate` first")
-    return build_service(settings, database)
+    with command_database(settings.database_url, settings.db_timeout, 2, schema="current", stale_code=2) as database:
+        yield build_service(settings, database)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from .common import fail, settings_for
+from .common import command_database, fail, settings_for
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from ..core import errors
-    from ..db.database import UNAVAILABLE_ERRORS, migrate, open_database
     from ..reports.demo import generate
     from ..reports.runner import ReportError, parse_day
     from ..service.commands import build_service
@@ -24,13 +23,10 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     except ReportError as exc:
         return fail(str(exc))
     try:
-        database = open_database(settings.database_url, 2, settings.db_timeout)
-        migrate(database)
-        service = build_service(settings, database)
-        done = generate(service, devices=args.devices, days=args.days, seed=args.seed, end=end)
-        service.checkpoint("on-demand")  # seal the history it wrote
-    except UNAVAILABLE_ERRORS as exc:
-        return fail(f"cannot reach the database: {str(exc).strip()}", 1)
+        with command_database(settings.database_url, settings.db_timeout, 2, schema="migrate") as database:
+            service = build_service(settings, database)
+            done = generate(service, devices=args.devices, days=args.days, seed=args.seed, end=end)
+            service.checkpoint("on-demand")  # seal the history it wrote
     except errors.DeviceExists:
         return fail("the database already holds demo devices (DEMO-…); use an empty database", 1)
     print("demo data: " + ", ".join(f"{n} {kind}" for kind, n in sorted(done.items())))

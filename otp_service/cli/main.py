@@ -14,7 +14,7 @@ from .. import __version__
 from ..config import ConfigError
 from .audit import cmd_audit
 from .clients import cmd_clients
-from .common import fail
+from .common import Failed, fail
 from .demo import cmd_demo_data
 from .migrate import cmd_migrate
 from .reports import REPORT_KINDS, cmd_report, cmd_scheduled_report
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except ConfigError as exc:
         return fail(f"configuration error: {exc}")
+    except Failed as exc:
+        return fail(exc.message, exc.code)
     except KeyboardInterrupt:
         return 130
 

@@ -6,16 +6,13 @@ import argparse
 import os
 
 from ..config import read
-from .common import fail, url_for
+from .common import command_database, url_for
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from ..db.database import UNAVAILABLE_ERRORS, migrate, open_database
+    from ..db.database import migrate
 
-    try:
-        database = open_database(url_for(args), 1, read(os.environ, ["DB_TIMEOUT"])["db_timeout"])
+    with command_database(url_for(args), read(os.environ, ["DB_TIMEOUT"])["db_timeout"]) as database:
         applied = migrate(database)
-    except UNAVAILABLE_ERRORS as exc:
-        return fail(f"cannot reach the database: {exc}".strip(), 1)
     print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
     return 0

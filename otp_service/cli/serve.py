@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..config import Settings, read
-from .common import DEV_SECRETS_FILE, fail, load_settings, masked_url
+from .common import DEV_SECRETS_FILE, command_database, fail, load_settings, masked_url
 
 
 def _prepare_multiprocess_metrics(processes: int) -> str | None:
@@ -47,7 +47,6 @@ _MAIN_PID = os.getpid()
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..db.database import UNAVAILABLE_ERRORS, migrate, open_database, pending_migrations
     from ..http.logs import configure_logging
     from ..http.server import serve
 
@@ -56,21 +55,10 @@ def _serve(args: argparse.Namespace) -> int:
     problem = _cannot_listen(settings.host, settings.port)
     if problem:
         return fail(f"cannot listen on {settings.host}:{settings.port}: {problem}", 1)
-    try:
-        database = open_database(settings.database_url, 1, settings.db_timeout)
-        if settings.production and not args.migrate:
-            pending = pending_migrations(database)
-            if pending:
-                return fail(
-                    f"the database schema is out of date ({', '.join(pending)} pending): "
-                    "run `python -m otp_service migrate` first",
-                    1,
-                )
-        else:
-            migrate(database)
-        database.close_all()
-    except UNAVAILABLE_ERRORS as exc:
-        return fail(f"cannot reach the database: {exc}".strip(), 1)
+    # Production changes its schema only when told to (`migrate`, or `serve --migrate`); development keeps up.
+    schema = "current" if settings.production and not args.migrate else "migrate"
+    with command_database(settings.database_url, settings.db_timeout, schema=schema) as database:
+        database.close_all()  # the workers open their own pools (after any fork)
     if not settings.production:
         _print_welcome(settings, key_from_environment=bool(os.environ.get("API_KEY", "").strip()))
     return serve(settings, processes=args.processes, grace_seconds=args.grace)
