@@ -97,7 +97,7 @@ def test_the_banner_never_prints_a_key_or_password_the_operator_set(tmp_path):
         proc.wait(timeout=30)
     stdout, stderr = output(proc)
     assert key not in stdout + stderr and "<your API_KEY>" in stdout and "from the environment" in stdout
-    from otp_service.cli.main import masked_url
+    from otp_service.cli.common import masked_url
 
     assert masked_url("postgres://otp:s3cr3t-pw@db.internal:5432/otp") == "postgres://otp:***@db.internal:5432/otp"
     assert masked_url(url) == url

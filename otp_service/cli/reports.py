@@ -1,0 +1,91 @@
+"""`report` and `scheduled-report`: check the period and the user here, then run the notebook
+(`reports.runner`); its failures come back as ReportError and end the command with exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .. import __version__
+from .common import fail, settings_for, url_for
+
+REPORT_KINDS = ["audit", "usage"]
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from ..core.errors import ValidationError
+    from ..core.validation import user_id
+    from ..reports.runner import ReportError, parse_day, period, run_report, user_first_day
+
+    url = url_for(args)
+    settings = settings_for(args)  # the keys that verify the audit trail the report states
+    user = getattr(args, "user_id", None)
+    try:
+        if (args.kind == "user") != (user is not None):
+            raise ReportError("--user-id is needed for a user report, and only there")
+        if user is not None:
+            user = user_id(user)
+        elif not (args.start and args.end):
+            raise ReportError(f"the {args.kind} report needs --start and --end")
+        today = datetime.now(UTC).date()
+        # A user report covers all the user's history unless told otherwise: from their first record to today.
+        end = parse_day(args.end, "end") if args.end else today
+        start = parse_day(args.start, "start") if args.start else None
+        if start is not None:
+            period(start, end)
+    except (ReportError, ValidationError) as exc:  # bad input: the same exit code as every command's
+        return fail(str(exc))
+    try:
+        if start is None:
+            start = min(user_first_day(url, user) or end, end)
+        result = run_report(
+            args.kind,
+            start,
+            end,
+            url,
+            Path(args.output_dir),
+            store=not args.no_store,
+            settings=settings,
+            user_id=user,
+            generated_by=getattr(args, "generated_by", None) or _generated_by("report"),
+        )
+    except ReportError as exc:
+        return fail(str(exc), 1)
+    pdf = f", {result.pdf}" if result.pdf else ""
+    print(f"wrote {result.html}{pdf} and {result.data_zip} (notebook {result.notebook}, files in {result.data_dir})")
+    if result.pdf_problem:
+        print(f"otp-service: no PDF: {result.pdf_problem}", file=sys.stderr)
+    if result.report_id:
+        print(f"stored as report {result.report_id}: GET /api/v1/reports/{result.report_id}")
+    return 0
+
+
+def _generated_by(command: str) -> str:
+    """Who or what made a report, as the report says it: the command and the account it ran under."""
+    import getpass
+    import socket
+
+    try:
+        account = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no name
+        account = f"uid {os.getuid()}"
+    return f"the `{command}` command (otp-service {__version__}), run by {account} on {socket.gethostname()}"
+
+
+def cmd_scheduled_report(args: argparse.Namespace) -> int:
+    """Yesterday (UTC) for --period day; last calendar month for --period month."""
+    from datetime import UTC, datetime, timedelta
+
+    today = datetime.now(UTC).date()
+    if args.period == "day":
+        start = end = today - timedelta(days=1)
+    else:
+        end = today.replace(day=1) - timedelta(days=1)
+        start = end.replace(day=1)
+    args.start, args.end, args.no_store = str(start), str(end), False
+    args.generated_by = _generated_by(f"scheduled-report {args.kind} --period {args.period}")
+    return cmd_report(args)
