@@ -101,3 +101,18 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 20) -> None
             pass
         time.sleep(0.1)
     raise AssertionError("server did not become healthy")
+
+
+def two_servers(tmp_path, env: dict[str, str], *serve_args: str):
+    """Two `serve` commands on their own ports against `env`'s database; yields the ports."""
+    assert run_cli("migrate", cwd=tmp_path, **env).returncode == 0
+    ports = [free_port(), free_port()]
+    procs = [start_cli("serve", *serve_args, cwd=tmp_path, PORT=str(port), **env) for port in ports]
+    try:
+        for port, proc in zip(ports, procs, strict=True):
+            wait_healthy(port, proc)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.communicate(timeout=30)

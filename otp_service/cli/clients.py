@@ -6,6 +6,7 @@ import argparse
 from datetime import date, datetime
 
 from .common import command_database, fail, settings_for
+from .tenants import tenant_id_named
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
@@ -38,7 +39,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
             with database.connection_context(), database.atomic():
                 now = clock.time()
                 if args.action == "create":
-                    key = clients.create(journal, args.name, scopes, now, expires)
+                    key = clients.create(journal, args.name, scopes, now, expires, tenant_id_named(args.tenant))
                 elif args.action == "rotate":
                     key = clients.rotate(journal, args.name, now, timedelta(hours=args.grace_hours))
                 elif args.action == "revoke":

@@ -19,6 +19,7 @@ from .demo import cmd_demo_data
 from .migrate import cmd_migrate
 from .reports import REPORT_KINDS, cmd_report, cmd_scheduled_report
 from .serve import cmd_serve
+from .tenants import add_parser as add_tenants
 from .users import cmd_users
 
 URL_HELP = "database URL (default: DATABASE_URL, else sqlite:///otp_service.db)"
@@ -65,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run a report notebook into HTML, CSV and PNG files (and the database)",
         formatter_class=formatter,
     )
-    p.add_argument("kind", choices=[*REPORT_KINDS, "user"], help="which report")
+    p.add_argument(
+        "kind",
+        choices=[*REPORT_KINDS, "user", "regenerate"],
+        help="which report (regenerate: those an erasure withdrew)",
+    )
+    p.add_argument("--tenant", default="default", help="whose users, devices and audit records it covers")
     p.add_argument("--user-id", help="the user of a user report (their devices and whole audit trail)")
     p.add_argument(
         "--start", help="first day, YYYY-MM-DD (UTC); a user report without it starts at the user's first record"
@@ -81,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("kind", choices=REPORT_KINDS, help="which report")
     p.add_argument("--period", choices=["day", "month"], default="day", help="yesterday, or last calendar month")
+    p.add_argument("--tenant", default="default", help="whose users, devices and audit records it covers")
     p.add_argument("--database-url", help=URL_HELP)
     p.add_argument("--output-dir", default="reports", help="folder for the HTML, notebook, CSV and PNG files")
     p.set_defaults(run=cmd_scheduled_report)
@@ -90,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     a = actions.add_parser("create", help="a new client; prints its key once", formatter_class=formatter)
     a.add_argument("name", help="1-64 of a-z 0-9 . _ -")
     a.add_argument(
-        "--scopes", required=True, help="comma-separated: verify, enroll, manage, read, reports, metrics, admin"
+        "--scopes",
+        required=True,
+        help="comma-separated: verify, enroll, manage, read, reports, metrics, admin (all of those), operator",
     )
     a.add_argument("--expires", help="last day the key works, YYYY-MM-DD (UTC); default: never")
+    a.add_argument("--tenant", default="default", help="the tenant it acts in (operator: any, named by X-Tenant)")
     a = actions.add_parser("list", help="every client, its scopes and state", formatter_class=formatter)
     a = actions.add_parser(
         "rotate", help="a new key; the old one works for --grace-hours more", formatter_class=formatter
@@ -140,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         "erase", help="delete a user's devices and recovery codes and their personal data", formatter_class=formatter
     )
     a.add_argument("user_id", help="the user")
+    a.add_argument("--tenant", default="default", help="the tenant whose user it is")
     a.add_argument("--database-url", help=URL_HELP)
     p.set_defaults(run=cmd_users)
+
+    add_tenants(sub, formatter, URL_HELP)
 
     p = sub.add_parser("demo-data", help="fill a database with realistic synthetic history", formatter_class=formatter)
     p.add_argument("--devices", type=int, default=40, help="simulated devices (1-100000)")

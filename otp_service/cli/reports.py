@@ -23,6 +23,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     url = url_for(args)
     settings = settings_for(args)  # the keys that verify the audit trail the report states
+    if args.kind == "regenerate":
+        return _regenerate(args, url, settings)
     user = getattr(args, "user_id", None)
     try:
         if (args.kind == "user") != (user is not None):
@@ -41,7 +43,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return fail(str(exc))
     try:
         if start is None:
-            start = min(user_first_day(url, user) or end, end)
+            start = min(user_first_day(url, user, args.tenant) or end, end)
         result = run_report(
             args.kind,
             start,
@@ -52,6 +54,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             settings=settings,
             user_id=user,
             generated_by=getattr(args, "generated_by", None) or _generated_by("report"),
+            tenant=args.tenant,
         )
     except ReportError as exc:
         return fail(str(exc), 1)
@@ -61,6 +64,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"otp-service: no PDF: {result.pdf_problem}", file=sys.stderr)
     if result.report_id:
         print(f"stored as report {result.report_id}: GET /api/v1/reports/{result.report_id}")
+    return 0
+
+
+def _regenerate(args: argparse.Namespace, url: str, settings) -> int:
+    """Make again every stored report an erasure withdrew (a cron job's work: see render.yaml)."""
+    from ..reports.runner import ReportError, regenerate
+
+    try:
+        made = regenerate(url, Path(args.output_dir), settings, _generated_by("report regenerate"))
+    except ReportError as exc:
+        return fail(str(exc), 1)
+    print(f"made again: {', '.join(f'report {n}' for n in made)}" if made else "no report is withdrawn")
     return 0
 
 

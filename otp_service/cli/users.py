@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import fail, service_for
+from .tenants import tenant_id_named
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -18,10 +19,19 @@ def cmd_users(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         return fail(exc.message)
     with service_for(args) as service:
-        operator = RequestContext(user_agent="otp-service users (command line)", actor="command-line")
+        with service.database.connection_context():
+            tenant_id = tenant_id_named(args.tenant)
+        operator = RequestContext(
+            user_agent="otp-service users (command line)", actor="command-line", tenant_id=tenant_id
+        )
         erased = service.erase_user(uid, operator)
     print(
         f"erased: {erased['devices']} device(s), {erased['recovery_codes']} recovery code set(s), personal data "
         f"removed from {erased['audit_rows']} audit row(s); audited as subject {erased['subject'][:16]}…"
     )
+    if erased["reports_withdrawn"]:
+        print(
+            f"{erased['reports_withdrawn']} stored report(s) that may name the user withdrawn: "
+            "`python -m otp_service report regenerate` makes them again"
+        )
     return 0

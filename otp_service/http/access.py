@@ -68,7 +68,7 @@ class ApiHandler(BaseHandler):
             later = self._caller_limits(self.caller)
             counted = await self.state.limiter.check(later) if later else []
         for (scope, who), decision in zip(later, counted, strict=False):
-            await self._enforce(decision, who, scope, self._limited(scope), client=self.caller.name)
+            await self._enforce(decision, who, scope, self._limited(scope), _reason(scope), client=self.caller.name)
         if not self.caller.may(self.route.scope):
             await self._deny(
                 f"This API key's client ({self.caller.name}) may not do this: it needs the {self.route.scope!r} scope.",
@@ -76,6 +76,9 @@ class ApiHandler(BaseHandler):
             )
         if self.route.tenanted:
             self.tenant = await self._acting_tenant()
+        if not any(scope.startswith("tenant:") for scope, _ in later):  # its tenant was not known then: now it is
+            for scope, who in self._tenant_limits(self.caller):
+                await self._limit(scope, who, self._limited(scope), _reason(scope))
 
     async def _acting_tenant(self) -> Tenant:
         """The tenant the request acts in: its client's, or — for a client with the `operator` scope — the one
@@ -106,11 +109,21 @@ class ApiHandler(BaseHandler):
     def _caller_limits(self, caller: Caller) -> list[tuple[str, str]]:
         """The limits a request of `caller` counts against after its address's: its client's, then its tenant's
         (shared by all the tenant's clients; a tenant may have its own rates)."""
+        found = (
+            [(f"client:{self.route.scope}", caller.name)]
+            if self.state.limiter.has(f"client:{self.route.scope}")
+            else []
+        )
+        return found + self._tenant_limits(caller)
+
+    def _tenant_limits(self, caller: Caller) -> list[tuple[str, str]]:
+        """Its tenant's limit for the route's scope (the tenant's own rate, or RATE_LIMIT_PER_TENANT's); none
+        while this process does not know the tenant yet (`prepare` counts it once it does)."""
         limiter, scope, found = self.state.limiter, self.route.scope, []
-        if limiter.has(f"client:{scope}"):
-            found.append((f"client:{scope}", caller.name))
         tenant = self.service.known_tenant(caller.tenant_id)
-        own = dict(tenant.rate_limits) if tenant is not None else {}
+        if tenant is None:
+            return found
+        own = dict(tenant.rate_limits)
         who = str(caller.tenant_id)
         if scope in own:  # named by its rate too: a tenant given a new rate starts counting afresh
             found.append((limiter.ensure(f"tenant:{who}:{scope}:{own[scope]}", own[scope]), who))
@@ -163,3 +176,10 @@ class ApiHandler(BaseHandler):
             seen.popitem(last=False)
         data = {"route": self.route.path, **data}  # the template: a path holds ids, and the row is no place for them
         await self.service.record(Action.RATE_LIMITED, self.context, reason=reason, data=data)
+
+
+def _reason(scope: str) -> str:
+    """A limit's name in the audit trail: CLIENT:VERIFY for a client's, TENANT:VERIFY for a tenant's (its own
+    rate, if any, is in the scope's name, not in the reason column)."""
+    kind, _, rest = scope.partition(":")
+    return f"{kind}:{rest.split(':')[-2] if kind == 'tenant' and rest.count(':') >= 2 else rest}".upper()

@@ -19,7 +19,7 @@ from otp_service.core.verification import lock_seconds
 from otp_service.db.models import AuditLog, Device
 from tests.conftest import API_KEY, PG_URL, REDIS_URL
 from tests.helpers import audit_rows, code_at
-from tests.serving import free_port, production_env, run_cli, start_cli, wait_healthy
+from tests.serving import production_env, two_servers
 
 ATTACKER = RequestContext("203.0.113.66", "attack-tool", None)
 OWNER = RequestContext("198.51.100.20", "AcmeBank-iOS", None)
@@ -100,25 +100,10 @@ def _post(port, body, request_id=None, path="/api/v1/otp/verify"):
     return resp.status, data
 
 
-def _two_servers(tmp_path, env: dict[str, str], *serve_args: str):
-    """Two `serve` commands on their own ports against `env`'s database; yields the ports."""
-    assert run_cli("migrate", cwd=tmp_path, **env).returncode == 0
-    ports = [free_port(), free_port()]
-    procs = [start_cli("serve", *serve_args, cwd=tmp_path, PORT=str(port), **env) for port in ports]
-    try:
-        for port, proc in zip(ports, procs, strict=True):
-            wait_healthy(port, proc)
-        yield ports
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.communicate(timeout=30)
-
-
 @pytest.fixture
 def two_processes(tmp_path, database):
     """Two separate service processes on the same PostgreSQL database."""
-    yield from _two_servers(tmp_path, production_env(PG_URL, API_KEY, DB_POOL_SIZE="16"))
+    yield from two_servers(tmp_path, production_env(PG_URL, API_KEY, DB_POOL_SIZE="16"))
 
 
 @pytest.mark.postgres
@@ -426,7 +411,7 @@ def two_instances(tmp_path, database):
     """Two service instances as two deployments would run them: two `serve` commands of two processes each,
     on their own ports, sharing one PostgreSQL and one Redis (the rate limits)."""
     env = production_env(PG_URL, API_KEY, DB_POOL_SIZE="8", REDIS_URL=REDIS_URL)
-    yield from _two_servers(tmp_path, env, "--processes", "2")
+    yield from two_servers(tmp_path, env, "--processes", "2")
 
 
 @pytest.mark.postgres
