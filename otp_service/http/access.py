@@ -59,7 +59,7 @@ class ApiHandler(BaseHandler):
         self.caller = caller if known else await self.service.caller(token)  # the database's answer
         if self.caller is None:
             metrics.AUTH_FAILURES.inc()
-            await self.service.record(Action.AUTH_FAILED, self.context)
+            await self.state.refusals.refused(self.limit_key, self.context, self.service.record)
             raise errors.Unauthorized(self.unauthorized)
         metrics.CLIENT_REQUESTS.labels(self.caller.name).inc()
         if later:

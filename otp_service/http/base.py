@@ -28,6 +28,7 @@ from ..core import errors
 from ..core.transitions import DEFAULT_TENANT
 from ..service import AsyncOtpService
 from .ratelimit import RateLimiter
+from .refusals import RefusalLog
 
 if TYPE_CHECKING:
     from .route import Route
@@ -53,6 +54,7 @@ class AppState:
     draining: bool = False
     inflight: int = 0
     rate_limit_audited: OrderedDict = field(default_factory=OrderedDict)
+    refusals: RefusalLog = field(default_factory=RefusalLog)
 
 
 def client_ip(remote_ip: str, forwarded_for: str | None, trusted_hops: int) -> str:

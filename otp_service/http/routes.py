@@ -23,7 +23,7 @@ def get(summary: str, **kw: Any) -> Operation:
 
 
 DEVICE, USER, REPORT = "/api/v1/devices/{device_id}", "/api/v1/users/{user_id}", "/api/v1/reports/{report_id}"
-_REPORT_FILE = {"errors": (404,), "tag": "reports"}
+_REPORT_FILE = {"errors": (404, 410), "tag": "reports"}  # 410: withdrawn by an erasure
 _OPS = "operations"
 
 ROUTES: tuple[Route, ...] = (

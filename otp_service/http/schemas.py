@@ -207,13 +207,17 @@ SCHEMAS: dict[str, Any] = {
         **{"from": TIME, "to": TIME},
     ),
     "Erasure": _obj(
-        ["user_id", "subject", "devices", "recovery_codes", "audit_rows", "user_reports"],
+        ["user_id", "subject", "devices", "recovery_codes", "audit_rows", "user_reports", "reports_withdrawn"],
         user_id=_s(),
         subject=_s(description="the user's pseudonym, by which the erasure is audited"),
         devices=INT,
         recovery_codes=INT,
         audit_rows={**INT, "description": "audit rows whose personal data was removed"},
         user_reports={**INT, "description": "stored user reports about the user, deleted"},
+        reports_withdrawn={
+            **INT,
+            "description": "other stored reports that may name the user, withdrawn until `report regenerate`",
+        },
     ),
     "AuditKeys": _obj(
         ["keys"],
@@ -344,6 +348,7 @@ SCHEMAS: dict[str, Any] = {
                 html_url=_s(),
                 pdf_url=_s(nullable=True),  # null: no PDF (WeasyPrint could not run where it was made)
                 data_url=_s(),
+                withdrawn={**BOOL, "description": "its content removed by an erasure, until it is made again"},
             ),
         },
     ),
@@ -357,7 +362,8 @@ ERRORS = {
     404: "No such resource (`NOT_FOUND`, `DEVICE_NOT_FOUND`)",
     405: "Method not allowed (`METHOD_NOT_ALLOWED`)",
     409: "Conflict (`DEVICE_EXISTS`, `DEVICE_INACTIVE`, `DEVICE_PENDING`, `ALREADY_CONFIRMED`)",
-    410: "The enrolment was not confirmed in time (`ENROLLMENT_EXPIRED`): register the device again",
+    410: "The enrolment was not confirmed in time (`ENROLLMENT_EXPIRED`): register the device again; or a report "
+    "was withdrawn by an erasure (`REPORT_WITHDRAWN`) until it is made again",
     413: f"Body over {MAX_JSON_BODY // 1024} KiB (`PAYLOAD_TOO_LARGE`)",
     415: "Body is not application/json (`UNSUPPORTED_MEDIA_TYPE`)",
     431: f"Request headers over {MAX_HEADERS // 1024} KiB (`HEADERS_TOO_LARGE`)",

@@ -9,6 +9,7 @@ children, restarts one that crashes, and exits when they all have, so none is or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ BODY_TIMEOUT_SECONDS = 10  # a client that trickles its body is cut off
 RESTART_BACKOFF_SECONDS = 1.0
 EXPIRY_SWEEP_SECONDS = 60.0
 CHECKPOINT_POLL_SECONDS = 5.0
+REFUSALS_FLUSH_SECONDS = 10.0
 
 
 def serve(settings: Settings, processes: int = 1, grace_seconds: float = 20.0) -> int:
@@ -61,6 +63,7 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
     warming = loop_executor_warm(state)
     sweeping = asyncio.ensure_future(expire_enrolments(state))
     sealing = asyncio.ensure_future(seal_audit_chains(state))
+    counting = asyncio.ensure_future(write_refusals(state))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -80,6 +83,9 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
     warming.cancel()
     sweeping.cancel()
     sealing.cancel()
+    counting.cancel()
+    with contextlib.suppress(Exception):  # the refusals counted but not yet written: the database may be gone
+        await state.refusals.flush(state.service.record, everything=True)
     state.service.close()
     log.info("stopped", extra={"pid": os.getpid()})
     return 0
@@ -123,6 +129,16 @@ async def seal_audit_chains(state, every: float = CHECKPOINT_POLL_SECONDS) -> No
                 )
         except Exception as exc:  # the next round tries again
             log.warning("audit checkpoint failed: %s", type(exc).__name__)
+
+
+async def write_refusals(state, every: float = REFUSALS_FLUSH_SECONDS) -> None:
+    """Write out the repeated refusals of the windows that have ended (`refusals.RefusalLog`)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await state.refusals.flush(state.service.record)
+        except Exception as exc:  # the next round writes them
+            log.warning("repeated refusals not written: %s", type(exc).__name__)
 
 
 def _supervise(settings: Settings, processes: int, grace_seconds: float) -> int:

@@ -59,7 +59,7 @@ def audit_totals(start: datetime, end: datetime) -> dict[str, int | float | None
         "devices_locked": devices_locked,
         "unlocks": count(Action.DEVICE_UNLOCKED, True),
         "deactivations": count(Action.DEVICE_DEACTIVATED, True),
-        "authentication_failures": count(Action.AUTH_FAILED),
+        "authentication_failures": _auth_failures(start, end),
         "rate_limit_hits": count(Action.RATE_LIMITED),
     }
 
@@ -119,6 +119,17 @@ def count_failing(column: str, start: datetime, end: datetime) -> int:
     )
 
 
+def _refusals():
+    """How many refusals the rows stand for: one each, but a row of a window's repeated ones stands for as many
+    as it says (`http.refusals`)."""
+    return fn.SUM(fn.COALESCE(sql.json_field(AuditLog.additional_data, "repeated", "BIGINT"), 1))
+
+
+def _auth_failures(start: datetime, end: datetime) -> int:
+    where = sql.in_period(start, end) & (AuditLog.action == Action.AUTH_FAILED)
+    return AuditLog.select(_refusals()).where(where).scalar() or 0
+
+
 def refused_requests(start: datetime, end: datetime) -> pd.DataFrame:
     """Where requests refused before any device was looked at came from: a wrong or missing API key
     (`AUTH_FAILED`) and rate limiting (`RATE_LIMITED`), per client address, with the API client (if the key was
@@ -128,7 +139,7 @@ def refused_requests(start: datetime, end: datetime) -> pd.DataFrame:
             AuditLog.ip_address,
             AuditLog.action,
             AuditLog.actor,
-            fn.COUNT(AuditLog.id).alias("n"),
+            _refusals().alias("n"),  # a row of repeated refusals counts them all
             fn.COUNT(fn.DISTINCT(AuditLog.user_agent)),
             fn.MIN(AuditLog.user_agent),
             fn.MIN(AuditLog.timestamp),
