@@ -67,7 +67,7 @@ def test_blueprint_shape():
     assert WEB["healthCheckPath"] in {r.path for r in ROUTES}
     kv = next(s for s in BLUEPRINT["services"] if s["type"] == "keyvalue")
     assert kv["ipAllowList"] == []
-    assert {c["dockerCommand"].split()[3] for c in CRONS} == {"scheduled-report", "audit"}
+    assert {c["dockerCommand"].split()[3] for c in CRONS} == {"scheduled-report", "audit", "report"}
     for cron in CRONS:
         assert re.fullmatch(r"[\d*/,-]+( [\d*/,-]+){4}", cron["schedule"])
 

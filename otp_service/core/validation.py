@@ -8,6 +8,7 @@ must not have two spellings of one code.
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +37,20 @@ def _printable(value: Any, field: str, max_length: int) -> str:
     return value
 
 
+def normal_user_id(value: str) -> str:
+    """The one spelling of a user id: Unicode NFKC, so that a full-width `Ａlice`, a decomposed `é` (e +
+    combining accent) or a ligature is the same user as its plain spelling, wherever it comes from.
+    Case is kept: user ids are the client application's own identifiers (often case-sensitive: base64 ids,
+    Unix names), and folding them could merge two of its users into one. Letters of different scripts that
+    look alike (Latin `a`, Cyrillic `а`) stay different users — the README says why apps should send ids,
+    not what people typed."""
+    return unicodedata.normalize("NFKC", value)
+
+
 def user_id(value: Any) -> str:
+    """A user id, in its one spelling (`normal_user_id`): every route and command reads ids through here."""
+    if isinstance(value, str):
+        value = normal_user_id(value)
     return _printable(value, "user_id", MAX_USER_ID)
 
 

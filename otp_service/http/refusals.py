@@ -1,8 +1,9 @@
 """Refused requests in the audit trail, a flood of them in a few rows: a wrong or missing API key is recorded
-in full the first time an address (an IPv6 /64) sends one in a window, and the rest of that window's as one
-row saying how many (`AUTH_FAILED`, reason `REPEATED`, data `repeated`, `first`, `last`). Each row is
-chained and signed like any other, so an unauthenticated flood — which the rate limit already slows — cannot
-become a flood of writes, yet every refusal is counted (reports add `repeated` to the rows' count).
+in full the first FULL_ROWS times an address (an IPv6 /64) sends one in a window — enough to see what a
+mistyped key or a probe looks like — and the rest of that window's as one row saying how many
+(`AUTH_FAILED`, reason `REPEATED`, data `repeated`, `first`, `last`). Each row is chained and signed
+like any other, so an unauthenticated flood — which the rate limit already slows — cannot become
+a flood of writes, yet every refusal is counted (reports add `repeated` to the rows' count).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from ..core.actions import Action
 from ..core.transitions import isoformat, to_datetime
 
 WINDOW_SECONDS = 60.0
+FULL_ROWS = 5  # per address and window, recorded each in full before the rest are counted
 REMEMBERED = 10_000  # addresses; beyond that, the oldest window is written out early
 
 
 @dataclass
 class _Window:
     ends: float
+    full: int = 1  # recorded in full so far: the one that opened the window
     repeated: int = 0
     first: datetime | None = None  # of the repeated ones
     last: datetime | None = None
@@ -34,8 +37,8 @@ Record = Callable[..., Awaitable[None]]
 
 
 class RefusalLog:
-    """Per process: which addresses have had a refusal recorded in full in the current window, and how many
-    more they have sent since."""
+    """Per process: how many refusals each address has had recorded in full in the current window, and how
+    many more it has sent since."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
         self.clock, self.wall = clock, wall
@@ -45,6 +48,10 @@ class RefusalLog:
         """A request from `key` (its address or network) refused for its key: recorded, or counted."""
         now = self.clock()
         window = self._windows.get(key)
+        if window is not None and window.ends > now and window.full < FULL_ROWS:
+            window.full += 1
+            await record(Action.AUTH_FAILED, ctx)
+            return
         if window is not None and window.ends > now:
             at = to_datetime(self.wall())
             window.repeated += 1
