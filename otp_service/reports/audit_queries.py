@@ -21,22 +21,7 @@ def audit_totals(start: datetime, end: datetime) -> dict[str, int | float | None
     """The audit report's summary. A verification refused as `REPLAYED` is a double submit (a right code sent
     again, usually a second click): it is neither a success nor a guess, so the success rate leaves it out —
     accepted / (verifications - double submits); None when there was nothing to divide by."""
-    counts = {
-        (action, bool(success), reason): n
-        for action, success, reason, n in AuditLog.select(
-            AuditLog.action, AuditLog.success, AuditLog.reason, fn.COUNT(AuditLog.id)
-        )
-        .where(sql.in_period(start, end))
-        .group_by(AuditLog.action, AuditLog.success, AuditLog.reason)
-        .tuples()
-    }
-
-    def count(action: str, success: bool | None = None, reason: str | None = None) -> int:
-        return sum(
-            n
-            for (a, s, r), n in counts.items()
-            if a == action and (success is None or s == success) and (reason is None or r == reason)
-        )
+    count = sql.outcome_counts(sql.in_period(start, end))
 
     verifications, succeeded = count(VERIFY), count(VERIFY, True)
     wrong, replayed = count(VERIFY, False, "INVALID_CODE"), count(VERIFY, False, "REPLAYED")

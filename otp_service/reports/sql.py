@@ -12,6 +12,7 @@ if start <= its time < end (a report of 1 to 28 February runs from 1 February 00
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 
@@ -67,6 +68,29 @@ def of_tenant(model: type[Model]) -> Expression:
 def in_period(start: datetime, end: datetime) -> Expression:
     """The report's tenant's audit rows written in [start, end): the condition every period's query starts from."""
     return (AuditLog.timestamp >= start) & (AuditLog.timestamp < end) & of_tenant(AuditLog)
+
+
+def outcome_counts(where: Expression) -> Callable[..., int]:
+    """The rows matching `where`, counted by action, success and reason in one query; returns
+    `count(action, success=None, reason=None)`, the rows of an action (with that outcome, when given)."""
+    counts = {
+        (action, bool(success), reason): n
+        for action, success, reason, n in AuditLog.select(
+            AuditLog.action, AuditLog.success, AuditLog.reason, fn.COUNT(AuditLog.id)
+        )
+        .where(where)
+        .group_by(AuditLog.action, AuditLog.success, AuditLog.reason)
+        .tuples()
+    }
+
+    def count(action: str, success: bool | None = None, reason: str | None = None) -> int:
+        return sum(
+            n
+            for (a, s, r), n in counts.items()
+            if a == action and (success is None or s == success) and (reason is None or r == reason)
+        )
+
+    return count
 
 
 def every_day(start: datetime, end: datetime) -> pd.Index:

@@ -155,22 +155,7 @@ def lifecycle_totals(start: datetime, end: datetime) -> dict[str, int | float | 
     registered pending, confirmed and expired (the confirmation rate is confirmed / (confirmed + expired),
     None when neither happened), wrong confirmation codes; resyncs by outcome, verifications re-centred
     on the server's clock, drift resets; recovery code sets issued, codes used and refused by reason, locks."""
-    counts = {
-        (action, bool(success), reason): n
-        for action, success, reason, n in AuditLog.select(
-            AuditLog.action, AuditLog.success, AuditLog.reason, fn.COUNT(AuditLog.id)
-        )
-        .where(sql.in_period(start, end) & AuditLog.action.in_(LIFECYCLE_ACTIONS))
-        .group_by(AuditLog.action, AuditLog.success, AuditLog.reason)
-        .tuples()
-    }
-
-    def count(action: str, success: bool | None = None, reason: str | None = None) -> int:
-        return sum(
-            n
-            for (a, s, r), n in counts.items()
-            if a == action and (success is None or s == success) and (reason is None or r == reason)
-        )
+    count = sql.outcome_counts(sql.in_period(start, end) & AuditLog.action.in_(LIFECYCLE_ACTIONS))
 
     def refused(action: str) -> dict[str, int]:
         wrong, used = count(action, False, "INVALID_CODE"), count(action, False, "REPLAYED")
