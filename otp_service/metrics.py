@@ -57,6 +57,14 @@ RATE_LIMITED = Counter("otp_rate_limited_total", "Requests refused by the per-cl
 RATE_LIMIT_FALLBACKS = Counter(
     "otp_rate_limit_store_errors_total", "Rate-limit checks the shared store (Redis) could not answer"
 )
+RATE_LIMIT_BREAKER_OPEN = Gauge(
+    "otp_rate_limit_breaker_open",
+    "Processes not calling the rate-limit store (Redis) after failed round trips in a row (circuit open)",
+    multiprocess_mode="livesum",
+)
+RATE_LIMIT_BREAKER_OPENS = Counter(
+    "otp_rate_limit_breaker_opens_total", "Times the rate limiter stopped calling Redis after failed round trips"
+)
 CLIENT_REQUESTS = Counter(
     "otp_client_requests_total",
     "Authenticated requests by API client (the label takes only the names of existing clients)",

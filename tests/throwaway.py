@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -84,3 +86,64 @@ class ThrowawayRedis:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+class StallingProxy:
+    """A TCP front for a server of the test's own that can stall: while `stalled`, it accepts connections and
+    reads what they send, but passes nothing on and answers nothing — a Redis that is SIGSTOPped, or
+    overloaded, as its clients see it; otherwise it forwards both ways. It counts the connections and bytes
+    that reach it, so a test can tell whether a client still tries, without timing anything."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.stalled = False
+        self.connections = self.received = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def traffic(self) -> tuple[int, int]:
+        """(connections accepted, bytes received) so far."""
+        with self._lock:
+            return self.connections, self.received
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        upstream = None
+        try:
+            if not self.stalled:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+                threading.Thread(target=self._answer, args=(upstream, conn), daemon=True).start()
+            while data := conn.recv(65536):
+                with self._lock:
+                    self.received += len(data)
+                if upstream is not None and not self.stalled:  # a connection made before a stall stalls too
+                    upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            if upstream is not None:
+                upstream.close()
+
+    @staticmethod
+    def _answer(upstream: socket.socket, conn: socket.socket) -> None:
+        try:
+            while data := upstream.recv(65536):
+                conn.sendall(data)
+        except OSError:
+            pass

@@ -9,7 +9,10 @@ group commit does for PostgreSQL) — redis-py's cost per call, not Redis's, was
 
 When Redis is configured but unreachable the limiter either falls back to in-process
 counters (fail open: availability first, the default) or refuses requests (fail closed),
-as RATE_LIMIT_ON_REDIS_ERROR says. Either way the outage is logged, at most once a minute.
+as RATE_LIMIT_ON_REDIS_ERROR says. Either way the outage is logged, at most once a minute. A Redis that
+stalls (accepts, never answers) would make every request wait its timeout first: after a few failed round
+trips in a row a circuit breaker (`breaker.py`) stops sending any for a cool-down, so the policy applies at
+once, then lets one probe through and closes when it is answered.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from limits.storage import storage_from_string
 
 from .. import metrics
 from ..core.errors import RateLimiterUnavailable
+from .breaker import CircuitBreaker
 
 log = logging.getLogger("otp_service.ratelimit")
 
@@ -38,6 +42,16 @@ REDIS_TIMEOUT_SECONDS = 0.5
 REDIS_CONNECTIONS = 16
 REDIS_WAIT_SECONDS = 2.0  # for a free connection, before Redis counts as unreachable
 WARN_EVERY_SECONDS = 60
+# The breaker: three round trips failed in a row — 1.5 s of a stalled Redis, a few milliseconds of a refused
+# one — are an outage, not a blip; then 5 s without Redis (fail open: counted in process, fail closed: 503)
+# before one request probes it, so a Redis back again is used within 5 s and a dead one costs one request
+# a timeout every 5 s instead of every request one.
+BREAKER_FAILURES = 3
+BREAKER_COOL_DOWN_SECONDS = 5.0
+
+
+class BreakerOpen(Exception):
+    """A request admitted before the breaker opened, not sent: the policy applies to it as to a failure."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,7 @@ class RateLimiter:
         self.fail_open = fail_open
         self._warned_at = -math.inf
         self.fallbacks = 0  # requests counted in process because Redis failed (exported as a metric)
+        self.breaker = CircuitBreaker(BREAKER_FAILURES, BREAKER_COOL_DOWN_SECONDS)  # its clock: a test's to set
 
     def has(self, scope: str) -> bool:
         return scope in self._limits
@@ -168,15 +183,18 @@ class RateLimiter:
         that allow do not read their windows."""
         if self._script is None:
             return await self._check_local(requests, False)
-        try:
-            return await self._check_shared(requests)
-        except Exception as exc:  # any storage failure: connection refused, timeout, protocol
-            self._warn(exc)
-            metrics.RATE_LIMIT_FALLBACKS.inc()
-            if not self.fail_open:
-                raise RateLimiterUnavailable("Rate limiting is unavailable; try again shortly.") from None
-            self.fallbacks += 1
-            return await self._check_local(requests, True)
+        if self.breaker.allow():  # else Redis is failing: the policy at once, not after a timeout
+            try:
+                return await self._check_shared(requests)
+            except BreakerOpen:
+                pass
+            except Exception as exc:  # any storage failure: connection refused, timeout, protocol
+                self._warn(exc)
+        metrics.RATE_LIMIT_FALLBACKS.inc()  # also while the breaker is open: alerts on it go on firing
+        if not self.fail_open:
+            raise RateLimiterUnavailable("Rate limiting is unavailable; try again shortly.")
+        self.fallbacks += 1
+        return await self._check_local(requests, True)
 
     async def _check_shared(self, requests: Sequence[tuple[str, str]]) -> list[Decision]:
         storage, bridge = self._storage, self._storage.bridge
@@ -218,15 +236,23 @@ class RateLimiter:
 
     async def _send(self) -> None:
         """One pipeline at a time: what arrives while it is out goes in the next. Each call is answered (or
-        failed: the request then falls back as `check` says) on its own; none is left waiting."""
+        failed: the request then falls back as `check` says) on its own; none is left waiting. Each round
+        trip's outcome goes to the breaker; once it is open, what was still waiting is not sent."""
         batch: list = []
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
+                    if not self.breaker.sending:
+                        raise BreakerOpen
                     answers = await self._pipeline([(keys, args) for keys, args, _ in batch])
+                except BreakerOpen as exc:
+                    answers = [exc] * len(batch)
                 except Exception as exc:  # the store failed for all of them
                     answers = [exc] * len(batch)
+                    self._breaker_failed(exc)
+                else:
+                    self._breaker_succeeded()
                 for (_, _, future), answer in zip(batch, answers, strict=True):
                     if future.done():  # its request was cancelled (the client went away)
                         continue
@@ -284,6 +310,24 @@ class RateLimiter:
             if not decision.allowed:
                 break
         return decisions
+
+    def _breaker_failed(self, exc: Exception) -> None:
+        if self.breaker.failed():
+            metrics.RATE_LIMIT_BREAKER_OPEN.set(1)
+            metrics.RATE_LIMIT_BREAKER_OPENS.inc()
+            mode = "counting in process (fail open)" if self.fail_open else "refusing requests (fail closed)"
+            log.warning(
+                "rate-limit store failed %d round trips in a row (%s): circuit open, not calling it for %g s; %s",
+                self.breaker.failures,
+                type(exc).__name__,
+                self.breaker.cool_down,
+                mode,
+            )
+
+    def _breaker_succeeded(self) -> None:
+        if self.breaker.succeeded():
+            metrics.RATE_LIMIT_BREAKER_OPEN.set(0)
+            log.info("rate-limit store answers again: circuit closed, counting there")
 
     def _warn(self, exc: Exception) -> None:
         now = time.monotonic()

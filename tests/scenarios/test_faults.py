@@ -3,19 +3,21 @@ and started again. Each test stops servers of its own (`tests/throwaway.py`), ne
 
 import json
 import shutil
+import subprocess
 import threading
 import time
 import uuid
 from http.client import HTTPConnection
 
+import prometheus_client
 import pytest
 
 from otp_service.db.database import open_database
 from otp_service.db.models import AuditLog, Device
-from tests.conftest import API_KEY, settings_for
+from tests.conftest import API_KEY, FakeClock, settings_for
 from tests.helpers import code_at
 from tests.serving import free_port, production_env, run_cli, start_cli, wait_healthy
-from tests.throwaway import ThrowawayPostgres, ThrowawayRedis, postgres_available, wait_for
+from tests.throwaway import StallingProxy, ThrowawayPostgres, ThrowawayRedis, postgres_available, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 DB_TIMEOUT = 2
@@ -179,7 +181,8 @@ def test_redis_stopped_and_started_again(make_server, db_url, own_redis, mode):
     settings = settings_for(
         db_url, REDIS_URL=own_redis.url, RATE_LIMIT_DEFAULT="4/minute", RATE_LIMIT_ON_REDIS_ERROR=mode
     )
-    api = make_server(settings).client
+    server = make_server(settings)
+    api = server.client
     assert [api.get("/api/v1/stats").status for _ in range(5)] == [200, 200, 200, 200, 429]  # shared counters
     own_redis.stop()
     during = [api.get("/api/v1/stats") for _ in range(3)]
@@ -194,4 +197,61 @@ def test_redis_stopped_and_started_again(make_server, db_url, own_redis, mode):
     else:  # refuse rather than serve unlimited
         assert all(r.status == 503 and r.body["error"]["code"] == "RATE_LIMITER_UNAVAILABLE" for r in during)
     own_redis.start()  # an empty Redis: the service reconnects and counts there again
+    cool_down_passed(server.state.limiter.breaker)  # the failures opened its circuit breaker
     assert [api.get("/api/v1/stats").status for _ in range(5)] == [200, 200, 200, 200, 429]
+
+
+def cool_down_passed(breaker) -> None:
+    """The breaker's clock a whole cool-down ahead: its next request probes Redis."""
+    breaker.clock = lambda: time.monotonic() + breaker.cool_down
+
+
+@pytest.fixture
+def stalling_proxy(own_redis):
+    """The test's own Redis behind a proxy that can stall it (`tests/throwaway.py`)."""
+    proxy = StallingProxy(own_redis.port)
+    yield proxy
+    proxy.close()
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_a_stalled_redis_is_left_alone_until_a_probe_finds_it_back(
+    make_server, db_url, own_redis, stalling_proxy, mode, caplog
+):
+    """A Redis that accepts but never answers costs every request its timeout. After a few failed round trips
+    the limiter's breaker opens: requests get the policy (counted in process, or 503) and nothing reaches
+    Redis; once Redis answers again one probe closes the breaker and Redis counts again. Whether Redis is
+    reached is counted at the proxy in front of it, not timed."""
+    proxy = stalling_proxy
+    settings = settings_for(db_url, REDIS_URL=proxy.url, RATE_LIMIT_DEFAULT="4/minute", RATE_LIMIT_ON_REDIS_ERROR=mode)
+    server = make_server(settings)
+    api, registry = server.client, prometheus_client.REGISTRY
+    opens = registry.get_sample_value("otp_rate_limit_breaker_opens_total") or 0
+    assert [api.get("/api/v1/stats").status for _ in range(5)] == [200, 200, 200, 200, 429]  # through the proxy
+    before = proxy.traffic()
+    proxy.stalled = True
+    statuses, traffic = [], []
+    for _ in range(10):
+        statuses.append(api.get("/api/v1/stats").status)
+        traffic.append(proxy.traffic())
+    # the policy, as without a breaker: counted in process (the same 4 a minute), or refused
+    assert statuses == ([200] * 4 + [429] * 6 if mode == "open" else [503] * 10)
+    assert traffic[0] > before  # the first requests tried Redis (three failed round trips open the breaker) …
+    assert traffic[4:] == [traffic[4]] * 6  # … the later ones did not: no connection, not a byte
+    breaker = server.state.limiter.breaker
+    breaker.clock = clock = FakeClock(time.monotonic())  # from here on, time moves only when the test says
+    assert breaker.state == "open"
+    assert registry.get_sample_value("otp_rate_limit_breaker_open") == 1
+    assert registry.get_sample_value("otp_rate_limit_breaker_opens_total") == opens + 1  # once per outage
+
+    subprocess.run(["redis-cli", "-p", str(own_redis.port), "flushall"], check=True, capture_output=True)
+    proxy.stalled = False  # Redis answers again, and has forgotten every count
+    assert api.get("/api/v1/stats").status == (429 if mode == "open" else 503)  # still within the cool-down
+    assert proxy.traffic() == traffic[-1]
+    clock.advance(breaker.cool_down)  # the next request probes Redis, and finds it answering
+    assert [api.get("/api/v1/stats").status for _ in range(5)] == [200, 200, 200, 200, 429]  # counted in Redis
+    assert proxy.traffic() > traffic[-1] and breaker.state == "closed"
+    assert registry.get_sample_value("otp_rate_limit_breaker_open") == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "otp_service.ratelimit" and "circuit" in r.getMessage()]
+    assert [("circuit open" in line, "circuit closed" in line) for line in said] == [(True, False), (False, True)]
