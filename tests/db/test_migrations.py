@@ -40,6 +40,7 @@ def test_first_migration_upgrades_to_head(empty_db_url):
         "0008_erasure_index",
         "0009_reports_pdf",
         "0010_tenants",
+        "0011_audit_monotonic_time",
     ]
     assert pending_migrations(database) == later
     with database.connection_context():
