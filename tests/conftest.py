@@ -216,7 +216,8 @@ class FakeClock:
 
 RESET_POSTGRES = """
 TRUNCATE devices, audit_logs, reports, api_clients, recovery_codes, audit_checkpoints RESTART IDENTITY;
-UPDATE audit_chains SET seq = 0, head = repeat('0', 64), floor_seq = 0, floor_hash = repeat('0', 64);
+UPDATE audit_chains SET seq = 0, head = repeat('0', 64), floor_seq = 0, floor_hash = repeat('0', 64), head_at = NULL,
+    timed_from = 0;
 DELETE FROM tenants WHERE id > 1;
 SELECT setval(pg_get_serial_sequence('tenants', 'id'), 1);
 """

@@ -14,7 +14,8 @@ Signed checkpoints (Ed25519) bind every chain's head and length at a time, so re
 its tail, is caught even by someone who can rewrite every row and the head table.
 
 `ChainCheck` walks one chain's rows in `seq` order and names the first break: edited, deleted, inserted,
-reordered, or tail cut.
+reordered, backdated (a row's time earlier than the row's before it: time within a chain never goes back),
+or tail cut.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _encode(value: Any) -> bytes:
     return _CANONICAL(value).encode("utf-8")
 
 
-def _timestamp(value: datetime | str) -> str:
+def timestamp_text(value: datetime | str) -> str:
     """One text form for a timestamp however the database returned it (SQLite: text; PostgreSQL: datetime)."""
     if isinstance(value, str):
         if len(value) == 26 and value[10] == " ":  # already "YYYY-MM-DD HH:MM:SS.ffffff" (as read from PostgreSQL)
@@ -88,15 +89,29 @@ def encode_entry(entry: Entry) -> str:
     last the tenant, unless it is the default one (so every row written before tenants keeps its hash) —
     unambiguous (no value can pass for two), and about three times cheaper than JSON, which matters at a
     million rows per verification."""
-    timestamp, action = _timestamp(entry.timestamp), entry.action
+    timestamp = timestamp_text(entry.timestamp)
+    return f"{len(timestamp)}:{timestamp}{encode_rest(entry)}"
+
+
+def encode_rest(entry: Entry) -> str:
+    """`encode_entry` after the timestamp: what PostgreSQL's `APPLY` hashes after the time it writes, which
+    may be later than the one asked for (a chain's time never goes back: `clamp`)."""
+    action = entry.action
     success = "~" if entry.success is None else ("T" if entry.success else "F")
-    parts = [f"{len(timestamp)}:{timestamp}{len(action)}:{action}", success]
+    parts = [f"{len(action)}:{action}", success]
     for value in entry[3:10]:
         parts.append("~" if value is None else f"{len(value)}:{value}")
     if entry.tenant_id not in (None, DEFAULT_TENANT):  # a row of the default tenant encodes as before tenants
         tenant = str(entry.tenant_id)
         parts.append(f"{len(tenant)}:{tenant}")
     return "".join(parts)
+
+
+def clamp(at: datetime, latest: datetime | None) -> datetime:
+    """The time a writer gives a row: the time asked for, or the chain's last time if that is later. Clocks
+    step back (NTP) and differ between processes, and a row that looks back-dated is a break (`backdated`):
+    honest rows must never be one, and a row's order in its chain is what it records."""
+    return at if latest is None or at >= latest else latest
 
 
 def link(previous: str, entry: Entry) -> str:
@@ -138,9 +153,17 @@ class Checkpoint:
 # -- verification ----------------------------------------------------------------------------------------
 
 
+def backdated(at: str, before: str | None, seq: int, timed_from: int = 0) -> bool:
+    """Whether a row's time (text, as the hash covers it: ordered as text) is earlier than the row's before
+    it. A correctly linked row appended at a chain's end with an earlier time would otherwise pass, and once
+    a checkpoint sealed it, stay: writers never write one (`clamp`). Rows up to `timed_from` were written
+    before writers clamped (a migrated database) and keep the times they have."""
+    return before is not None and seq > timed_from and at < before
+
+
 class Break(NamedTuple):
     chain: int
-    kind: str  # edited, deleted, inserted, reordered, tail-cut, personal-data-edited, rewritten
+    kind: str  # edited, deleted, inserted, reordered, backdated, tail-cut, personal-data-edited, rewritten
     seq: int | None
     row_id: int | None
     detail: str
@@ -157,6 +180,8 @@ class ChainCheck:
     rows: int = 0
     first_break: Break | None = None
     hashes_at: dict[int, str] = field(default_factory=dict)  # seq -> hash, for the checkpoints' seqs
+    at: str | None = None  # the last row's time, as the hash covers it (None: the row before was not read)
+    timed_from: int = 0  # rows up to this place predate monotonic time (written before the check: kept)
 
     def feed(self, row_id: int, seq: int, stored_hash: str, entry: Entry, watch: frozenset[int] = frozenset()) -> None:
         self.rows += 1
@@ -170,8 +195,12 @@ class ChainCheck:
         elif link(self.hash, entry) != stored_hash:
             kind = "reordered" if row_id < self.last_id else "edited"
             self._break(kind, seq, row_id, "the row's content does not match its hash in the chain")
+        at = timestamp_text(entry.timestamp)
+        if self.first_break is None and backdated(at, self.at, seq, self.timed_from):
+            detail = f"the row's time {at} is earlier than the time of the row before it in the chain ({self.at})"
+            self._break("backdated", seq, row_id, detail)
         if self.first_break is None:
-            self.seq, self.hash, self.last_id = seq, stored_hash, row_id
+            self.seq, self.hash, self.last_id, self.at = seq, stored_hash, row_id, at
             if seq in watch:
                 self.hashes_at[seq] = stored_hash
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -69,19 +70,39 @@ def stored(row: AuditCheckpoint) -> Checkpoint:
     return Checkpoint(row.id, row.payload, json.loads(row.signatures))
 
 
+def timed_from(database: Database) -> dict[str, int]:
+    """Each chain's place up to which rows predate monotonic time (the migration's), where not 0: signed in
+    every checkpoint, so moving it to cover a back-dated row is caught."""
+    query = AuditChain.select(AuditChain.chain, AuditChain.timed_from).where(
+        (AuditChain.chain >= 0) & (AuditChain.timed_from > 0)
+    )
+    return {str(chain): seq for chain, seq in query.tuples()}
+
+
+def latest(database: Database) -> AuditCheckpoint | None:
+    """The last checkpoint stored (signed or not: the caller checks)."""
+    return AuditCheckpoint.select().order_by(AuditCheckpoint.id.desc()).first()
+
+
 def take(
-    database: Database, keys: Keys, reason: str, at: datetime, extra: dict[str, Any] | None = None
+    database: Database,
+    keys: Keys,
+    reason: str,
+    at: datetime,
+    extra: dict[str, Any] | None = None,
+    snapshot: tuple[Head, ...] | None = None,
 ) -> AuditCheckpoint:
-    """Sign the chains' heads now and store the checkpoint; call in a transaction with the change it seals
-    (a prune, an erasure) or on its own."""
-    last = AuditCheckpoint.select().order_by(AuditCheckpoint.id.desc()).first()
+    """Sign the chains' heads now (or `snapshot`, the heads whose rows were verified) and store the
+    checkpoint; call in a transaction with the change it seals (a prune, an erasure) or on its own."""
+    last = latest(database)
     signers = {keys.key_id: keys.signing}
     if last is not None and keys.key_id not in _signers_of(last):
         reason = "rotation" if reason == "periodic" else reason
         signers |= keys.previous  # the old key vouches for the new one's first checkpoint
     previous = None if last is None else hashlib.sha256(last.payload.encode("utf-8")).hexdigest()
-    payload = {"at": isoformat(at), "reason": reason, "heads": [list(h) for h in heads(database)], "previous": previous}
-    payload |= {"legacy_rows": legacy_rows(database), **(extra or {})}
+    sealed = heads(database) if snapshot is None else snapshot
+    payload = {"at": isoformat(at), "reason": reason, "heads": [list(h) for h in sealed], "previous": previous}
+    payload |= {"legacy_rows": legacy_rows(database), "timed_from": timed_from(database), **(extra or {})}
     text = integrity.canonical(payload)
     signatures = {name: signing.sign(key, text) for name, key in signers.items()}
     return AuditCheckpoint.create(created_at=at, reason=reason, payload=text, signatures=json.dumps(signatures))
@@ -121,14 +142,34 @@ def due(database: Database, settings: Settings, at: datetime) -> bool:
     return old or now_rows - sealed >= settings.audit_checkpoint_rows
 
 
-def take_if_due(database: Database, keys: Keys, settings: Settings, at: datetime) -> AuditCheckpoint | None:
-    """What each server process runs every few seconds; one of them takes the checkpoint."""
+class Unverified(Exception):
+    """The rows a checkpoint was to seal do not verify: nothing was signed."""
+
+    def __init__(self, breaks: Sequence[integrity.Break]):
+        super().__init__(f"{len(breaks)} chain(s) do not verify")
+        self.breaks = list(breaks)
+
+
+def take_if_due(
+    database: Database,
+    keys: Keys,
+    settings: Settings,
+    at: datetime,
+    check: Callable[[tuple[Head, ...]], Sequence[integrity.Break]] = lambda _: (),
+) -> AuditCheckpoint | None:
+    """What each server process runs every few seconds; one of them takes the checkpoint — of the heads read
+    once, after `check` found the rows up to them sound (`verify.since_last_checkpoint`): a checkpoint makes
+    what it seals look proven, so it must never seal a row no one verified (raises Unverified)."""
     with database.atomic():
         if is_postgres(database) and not _try_lock(database):
             return None  # another process is taking it
         if not due(database, settings, at):
             return None
-        return take(database, keys, "periodic", at)
+        snapshot = heads(database)
+        breaks = check(snapshot)
+        if breaks:
+            raise Unverified(breaks)
+        return take(database, keys, "periodic", at, snapshot=snapshot)
 
 
 def _try_lock(database: Database) -> bool:

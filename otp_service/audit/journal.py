@@ -4,13 +4,15 @@ A row goes to one of `chains` chains (AUDIT_CHAINS): whichever is free. Extendin
 row's lock until the transaction commits, so K chains let K writers append at once; on PostgreSQL a writer
 takes a chain no one holds (SKIP LOCKED) and waits only when all K are busy. The hot path does the same in
 SQL, inside the one statement that applies a batch of transitions (`store.APPLY`): Python computes each
-row's content hash, the statement links them to the chain's head with `sha256()`.
+row's encoding but its time; the statement gives each row its time — never earlier than its chain's last
+(`chain.clamp`) — hashes it and links it to the chain's head with `sha256()`.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from datetime import datetime
 from functools import lru_cache, partial
 
 from peewee import Database
@@ -55,20 +57,23 @@ class Journal:
         """Insert `rows` (AUDIT_COLUMNS order) at the end of a chain. Call inside a transaction."""
         if not rows:
             return
-        chain, seq, head = self._take_chain()
+        chain, seq, head, head_at = self._take_chain()
+        latest = last_time(chain, seq, head_at)
         linked = []
         for row in rows:
+            latest = integrity.clamp(row[0], latest)  # never before the chain's last row
+            row = (latest, *row[1:])
             entry = self.entry(row)
             head = integrity.link(head, entry)
             seq += 1
             linked.append((*row, chain, seq, head, entry.personal, entry.subject))
         fields = [getattr(AuditLog, c) for c in (*AUDIT_COLUMNS, *CHAIN_COLUMNS)]
         AuditLog.insert_many(linked, fields=fields).execute()
-        AuditChain.update(seq=seq, head=head).where(AuditChain.chain == chain).execute()
+        AuditChain.update(seq=seq, head=head, head_at=latest).where(AuditChain.chain == chain).execute()
 
-    def _take_chain(self) -> tuple[int, int, str]:
-        """A chain's (id, seq, head), locked until the transaction ends: a free one when there is one."""
-        select = AuditChain.select(AuditChain.chain, AuditChain.seq, AuditChain.head)
+    def _take_chain(self) -> tuple[int, int, str, datetime | None]:
+        """A chain's (id, seq, head, last time), locked until the transaction ends: a free one when there is one."""
+        select = AuditChain.select(AuditChain.chain, AuditChain.seq, AuditChain.head, AuditChain.head_at)
         if is_postgres(self.database):
             free = select.where(AuditChain.chain.between(0, self.chains - 1)).order_by(AuditChain.chain)
             free = free.for_update("FOR UPDATE SKIP LOCKED")
@@ -84,6 +89,15 @@ class Journal:
         return row
 
     def sql_columns(self, row: Sequence) -> tuple[str, str | None, str]:
-        """For `store.APPLY`: (personal digest, subject, content hash hex) of a row; the statement links it."""
+        """For `store.APPLY`: (personal digest, subject, encoding after the time) of a row; the statement gives
+        it its time (no earlier than its chain's last), hashes it and links it."""
         entry = self.entry(row)
-        return entry.personal, entry.subject, entry.content_hash().hex()
+        return entry.personal, entry.subject, integrity.encode_rest(entry)
+
+
+def last_time(chain: int, seq: int, head_at: datetime | None) -> datetime | None:
+    """The chain's last time: the later of the one kept with its head and its head row's (rows written by a
+    process from before `head_at` existed leave it behind)."""
+    query = AuditLog.select(AuditLog.timestamp).where((AuditLog.chain == chain) & (AuditLog.seq == seq))
+    row_at = query.scalar() if seq else None
+    return max((t for t in (head_at, row_at) if t is not None), default=None)

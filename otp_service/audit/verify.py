@@ -25,7 +25,7 @@ from ..db.database import is_postgres
 from ..db.models import AuditChain, AuditCheckpoint, AuditLog
 from . import chain as integrity
 from .chain import Break, ChainCheck, Head
-from .checkpoints import LEGACY, stored
+from .checkpoints import LEGACY, latest, stored
 from .journal import MAX_CHAINS
 
 PAGE = 5000
@@ -117,18 +117,23 @@ def verify(
     signs one every few minutes): otherwise the newest checkpoints were removed — the one change the
     chain of checkpoints itself cannot show."""
     result = Result(period=(start, end))
-    signed, legacy, floors = _checkpoints(database, public_keys, result, expected)
+    signed, legacy, floors, signed_timed = _checkpoints(database, public_keys, result, expected)
     erased = _erased_subjects(database)
     personal = _PersonalCheck(pseudonym_keys, erased)
     chains = {chain: Head(chain, seq, head) for chain, seq, head in _chain_rows(database)}
-    for chain, floor_seq, floor_hash in (
-        AuditChain.select(AuditChain.chain, AuditChain.floor_seq, AuditChain.floor_hash)
+    timed: dict[int, int] = {}
+    for chain, floor_seq, floor_hash, timed_from in (
+        AuditChain.select(AuditChain.chain, AuditChain.floor_seq, AuditChain.floor_hash, AuditChain.timed_from)
         .where(AuditChain.chain >= 0)
         .tuples()
     ):
         if (floor_seq, floor_hash) != floors.get(chain, (0, integrity.GENESIS)):  # what prune trusts: signed?
             detail = "the chain's pruned floor differs from the one a checkpoint signed"
             result.breaks.append(Break(chain, "edited", floor_seq, None, detail))
+        timed[chain] = timed_from if signed_timed is None else signed_timed.get(chain, 0)
+        if timed_from != timed[chain]:  # moved to let a back-dated row pass
+            detail = "the chain's start of monotonic time differs from the one a checkpoint signed"
+            result.breaks.append(Break(chain, "edited", timed_from, None, detail))
     period = start is not None or end is not None
     places = _period_places(start, end) if period else {}
     for chain in sorted(set(chains) | set(signed)):  # a chain emptied by hand is still in its checkpoints
@@ -138,19 +143,10 @@ def verify(
         if hi is not None and hi < lo:
             continue  # nothing of this chain was written in the period
         result.chains += not period or chain in places  # not one read only for its rows beside the period
-        previous = floor[1] if lo == floor[0] + 1 else _hash_at(chain, lo - 1)
-        check = ChainCheck(chain, seq=lo - 1, hash=previous or integrity.GENESIS)
+        previous, at = (floor[1], None) if lo == floor[0] + 1 else _row_at(chain, lo - 1)
+        check = ChainCheck(chain, seq=lo - 1, hash=previous or integrity.GENESIS, at=at, timed_from=timed[chain])
         heads = [h for h in signed.get(chain, ()) if h.seq >= lo and (hi is None or h.seq <= hi)]
-        watch = frozenset(h.seq for h in heads)
-        for row in _rows(database, chain, lo, hi):
-            entry = integrity.Entry(*row[3:13], row[16])
-            before = check.first_break
-            check.feed(row[0], row[1], row[2], entry, watch)
-            moved = before is None and check.first_break is not None and check.first_break.kind == "edited"
-            if moved and _linked_nearby(chain, row[1], row[2], entry):  # consistent, but not where it belongs
-                check.first_break = check.first_break._replace(kind="reordered")
-            if check.first_break is None and before is None and not personal.ok(row[13:16], row[8], row[9]):
-                check.first_break = Break(chain, "personal-data-edited", row[1], row[0], personal.detail)
+        _walk(database, check, personal, lo, hi, frozenset(h.seq for h in heads))
         # the rows the period holds (its neighbours are read, not counted), or all that were read
         result.rows += (places[chain][2] if chain in places else 0) if period else check.rows
         if hi is None:  # the chain's end was read: every later signed head must be there too
@@ -165,6 +161,61 @@ def verify(
     if unsealed_before is not None:
         _unsealed(database, result, signed, unsealed_before)
     return result
+
+
+def _walk(
+    database: Database, check: ChainCheck, personal: _PersonalCheck, lo: int, hi: int | None, watch: frozenset[int]
+) -> None:
+    """Feed the chain's rows from place `lo` (to `hi`) to `check`, and check each row's personal fields."""
+    chain = check.chain
+    for row in chain_rows_between(database, chain, lo, hi):
+        entry = integrity.Entry(*row[3:13], row[16])
+        before = check.first_break
+        check.feed(row[0], row[1], row[2], entry, watch)
+        moved = before is None and check.first_break is not None and check.first_break.kind == "edited"
+        if moved and _linked_nearby(chain, row[1], row[2], entry):  # consistent, but not where it belongs
+            check.first_break = check.first_break._replace(kind="reordered")
+        if check.first_break is None and before is None and not personal.ok(row[13:16], row[8], row[9]):
+            check.first_break = Break(chain, "personal-data-edited", row[1], row[0], personal.detail)
+
+
+def since_last_checkpoint(
+    database: Database,
+    public_keys: dict[str, Ed25519PublicKey],
+    pseudonym_keys: Sequence[bytes],
+    snapshot: Sequence[Head],
+) -> list[Break]:
+    """The breaks among the rows a checkpoint of `snapshot` would seal: those after the last checkpoint's heads
+    (links, hashes, monotonic time, personal data, every row there), and that checkpoint's own signature. Only
+    those rows: what the last checkpoint sealed, `verify` checks — a periodic checkpoint must stay cheap."""
+    stored_last = latest(database)
+    breaks: list[Break] = []
+    sealed: dict[int, Head] = {}
+    if stored_last is not None:
+        try:
+            checkpoint = stored(stored_last)
+            sealed = {h.chain: h for h in checkpoint.heads}
+            valid = signing.valid_signers(checkpoint.text, checkpoint.signatures, public_keys)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            valid = []
+        if not valid:
+            detail = f"checkpoint #{stored_last.id}: no valid signature by a known key"
+            return [Break(-1, "forged-checkpoint", None, None, detail)]
+    chains = AuditChain.select(AuditChain.chain, AuditChain.floor_seq, AuditChain.floor_hash, AuditChain.timed_from)
+    known = {chain: (floor_seq, floor_hash, timed) for chain, floor_seq, floor_hash, timed in chains.tuples()}
+    personal = _PersonalCheck(pseudonym_keys, _erased_subjects(database))
+    for head in snapshot:
+        floor_seq, floor_hash, timed = known.get(head.chain, (0, integrity.GENESIS, 0))
+        start = sealed.get(head.chain, Head(head.chain, floor_seq, floor_hash))
+        if head.seq <= start.seq:
+            continue  # nothing new in this chain
+        at = _row_at(head.chain, start.seq)[1] if start.seq > floor_seq else None
+        check = ChainCheck(head.chain, seq=start.seq, hash=start.hash, at=at, timed_from=timed)
+        _walk(database, check, personal, start.seq + 1, head.seq, frozenset((head.seq,)))
+        broken = check.finish([head], None, floor_seq, head.seq)
+        if broken is not None:
+            breaks.append(broken)
+    return breaks
 
 
 def _unsealed(database: Database, result: Result, signed: dict[int, list[Head]], before: datetime) -> None:
@@ -185,12 +236,14 @@ def _unsealed(database: Database, result: Result, signed: dict[int, list[Head]],
 
 def _checkpoints(
     database: Database, public_keys: dict[str, Ed25519PublicKey], result: Result, expected: Sequence[str] = ()
-) -> tuple[dict[int, list[Head]], int | None, dict[int, tuple[int, str]]]:
+) -> tuple[dict[int, list[Head]], int | None, dict[int, tuple[int, str]], dict[int, int] | None]:
     """Every validly signed head by chain; the count of rows from before the chains the first checkpoint
-    signed; each chain's pruned floor (place, hash)."""
+    signed; each chain's pruned floor (place, hash); each chain's place up to which rows predate monotonic
+    time, as the last checkpoint that says signed it."""
     signed: dict[int, list[Head]] = {}
     legacy: int | None = None
     floors: dict[int, tuple[int, str]] = {}
+    timed: dict[int, int] | None = None  # None: no checkpoint has signed the places yet
     previous = None
     seen: dict[str, int] = {}  # sha256 of each validly signed checkpoint → its id
     for row in AuditCheckpoint.select().order_by(AuditCheckpoint.id):
@@ -219,6 +272,8 @@ def _checkpoints(
         legacy = payload.get("legacy_rows", 0) if legacy is None else legacy
         for chain, (seq, hash_) in payload.get("floors", {}).items():
             floors[int(chain)] = (seq, hash_)
+        if isinstance(payload.get("timed_from"), dict):
+            timed = {int(chain): seq for chain, seq in payload["timed_from"].items()}
         result.checkpoint = {"id": row.id, "at": payload["at"], "reason": payload["reason"], "signed_by": signers}
         result.checkpoint["sha256"] = previous
         seen[previous] = row.id
@@ -228,7 +283,7 @@ def _checkpoints(
         else:
             detail = f"the checkpoint with SHA-256 {digest[:16]}… you hold is not in the database"
             result.breaks.append(Break(-1, "deleted-checkpoint", None, None, detail))
-    return signed, legacy, floors
+    return signed, legacy, floors, timed
 
 
 def _erased_subjects(database: Database) -> set[str]:
@@ -303,11 +358,16 @@ def _linked_nearby(chain: int, seq: int, stored_hash: str, entry: integrity.Entr
     return any(integrity.link(h, entry) == stored_hash for h in candidates)
 
 
-def _hash_at(chain: int, seq: int) -> str | None:
-    return AuditLog.select(AuditLog.entry_hash).where((AuditLog.chain == chain) & (AuditLog.seq == seq)).scalar()
+def _row_at(chain: int, seq: int) -> tuple[str | None, str | None]:
+    """(entry hash, time as the hash covers it) of the row at a place: where a partial walk starts from."""
+    query = AuditLog.select(AuditLog.entry_hash, AuditLog.timestamp).where(
+        (AuditLog.chain == chain) & (AuditLog.seq == seq)
+    )
+    found = query.tuples().first()
+    return (None, None) if found is None else (found[0], integrity.timestamp_text(found[1]))
 
 
-def _rows(database: Database, chain: int, lo: int, hi: int | None) -> Iterator[tuple]:
+def chain_rows_between(database: Database, chain: int, lo: int, hi: int | None) -> Iterator[tuple]:
     """The chain's rows from place `lo` (to `hi`), in order, a page at a time (keyset on place and id).
     Plain SQL, not the model: a million rows through peewee's row conversion would double the time."""
     postgres = is_postgres(database)

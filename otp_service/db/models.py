@@ -106,6 +106,8 @@ class AuditChain(BaseModel):
     head = CharField(max_length=64)
     floor_seq = BigIntegerField(default=0)  # rows up to here were pruned…
     floor_hash = CharField(max_length=64)  # …and the chain goes on from this hash
+    head_at = DateTimeField(null=True)  # the last row's time: the next row's is never earlier (`chain.clamp`)
+    timed_from = BigIntegerField(default=0)  # rows up to here were written before times had to be monotonic
 
     class Meta:
         table_name = "audit_chains"

@@ -57,7 +57,7 @@ _EVENT_TYPES = ("timestamp", "text", "bool", "text", "text", "text", "text", "te
 _T_KEYS = ("i", "tenant", "device_id", "expected", "writes", *_NEW_COLUMNS)
 _T_TYPES = ("int", "int", "text", "bigint", "bool", *(_PG_TYPES[c] for c in _NEW_COLUMNS))
 _NO_ROW = (None,) * len(_NEW_COLUMNS)
-_E_KEYS = ("i", "n", *AUDIT_COLUMNS, "personal", "subject", "content")
+_E_KEYS = ("i", "n", *AUDIT_COLUMNS, "personal", "subject", "rest")
 _AUDIT_OUT = ", ".join((*AUDIT_COLUMNS, *CHAIN_COLUMNS))
 
 
@@ -107,27 +107,37 @@ WITH RECURSIVE t AS (
 ), evs AS (  -- the audit rows to write, numbered in order
     SELECT e.*, row_number() OVER (ORDER BY e.n) AS k FROM ev e JOIN applied a ON a.i = e.i
 ), free AS (  -- a chain nobody is extending now (`journal`), starting from a random one
-    SELECT chain, seq, head FROM audit_chains WHERE chain >= 0 AND chain < %s::int AND EXISTS (SELECT FROM evs)
+    SELECT chain, seq, head, head_at FROM audit_chains
+    WHERE chain >= 0 AND chain < %s::int AND EXISTS (SELECT FROM evs)
     ORDER BY mod(chain + %s::int, %s::int) LIMIT 1 FOR UPDATE SKIP LOCKED
 ), busy AS (  -- all are being extended: wait for one
-    SELECT chain, seq, head FROM audit_chains
+    SELECT chain, seq, head, head_at FROM audit_chains
     WHERE chain = %s::int AND EXISTS (SELECT FROM evs) AND NOT EXISTS (SELECT FROM free) FOR UPDATE
-), ch AS (
-    SELECT * FROM free UNION ALL SELECT * FROM busy
+), ch AS (  -- with the chain's last time: the head's (the locked row's latest version), or its head row's
+    -- when that is later (a row written by a process from before head_at; a newer one may be unseen here)
+    SELECT c.chain, c.seq, c.head, greatest(c.head_at, (
+        SELECT l.timestamp FROM audit_logs l WHERE l.chain = c.chain AND l.seq = c.seq AND c.seq > 0
+    )) AS head_at FROM (SELECT * FROM free UNION ALL SELECT * FROM busy) c
+), timed AS (  -- each row's time: never earlier than the row's before it in the chain (`chain.clamp`)
+    SELECT e.k, greatest(max(e.timestamp) OVER (ORDER BY e.k), (SELECT head_at FROM ch)) AS at FROM evs e
+), hashed AS (  -- the content hash over the time written (`chain.encode_entry`: "26:<time>" then the rest)
+    SELECT t.k, t.at, sha256(convert_to('26:' || to_char(t.at, 'YYYY-MM-DD HH24:MI:SS.US') || e.rest, 'UTF8')) AS c
+    FROM timed t JOIN evs e ON e.k = t.k
 ), linked AS (  -- entry_hash = sha256(previous entry_hash || content hash), row after row
-    SELECT e.k, encode(sha256(decode(c.head, 'hex') || decode(e.content, 'hex')), 'hex') AS h
-    FROM evs e CROSS JOIN ch c WHERE e.k = 1
+    SELECT x.k, encode(sha256(decode(c.head, 'hex') || x.c), 'hex') AS h
+    FROM hashed x CROSS JOIN ch c WHERE x.k = 1
     UNION ALL
-    SELECT e.k, encode(sha256(decode(l.h, 'hex') || decode(e.content, 'hex')), 'hex')
-    FROM linked l JOIN evs e ON e.k = l.k + 1
+    SELECT x.k, encode(sha256(decode(l.h, 'hex') || x.c), 'hex')
+    FROM linked l JOIN hashed x ON x.k = l.k + 1
 ), logged AS (
     INSERT INTO audit_logs ({_AUDIT_OUT})
-    SELECT {", ".join(f"e.{c}" for c in AUDIT_COLUMNS)}, c.chain, c.seq + e.k, l.h, e.personal, e.subject
-    FROM evs e JOIN linked l ON l.k = e.k CROSS JOIN ch c ORDER BY e.k
+    SELECT x.at, {", ".join(f"e.{c}" for c in AUDIT_COLUMNS[1:])}, c.chain, c.seq + e.k, l.h, e.personal, e.subject
+    FROM evs e JOIN linked l ON l.k = e.k JOIN hashed x ON x.k = e.k CROSS JOIN ch c ORDER BY e.k
     RETURNING 1
 ), extended AS (
     UPDATE audit_chains a
-    SET seq = c.seq + (SELECT count(*) FROM evs), head = (SELECT h FROM linked ORDER BY k DESC LIMIT 1)
+    SET seq = c.seq + (SELECT count(*) FROM evs), head = (SELECT h FROM linked ORDER BY k DESC LIMIT 1),
+    head_at = (SELECT at FROM timed ORDER BY k DESC LIMIT 1)
     FROM ch c WHERE a.chain = c.chain AND EXISTS (SELECT FROM evs)
 ), told AS (  -- the new states, for the other processes that remember these devices (delivered on commit),
     -- a few to a notification (a payload holds 8000 bytes): the transitions' own elements of the batch,

@@ -45,6 +45,7 @@ class OtpService(Commands, Reads, AuditTrail):
         self.journal = Journal(database, keyring.purpose_key(integrity.PURPOSE), settings.audit_chains)
         self.audit_keys = checkpoints.Keys.from_settings(settings)
         self._last_signed: tuple[int, str] | None = None  # (id, sha256) of the last checkpoint this process signed
+        self._refused = None  # the first break of the last periodic checkpoint refused (audited once)
         self.store = open_store(database, self.journal)
         self.engine = Engine(self.store)
         self.clients = Directory(settings.api_keys, clock)

@@ -42,6 +42,7 @@ class AuditTrail:
     store: Store
     engine: Engine
     _last_signed: tuple[int, str] | None
+    _refused: integrity.Break | None  # the first break the last refused periodic checkpoint found
     unit_of_work: Callable[..., AbstractContextManager[None]]
     query: Callable[..., Any]
     record: Callable[..., None]
@@ -93,11 +94,33 @@ class AuditTrail:
                     self._last_signed[0],
                 )
                 return None
-            taken = checkpoints.take_if_due(self.database, self.audit_keys, self.settings, to_datetime(self._now(None)))
+            try:
+                at = to_datetime(self._now(None))
+                taken = checkpoints.take_if_due(self.database, self.audit_keys, self.settings, at, self._sealable)
+            except checkpoints.Unverified as refused:
+                self._refuse_to_seal(refused.breaks)
+                return None
         if taken is None:
             return None
         self._last_signed = (taken.id, hashlib.sha256(taken.payload.encode("utf-8")).hexdigest())
         return self._last_signed
+
+    def _sealable(self, snapshot: tuple[integrity.Head, ...]) -> list[integrity.Break]:
+        """The breaks among the rows the periodic checkpoint would seal (only those since the last one)."""
+        return audit_verify.since_last_checkpoint(self.database, self.audit_keys.public, self.pseudonym_keys, snapshot)
+
+    def _refuse_to_seal(self, breaks: list[integrity.Break]) -> None:
+        """Nothing was signed: say so in the log every time (where, not what: no row's content, so no personal
+        data), and audit it once per first break (`AUDIT_VERIFIED`, failed: counted in /metrics) — the task
+        asks every few seconds. `audit verify` goes on reporting the break (the rows stay unsealed too)."""
+        first = breaks[0]
+        where = f"chain {first.chain}, place {first.seq}, row id {first.row_id}"
+        log.error("audit rows since the last checkpoint do not verify (%s at %s): not signing", first.kind, where)
+        if self._refused == first:
+            return
+        self._refused = first
+        data = {"breaks": len(breaks), "first": f"{first.kind} at {where}", "checkpoint": "refused"}
+        self.record(Action.AUDIT_VERIFIED, SYSTEM, reason="BROKEN", data=data)
 
     def prune_audit(self, before: datetime, export_dir: Any) -> dict[str, Any]:
         """Refused on a trail that does not verify: pruning must not bury a break (or trust a forged floor)."""

@@ -41,6 +41,7 @@ def test_first_migration_upgrades_to_head(empty_db_url):
         "0009_reports_pdf",
         "0010_tenants",
         "0011_user_id_spelling",
+        "0012_audit_monotonic_time",
     ]
     assert pending_migrations(database) == later
     with database.connection_context():
