@@ -158,3 +158,12 @@ def describe(state: RecoveryState | None) -> dict | None:
         "locked_until": None if hard else isoformat(state.locked_until),
         "hard_locked": hard,
     }
+
+
+def audited_user(transition: Transition, user_id: str) -> str | None:
+    """Whom a recovery-code transition's audit rows name: the user, when they have a set (before or after);
+    no one when they have none. A refusal for a user with no set is about nothing the service holds — like
+    a code for an unknown device, which names no user either — and naming them would write personal data
+    of someone who may just have been erased: a request that waited on the set's row while an erasure
+    deleted it decides after the erasure, and must not bring the user back into the trail."""
+    return user_id if transition.before is not None or transition.after is not None else None

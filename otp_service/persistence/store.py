@@ -28,7 +28,7 @@ from peewee import Database
 
 from ..audit.journal import CHAIN_COLUMNS, Journal
 from ..audit.rows import AUDIT_COLUMNS, RequestContext, audit_row
-from ..core.recovery import RecoveryState
+from ..core.recovery import RecoveryState, audited_user
 from ..core.transitions import STATE_COLUMNS, AuditEvent, DeviceState, Transition
 from ..db.database import is_postgres
 from ..db.models import Device, RecoveryCodes
@@ -290,7 +290,8 @@ class Store(ABC):
                     else:
                         mine = (RecoveryCodes.tenant_id == ctx.tenant_id) & (RecoveryCodes.user_id == user_id)
                         RecoveryCodes.update(values).where(mine).execute()
-                rows = [audit_row(e, transition.at, None, user_id, ctx) for e in transition.events]
+                named = audited_user(transition, user_id)
+                rows = [audit_row(e, transition.at, None, named, ctx) for e in transition.events]
                 if rows:
                     self.record(rows)
                 return transition

@@ -123,8 +123,10 @@ def two_processes(tmp_path, database):
 @pytest.mark.parametrize("trial", range(5))
 def test_an_erasure_during_traffic_leaves_no_row_naming_the_user(two_processes, database, trial):
     """The attack review's race: a burst of codes at the user's devices (wrong ones, then refusals while
-    locked) across two processes while the user is erased. Refusals were recorded without holding their row,
-    so rows committed after the erasure's UPDATE escaped it (4-22 rows in 5 of 5 trials)."""
+    locked) and of wrong recovery codes, across two processes, while the user is erased. Refusals were
+    recorded without holding their row, so rows committed after the erasure's UPDATE escaped it (4-22 rows
+    in 5 of 5 trials); a recovery attempt that waited on the set's row while the erasure deleted it recorded
+    "no recovery codes" naming the user (30 rows in each of 2 trials of the second review)."""
     first, second = two_processes
     headers = {"Authorization": f"Bearer {API_KEY}"}
     regs = []
@@ -133,10 +135,15 @@ def test_an_erasure_during_traffic_leaves_no_row_naming_the_user(two_processes, 
         status, reg = http("POST", f"http://127.0.0.1:{first}/api/v1/devices/register", body, headers)
         assert status == 201
         regs.append(reg["data"])
+    status, _ = http("POST", f"http://127.0.0.1:{first}/api/v1/users/{VICTIM}/recovery-codes", None, headers)
+    assert status == 201
     stop = threading.Event()
 
     def hammer(n: int) -> None:
         reg, port = regs[n % len(regs)], (first, second)[n % 2]
+        while not stop.is_set() and n >= 6:  # two threads at the recovery codes
+            body = {"code": f"WRNG-{n:04d}-CODE"}
+            http("POST", f"http://127.0.0.1:{port}/api/v1/users/{VICTIM}/recovery-codes/verify", body, headers)
         while not stop.is_set():
             body = {"device_id": reg["device_id"], "otp": wrong_code(reg, datetime.now().timestamp())}
             http("POST", f"http://127.0.0.1:{port}/api/v1/otp/verify", body, headers)
@@ -148,5 +155,5 @@ def test_an_erasure_during_traffic_leaves_no_row_naming_the_user(two_processes, 
         status, erased = http("POST", f"http://127.0.0.1:{second}/api/v1/users/{VICTIM}/erase", None, headers)
         threading.Event().wait(0.5)  # the burst goes on after the erasure: those rows name nobody
         stop.set()
-    assert status == 200 and erased["data"]["devices"] == 4
+    assert status == 200 and erased["data"]["devices"] == 4 and erased["data"]["recovery_codes"] == 1
     assert rows_naming(database, VICTIM) == []
