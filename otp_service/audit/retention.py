@@ -26,9 +26,8 @@ from peewee import Database, fn
 
 from ..core.actions import Action
 from ..core.transitions import AuditEvent, isoformat
-from ..core.validation import normal_user_id
 from ..db.database import is_postgres
-from ..db.models import AuditChain, AuditLog, Device, RecoveryCodes, Report
+from ..db.models import AuditChain, AuditLog, Device, RecoveryCodes, Report, UserSpelling
 from . import chain as integrity
 from . import checkpoints
 from .checkpoints import Keys
@@ -175,7 +174,7 @@ def erase(
     device (`store.APPLY` records a refusal only on a row it holds)."""
     tenant_id = ctx.tenant_id
     with database.atomic():
-        names = spellings(database, tenant_id, user_id)
+        names = UserSpelling.of(tenant_id, user_id)  # and its spellings from before ids were normalised
         subjects = sorted({integrity.subject(key, name, tenant_id) for key in pseudonym_keys for name in names})
         devices_of = (Device.tenant_id == tenant_id) & Device.user_id.in_(names)
         rows_of = (AuditLog.tenant_id == tenant_id) & AuditLog.user_id.in_(names)
@@ -191,6 +190,7 @@ def erase(
             .execute()
         )
         rows = AuditLog.update(user_id=None, ip_address=None, user_agent=None).where(rows_of).execute()
+        UserSpelling.delete().where((UserSpelling.tenant_id == tenant_id) & (UserSpelling.user_id == user_id)).execute()
         # a stored user report is the user's personal data, whole: it goes too
         mine = Report.tenant_id == tenant_id
         reports = Report.delete().where(mine & (Report.kind == "user") & Report.subject.in_(names)).execute()
@@ -223,22 +223,6 @@ def erase(
         "reports_withdrawn": withdrawn,
         "device_ids": device_ids,
     }
-
-
-def spellings(database: Database, tenant_id: int, user_id: str) -> list[str]:
-    """`user_id` (normalised) and every other spelling the tenant's records hold it under: ids were not
-    normalised before migration 0011, and audit rows keep the spelling they were written with. Only an id
-    with a non-ASCII character can be another spelling (ASCII is its own NFKC), so only those are read."""
-
-    def non_ascii(column: Any) -> Any:
-        chars = fn.OCTET_LENGTH(column) if is_postgres(database) else fn.LENGTH(column.cast("BLOB"))
-        return chars > fn.LENGTH(column)
-
-    found = {user_id}
-    for model in (AuditLog, Device, RecoveryCodes):
-        query = model.select(model.user_id).distinct().where((model.tenant_id == tenant_id) & non_ascii(model.user_id))
-        found.update(u for (u,) in query.tuples() if u is not None and normal_user_id(u) == user_id)
-    return [user_id, *sorted(found - {user_id})]
 
 
 def _as_datetime(value: Any) -> datetime:

@@ -145,6 +145,26 @@ class RecoveryCodes(BaseModel):
         primary_key = CompositeKey("tenant_id", "user_id")
 
 
+class UserSpelling(BaseModel):
+    """A spelling a user id was stored under before ids were normalised (migration 0011): audit rows keep
+    the spelling they were written with (their digest covers it), so the reads and the erasure of a user
+    look for these too. Filled once by the migration; emptied for a user by their erasure."""
+
+    tenant_id = IntegerField()
+    spelling = CharField(max_length=254)
+    user_id = CharField(max_length=254)  # the normalised id
+
+    class Meta:
+        table_name = "user_spellings"
+        primary_key = CompositeKey("tenant_id", "spelling")
+
+    @classmethod
+    def of(cls, tenant_id: int, user_id: str) -> list[str]:
+        """`user_id` and every older spelling of it: what to match a user's rows with."""
+        query = cls.select(cls.spelling).where((cls.tenant_id == tenant_id) & (cls.user_id == user_id))
+        return [user_id, *sorted(s for (s,) in query.tuples())]
+
+
 class ApiClient(BaseModel):
     """A caller of the API: its scopes and a digest of its key (the key itself is shown once, never kept)."""
 

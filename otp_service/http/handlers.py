@@ -152,7 +152,9 @@ class UnlockHandler(ApiHandler):
     async def post(self, device_id: str) -> None:
         device_id = validation.device_id(device_id)
         message = f"Device {device_id!r} was unlocked too often; try again later."
-        await self._limit("unlock", f"device:{self.context.tenant_id}:{device_id}", message, "UNLOCK", device_id=device_id)
+        await self._limit(
+            "unlock", f"device:{self.context.tenant_id}:{device_id}", message, "UNLOCK", device_id=device_id
+        )
         data = await self.service.unlock(device_id, self.context)
         self.respond(data, "Device unlocked")
 

@@ -40,7 +40,7 @@ def audit_events(start: datetime, end: datetime, user_id: str | None = None) -> 
         AuditLog.entry_hash,
     ).where(sql.in_period(start, end))
     if user_id is not None:
-        query = query.where(AuditLog.user_id == user_id)
+        query = query.where(sql.of_user(user_id))
     for row in query.order_by(AuditLog.id).tuples().iterator():
         yield (row[0], _iso(row[1]), *row[2:3], bool(row[3]), *row[4:])
 

@@ -327,13 +327,13 @@ def user_first_day(database_url: str, user_id: str, tenant: str = DEFAULT_NAME) 
     from peewee import fn
 
     from ..db.database import UNAVAILABLE_ERRORS, open_database
-    from ..db.models import AuditLog, Device
+    from ..db.models import AuditLog, Device, UserSpelling
 
     try:
         database = open_database(local_database_url(database_url), 1, 5)
         tenant_id = _tenant_id(database, tenant)
         with database.connection_context():
-            mine = (AuditLog.tenant_id == tenant_id) & (AuditLog.user_id == user_id)
+            mine = (AuditLog.tenant_id == tenant_id) & AuditLog.user_id.in_(UserSpelling.of(tenant_id, user_id))
             devices = (Device.tenant_id == tenant_id) & (Device.user_id == user_id)
             first = [
                 AuditLog.select(fn.MIN(AuditLog.timestamp)).where(mine).scalar(),

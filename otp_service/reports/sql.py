@@ -22,7 +22,7 @@ from peewee import SQL, ColumnBase, Expression, Model, NodeList, SelectBase, fn
 from ..core.actions import Action
 from ..core.transitions import DEFAULT_TENANT
 from ..db.database import is_postgres
-from ..db.models import AuditLog, db
+from ..db.models import AuditLog, UserSpelling, db
 
 VERIFY = Action.OTP_VERIFICATION
 
@@ -63,6 +63,11 @@ TENANT: ContextVar[int] = ContextVar("report_tenant", default=DEFAULT_TENANT)
 def of_tenant(model: type[Model]) -> Expression:
     """The rows of `model` (devices, audit rows) that belong to the report's tenant."""
     return model.tenant_id == TENANT.get()
+
+
+def of_user(user_id: str) -> Expression:
+    """The report's tenant's audit rows that name `user_id`, under any spelling it was stored with."""
+    return AuditLog.user_id.in_(UserSpelling.of(TENANT.get(), user_id))
 
 
 def in_period(start: datetime, end: datetime) -> Expression:

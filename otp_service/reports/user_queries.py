@@ -63,7 +63,7 @@ def user_activity(user_id: str, start: datetime, end: datetime) -> pd.DataFrame:
             fn.MIN(AuditLog.timestamp),
             fn.MAX(AuditLog.timestamp),
         )
-        .where(sql.in_period(start, end) & (AuditLog.user_id == user_id))
+        .where(sql.in_period(start, end) & sql.of_user(user_id))
         .group_by(AuditLog.action)
         .order_by(AuditLog.action)
     )
@@ -86,7 +86,7 @@ def user_trail(user_id: str, start: datetime, end: datetime) -> pd.DataFrame:
             AuditLog.ip_address,
             AuditLog.user_agent,
         )
-        .where(sql.in_period(start, end) & (AuditLog.user_id == user_id))
+        .where(sql.in_period(start, end) & sql.of_user(user_id))
         .order_by(AuditLog.id)
     )
     frame = sql.frame(query, ["time", "action", "success", "reason", "device", "client", "address", "user agent"])

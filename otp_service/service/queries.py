@@ -17,7 +17,7 @@ from ..core.actions import Action
 from ..core.period import last_day
 from ..core.recovery import RecoveryState
 from ..core.transitions import STATE_COLUMNS, DeviceState, isoformat, to_datetime
-from ..db.models import AuditLog, Device, RecoveryCodes, Report
+from ..db.models import AuditLog, Device, RecoveryCodes, Report, UserSpelling
 
 
 def device(key: tuple[int, str]) -> Device:
@@ -51,7 +51,8 @@ def user_devices(tenant_id: int, user_id: str, at: datetime) -> dict[str, Any]:
 
 def user_audit(tenant_id: int, user_id: str, limit: int = 50, before: int | None = None) -> dict[str, Any]:
     """Newest first, keyset-paginated on the row id so deep pages cost the same as the first."""
-    query = AuditLog.select().where((AuditLog.tenant_id == tenant_id) & (AuditLog.user_id == user_id))
+    spellings = UserSpelling.of(tenant_id, user_id)  # rows from before ids were normalised keep theirs
+    query = AuditLog.select().where((AuditLog.tenant_id == tenant_id) & AuditLog.user_id.in_(spellings))
     if before is not None:
         query = query.where(AuditLog.id < before)
     rows = list(query.order_by(AuditLog.id.desc()).limit(limit + 1))

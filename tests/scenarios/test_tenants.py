@@ -198,7 +198,6 @@ def test_a_tenants_clients_share_its_rate_limit(make_server, db_url, database):
     assert api.get("/api/v1/stats", auth=outsider).status == 200
 
 
-
 def test_another_tenant_cannot_spend_a_devices_unlocks(make_server, db_url, database, two_tenants):
     """The unlock limit is per tenant and device (the attack review: a foreign key's ten 404s left the owner
     unable to unlock its own device for an hour)."""
@@ -208,6 +207,7 @@ def test_another_tenant_cannot_spend_a_devices_unlocks(make_server, db_url, data
     foreign = [api.post("/api/v1/devices/A1/unlock", auth=globex).status for _ in range(4)]
     assert foreign == [404, 404, 404, 429]
     assert api.post("/api/v1/devices/A1/unlock", auth=acme).status == 200
+
 
 @pytest.fixture
 def two_processes(tmp_path, database):

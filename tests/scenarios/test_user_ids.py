@@ -4,12 +4,14 @@ normalised is brought to that spelling or, for audit rows, erased under every sp
 
 import importlib
 import json
+from datetime import datetime
 from urllib.parse import quote
 
 import pytest
 
 from otp_service.audit.rows import RequestContext
-from otp_service.db.models import AuditLog, Device
+from otp_service.db.models import AuditLog, Device, UserSpelling
+from otp_service.reports import user_queries
 from tests.helpers import audit_rows
 from tests.serving import run_cli
 
@@ -61,18 +63,29 @@ def test_the_command_line_reads_ids_the_same_way(api, db_url, tmp_path):
 
 
 def test_data_from_before_normalisation_is_found_under_the_one_spelling(api, service, database):
-    """Rows written by a release that kept ids as sent: the migration renames devices, and an erasure
-    reaches audit rows under their old spelling — and the trail still verifies."""
+    """Rows written by a release that kept ids as sent: the migration renames devices and lists the old
+    spelling, the user's trail and report read its audit rows, an erasure reaches them — and the trail
+    still verifies."""
     ctx = RequestContext(ip_address="192.0.2.7", user_agent="old-app/1.0")
     service.register("OLD-1", WIDE, ctx)  # the service itself takes ids as given: as an old release wrote them
     with database.connection_context():
         assert Device.get(Device.device_id == "OLD-1").user_id == WIDE
+        database.execute_sql("DROP TABLE user_spellings")  # as before the migration
         importlib.import_module("otp_service.db.migrations.0011_user_id_spelling").up(None, database)
         assert Device.get(Device.device_id == "OLD-1").user_id == PLAIN
+        assert UserSpelling.of(1, PLAIN) == [PLAIN, WIDE]
+        activity = user_queries.user_activity(PLAIN, datetime(2000, 1, 1), datetime(2100, 1, 1))  # default tenant
+        assert activity["records"].sum() == 1
     assert [d["device_id"] for d in api.get(users(PLAIN) + "/devices").body["data"]["devices"]] == ["OLD-1"]
+    trail = api.get(users(NFD.replace("jose", "x")) + "/audit")  # another user: nothing
+    assert trail.status == 200 and trail.body["data"]["entries"] == []
+    entries = api.get(users(PLAIN) + "/audit").body["data"]["entries"]
+    assert [e["action"] for e in entries] == ["DEVICE_REGISTERED"]
     erased = api.post(users(PLAIN) + "/erase").body["data"]
     assert erased["devices"] == 1 and erased["audit_rows"] >= 1
     with database.connection_context():
         left = [r for r in AuditLog.select() if WIDE in json.dumps(list(r.__data__.values()), default=str)]
     assert left == []
+    with database.connection_context():
+        assert UserSpelling.of(1, PLAIN) == [PLAIN]  # the list named the user too
     assert service.verify_audit(record=False).intact

@@ -337,7 +337,6 @@ def test_recovery_codes_are_one_time_and_stored_only_as_keyed_hashes(service, da
     ]
 
 
-
 def test_an_attempt_at_a_user_with_no_recovery_codes_names_no_one(service, database):
     """It is audited (the address and client of whoever tried), but without the user id: the service holds
     nothing of that user, and the attempt may have waited on a set an erasure was deleting (attack review)."""
@@ -346,6 +345,7 @@ def test_an_attempt_at_a_user_with_no_recovery_codes_names_no_one(service, datab
     rows = audit_rows(database, action="RECOVERY_CODE_VERIFICATION")
     assert [(r.reason, r.user_id, r.ip_address) for r in rows] == [("NO_RECOVERY_CODES", None, CTX.ip_address)]
     assert service.verify_audit(record=False).intact
+
 
 def test_wrong_recovery_codes_lock_the_set_and_a_new_set_replaces_the_old(service, database, clock):
     old = service.issue_recovery_codes("alice", CTX)["codes"]
