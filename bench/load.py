@@ -3,8 +3,10 @@ measured in the same run: verify (valid, fresh devices), verify (wrong code), re
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,9 +22,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("wrk_script.lua")
-API_KEY = "bench-api-key-0123456789abcdef"
-METRICS_TOKEN = "bench-metrics-token-0123456789abcdef"
-MASTER_SECRET = "bench-master-secret-0123456789abcdefghijkl"
+# fresh each run: the service runs as production, which refuses a secret written down in the repository
+API_KEY = secrets.token_urlsafe(24)
+METRICS_TOKEN = secrets.token_urlsafe(32)
+MASTER_SECRET = secrets.token_urlsafe(32)
+AUDIT_SIGNING_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_DB = "otp_bench"
 
@@ -131,7 +135,7 @@ def start_service(config: Config, url: str, port: int, workdir: Path, extra: dic
         "MASTER_SECRET": MASTER_SECRET,
         "API_KEY": API_KEY,
         "METRICS_TOKEN": METRICS_TOKEN,
-        "AUDIT_SIGNING_KEY": "YmVuY2gtYXVkaXQtc2lnbmluZy1rZXktMzItYnl0ZXM=",  # 32 bytes: benchmarks only
+        "AUDIT_SIGNING_KEY": AUDIT_SIGNING_KEY,
         "ENVIRONMENT": "production",
         "PORT": str(port),
         "HOST": "127.0.0.1",

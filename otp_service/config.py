@@ -17,6 +17,7 @@ from typing import Any
 from limits import parse_many
 
 from .core.actions import ROUTE_SCOPES
+from .core.secret_strength import PUBLISHED_SECRETS, spellings, weakness
 from .core.signing import key_bytes, new_signing_seed
 from .core.totp import ALGORITHMS, DIGITS_RANGE, INTERVAL_RANGE
 
@@ -26,6 +27,8 @@ MIN_METRICS_TOKEN_LENGTH = 32
 HARD_LOCK_PER_BUDGET = 10  # OTP_HARD_LOCK_FAILURES, when unset, is this many times OTP_MAX_FAILURES
 DEFAULT_DATABASE_URL = "sqlite:///otp_service.db"
 ENVIRONMENTS = ("development", "production", "test")
+SEED_BYTES = 32  # an Ed25519 seed (AUDIT_SIGNING_KEY)
+GENERATE = "generate one, e.g. openssl rand -base64 32"
 
 
 class ConfigError(ValueError):
@@ -360,7 +363,45 @@ class Settings:
                 raise ConfigError("AUDIT_SIGNING_KEY", "is required in production (32 random bytes, base64)")
             values["audit_signing_key"] = new_signing_seed()
             generated.append("AUDIT_SIGNING_KEY")
+        if production:
+            refuse_unsafe_secrets(values)
         return cls(**values, generated=tuple(generated))
+
+
+def secrets_of(values: Mapping[str, Any]) -> list[tuple[str, str, str, str | bytes, int]]:
+    """Every secret the settings hold: (variable, which entry of it — "" for a single value, value, what its
+    strength is judged on — the seed's bytes for an Ed25519 key —, minimum length in characters or bytes)."""
+    keys, found = values["api_key"], []
+    found.append(("MASTER_SECRET", "", values["master_secret"], values["master_secret"], MIN_MASTER_SECRET_LENGTH))
+    for version, secret in sorted(values["master_secrets_previous"].items()):
+        found.append(("MASTER_SECRETS_PREVIOUS", f"version {version}", secret, secret, MIN_MASTER_SECRET_LENGTH))
+    for i, key in enumerate(keys, 1):
+        found.append(("API_KEY", f"key {i} of {len(keys)}", key, key, MIN_PRODUCTION_API_KEY_LENGTH))
+    found.append(("METRICS_TOKEN", "", values["metrics_token"], values["metrics_token"], MIN_METRICS_TOKEN_LENGTH))
+    seed = values["audit_signing_key"]
+    found.append(("AUDIT_SIGNING_KEY", "", seed, key_bytes(seed), SEED_BYTES))
+    for name, seed in values["audit_previous_signing_key"].items():
+        found.append(("AUDIT_PREVIOUS_SIGNING_KEY", f"key {name!r}", seed, key_bytes(seed), SEED_BYTES))
+    return found
+
+
+def refuse_unsafe_secrets(values: Mapping[str, Any]) -> None:
+    """Production runs on none of: a secret published in this repository (anyone has it), one that looks
+    guessable (`core.secret_strength`: one symbol repeated, a repeated pattern or run, too few distinct
+    characters — a constant-byte Ed25519 seed), one value in two places (holding one would be holding the
+    other: a scraper's token must not be an API key or the master secret). The message names the variable and
+    the entry, and never the value."""
+    seen: dict[str, str] = {}
+    for variable, entry, secret, material, min_length in secrets_of(values):
+        subject, names = f"{entry} " if entry else "", spellings(secret)
+        if names & PUBLISHED_SECRETS:
+            raise ConfigError(variable, f"{subject}is a value published in otp-service's code or docs; {GENERATE}")
+        problem = weakness(material, min_length)
+        if problem is not None:
+            raise ConfigError(variable, f"{subject}{problem}; {GENERATE}")
+        if reused := next((seen[name] for name in sorted(names) if name in seen), None):
+            raise ConfigError(variable, f"{subject}is the same value as {reused}: each secret must be its own")
+        seen.update(dict.fromkeys(names, f"{variable} ({entry})" if entry else variable))
 
 
 def environment(env: Mapping[str, str]) -> str:

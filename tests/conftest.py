@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import threading
 from dataclasses import dataclass
 
@@ -34,8 +35,10 @@ from tests.openapi_check import check_response
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")
-API_KEY = "test-api-key-0123456789abcdef"
-MASTER_SECRET = "test-master-secret-0123456789abcdefghijklmnop"
+# Fresh each run: production refuses a secret written down in the repository, and production instances the tests
+# start (or production commands run on a test's rows) take these too.
+API_KEY = "test-api-key-" + secrets.token_hex(16)
+MASTER_SECRET = "test-master-secret-" + secrets.token_hex(16)
 T0 = 1_764_000_000.0  # a fixed "now" (2025-11-24T16:00:00Z), on a 30 s step boundary
 
 

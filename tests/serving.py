@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -13,8 +15,11 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
-AUDIT_SIGNING_KEY = "dGVzdC1hdWRpdC1zaWduaW5nLWtleS0zMi1ieXRlcyE="  # 32 bytes, base64: tests only
+# Production refuses a secret written down in the repository: the production instances tests start get fresh
+# ones each run (the same in every process of the run).
+MASTER_SECRET = secrets.token_urlsafe(32)
+METRICS_TOKEN = secrets.token_urlsafe(32)
+AUDIT_SIGNING_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def free_port() -> int:
@@ -39,7 +44,7 @@ def production_env(database_url: str, api_key: str, **extra: str) -> dict[str, s
     return {
         "DATABASE_URL": database_url,
         "ENVIRONMENT": "production",
-        "MASTER_SECRET": "m" * 40,
+        "MASTER_SECRET": MASTER_SECRET,
         "API_KEY": api_key,
         "METRICS_TOKEN": METRICS_TOKEN,
         "AUDIT_SIGNING_KEY": AUDIT_SIGNING_KEY,

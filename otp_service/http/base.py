@@ -108,6 +108,21 @@ class BaseHandler(tornado.web.RequestHandler):
         elif not self._body_too_large:
             self._body += chunk
 
+    def finish(self, chunk: str | bytes | dict | None = None):  # type: ignore[override]
+        """An answer sent before the request's body was read (a refusal in `prepare`: 401, 403, 404, 413, 429)
+        ends the connection — Tornado cannot find the next request without reading this one's body, so it closes
+        once the answer is out — and says so: without `Connection: close` a client that pipelined or reuses the
+        connection would wait for answers that never come, or take the close for a failure of its next request."""
+        if not self._body_read():
+            self.set_header("Connection", "close")
+        return super().finish(chunk)
+
+    def _body_read(self) -> bool:
+        """Whether the whole request body has been received (or the client went away): Tornado resolves the
+        request's body future then, and only after `prepare` has let the body be read."""
+        future = getattr(self.request, "_body_future", None)
+        return future is None or future.done()
+
     def on_finish(self) -> None:
         self._ended()
 

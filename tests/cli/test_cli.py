@@ -7,8 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY, MASTER_SECRET
-from tests.serving import AUDIT_SIGNING_KEY, METRICS_TOKEN, free_port, http, output, run_cli, start_cli, wait_healthy
+from tests.conftest import API_KEY
+from tests.serving import (
+    AUDIT_SIGNING_KEY,
+    MASTER_SECRET,
+    METRICS_TOKEN,
+    free_port,
+    http,
+    output,
+    run_cli,
+    start_cli,
+    wait_healthy,
+)
 
 PROD = {
     "ENVIRONMENT": "production",
@@ -30,6 +40,8 @@ PROD = {
         ({**PROD, "METRICS_TOKEN": "short-token"}, "METRICS_TOKEN"),
         ({**PROD, "AUDIT_SIGNING_KEY": ""}, "AUDIT_SIGNING_KEY"),
         ({**PROD, "AUDIT_SIGNING_KEY": "c2hvcnQ="}, "AUDIT_SIGNING_KEY"),
+        ({**PROD, "MASTER_SECRET": "test-master-secret-0123456789abcdefghijklmnop"}, "MASTER_SECRET"),  # published
+        ({**PROD, "METRICS_TOKEN": MASTER_SECRET}, "METRICS_TOKEN"),  # the master secret again
         ({"OTP_DIGITS": "9"}, "OTP_DIGITS"),
         ({"DATABASE_URL": "ftp://x"}, "DATABASE_URL"),
     ],
