@@ -109,7 +109,7 @@ def per_scope_rates(raw: str) -> dict[str, str]:
 
 def database_url(raw: str) -> str:
     if not re.match(r"^(sqlite|postgres|postgresql)(\+pool)?://", raw):
-        raise ValueError("must start with sqlite://, postgres:// or postgresql://")
+        raise ValueError("must start with sqlite://, postgres:// or postgresql:// (each also as …+pool://)")
     return raw
 
 

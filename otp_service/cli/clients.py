@@ -56,13 +56,14 @@ def cmd_clients(args: argparse.Namespace) -> int:
         print(f"client {args.name} revoked: its key stops working within seconds")
     else:
         print(
-            f"{'NAME':<24} {'SCOPES':<32} {'STATE':<8} {'CREATED':<10} {'LAST USED':<16} {'LAST DAY':<10} OLD KEY UNTIL"
+            f"{'TENANT':<16} {'NAME':<24} {'SCOPES':<32} {'STATE':<8} {'CREATED':<10} {'LAST USED':<16} "
+            f"{'LAST DAY':<10} OLD KEY UNTIL"
         )
         for row in rows:
             state = "revoked" if row["revoked_at"] else "active"
             last_day = row["expires_at"] and row["expires_at"] - timedelta(days=1)
             print(
-                f"{row['name']:<24} {row['scopes']:<32} {state:<8} {_day(row['created_at']):<10} "
+                f"{row['tenant']:<16} {row['name']:<24} {row['scopes']:<32} {state:<8} {_day(row['created_at']):<10} "
                 f"{_minute(row['last_used_at']):<16} {_day(last_day):<10} {_minute(row['previous_key_until'])}"
             )
         print("(and the keys in API_KEY: every scope, as env or env-1, env-2…)")

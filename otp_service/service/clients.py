@@ -26,7 +26,7 @@ from ..audit.journal import Journal
 from ..audit.rows import RequestContext, audit_row
 from ..core.actions import ROUTE_SCOPES, SCOPES, Action
 from ..core.transitions import DEFAULT_TENANT, AuditEvent, to_datetime
-from ..db.models import ApiClient
+from ..db.models import ApiClient, Tenant
 
 COMMAND_LINE = RequestContext(user_agent="otp-service clients (command line)", actor="command-line")
 
@@ -207,6 +207,7 @@ def _audit(journal: Journal, action: Action, now: float, data: dict, tenant_id: 
 
 
 def listing() -> list[dict]:
+    tenants = {t.id: t.name for t in Tenant.select(Tenant.id, Tenant.name)}
     return [
         {
             "name": c.name,
@@ -217,8 +218,9 @@ def listing() -> list[dict]:
             "revoked_at": c.revoked_at,
             "previous_key_until": c.previous_valid_until,
             "tenant_id": c.tenant_id,
+            "tenant": tenants.get(c.tenant_id, str(c.tenant_id)),
         }
-        for c in ApiClient.select().order_by(ApiClient.name)
+        for c in ApiClient.select().order_by(ApiClient.tenant_id, ApiClient.name)
     ]
 
 

@@ -271,3 +271,18 @@ def test_a_port_in_use_is_one_line_not_a_banner_and_a_traceback(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr and "Try:" not in result.stdout
     assert result.stderr.strip() == f"otp-service: cannot listen on 127.0.0.1:{port}: Address already in use"
     assert not (tmp_path / "otp_service.db").exists()  # nothing done before finding out
+
+
+def test_clients_list_shows_each_clients_tenant(tmp_path):
+    db = f"sqlite:///{tmp_path}/t.db"
+    assert run_cli("migrate", "--database-url", db, cwd=tmp_path).returncode == 0
+    assert run_cli("tenants", "create", "acme", "--database-url", db, cwd=tmp_path).returncode == 0
+    made = run_cli(
+        "clients", "create", "acme-login", "--scopes", "verify", "--tenant", "acme", "--database-url", db, cwd=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    run_cli("clients", "create", "helpdesk", "--scopes", "read", "--database-url", db, cwd=tmp_path)
+    listed = run_cli("clients", "list", "--database-url", db, cwd=tmp_path)
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["TENANT", "NAME", "SCOPES"]
+    assert [line.split()[:2] for line in lines[1:3]] == [["default", "helpdesk"], ["acme", "acme-login"]]

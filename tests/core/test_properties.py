@@ -2,6 +2,7 @@
 documented meaning or refused with a ValidationError naming the field — never anything else."""
 
 import re
+import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -56,7 +57,10 @@ def test_user_id(value):
     except errors.ValidationError as exc:
         assert exc.details == {"field": "user_id"}
         return
-    assert parsed == value and 1 <= len(value) <= 254 and value.isprintable()
+    # the one spelling (NFKC), printable and of the documented length, and a fixed point: parsing it again
+    # gives it back, so an id read back from a response and sent again is the same user
+    assert parsed == unicodedata.normalize("NFKC", value) and 1 <= len(parsed) <= 254 and parsed.isprintable()
+    assert validation.user_id(parsed) == parsed
 
 
 @given(st.one_of(st.none(), st.text(max_size=25)))
