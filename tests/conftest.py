@@ -315,8 +315,7 @@ class EventLoopService(OtpService):
         self._thread.join(10)
 
 
-@pytest.fixture
-def service(settings, database, clock, backend):
+def service_for(settings: Settings, database, clock, backend: str):
     """SQLite: the blocking service the thread pool runs. PostgreSQL: the event-loop path the server runs."""
     keyring = Keyring(settings.master_secrets, settings.master_secret_version)
     if backend == "sqlite":
@@ -325,6 +324,11 @@ def service(settings, database, clock, backend):
     service = EventLoopService(settings, keyring, database, clock=clock).start()
     yield service
     service.stop()
+
+
+@pytest.fixture
+def service(settings, database, clock, backend):
+    yield from service_for(settings, database, clock, backend)
 
 
 @dataclass

@@ -17,12 +17,10 @@ from otp_service.audit import verify as audit_verify
 from otp_service.audit.journal import CHAIN_COLUMNS
 from otp_service.audit.rows import AUDIT_COLUMNS, RequestContext, audit_row
 from otp_service.core.actions import Action
-from otp_service.core.keys import Keyring
 from otp_service.core.transitions import AuditEvent
 from otp_service.db.models import AuditChain, AuditCheckpoint, AuditLog
-from otp_service.service import OtpService
 from tests.audit.test_audit_integrity import CTX, _exec, history, kinds, verify
-from tests.conftest import EventLoopService, settings_for
+from tests.conftest import service_for, settings_for
 from tests.helpers import audit_rows, code_at, wrong_code
 
 FORGER = RequestContext("203.0.113.9", "forger", None, "app")
@@ -92,14 +90,7 @@ def test_the_same_time_as_the_row_before_is_not_backdated(sealed, database):
 @pytest.fixture
 def one_chain(db_url, database, clock, backend):
     """The service with a single chain: every row follows the one written before it."""
-    settings = settings_for(db_url, AUDIT_CHAINS="1")
-    keyring = Keyring(settings.master_secrets, settings.master_secret_version)
-    if backend == "sqlite":
-        yield OtpService(settings, keyring, database, clock=clock)
-        return
-    service = EventLoopService(settings, keyring, database, clock=clock).start()
-    yield service
-    service.stop()
+    yield from service_for(settings_for(db_url, AUDIT_CHAINS="1"), database, clock, backend)
 
 
 def test_writers_clamp_to_the_chains_last_time_when_the_clock_goes_back(one_chain, database, clock):
