@@ -127,7 +127,8 @@ class CodeLookupHandler(ApiHandler):
         otp = validation.required_otp(body, "otp")
         start, end = validation.time_range(body.get("from"), body.get("to"), validation.MAX_LOOKUP_RANGE)
         data = await self.service.lookup_code(device_id, otp, start, end, self.context)
-        self.respond(data, f"{len(data['matches'])} time steps matched")
+        found = len(data["matches"])
+        self.respond(data, f"{found} time step{'' if found == 1 else 's'} matched")
 
 
 class VerifyHandler(ApiHandler):
