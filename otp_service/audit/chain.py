@@ -169,6 +169,23 @@ class Break(NamedTuple):
     detail: str
 
 
+def describe(b: Break) -> str:
+    """One finding in words — where (chain, place, row id) and what — the same in `audit verify`'s output and
+    in every report's integrity statement, so an auditor comparing the two reads one text, not two accounts
+    of the same break."""
+    if b.chain < 0:  # not a chain's break: the checkpoints', or rows outside every chain
+        what = "checkpoints" if b.kind.endswith("checkpoint") else "outside the chains"
+        return f"{what}: {b.kind}: {b.detail}"
+    where = f"place {b.seq}" if b.seq is not None else "the chain"
+    row = f", row id {b.row_id}" if b.row_id is not None else ""
+    return f"chain {b.chain}: {b.kind} at {where}{row}: {b.detail}"
+
+
+def findings(breaks: Sequence[Break | dict[str, Any]]) -> list[str]:
+    """Every finding, one line each (`describe`); a break may come as its dict (a report's JSON statement)."""
+    return [describe(b if isinstance(b, Break) else Break(**b)) for b in breaks]
+
+
 @dataclass
 class ChainCheck:
     """Walks one chain's rows in `seq` order (then row id) and keeps the first break."""

@@ -49,6 +49,10 @@ class Keys:
         public[key_id] = current.public_key()
         return cls(key_id, current, previous, public)
 
+    def fingerprints(self) -> dict[str, str]:
+        """Every known key's full public-key fingerprint (SHA-256 of the raw key, hex), by key id."""
+        return {name: signing.fingerprint(key) for name, key in sorted(self.public.items())}
+
     def listing(self) -> list[dict[str, Any]]:
         return [
             {"key_id": name, "public_key": signing.public_b64(key), "current": name == self.key_id}
@@ -150,12 +154,15 @@ class Unverified(Exception):
         self.breaks = list(breaks)
 
 
+Check = Callable[[tuple[Head, ...]], Sequence[integrity.Break]]  # the breaks among the rows up to these heads
+
+
 def take_if_due(
     database: Database,
     keys: Keys,
     settings: Settings,
     at: datetime,
-    check: Callable[[tuple[Head, ...]], Sequence[integrity.Break]] = lambda _: (),
+    check: Check = lambda _: (),
 ) -> AuditCheckpoint | None:
     """What each server process runs every few seconds; one of them takes the checkpoint — of the heads read
     once, after `check` found the rows up to them sound (`verify.since_last_checkpoint`): a checkpoint makes
@@ -165,11 +172,22 @@ def take_if_due(
             return None  # another process is taking it
         if not due(database, settings, at):
             return None
-        snapshot = heads(database)
-        breaks = check(snapshot)
-        if breaks:
-            raise Unverified(breaks)
-        return take(database, keys, "periodic", at, snapshot=snapshot)
+        return take_verified(database, keys, "periodic", at, check)
+
+
+def take_verified(
+    database: Database, keys: Keys, reason: str, at: datetime, check: Check, extra: dict[str, Any] | None = None
+) -> AuditCheckpoint:
+    """Sign the heads read once, after `check` found the rows up to them sound: every checkpoint — periodic,
+    at a report, an erasure, on demand (a prune's follows a verification of the whole trail) — goes through
+    here, because a checkpoint makes what it seals look
+    proven and must never seal a row no one verified (raises Unverified: nothing is signed). Call in a
+    transaction (with the change it seals, if any)."""
+    snapshot = heads(database)
+    breaks = check(snapshot)
+    if breaks:
+        raise Unverified(breaks)
+    return take(database, keys, reason, at, extra, snapshot=snapshot)
 
 
 def _try_lock(database: Database) -> bool:

@@ -162,6 +162,7 @@ def erase(
     user_id: str,
     ctx: RequestContext,
     now: datetime,
+    check: checkpoints.Check = lambda _: (),
 ) -> dict[str, Any]:
     """Delete the user's devices and recovery codes and empty the personal fields of their audit rows, in one
     transaction with its audit row (by pseudonym) and a signed checkpoint — all within the tenant `ctx` acts
@@ -171,7 +172,11 @@ def erase(
 
     On PostgreSQL the devices are deleted first: that takes their rows' locks, so a request deciding on a
     device's old state either committed its audit row before (and this empties it) or waits and finds no
-    device (`store.APPLY` records a refusal only on a row it holds)."""
+    device (`store.APPLY` records a refusal only on a row it holds).
+
+    The checkpoint is signed only if `check` finds the rows it seals sound; if not, the erasure — a legal
+    duty that a broken trail must not block — still happens, unsealed: `checkpoint` is None and `unsealed`
+    holds the breaks."""
     tenant_id = ctx.tenant_id
     with database.atomic():
         names = UserSpelling.of(tenant_id, user_id)  # and its spellings from before ids were normalised
@@ -212,7 +217,10 @@ def erase(
             "reports_withdrawn": withdrawn,
         }
         journal.append([audit_row(AuditEvent(Action.USER_ERASED, True, None, data), now, None, None, ctx)])
-        checkpoints.take(database, keys, "erasure", now)
+        try:
+            sealed, unsealed = checkpoints.take_verified(database, keys, "erasure", now, check).id, []
+        except checkpoints.Unverified as refused:
+            sealed, unsealed = None, refused.breaks
     journal.forget_people()  # the digests it remembers are keyed by user id, address and User-Agent
     return {
         "subject": subjects[0],
@@ -222,6 +230,8 @@ def erase(
         "user_reports": reports,
         "reports_withdrawn": withdrawn,
         "device_ids": device_ids,
+        "checkpoint": sealed,
+        "unsealed": unsealed,
     }
 
 

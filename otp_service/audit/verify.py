@@ -79,16 +79,8 @@ class Result:
         return f"BROKEN: {len(self.breaks)} chain(s) broken among {checked}, checked against {against}{legacy}"
 
     def lines(self) -> list[str]:
-        lines = [self.summary()]
-        for b in self.breaks:
-            if b.chain < 0:  # not a chain's break: the checkpoints', or rows outside every chain
-                what = "checkpoints" if b.kind.endswith("checkpoint") else "outside the chains"
-                lines.append(f"  {what}: {b.kind}: {b.detail}")
-                continue
-            where = f"place {b.seq}" if b.seq is not None else "the chain"
-            row = f", row id {b.row_id}" if b.row_id is not None else ""
-            lines.append(f"  chain {b.chain}: {b.kind} at {where}{row}: {b.detail}")
-        return lines
+        """The summary, then each finding as reports state it too (`chain.findings`)."""
+        return [self.summary(), *(f"  {line}" for line in integrity.findings(self.breaks))]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -336,7 +328,10 @@ def _range(
     if places is not None:
         first, last, _ = places
         lo = floor + 1 if start is None else max(floor + 1, first - 1)
-        return lo, None if end is None or last + 1 > head else last + 1
+        # the row after the period's last, unless the chain ends there: then read to the end, so rows cut from the
+        # tail are a tail cut (against the head and the checkpoints), as when the whole trail is verified
+        beyond = last + 1 <= head and _has_rows((AuditLog.chain == chain) & (AuditLog.seq > last))
+        return lo, last + 1 if end is not None and beyond else None
     mine = (AuditLog.chain == chain) & (AuditLog.seq > floor)
     lo = floor + 1
     if start is not None:

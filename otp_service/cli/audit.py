@@ -10,10 +10,13 @@ from .common import fail, service_for
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """verify (exit 1 when a chain is broken), checkpoint, prune, keys."""
+    """verify (exit 1 when a chain is broken), checkpoint (exit 1, nothing signed, when the rows it would seal
+    do not verify), prune (exit 1 on a trail that does not verify), keys."""
     import json as json_module
     from datetime import UTC, datetime
 
+    from ..audit.chain import findings
+    from ..audit.checkpoints import Unverified
     from ..core.errors import AuditBroken
     from ..core.period import end_of, start_of
     from ..reports.runner import ReportError, parse_day
@@ -42,7 +45,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
                     print(f"{key['key_id']}  {key['public_key']}{'  (signing)' if key['current'] else ''}")
                 return 0
             if args.action == "checkpoint":
-                print(f"checkpoint #{service.checkpoint('on-demand')} signed by {service.audit_keys.key_id}")
+                try:
+                    taken = service.checkpoint("on-demand")
+                except Unverified as refused:
+                    first = findings(refused.breaks)[0]
+                    return fail(f"nothing was signed: the rows since the last checkpoint do not verify ({first})", 1)
+                print(f"checkpoint #{taken} signed by {service.audit_keys.key_id}")
                 return 0
             if args.action == "prune":
                 if not args.export.strip():

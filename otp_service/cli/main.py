@@ -35,8 +35,10 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done; 1 the work failed (database unreachable, a report that failed); 2 bad input or
-    configuration (one line naming what is wrong)."""
+    """Exit codes: 0 done; 1 the work failed (database unreachable, a report that failed, `audit verify` found
+    a break, a checkpoint refused over rows that do not verify); 2 bad input or configuration (one line naming
+    what is wrong); 3 (`report`, `scheduled-report`) the report was written but its audit records do not
+    verify: it says ALTERED."""
     parser = argparse.ArgumentParser(
         prog="python -m otp_service",
         description="TOTP (RFC 6238) device registration and verification over HTTP, and its reports.",

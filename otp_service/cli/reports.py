@@ -1,5 +1,6 @@
 """`report` and `scheduled-report`: check the period and the user here, then run the notebook
-(`reports.runner`); its failures come back as ReportError and end the command with exit code 1."""
+(`reports.runner`); its failures come back as ReportError and end the command with exit code 1. A report
+whose audit records do not verify is still written (it says ALTERED) and ends with `EXIT_ALTERED`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .. import __version__
 from .common import fail, settings_for, url_for
 
 REPORT_KINDS = ["audit", "usage"]
+EXIT_ALTERED = 3  # the report was written, and says its records were altered: a cron job must fail on it
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -64,6 +66,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"otp-service: no PDF: {result.pdf_problem}", file=sys.stderr)
     if result.report_id:
         print(f"stored as report {result.report_id}: GET /api/v1/reports/{result.report_id}")
+    if result.intact is False:
+        return fail("the audit records of the period do not verify: the report says ALTERED", EXIT_ALTERED)
     return 0
 
 

@@ -29,6 +29,8 @@ def cmd_users(args: argparse.Namespace) -> int:
         f"erased: {erased['devices']} device(s), {erased['recovery_codes']} recovery code set(s), personal data "
         f"removed from {erased['audit_rows']} audit row(s); audited as subject {erased['subject'][:16]}…"
     )
+    if erased["checkpoint"] is None:
+        fail("the erasure is not sealed by a checkpoint: the audit rows since the last one do not verify")
     if erased["reports_withdrawn"]:
         print(
             f"{erased['reports_withdrawn']} stored report(s) that may name the user withdrawn: "

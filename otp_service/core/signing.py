@@ -38,6 +38,12 @@ def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return "ed25519:" + hashlib.sha256(base64.b64decode(public_b64(key))).hexdigest()[:16]
 
 
+def fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The SHA-256 of the raw 32-byte public key, in hex, whole: what a reader compares with the key published
+    outside the service (`audit keys`) — a 16-digit id is a name, not enough to tell a key from a look-alike."""
+    return hashlib.sha256(base64.b64decode(public_b64(key))).hexdigest()
+
+
 def public_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return base64.b64encode(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")

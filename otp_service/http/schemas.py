@@ -218,6 +218,12 @@ SCHEMAS: dict[str, Any] = {
             **INT,
             "description": "other stored reports that may name the user, withdrawn until `report regenerate`",
         },
+        checkpoint={
+            **INT,
+            "nullable": True,
+            "description": "the signed checkpoint sealing the erasure; null: the rows since the last checkpoint do "
+            "not verify, so nothing was signed (the erasure is done, and audited)",
+        },
     ),
     "AuditKeys": _obj(
         ["keys"],

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from peewee import Database
 
+from ..audit.chain import findings
 from ..core.period import Period
 from ..core.tenants import DEFAULT_NAME
 from ..db.database import open_database, sqlite_path
@@ -34,9 +35,10 @@ class ReportContext:
     output: ReportOutput
     source: str  # the database, for the reader, without any password
     generated_at: str
-    integrity: dict | None = None  # `audit verify` over the period's rows (audit.verify.Result.as_dict())
+    integrity: dict | None = None  # the period's verification and what it was checked with (`integrity_statement`)
     generated_by: str = ""  # who or what asked for the report, in words
     tenant: str = DEFAULT_NAME  # whose users, devices and audit records it covers
+    environment: str = ""  # the ENVIRONMENT the statement was made in: a development key's report says so
 
     @property
     def start(self) -> datetime:
@@ -49,17 +51,13 @@ class ReportContext:
         return self.period.end
 
     def integrity_markdown(self) -> str:
-        """The integrity statement a reader checks first: were these records altered?"""
+        """The integrity statement a reader checks first: were these records altered? Checked against the last
+        checkpoint signed before the report began (never one it signed itself), and its age; each finding in
+        the words `audit verify` prints (`audit.chain.findings`), so the two can be compared line by line."""
         found = self.integrity
         if found is None:
             return "## Integrity of these records\n\n**Not checked**: the service's keys were not available."
-        checkpoint = found.get("checkpoint")
-        against = (
-            f"the signed checkpoint #{checkpoint['id']} of {checkpoint['at'].replace('T', ' ').rstrip('Z')} UTC "
-            f"(key {', '.join(checkpoint['signed_by'])}; SHA-256 of its text {checkpoint.get('sha256', '?')})"
-            if checkpoint
-            else "no signed checkpoint (none has been taken yet)"
-        )
+        against = _against(found)
         if found["intact"]:
             verdict = (
                 f"**Intact.** The {found['rows']:,} audit records written in this period were recomputed link by "
@@ -67,11 +65,12 @@ class ReportContext:
                 "edited, removed, inserted or reordered."
             )
         else:
-            lines = "\n".join(f"- chain {b['chain']}: {b['kind']} — {b['detail']}" for b in found["breaks"])
+            lines = found.get("findings") or findings(found["breaks"])
+            listed = "\n".join(f"- {in_markdown(line)}" for line in lines)
             verdict = (
                 f"**ALTERED.** Checking the {found['rows']:,} audit records of this period against {against} "
-                f"found {len(found['breaks'])} break(s); the figures below include records that were changed:"
-                f"\n\n{lines}"
+                f"found {len(lines)} break(s) (as `audit verify` states them); the figures below include records "
+                f"that were changed:\n\n{listed}"
             )
         return f"## Integrity of these records\n\n{verdict}"
 
@@ -86,6 +85,8 @@ class ReportContext:
             ("Data", self.source),
             ("Generated", f"{self.generated_at}, by {self.generated_by or 'this notebook, run by hand'}"),
             ("Software", f"otp-service {__version__}"),
+            ("Environment", f"{in_markdown(self.environment or 'not stated')} (the service's ENVIRONMENT setting)"),
+            ("Signing key", _signing_key(self.integrity)),
             *settings,
         ]
         table = "".join(f"| {name} | {value} |\n" for name, value in rows)
@@ -151,7 +152,8 @@ def prepare(
     output = ReportOutput(output_dir or tempfile.mkdtemp(prefix="otp-report-"))
     generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     checked = json.loads(integrity) if integrity else _verify(database, database_url, data, span)
-    return ReportContext(database, span, output, source, generated, checked, generated_by, tenant)
+    environment = (checked or {}).get("environment") or read(os.environ, ["ENVIRONMENT"])["environment"]
+    return ReportContext(database, span, output, source, generated, checked, generated_by, tenant, environment)
 
 
 def _verify(database: Database, database_url: str, data: str, span: Period) -> dict | None:
@@ -166,8 +168,51 @@ def _verify(database: Database, database_url: str, data: str, span: Period) -> d
         return None
     if data != "demo" and "AUDIT_SIGNING_KEY" in settings.generated:
         return None  # no keys given: the one just generated would call every checkpoint forged
-    service = build_service(settings, database)
-    return service.verify_audit(span.start, span.end, record=False).as_dict()
+    return build_service(settings, database).integrity_statement(span.start, span.end)
+
+
+def _against(found: dict) -> str:
+    """The checkpoint a statement was checked against, in words: which, when, how long before the check, the
+    keys that signed it with their full fingerprints, and the hash of its text (to find it with --expect)."""
+    checkpoint = found.get("checkpoint")
+    if not checkpoint:
+        return "no signed checkpoint (none had been signed before this report)"
+    at = checkpoint["at"].replace("T", " ").rstrip("Z")
+    age = ""
+    if found.get("checked_at"):
+        seconds = (_instant(found["checked_at"]) - _instant(checkpoint["at"])).total_seconds()
+        age = f"; {age_words(seconds)} old when checked" if seconds >= 0 else "; dated after the check"
+    fingerprints = found.get("fingerprints", {})
+    keys = ", ".join(
+        f"key {name}, public-key SHA-256 {fingerprints[name]}" if name in fingerprints else f"key {name}"
+        for name in checkpoint["signed_by"]
+    )
+    return (
+        f"the signed checkpoint #{checkpoint['id']} of {at} UTC (the latest signed before this report began{age}; "
+        f"{keys}; SHA-256 of its text {checkpoint.get('sha256', '?')})"
+    )
+
+
+def _signing_key(found: dict | None) -> str:
+    """The header's signing key: its id and its whole public-key fingerprint, to compare with `audit keys`."""
+    key = (found or {}).get("signing_key")
+    if not key:
+        return "not available (the integrity of these records was not checked)"
+    return f"{key['key_id']}; public-key fingerprint (SHA-256 of the raw Ed25519 key) {key['fingerprint']}"
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=None)
+
+
+def age_words(seconds: float) -> str:
+    """How old a checkpoint was, as a reader says it: "less than a minute", "12 minutes", "3 hours", "2 days"
+    (rounded down to a whole unit: a checkpoint 59 minutes old is not "1 hour")."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return "less than a minute"
 
 
 MARKDOWN_SPECIALS = str.maketrans({c: f"&#{ord(c)};" for c in "\\`*_{}[]()#+-.!|<>&~"})

@@ -51,6 +51,7 @@ class ReportResult:
     data_dir: Path
     report_id: int | None
     pdf_problem: str | None = None
+    intact: bool | None = None  # the audit trail of the period verified (None: not checked, no keys)
 
 
 def report_name(kind: str, start: date, end: date, subject: str | None = None, tenant: str = DEFAULT_NAME) -> str:
@@ -94,8 +95,9 @@ def run_report(
     tenant: str = DEFAULT_NAME,
     replacing: int | None = None,
 ) -> ReportResult:
-    """Run a report notebook. With `settings` (the service's keys), the audit chains are sealed by a signed
-    checkpoint first and the period's rows verified against it; the report states the result. `user_id`: the
+    """Run a report notebook. With `settings` (the service's keys), the period's audit rows are verified first
+    against the checkpoints signed before the report started, and the report states the result (`intact` in
+    the result too); only then, and only if they verify, is a checkpoint signed for the report. `user_id`: the
     user a "user" report is about. `generated_by`: who or what asked for it, as the report says it. `tenant`:
     whose data it covers. `replacing`: the stored report (withdrawn by an erasure) this one is made again as."""
     import papermill
@@ -120,6 +122,7 @@ def run_report(
     name = report_name(kind, start, end, user_id, tenant)
     output_dir.mkdir(parents=True, exist_ok=True)
     notebook, html_path, data_dir = output_dir / f"{name}.ipynb", output_dir / f"{name}.html", output_dir / name
+    statement: dict | None = None
     parameters = {
         "data": "DATABASE_URL",
         "start": str(start),
@@ -137,7 +140,8 @@ def run_report(
         with _environment(DATABASE_URL=database_url), _private_kernel() as km:
             km.start_kernel(cwd=str(NOTEBOOKS_DIR))  # it boots (~1 s) while the chains are sealed and verified
             if settings is not None:
-                parameters["integrity"] = _integrity(settings, database, span)
+                statement = _integrity(settings, database, span, kind)
+                parameters["integrity"] = json.dumps(statement, default=str)
             executed = papermill.execute_notebook(
                 str(NOTEBOOKS_DIR / NOTEBOOKS[kind]),
                 str(notebook),
@@ -166,16 +170,26 @@ def run_report(
     if store:
         report_id = _store(database, kind, span, html, data_zip, pdf, user_id, tenant_id, replacing)
     database.close_all()
-    return ReportResult(notebook, html_path, pdf_path, zip_path, data_dir, report_id, problem)
+    intact = None if statement is None else statement["intact"]
+    return ReportResult(notebook, html_path, pdf_path, zip_path, data_dir, report_id, problem, intact)
 
 
-def _integrity(settings: Settings, database, span: Period) -> str:
-    """Seal the chains (a checkpoint for this report), then verify the period's rows: the statement, as JSON."""
+def _integrity(settings: Settings, database, span: Period, kind: str) -> dict:
+    """Verify the period's rows against the checkpoints that exist now, then — only if they verify, and only
+    if the rows since the last checkpoint do too — sign one for this report. In that order, so the report
+    cites a checkpoint it did not make (one that vouched for itself would prove nothing) and never signs over
+    a break."""
+    from ..audit.checkpoints import Unverified
     from ..service import build_service
 
     service = build_service(settings, database)
-    service.checkpoint("report")
-    return json.dumps(service.verify_audit(span.start, span.end, record=False).as_dict(), default=str)
+    statement = service.integrity_statement(span.start, span.end)
+    if statement["intact"]:
+        try:
+            service.checkpoint("report", {"report": {"kind": kind, "start": str(span.first), "end": str(span.last)}})
+        except Unverified:
+            pass  # outside the period, unsealed rows do not verify: nothing signed (logged, audited)
+    return statement
 
 
 @contextmanager

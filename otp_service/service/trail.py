@@ -21,10 +21,10 @@ from ..audit import verify as audit_verify
 from ..audit.journal import Journal
 from ..audit.rows import SYSTEM, RequestContext
 from ..config import Settings
-from ..core import errors
+from ..core import errors, signing
 from ..core.actions import Action
 from ..core.keys import Keyring
-from ..core.transitions import to_datetime
+from ..core.transitions import isoformat, to_datetime
 from ..persistence.engine import Engine
 from ..persistence.store import PostgresStore, Store
 
@@ -80,8 +80,32 @@ class AuditTrail:
         return result
 
     def checkpoint(self, reason: str = "on-demand", extra: dict[str, Any] | None = None) -> int:
-        with self.unit_of_work(write=True):
-            return checkpoints.take(self.database, self.audit_keys, reason, to_datetime(self._now(None)), extra).id
+        """Sign the chains' heads now, once the rows since the last checkpoint verify (as the periodic one does):
+        on demand, at a report or after a verification, a signature must not vouch for a break. Raises
+        checkpoints.Unverified (nothing signed; logged and audited once per break)."""
+        try:
+            with self.unit_of_work(write=True):
+                at = to_datetime(self._now(None))
+                return checkpoints.take_verified(self.database, self.audit_keys, reason, at, self._sealable, extra).id
+        except checkpoints.Unverified as refused:
+            self._refuse_to_seal(refused.breaks)
+            raise
+
+    def integrity_statement(self, start: datetime | None = None, end: datetime | None = None) -> dict[str, Any]:
+        """What a report states about its records, signing nothing: the period's verification against the
+        checkpoints that existed before it (`checkpoint`: the latest that verified, with its age when checked),
+        the key that signs them with its full public-key fingerprint, and the environment — so a report can
+        neither vouch for itself nor pass a development key's signature off as production's."""
+        checked_at = to_datetime(self._now(None))
+        result = self.verify_audit(start, end, record=False)
+        keys = self.audit_keys
+        return result.as_dict() | {
+            "checked_at": isoformat(checked_at),
+            "environment": self.settings.environment,
+            "signing_key": {"key_id": keys.key_id, "fingerprint": signing.fingerprint(keys.signing)},
+            "fingerprints": keys.fingerprints(),
+            "findings": integrity.findings(result.breaks),
+        }
 
     def checkpoint_if_due(self) -> tuple[int, str] | None:
         """(id, SHA-256 of its signed text) of the checkpoint taken, or None when none was due — or when the
@@ -138,8 +162,10 @@ class AuditTrail:
         with self.unit_of_work():
             at = to_datetime(self._now(None))
             erased = retention.erase(
-                self.database, self.journal, self.audit_keys, self.pseudonym_keys, user_id, ctx, at
+                self.database, self.journal, self.audit_keys, self.pseudonym_keys, user_id, ctx, at, self._sealable
             )
+        if unsealed := erased.pop("unsealed"):  # erased all the same, but not sealed over a break
+            self._refuse_to_seal(unsealed)
         for device_id in erased.pop("device_ids"):
             self.engine.cache.forget((ctx.tenant_id, device_id))
         return {"user_id": user_id, **erased}

@@ -13,11 +13,12 @@ from datetime import timedelta
 import pytest
 
 from otp_service.audit import chain as integrity
+from otp_service.audit import checkpoints
 from otp_service.audit import verify as audit_verify
 from otp_service.audit.journal import CHAIN_COLUMNS
 from otp_service.audit.rows import AUDIT_COLUMNS, RequestContext, audit_row
 from otp_service.core.actions import Action
-from otp_service.core.transitions import AuditEvent
+from otp_service.core.transitions import AuditEvent, to_datetime
 from otp_service.db.models import AuditChain, AuditCheckpoint, AuditLog
 from tests.audit.test_audit_integrity import CTX, _exec, history, kinds, verify
 from tests.conftest import service_for, settings_for
@@ -78,7 +79,10 @@ def test_a_backdated_row_at_a_chains_tail_is_found_and_stays_found_once_sealed(s
     assert (broken.chain, broken.seq, broken.row_id) == (forged.chain, forged.seq, forged.id)
     line = next(line for line in result.lines() if "backdated" in line)
     assert f"chain {forged.chain}" in line and f"row id {forged.id}" in line and "earlier than" in line
-    sealed.checkpoint()  # an on-demand checkpoint seals whatever is there: the verifier still finds it
+    with pytest.raises(checkpoints.Unverified):  # an on-demand checkpoint refuses to seal it
+        sealed.checkpoint()
+    with database.connection_context():  # sealed anyway (as a version before that refusal would): still found
+        checkpoints.take(database, sealed.audit_keys, "on-demand", to_datetime(clock.now))
     assert kinds(verify(sealed)) == ["backdated"]
 
 

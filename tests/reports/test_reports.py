@@ -294,6 +294,7 @@ def as_a_user_would_write_it(db_url: str) -> str:
 @pytest.mark.slow
 def test_report_command_writes_html_csv_png_and_stores_the_report(service, database, db_url, tmp_path):
     generate(service, devices=10, days=14, seed=5, end=DEMO_END)
+    service.checkpoint()  # as the server does every few minutes: the report signs none first
     url = as_a_user_would_write_it(db_url)
     result = run_cli(
         "report",
@@ -308,7 +309,7 @@ def test_report_command_writes_html_csv_png_and_stores_the_report(service, datab
         "out",
         cwd=tmp_path,
         timeout=300,
-        MASTER_SECRET=service.settings.master_secret,  # the service's: its rows' personal digests are checked
+        **service_keys(service),
     )
     assert result.returncode == 0, result.stderr
     assert "IPKernelApp" not in result.stderr and "WARNING" not in result.stderr  # the kernel talks over IPC
@@ -350,6 +351,13 @@ def test_report_command_writes_html_csv_png_and_stores_the_report(service, datab
     assert_pdf(out / "audit-2026-02-01_2026-02-28.pdf", stored.pdf)
 
 
+def service_keys(service) -> dict[str, str]:
+    """The service's secrets, for the `report` command: its rows' personal digests and its checkpoints'
+    signatures are checked with them (the command's own development keys would call them forged)."""
+    settings = service.settings
+    return {"MASTER_SECRET": settings.master_secret, "AUDIT_SIGNING_KEY": settings.audit_signing_key}
+
+
 def assert_manifest_holds(archive: zipfile.ZipFile) -> None:
     """SHA256SUMS names every other file in the zip with its SHA-256 (what `sha256sum -c` checks)."""
     lines = archive.read("SHA256SUMS").decode().splitlines()
@@ -371,6 +379,7 @@ def assert_pdf(path, stored) -> None:
 @pytest.mark.slow
 def test_usage_report_command(service, db_url, tmp_path):
     generate(service, devices=8, days=10, seed=2, end=DEMO_END)
+    service.checkpoint()  # as the server does every few minutes: the report signs none first
     result = run_cli(
         "report",
         "usage",
@@ -385,6 +394,7 @@ def test_usage_report_command(service, db_url, tmp_path):
         "--no-store",
         cwd=tmp_path,
         timeout=300,
+        **service_keys(service),
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "usage-2026-02-15_2026-02-28" / "verifications_per_day.png").exists()
@@ -395,6 +405,7 @@ def test_user_report_command_holds_the_users_devices_and_whole_trail(service, da
     """`report user` with no dates covers the user's whole history, to today; it is stored, listed and served
     like the others, and erasing the user deletes it."""
     generate(service, devices=8, days=10, seed=2, end=DEMO_END)
+    service.checkpoint()  # as the server does every few minutes: the report signs none first
     user = "user001@example.com"
     with database.connection_context():
         mine = list(AuditLog.select().where(AuditLog.user_id == user).order_by(AuditLog.id))
@@ -403,7 +414,7 @@ def test_user_report_command_holds_the_users_devices_and_whole_trail(service, da
         *("report", "user", "--user-id", user, "--database-url", db_url, "--output-dir", "out"),
         cwd=tmp_path,
         timeout=300,
-        MASTER_SECRET=service.settings.master_secret,
+        **service_keys(service),
     )
     assert result.returncode == 0, result.stderr
     name = f"user-{user}-{first}_{datetime.now(UTC).date()}"
