@@ -119,9 +119,11 @@ def test_pre_deploy_and_cron_commands_run_against_the_test_database(service, db_
     from otp_service.db.models import Report
 
     service.register("CRON-1", "u")  # something for the reports to count
+    service.checkpoint("periodic")  # what the web service's checkpoint task signs every few minutes
     commands = [WEB["preDeployCommand"]] + [c["dockerCommand"] for c in CRONS]
     env = blueprint_env(WEB, db_url)  # one deployment: the same secrets for every job
     env["MASTER_SECRET"] = service.settings.master_secret  # the one the rows were written with
+    env["AUDIT_SIGNING_KEY"] = service.settings.audit_signing_key  # and their checkpoint signed with
     for command in commands:
         argv = shlex.split(command)
         assert argv[:3] == ["python", "-m", "otp_service"]
