@@ -79,7 +79,11 @@ def _regenerate(args: argparse.Namespace, url: str, settings) -> int:
         made = regenerate(url, Path(args.output_dir), settings, _generated_by("report regenerate"))
     except ReportError as exc:
         return fail(str(exc), 1)
-    print(f"made again: {', '.join(f'report {n}' for n in made)}" if made else "no report is withdrawn")
+    print(f"made again: {', '.join(f'report {n}' for n, _ in made)}" if made else "no report is withdrawn")
+    altered = [n for n, intact in made if intact is False]
+    if altered:  # made and stored all the same, saying ALTERED: like `report`, a cron job running it fails
+        listed = ", ".join(f"report {n}" for n in altered)
+        return fail(f"the audit records of {listed} do not verify: the report says ALTERED", EXIT_ALTERED)
     return 0
 
 

@@ -301,9 +301,12 @@ def _store(
         return Report.insert(**fields, **content).execute()
 
 
-def regenerate(database_url: str, output_dir: Path, settings: Settings, generated_by: str = "") -> list[int]:
+def regenerate(
+    database_url: str, output_dir: Path, settings: Settings, generated_by: str = ""
+) -> list[tuple[int, bool | None]]:
     """Make again every report an erasure withdrew, from the records as they are now (the erased user's
-    personal data gone); returns their ids. Each is put back in its own place, so its links stay valid."""
+    personal data gone); returns each one's id and whether its period's records verified (`intact`). Each is
+    put back in its own place, so its links stay valid."""
     from ..db.database import open_database
     from ..db.models import Report, Tenant
 
@@ -320,7 +323,7 @@ def regenerate(database_url: str, output_dir: Path, settings: Settings, generate
     made = []
     for report_id, kind, first, after, tenant in withdrawn:
         span = Period.between(_as_datetime(first), _as_datetime(after))
-        run_report(
+        result = run_report(
             kind,
             span.first,
             span.last,
@@ -331,7 +334,7 @@ def regenerate(database_url: str, output_dir: Path, settings: Settings, generate
             tenant=tenant,
             replacing=report_id,
         )
-        made.append(report_id)
+        made.append((report_id, result.intact))
     return made
 
 

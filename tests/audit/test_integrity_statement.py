@@ -124,3 +124,10 @@ def test_a_report_over_a_tampered_copy_exits_3_and_says_what_audit_verify_says(t
     public = next(line.split()[1] for line in keys.splitlines() if "(signing)" in line)
     assert hashlib.sha256(base64.b64decode(public)).hexdigest() in page
     assert "<td>Environment</td>" in page and "development" in page
+    # a report an erasure withdrew, made again over the same copy: written, and the cron job fails the same way
+    with sqlite3.connect(tmp_path / "copy.db") as db:
+        (stored,) = db.execute("SELECT MAX(id) FROM reports").fetchone()
+        db.execute("UPDATE reports SET withdrawn_at = '2026-03-02 00:00:00' WHERE id = ?", (stored,))
+    again = run_cli("report", "regenerate", "--database-url", url, "--output-dir", "out", cwd=tmp_path, timeout=300)
+    assert again.returncode == 3 and f"made again: report {stored}" in again.stdout, again.stdout + again.stderr
+    assert f"report {stored} do not verify" in again.stderr
