@@ -162,7 +162,7 @@ def take_if_due(
     keys: Keys,
     settings: Settings,
     at: datetime,
-    check: Check = lambda _: (),
+    check: Check,
 ) -> AuditCheckpoint | None:
     """What each server process runs every few seconds; one of them takes the checkpoint — of the heads read
     once, after `check` found the rows up to them sound (`verify.since_last_checkpoint`): a checkpoint makes
@@ -182,7 +182,8 @@ def take_verified(
     at a report, an erasure, on demand (a prune's follows a verification of the whole trail) — goes through
     here, because a checkpoint makes what it seals look
     proven and must never seal a row no one verified (raises Unverified: nothing is signed). Call in a
-    transaction (with the change it seals, if any)."""
+    transaction (with the change it seals, if any). `check` has no default: a checkpoint that skipped it is
+    what this function exists to prevent."""
     snapshot = heads(database)
     breaks = check(snapshot)
     if breaks:

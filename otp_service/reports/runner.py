@@ -188,7 +188,8 @@ def _integrity(settings: Settings, database, span: Period, kind: str) -> dict:
         try:
             service.checkpoint("report", {"report": {"kind": kind, "start": str(span.first), "end": str(span.last)}})
         except Unverified:
-            pass  # outside the period, unsealed rows do not verify: nothing signed (logged, audited)
+            pass  # the period verified, but rows since the last checkpoint outside it do not: the report
+            # says what it checked, and no checkpoint is signed (the service logged and audited the refusal)
     return statement
 
 

@@ -130,7 +130,8 @@ class AuditTrail:
         return self._last_signed
 
     def _sealable(self, snapshot: tuple[integrity.Head, ...]) -> list[integrity.Break]:
-        """The breaks among the rows the periodic checkpoint would seal (only those since the last one)."""
+        """The breaks among the rows a checkpoint would seal (only those since the last one): the check every
+        checkpoint but a prune's makes (a prune verifies the whole trail first)."""
         return audit_verify.since_last_checkpoint(self.database, self.audit_keys.public, self.pseudonym_keys, snapshot)
 
     def _refuse_to_seal(self, breaks: list[integrity.Break]) -> None:
