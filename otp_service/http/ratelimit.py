@@ -242,17 +242,16 @@ class RateLimiter:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
-                try:
-                    if not self.breaker.sending:
-                        raise BreakerOpen
-                    answers = await self._pipeline([(keys, args) for keys, args, _ in batch])
-                except BreakerOpen as exc:
-                    answers = [exc] * len(batch)
-                except Exception as exc:  # the store failed for all of them
-                    answers = [exc] * len(batch)
-                    self._breaker_failed(exc)
+                if not self.breaker.sending:  # it opened while these waited: not sent
+                    answers = [BreakerOpen()] * len(batch)
                 else:
-                    self._breaker_succeeded()
+                    try:
+                        answers = await self._pipeline([(keys, args) for keys, args, _ in batch])
+                    except Exception as exc:  # the store failed for all of them
+                        answers = [exc] * len(batch)
+                        self._breaker_failed(exc)
+                    else:
+                        self._breaker_succeeded()
                 for (_, _, future), answer in zip(batch, answers, strict=True):
                     if future.done():  # its request was cancelled (the client went away)
                         continue
