@@ -55,7 +55,13 @@ class Keys:
 
     def listing(self) -> list[dict[str, Any]]:
         return [
-            {"key_id": name, "public_key": signing.public_b64(key), "current": name == self.key_id}
+            {
+                "key_id": name,
+                "public_key": signing.public_b64(key),
+                "public_key_pem": signing.public_pem(key),
+                "fingerprint": signing.fingerprint(key),
+                "current": name == self.key_id,
+            }
             for name, key in sorted(self.public.items())
         ]
 

@@ -147,6 +147,7 @@ def prune(
     return manifest
 
 
+NO_MANIFEST = {"manifest": None, "manifest_signature": None}  # a withdrawn report's files are gone: so is their proof
 WITHDRAWN_HTML = (
     "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Report withdrawn</title></head><body>"
     "<h1>Report withdrawn</h1><p>An erasure of a user's personal data (GDPR art. 17) reached this report; it is "
@@ -203,7 +204,7 @@ def erase(
         seen = [_as_datetime(f) for f in first_seen if f is not None]
         if seen:
             withdrawn = (
-                Report.update(withdrawn_at=now, html=WITHDRAWN_HTML, data_zip=b"", pdf=None)
+                Report.update(withdrawn_at=now, html=WITHDRAWN_HTML, data_zip=b"", pdf=None, **NO_MANIFEST)
                 .where(mine & (Report.kind != "user") & (Report.period_end > min(seen)))
                 .execute()
             )

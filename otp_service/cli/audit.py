@@ -42,7 +42,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         with service_for(args) as service:
             if args.action == "keys":
                 for key in service.audit_keys.listing():
-                    print(f"{key['key_id']}  {key['public_key']}{'  (signing)' if key['current'] else ''}")
+                    if args.pem:  # only the signing key: `> audit-key.pem` makes a file openssl reads
+                        print(key["public_key_pem"] if key["current"] else "", end="")
+                        continue
+                    signs = "  (signing)" if key["current"] else ""
+                    print(f"{key['key_id']}  {key['public_key']}  sha256:{key['fingerprint']}{signs}")
                 return 0
             if args.action == "checkpoint":
                 try:

@@ -17,7 +17,7 @@ from .clients import cmd_clients
 from .common import Failed, fail
 from .demo import cmd_demo_data
 from .migrate import cmd_migrate
-from .reports import REPORT_KINDS, cmd_report, cmd_scheduled_report
+from .reports import REPORT_KINDS, cmd_report, cmd_scheduled_report, cmd_verify_report
 from .serve import cmd_serve
 from .tenants import add_parser as add_tenants
 from .users import cmd_users
@@ -94,6 +94,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", default="reports", help="folder for the HTML, notebook, CSV and PNG files")
     p.set_defaults(run=cmd_scheduled_report)
 
+    p = sub.add_parser(
+        "verify-report",
+        help="check a report's signed manifest and every file it lists (exit 1 if anything differs)",
+        formatter_class=formatter,
+    )
+    p.add_argument("manifest", help="the report's .manifest.json, with its files (and .manifest.sig) beside it")
+    p.add_argument("--signature", help="the signature file, if it is not the manifest's name with .sig")
+    p.add_argument(
+        "--public-key",
+        action="append",
+        metavar="KEY",
+        help="a key to accept: a PEM file, or the base64 key from GET /api/v1/audit/keys "
+        "(default: the keys this service verifies its checkpoints with)",
+    )
+    p.set_defaults(run=cmd_verify_report)
+
     p = sub.add_parser("clients", help="API clients: create, list, rotate, revoke", formatter_class=formatter)
     actions = p.add_subparsers(dest="action", required=True, title="actions", metavar="ACTION")
     a = actions.add_parser("create", help="a new client; prints its key once", formatter_class=formatter)
@@ -141,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     a.add_argument("--before", required=True, help="remove rows written before this day, YYYY-MM-DD (UTC)")
     a.add_argument("--export", required=True, help="folder for the CSV.gz export and its manifest")
-    a = actions.add_parser("keys", help="the public keys that verify checkpoints", formatter_class=formatter)
+    a = actions.add_parser(
+        "keys", help="the public keys that verify checkpoints and report manifests", formatter_class=formatter
+    )
+    a.add_argument("--pem", action="store_true", help="the signing key's public half as PEM, for openssl")
     for a in actions.choices.values():
         a.add_argument("--database-url", help=URL_HELP)
     p.set_defaults(run=cmd_audit)

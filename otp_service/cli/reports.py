@@ -112,3 +112,59 @@ def cmd_scheduled_report(args: argparse.Namespace) -> int:
     args.start, args.end, args.no_store = str(start), str(end), False
     args.generated_by = _generated_by(f"scheduled-report {args.kind} --period {args.period}")
     return cmd_report(args)
+
+
+def cmd_verify_report(args: argparse.Namespace) -> int:
+    """Check a report's signed manifest: the signature with the keys given (or the service's), then each file.
+    Exit 0: every file is the one the service made; 1: something differs, is missing, or no key signed it."""
+    from ..core import signing
+    from ..reports.manifest import verify
+
+    manifest = Path(args.manifest)
+    if not manifest.is_file():
+        return fail(f"there is no manifest at {manifest}")
+    try:
+        keys = _public_keys(args.public_key) if args.public_key else _service_keys(args)
+    except ValueError as exc:
+        return fail(f"--public-key: {exc}")
+    result = verify(manifest, keys, Path(args.signature) if args.signature else None)
+    report = result.report
+    what = f"{report.get('kind', '?')} report, {report.get('first_day', '?')} to {report.get('last_day', '?')}"
+    for problem in result.problems:
+        print(f"otp-service: {problem}", file=sys.stderr)
+    if not result.valid:
+        return fail(f"{manifest.name} does not verify ({what}): {len(result.problems)} problem(s)", 1)
+    fingerprint = signing.fingerprint(keys[result.signer])
+    print(f"verified: {what}, {result.checked} files as signed by {result.signer} (public-key SHA-256 {fingerprint})")
+    if report.get("audit_records_intact") is False:
+        print("note: the report itself says its audit records were ALTERED")
+    return 0
+
+
+def _public_keys(given: list[str]) -> dict:
+    """Keys named on the command line: PEM files, or the base64 keys GET /api/v1/audit/keys lists."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from ..core import signing
+
+    keys = {}
+    for text in given:
+        path = Path(text)
+        if path.is_file():
+            try:
+                key = load_pem_public_key(path.read_bytes())
+            except ValueError:
+                raise ValueError(f"{text} is not a PEM public key") from None
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError(f"{text} is not an Ed25519 key")
+        else:
+            key = signing.public_key(text)
+        keys[signing.key_id(key)] = key
+    return keys
+
+
+def _service_keys(args: argparse.Namespace) -> dict:
+    from ..audit.checkpoints import Keys
+
+    return Keys.from_settings(settings_for(args)).public

@@ -49,6 +49,12 @@ def public_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return base64.b64encode(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
 
 
+def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The public key as PEM (SubjectPublicKeyInfo): what `openssl pkeyutl -verify -pubin -inkey` reads."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+
 def new_signing_seed() -> str:
     raw = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     return base64.b64encode(raw).decode("ascii")

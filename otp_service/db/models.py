@@ -196,6 +196,8 @@ class Report(BaseModel):
     subject = CharField(max_length=254, null=True)  # a per-user report's user id
     tenant_id = IntegerField(default=1)  # the tenant whose data it covers
     withdrawn_at = DateTimeField(null=True)  # its content removed by an erasure, until it is made again
+    manifest = TextField(null=True)  # its files' SHA-256, signed (reports.manifest); None: made without keys
+    manifest_signature = TextField(null=True)  # the manifest's raw Ed25519 signature, base64
 
     class Meta:
         table_name = "reports"

@@ -206,10 +206,20 @@ class ReportHtmlHandler(ApiHandler):
             # The page needs no script and nothing from elsewhere; say so to the browser.
             self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
         else:
-            kind, extension = {"data": ("application/zip", "zip"), "pdf": ("application/pdf", "pdf")}[self.part]
+            kind, extension = FILE_TYPES[self.part]
             self.set_header("Content-Type", kind)
             self.set_header("Content-Disposition", f'attachment; filename="{name}.{extension}"')
         self.finish(content)
+
+
+# Each file of a stored report: its type, and its name's ending (as the `report` command names it on disk,
+# which is the name the signed manifest lists it under).
+FILE_TYPES = {
+    "data": ("application/zip", "zip"),
+    "pdf": ("application/pdf", "pdf"),
+    "manifest": ("application/json", "manifest.json"),
+    "signature": ("application/octet-stream", "manifest.sig"),
+}
 
 
 class ReportDataHandler(ReportHtmlHandler):
@@ -218,6 +228,18 @@ class ReportDataHandler(ReportHtmlHandler):
 
 class ReportPdfHandler(ReportHtmlHandler):
     part = "pdf"
+
+
+class ReportManifestHandler(ReportHtmlHandler):
+    """The signed manifest: every file of the report with its SHA-256, as the audit key signed it (exact bytes)."""
+
+    part = "manifest"
+
+
+class ReportSignatureHandler(ReportHtmlHandler):
+    """The manifest's Ed25519 signature, raw (64 bytes), as `openssl pkeyutl -verify -rawin -sigfile` reads it."""
+
+    part = "signature"
 
 
 class AuditKeysHandler(ApiHandler):

@@ -234,6 +234,31 @@ ROUTES: tuple[Route, ...] = (
         scope="reports",
     ),
     Route(
+        f"{REPORT}/manifest",
+        h.ReportManifestHandler,
+        (
+            get(
+                "A stored report's signed manifest: each of its files (HTML, PDF, zip and every file in the zip) with "
+                "its SHA-256 and size, as the audit key signed it (404 if it was made without the key)",
+                content="application/json",
+                **_REPORT_FILE,
+            ),
+        ),
+        scope="reports",
+    ),
+    Route(
+        f"{REPORT}/signature",
+        h.ReportSignatureHandler,
+        (
+            get(
+                "The manifest's Ed25519 signature, raw (64 bytes): `openssl pkeyutl -verify -rawin` checks it",
+                content="application/octet-stream",
+                **_REPORT_FILE,
+            ),
+        ),
+        scope="reports",
+    ),
+    Route(
         "/api/v1/debug/devices/{device_id}/otp",
         h.DebugOtpHandler,
         (get("The device's current code (DEBUG only)", response="DebugCode", errors=(404,), tag="debug"),),

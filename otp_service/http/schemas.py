@@ -230,9 +230,11 @@ SCHEMAS: dict[str, Any] = {
         keys={
             "type": "array",
             "items": _obj(
-                ["key_id", "public_key", "current"],
+                ["key_id", "public_key", "public_key_pem", "fingerprint", "current"],
                 key_id=_s(),
                 public_key=_s(description="Ed25519 public key, 32 bytes, base64"),
+                public_key_pem=_s(description="the same key as PEM (SubjectPublicKeyInfo), for `openssl pkeyutl`"),
+                fingerprint=_s(description="SHA-256 of the raw 32-byte key, hex: compare with the key published"),
                 current=BOOL,
             ),
         },
@@ -354,6 +356,8 @@ SCHEMAS: dict[str, Any] = {
                 html_url=_s(),
                 pdf_url=_s(nullable=True),  # null: no PDF (WeasyPrint could not run where it was made)
                 data_url=_s(),
+                manifest_url=_s(nullable=True),  # null: made without the service's audit key (no manifest)
+                signature_url=_s(nullable=True),
                 withdrawn={**BOOL, "description": "its content removed by an erasure, until it is made again"},
             ),
         },

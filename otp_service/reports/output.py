@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+RAW_ESCAPED = (*FORMULA_STARTS, "'")  # raw records: the apostrophe itself too, so the escape can be undone
 
 
 def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
@@ -50,13 +51,15 @@ class ReportOutput:
         return frame
 
     def rows(self, name: str, columns: list[str], rows: Iterable[tuple]) -> int:
-        """Write a stream of rows as CSV (neutralised like `table`'s), without holding them; returns how many."""
+        """Write a stream of rows as CSV, without holding them; returns how many. Neutralised like `table`'s, and
+        exactly reversible: a cell that starts with an apostrophe gets one more, so stripping one leading
+        apostrophe from every cell that has one gives the values as stored (re-linking the chain needs them)."""
         count = 0
         with open(self.directory / f"{name}.csv", "w", newline="", encoding="utf-8") as file:
             writer = csv.writer(file, lineterminator="\r\n")
             writer.writerow(columns)
             for row in rows:  # `safe_cell`, inlined: this runs for every value of every raw audit record
-                writer.writerow([f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v for v in row])
+                writer.writerow([f"'{v}" if isinstance(v, str) and v.startswith(RAW_ESCAPED) else v for v in row])
                 count += 1
         self.files.append(f"{name}.csv")
         return count

@@ -52,6 +52,7 @@ class ReportResult:
     report_id: int | None
     pdf_problem: str | None = None
     intact: bool | None = None  # the audit trail of the period verified (None: not checked, no keys)
+    manifest: Path | None = None  # the signed manifest of its files (None: made without the service's keys)
 
 
 def report_name(kind: str, start: date, end: date, subject: str | None = None, tenant: str = DEFAULT_NAME) -> str:
@@ -169,9 +170,39 @@ def run_report(
     report_id = None
     if store:
         report_id = _store(database, kind, span, html, data_zip, pdf, user_id, tenant_id, replacing)
-    database.close_all()
     intact = None if statement is None else statement["intact"]
-    return ReportResult(notebook, html_path, pdf_path, zip_path, data_dir, report_id, problem, intact)
+    manifest_path = None
+    if settings is not None:  # the service's audit key signs what the report was made as
+        about = {"kind": kind, "first_day": str(start), "last_day": str(end), "tenant": tenant, "id": report_id}
+        about |= {"user_id": user_id} if user_id else {}
+        about |= {"generated_by": generated_by, "environment": settings.environment, "audit_records_intact": intact}
+        files = [(html_path.name, html.encode("utf-8")), (zip_path.name, data_zip)]
+        files += [(pdf_path.name, pdf)] if pdf_path is not None and pdf is not None else []
+        manifest_path = _write_manifest(database, settings, output_dir / name, about, files, report_id)
+    database.close_all()
+    return ReportResult(notebook, html_path, pdf_path, zip_path, data_dir, report_id, problem, intact, manifest_path)
+
+
+def _write_manifest(database, settings: Settings, stem: Path, about: dict, files: list, report_id: int | None) -> Path:
+    """Sign the manifest of the report's files and write it (and its signature) beside them, and into the
+    stored report, so a copy downloaded from the API verifies as one from the folder does."""
+    import base64
+
+    from ..audit.checkpoints import Keys
+    from ..db.models import Report
+    from .manifest import SIGNATURE_SUFFIX, SUFFIX, signed_manifest
+
+    keys = Keys.from_settings(settings)
+    about["created_at"] = datetime.utcnow().isoformat(timespec="seconds") + "Z"
+    text, signature = signed_manifest(keys.signing, keys.key_id, about, files)
+    path = stem.with_name(stem.name + SUFFIX)
+    path.write_text(text, encoding="utf-8")
+    stem.with_name(stem.name + SIGNATURE_SUFFIX).write_bytes(signature)
+    if report_id is not None:
+        stored = dict(manifest=text, manifest_signature=base64.b64encode(signature).decode("ascii"))
+        with database.connection_context():
+            Report.update(**stored).where(Report.id == report_id).execute()
+    return path
 
 
 def _integrity(settings: Settings, database, span: Period, kind: str) -> dict:
@@ -294,6 +325,7 @@ def _store(
     from ..db.models import Report
 
     content = dict(created_at=datetime.utcnow(), html=html, data_zip=data_zip, pdf=pdf)
+    content |= dict(manifest=None, manifest_signature=None)  # signed once stored (`_write_manifest`): it names the id
     with database.connection_context():
         if replacing is not None:
             Report.update(**content, withdrawn_at=None).where(Report.id == replacing).execute()

@@ -6,6 +6,7 @@ here changes state or decides anything, and nothing returned can help derive a k
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime
 from typing import Any
@@ -116,6 +117,7 @@ def list_reports(tenant_id: int, limit: int = 50, before: int | None = None) -> 
         Report.period_end,
         Report.created_at,
         Report.pdf.is_null(False).alias("has_pdf"),
+        Report.manifest.is_null(False).alias("has_manifest"),
         Report.withdrawn_at,
     ).where(Report.tenant_id == tenant_id)
     if before is not None:
@@ -133,6 +135,8 @@ def list_reports(tenant_id: int, limit: int = 50, before: int | None = None) -> 
             "html_url": f"/api/v1/reports/{r.id}",
             "pdf_url": f"/api/v1/reports/{r.id}/pdf" if r.has_pdf else None,
             "data_url": f"/api/v1/reports/{r.id}/data",
+            "manifest_url": f"/api/v1/reports/{r.id}/manifest" if r.has_manifest else None,
+            "signature_url": f"/api/v1/reports/{r.id}/signature" if r.has_manifest else None,
             "withdrawn": r.withdrawn_at is not None,  # by an erasure, until it is made again
         }
         for r in rows[:limit]
@@ -140,7 +144,18 @@ def list_reports(tenant_id: int, limit: int = 50, before: int | None = None) -> 
     return {"reports": entries, "next_before": entries[-1]["id"] if more else None}
 
 
-REPORT_PARTS = {"html": Report.html, "data": Report.data_zip, "pdf": Report.pdf}
+REPORT_PARTS = {
+    "html": Report.html,
+    "data": Report.data_zip,
+    "pdf": Report.pdf,
+    "manifest": Report.manifest,
+    "signature": Report.manifest_signature,
+}
+MISSING_PART = {
+    "pdf": "has no PDF: WeasyPrint could not run where it was made",
+    "manifest": "has no signed manifest: it was made without the service's audit key",
+    "signature": "has no signed manifest: it was made without the service's audit key",
+}
 
 
 def report_content(tenant_id: int, report_id: int, part: str) -> tuple[Report, bytes | str]:
@@ -154,12 +169,12 @@ def report_content(tenant_id: int, report_id: int, part: str) -> tuple[Report, b
         raise errors.ReportWithdrawn(
             f"Report {report_id} was withdrawn by an erasure of personal data it held; it is being made again."
         )
-    if part == "html":
-        return row, row.html
     content = getattr(row, column.name)
     if content is None:
-        raise errors.NotFound(f"Report {report_id} has no PDF: WeasyPrint could not run where it was made.")
-    return row, bytes(content)
+        raise errors.NotFound(f"Report {report_id} {MISSING_PART[part]}.")
+    if part == "signature":
+        return row, base64.b64decode(content)  # raw, as `openssl pkeyutl -sigfile` reads it
+    return row, content if part in ("html", "manifest") else bytes(content)
 
 
 def describe(device: Device, at: datetime) -> dict[str, Any]:
