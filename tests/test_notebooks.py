@@ -247,8 +247,9 @@ def test_notebook_runs_with_other_parameters_and_follows_them(name, parameters, 
             got = shown.get(field)
             ok = want[0] <= got <= want[1] if isinstance(want, tuple) else got == want
             assert ok, f"{name} with {parameters}: {field} is {got!r}, expected {want!r}"
-    for secret in re.findall(r"secret=([A-Z2-7]+)", json.dumps(parameters) + EXAMPLE_URI):
-        assert secret not in text, f"{name} shows the secret"
+    if name.startswith("07"):  # it validates a user's authenticator: its secret is never shown (notebook 1 shows one)
+        for secret in re.findall(r"secret=([A-Z2-7]+)", json.dumps(parameters) + EXAMPLE_URI):
+            assert secret not in text, f"{name} shows the secret"
 
 
 BAD_INPUTS = [
