@@ -58,7 +58,12 @@ class ReportContext:
         if found is None:
             return "## Integrity of these records\n\n**Not checked**: the service's keys were not available."
         against = _against(found)
-        if found["intact"]:
+        if found["intact"] and not found["rows"]:
+            verdict = (
+                "**Empty period: no audit record is dated in it**, so there was none to recompute; the check "
+                f"against {against} found no break."
+            )
+        elif found["intact"]:
             verdict = (
                 f"**Intact.** The {found['rows']:,} audit records written in this period were recomputed link by "
                 f"link in their {found['chains']} hash chains and match, checked against {against}: none was "
@@ -80,10 +85,14 @@ class ReportContext:
         from .. import __version__
 
         rows = [
-            ("Period (UTC)", self.period.in_words()),
+            ("Period (UTC)", f'<span class="report-period">{self.period.in_words()}</span>'),
             ("Tenant", f"{in_markdown(self.tenant)}: its users, devices and audit records only"),
             ("Data", self.source),
-            ("Generated", f"{self.generated_at}, by {self.generated_by or 'this notebook, run by hand'}"),
+            (
+                "Generated",
+                f'<span class="report-generated">{self.generated_at}</span>, '
+                f"by {self.generated_by or 'this notebook, run by hand'}",
+            ),
             ("Software", f"otp-service {__version__}"),
             ("Environment", f"{in_markdown(self.environment or 'not stated')} (the service's ENVIRONMENT setting)"),
             ("Signing key", _signing_key(self.integrity)),

@@ -9,21 +9,31 @@ from __future__ import annotations
 PDF_LIBRARIES = "libpango-1.0-0 libpangoft2-1.0-0 (and a font, e.g. fonts-dejavu-core)"
 
 
-# For paper: A4 landscape (the tables are wide), figures and tables shrunk to the page, page numbers.
+# For paper: A4 landscape (the tables are wide), figures and tables shrunk to the page; every page's footer
+# names the report, its period and when it was generated (taken from the header's marked cells, `string-set`),
+# and the page number, so a single printed page still says what it is from.
 PRINT_CSS = """
-@page { size: A4 landscape; margin: 14mm 12mm 16mm 12mm;
-        @bottom-left { content: string(title); font: 7pt "DejaVu Sans", sans-serif; color: #555; }
+@page { size: A4 landscape; margin: 14mm 12mm 18mm 12mm;
+        @bottom-left { content: string(title); font: 7pt "DejaVu Sans", sans-serif; color: #555; width: 30%; }
+        @bottom-center { content: "Period (UTC): " string(period) " \\2014  generated " string(generated);
+                         font: 7pt "DejaVu Sans", sans-serif; color: #555; width: 50%; }
         @bottom-right { content: "page " counter(page) " of " counter(pages); font: 7pt "DejaVu Sans", sans-serif;
-                        color: #555; } }
+                        color: #555; width: 20%; } }
 html, body { font-size: 9pt; }
 h1 { string-set: title content(); }
+.report-period { string-set: period content(); }
+.report-generated { string-set: generated content(); }
 img { max-width: 100%; height: auto; }
 table { font-size: 7.5pt; max-width: 100%; }
 td, th { overflow-wrap: break-word; }
-tr, img { page-break-inside: avoid; }
-h1, h2, h3 { page-break-after: avoid; }
-/* a heading or an explanation stays with what it introduces (they are separate cells, so `h2` alone is not enough) */
-.jp-MarkdownCell, .jp-RenderedMarkdown { break-after: avoid; }
+tr, img { break-inside: avoid; }
+h1, h2, h3, h4 { break-after: avoid; break-inside: avoid; }
+/* A heading or an explanation stays with what it introduces. Heading and figure are separate cells (and
+   separate blocks inside them), and WeasyPrint honours `break-after: avoid` only between siblings, so each
+   level of the path from a heading to the page's body says it: the markdown cell, its wrappers and the
+   heading itself. */
+.jp-MarkdownCell, .jp-MarkdownCell .jp-Cell-inputWrapper, .jp-MarkdownCell .jp-InputArea,
+.jp-RenderedMarkdown, .jp-RenderedMarkdown > :last-child { break-after: avoid; }
 p { orphans: 3; widows: 3; }
 .keep-together { break-inside: avoid; }  /* a heading and its (short) table: a longer one breaks anyway */
 .jp-OutputArea-output pre { white-space: pre-wrap; }

@@ -47,23 +47,55 @@ def registrations_per_day(start: datetime, end: datetime) -> pd.DataFrame:
     return frame.groupby("day", as_index=False)["succeeded"].sum().rename(columns={"succeeded": "registrations"})
 
 
-def device_states(as_of: datetime) -> pd.DataFrame:
-    """Devices registered before `as_of`, by state at `as_of`: an enrolment never confirmed is "awaiting
-    confirmation" until its deadline and "enrolment expired" after it (as `queries.device_info` tells them)."""
+def _existing(as_of: datetime):
+    """The report's tenant's devices registered before `as_of`: those the period's end knew (a device id
+    registered again later holds only its newest registration, so the earlier one is not counted)."""
+    return sql.of_tenant(Device) & (Device.created_at < as_of)
+
+
+def _rows_of_device(alias, as_of: datetime | None = None, *, after: bool = False):
+    """The audit rows of the outer query's device (this tenant, since its registration), before `as_of` or,
+    with `after`, from `as_of` on."""
+    when = alias.timestamp >= as_of if after else alias.timestamp < as_of
+    return (
+        (alias.device_id == Device.device_id)
+        & (alias.tenant_id == Device.tenant_id)
+        & (alias.timestamp >= Device.created_at)
+        & when
+    )
+
+
+def _state_at(as_of: datetime):
+    """A device's state at `as_of`, from the row as it is now and its audit rows since: an enrolment still
+    unconfirmed is "awaiting confirmation" until its deadline and "enrolment expired" after it (or once ended);
+    one confirmed only after `as_of` was still awaiting confirmation then; a device deactivated after `as_of`
+    was active then."""
+    later = AuditLog.alias("confirmed_later")
+    confirmed_later = fn.EXISTS(
+        later.select(SQL("1")).where(
+            _rows_of_device(later, as_of, after=True) & (later.action == Action.DEVICE_CONFIRMED) & later.success
+        )
+    )
     ended = Device.deactivated_at.is_null(False) & (Device.deactivated_at < as_of)
     pending = Device.pending_until.is_null(False)
-    state = Case(
+    return Case(
         None,
         [
             (pending & (ended | (Device.pending_until <= as_of)), "enrolment expired"),
             (ended, "deactivated"),
-            (pending, "awaiting confirmation"),
+            (pending | confirmed_later, "awaiting confirmation"),
         ],
         "active",
     )
+
+
+def device_states(as_of: datetime) -> pd.DataFrame:
+    """Devices registered before `as_of`, by their state at `as_of` (`_state_at`): the same figures however
+    long after the period the report is made."""
+    state = _state_at(as_of)
     query = (
         Device.select(state.alias("state"), fn.COUNT(Device.device_id))
-        .where((Device.created_at < as_of) & sql.of_tenant(Device))
+        .where(_existing(as_of))
         .group_by(SQL("state"))
         .order_by(SQL("state"))
     )
@@ -73,31 +105,54 @@ def device_states(as_of: datetime) -> pd.DataFrame:
 USAGE_BUCKETS = ((0, 0, "0"), (1, 9, "1-9"), (10, 49, "10-49"), (50, 99, "50-99"), (100, None, "100+"))
 
 
-def usage_distribution() -> pd.DataFrame:
-    """Devices by how many successful verifications they have had, in the `USAGE_BUCKETS` (an empty bucket
-    as 0): whether the devices registered are used at all."""
+def _uses_at(as_of: datetime):
+    """A device's successful verifications up to `as_of`: its count now less those the audit trail records
+    from `as_of` on (so a trail pruned before the period does not lower it)."""
+    later = AuditLog.alias("used_later")
+    since = later.select(fn.COUNT(later.id)).where(
+        _rows_of_device(later, as_of, after=True) & (later.action == VERIFY) & later.success
+    )
+    return Device.usage_count - since
+
+
+def usage_distribution(as_of: datetime) -> pd.DataFrame:
+    """Devices registered before `as_of` by how many successful verifications they had had by then, in the
+    `USAGE_BUCKETS` (an empty bucket as 0): whether the devices registered are used at all."""
+    each = Device.select(_uses_at(as_of).alias("uses")).where(_existing(as_of)).alias("each")
+    uses = each.c.uses
     bucket = Case(
         None,
         [
-            ((Device.usage_count >= lo) & (Device.usage_count <= hi), label)
-            if hi is not None
-            else (Device.usage_count >= lo, label)
+            ((uses >= lo) & (uses <= hi), label) if hi is not None else (uses >= lo, label)
             for lo, hi, label in USAGE_BUCKETS
         ],
     )
-    counts = dict(
-        Device.select(bucket, fn.COUNT(Device.device_id)).where(sql.of_tenant(Device)).group_by(bucket).tuples()
-    )
+    counts = dict(each.select_from(bucket, fn.COUNT(SQL("*"))).group_by(bucket).tuples())
     return pd.DataFrame(
         [(label, counts.get(label, 0)) for *_, label in USAGE_BUCKETS], columns=["verifications", "devices"]
     )
 
 
+USED = (VERIFY, Action.DEVICE_CONFIRMED, Action.DEVICE_RESYNCED)  # the accepted codes that set `last_used`
+
+
+def _last_used_at(as_of: datetime):
+    """When a device last accepted a code before `as_of`: its `last_used` if that is before `as_of`, else the
+    latest accepted code the audit trail records before `as_of` (NULL: none)."""
+    earlier = AuditLog.alias("used_before")
+    latest = earlier.select(fn.MAX(earlier.timestamp)).where(
+        _rows_of_device(earlier, as_of) & earlier.action.in_(USED) & earlier.success
+    )
+    return Case(None, [(Device.last_used < as_of, Device.last_used)], latest)
+
+
 def _stale(as_of: datetime, days: int):
-    """Active devices not used in `days` days before `as_of` (never used counts as stale once that old)."""
+    """Devices active at `as_of` not used in the `days` days before it (never used counts as stale once that
+    old)."""
     cutoff = as_of - timedelta(days=days)
-    unused = Device.last_used.is_null() | (Device.last_used < cutoff)
-    return sql.of_tenant(Device) & Device.is_active & (Device.created_at < cutoff) & unused
+    last_used = _last_used_at(as_of)
+    unused = last_used.is_null() | (last_used < cutoff)
+    return _existing(cutoff) & (_state_at(as_of) == "active") & unused
 
 
 def stale_device_count(as_of: datetime, days: int = 14) -> int:
@@ -106,33 +161,68 @@ def stale_device_count(as_of: datetime, days: int = 14) -> int:
 
 
 def stale_devices(as_of: datetime, days: int = 14, limit: int = 50) -> pd.DataFrame:
-    """The `limit` stale devices (`_stale`) unused longest."""
+    """The `limit` stale devices (`_stale`) unused longest, with what they were at `as_of`."""
+    last_used = _last_used_at(as_of)
     query = (
-        Device.select(Device.device_id, Device.user_id, Device.created_at, Device.last_used, Device.usage_count)
+        Device.select(Device.device_id, Device.user_id, Device.created_at, last_used, _uses_at(as_of))
         .where(_stale(as_of, days))
-        .order_by(Device.last_used.asc(nulls="first"), Device.device_id)
+        .order_by(last_used.asc(nulls="first"), Device.device_id)
         .limit(limit)
     )
     frame = sql.frame(query, ["device_id", "user_id", "created_at", "last_used", "verifications"])
     return sql.stringify_times(frame, ["created_at", "last_used"])
 
 
-def drift_distribution() -> pd.DataFrame:
-    """The clock offsets (in time steps) the service has learned for devices."""
-    query = (
-        Device.select(Device.drift, fn.COUNT(Device.device_id))
-        .where(sql.of_tenant(Device))
-        .group_by(Device.drift)
-        .order_by(Device.drift)
+# The accepted audit rows that set a device's clock offset, and where each records the offset it set.
+DRIFT_SETTERS = (
+    VERIFY,
+    Action.DEVICE_CONFIRMED,
+    Action.DEVICE_RESYNCED,
+    Action.DRIFT_RESET,
+    Action.DEVICE_UNLOCKED,
+    Action.DEVICE_REGISTERED,
+)
+
+
+def _drift_at(as_of: datetime):
+    """A device's clock offset at `as_of`: the one set by its latest audit row before `as_of` that sets it (an
+    accepted code's `drift`, a resync's `offset`, 0 after a reset, an unlock or the registration); the device's
+    offset now when the trail holds no such row (pruned)."""
+    latest = AuditLog.alias("drift_set")
+    last_id = latest.select(fn.MAX(latest.id)).where(
+        _rows_of_device(latest, as_of) & latest.action.in_(DRIFT_SETTERS) & latest.success
     )
+    setter = AuditLog.alias("setter")
+    row = setter.select(
+        Case(
+            None,
+            [
+                (
+                    setter.action.in_([VERIFY, Action.DEVICE_CONFIRMED]),
+                    sql.json_field(setter.additional_data, "drift", "BIGINT"),
+                ),
+                (setter.action == Action.DEVICE_RESYNCED, sql.json_field(setter.additional_data, "offset", "BIGINT")),
+            ],
+            0,
+        )
+    ).where(setter.id == last_id)
+    return fn.COALESCE(row, Device.drift)
+
+
+def drift_distribution(as_of: datetime) -> pd.DataFrame:
+    """The clock offsets (in time steps) the service had learned by `as_of` for the devices registered
+    before it (`_drift_at`)."""
+    each = Device.select(_drift_at(as_of).alias("drift")).where(_existing(as_of)).alias("each")
+    query = each.select_from(each.c.drift, fn.COUNT(SQL("*"))).group_by(each.c.drift).order_by(each.c.drift)
     return sql.frame(query, ["drift_steps", "devices"])
 
 
-def parameter_mix() -> pd.DataFrame:
-    """Devices by algorithm, digits and time step, the most common first: the code settings in use."""
+def parameter_mix(as_of: datetime) -> pd.DataFrame:
+    """Devices registered before `as_of` by algorithm, digits and time step, the most common first: the code
+    settings in use (a device's settings never change after its registration)."""
     query = (
         Device.select(Device.algorithm, Device.digits, Device.interval, fn.COUNT(Device.device_id).alias("n"))
-        .where(sql.of_tenant(Device))
+        .where(_existing(as_of))
         .group_by(Device.algorithm, Device.digits, Device.interval)
         .order_by(SQL("n").desc(), Device.algorithm, Device.digits)
     )

@@ -91,9 +91,9 @@ def test_report_queries_agree_with_the_rows(service, database):
         episodes = bursts.brute_force_episodes(START, END)
         assert len(episodes) >= 1 and (episodes["failures"] >= 5).all()
         devices = len({r.device_id for r in rows if r.action == "DEVICE_REGISTERED" and r.success})
-        assert usage_queries.usage_distribution()["devices"].sum() == devices
-        assert usage_queries.parameter_mix()["devices"].sum() == devices
-        assert usage_queries.drift_distribution()["devices"].sum() == devices
+        assert usage_queries.usage_distribution(END)["devices"].sum() == devices
+        assert usage_queries.parameter_mix(END)["devices"].sum() == devices
+        assert usage_queries.drift_distribution(END)["devices"].sum() == devices
         assert usage_queries.device_states(END)["devices"].sum() == devices
         cutoff = END - timedelta(days=3)
         stale = [
@@ -531,7 +531,15 @@ def test_brute_force_episodes_slide_with_the_failures_not_the_clock(service, dat
     with database.connection_context():
         episodes = bursts.brute_force_episodes(datetime(2026, 2, 19), datetime(2026, 2, 20))
     rows = [
-        (e["start"], e["end"], e["failures"], e["devices"], e["client addresses"], e["lock followed"], e["seen per"])
+        (
+            e["first failure (UTC)"],
+            e["last failure (UTC)"],
+            e["failures"],
+            e["devices"],
+            e["client addresses"],
+            "yes" if e["locks"] else "no",
+            e["seen per"],
+        )
         for e in episodes.to_dict("records")
     ]
     spray = ", ".join(f"SPRAY-{n}" for n in range(6))
