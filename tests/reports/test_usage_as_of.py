@@ -33,11 +33,13 @@ def test_a_past_period_gives_the_same_figures_after_more_activity(service, datab
     a = service.register("A", "alice", CTX, now=_t(2))
     for day in (3, 4):
         service.verify("A", code_at(a, _t(day)), CTX, now=_t(day))
-    service.verify("A", code_at(a, _t(20), offset_steps=1), CTX, now=_t(20))  # its clock a step ahead: drift 1
-    b = service.register("B", "bob", CTX, confirm=True, now=_t(28, hour=23) + 3300)  # 23:55: pending at the end
+    # in time order: an audit chain's time never goes back, so a row written "earlier" after a later one would
+    # be recorded at the later time (chain.clamp) — as when two processes' clocks differ
     service.register("C", "carol", CTX, digits=8, now=_t(4))  # never used: stale at the end
     d = service.register("D", "dave", CTX, algorithm="SHA256", now=_t(5))
     service.verify("D", code_at(d, _t(6)), CTX, now=_t(6))  # last used 6 February: stale at the end
+    service.verify("A", code_at(a, _t(20), offset_steps=1), CTX, now=_t(20))  # its clock a step ahead: drift 1
+    b = service.register("B", "bob", CTX, confirm=True, now=_t(28, hour=23) + 3300)  # 23:55: pending at the end
     with database.connection_context():
         before = figures()
     assert before["states"] == [{"state": "active", "devices": 3}, {"state": "awaiting confirmation", "devices": 1}]
