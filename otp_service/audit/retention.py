@@ -194,11 +194,12 @@ def erase(
             .where((RecoveryCodes.tenant_id == tenant_id) & RecoveryCodes.user_id.in_(names))
             .execute()
         )
-        rows = AuditLog.update(user_id=None, ip_address=None, user_agent=None).where(rows_of).execute()
-        UserSpelling.delete().where((UserSpelling.tenant_id == tenant_id) & (UserSpelling.user_id == user_id)).execute()
-        # a stored user report is the user's personal data, whole: it goes too
+        # a stored user report is the user's personal data, whole: it goes too — before the rows are emptied, so
+        # that a download of it in flight (which holds the report's row) has committed its row first
         mine = Report.tenant_id == tenant_id
         reports = Report.delete().where(mine & (Report.kind == "user") & Report.subject.in_(names)).execute()
+        rows = AuditLog.update(user_id=None, ip_address=None, user_agent=None).where(rows_of).execute()
+        UserSpelling.delete().where((UserSpelling.tenant_id == tenant_id) & (UserSpelling.user_id == user_id)).execute()
         withdrawn = 0
         seen = [_as_datetime(f) for f in first_seen if f is not None]
         if seen:
