@@ -225,7 +225,7 @@ def admin_actions(start: datetime, end: datetime) -> pd.DataFrame:
     X-Actor, --actor; "(not said)" where none was named) and the device it touched: deactivations, unlocks,
     clock allowance resets, code look-ups, erasures, prunes of the audit trail, refusals for a missing scope,
     changes to the API clients and tenants, and every report made, listed or downloaded (reports hold personal
-    data). The reason column is left out when no row has one: an empty column says nothing."""
+    data). The reason and details columns are left out when no row has one: an empty column says nothing."""
     query = (
         AuditLog.select(
             AuditLog.timestamp,
@@ -245,11 +245,10 @@ def admin_actions(start: datetime, end: datetime) -> pd.DataFrame:
     frame.insert(2, "person", [f.get("by") or NOT_SAID for f in facts])
     frame["result"] = frame.pop("success").map({True: "done", False: "refused"})  # 1 and 0 too
     frame["reason"] = frame.pop("reason").fillna("")
-    if not frame["reason"].astype(bool).any():
-        frame = frame.drop(columns="reason")
     frame["device_id"] = frame["device_id"].fillna("")
     frame["details"] = facts.map(_admin_details)
-    return sql.stringify_times(frame, ["time"])
+    said = [c for c in ("reason", "details") if len(frame) and not frame[c].astype(bool).any()]
+    return sql.stringify_times(frame.drop(columns=said), ["time"])
 
 
 NOT_SAID = "(not said)"
