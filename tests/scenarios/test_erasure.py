@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import threading
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -174,3 +176,51 @@ def test_an_erasure_during_traffic_leaves_no_row_naming_the_user(two_processes, 
         stop.set()
     assert status == 200 and erased["data"]["devices"] == 4 and erased["data"]["recovery_codes"] == 1
     assert rows_naming(database, VICTIM) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(3))
+def test_downloads_of_a_user_report_during_its_erasure_leave_no_row_naming_the_user(two_processes, database, trial):
+    """A download's row names a user report's subject (issue 23). Downloads in flight while the user is erased
+    either commit their row before the erasure deletes the report (which waits on the row they hold) — and the
+    erasure empties it — or find the report gone (404): no row naming the user survives."""
+    first, second = two_processes
+    headers = {"Authorization": f"Bearer {API_KEY}", "X-Actor": "auditor"}
+    status, _ = http(
+        "POST",
+        f"http://127.0.0.1:{first}/api/v1/devices/register",
+        {"device_id": f"U{trial}", "user_id": VICTIM},
+        headers,
+    )
+    assert status == 201
+    own = a_report(database, kind="user", html=f"<h1>{VICTIM}</h1>")
+    stop, served = threading.Event(), []
+
+    def download(n: int) -> None:
+        port = (first, second)[n % 2]
+        while not stop.is_set():
+            served.append(fetched(f"http://127.0.0.1:{port}/api/v1/reports/{own}/data", headers))
+
+    with ThreadPoolExecutor(6) as pool:
+        for n in range(6):
+            pool.submit(download, n)
+        threading.Event().wait(0.4)
+        status, _ = http("POST", f"http://127.0.0.1:{second}/api/v1/users/{VICTIM}/erase", None, headers)
+        threading.Event().wait(0.3)
+        stop.set()
+    assert status == 200 and 200 in served and 404 in served
+    assert rows_naming(database, VICTIM) == []
+    with database.connection_context():
+        downloads = AuditLog.select().where(AuditLog.action == Action.REPORT_DOWNLOADED).count()
+    assert downloads == served.count(200)  # every file handed out has its row
+
+
+def fetched(url: str, headers: dict) -> int:
+    """The status of a GET whose body is a file, not JSON."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
