@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,16 @@ def vacuum(database: Database) -> None:
 
 
 def prune(
-    database: Database, journal: Journal, keys: Keys, before: datetime, export_dir: Path, now: datetime
+    database: Database,
+    journal: Journal,
+    keys: Keys,
+    before: datetime,
+    export_dir: Path,
+    now: datetime,
+    by: str | None = None,
 ) -> dict[str, Any]:
     """Export, then delete, each chain's rows up to the last one written before `before`; returns the manifest.
+    `by`: the person or ticket the operator named (`--actor`), in the AUDIT_PRUNED row.
 
     A chain is cut at its last row older than `before`: rows are in write order, so the few written just
     after `before` by requests that started before it, and that landed earlier in the chain, go too."""
@@ -123,7 +131,8 @@ def prune(
                 AuditChain.chain == chain
             ).execute()
         data = {"before": isoformat(before), "rows": count, "export": data_path.name, "sha256": digest}
-        journal.append([audit_row(AuditEvent(Action.AUDIT_PRUNED, True, None, data), now, None, None, _OPERATOR)])
+        operator = replace(_OPERATOR, by=by)
+        journal.append([audit_row(AuditEvent(Action.AUDIT_PRUNED, True, None, data), now, None, None, operator)])
         extra = {"floors": floors, "pruned": data}
         checkpoint = checkpoints.take(database, keys, "prune", now, extra)
     manifest = {
@@ -195,11 +204,12 @@ def erase(
             .where((RecoveryCodes.tenant_id == tenant_id) & RecoveryCodes.user_id.in_(names))
             .execute()
         )
-        rows = AuditLog.update(user_id=None, ip_address=None, user_agent=None).where(rows_of).execute()
-        UserSpelling.delete().where((UserSpelling.tenant_id == tenant_id) & (UserSpelling.user_id == user_id)).execute()
-        # a stored user report is the user's personal data, whole: it goes too
+        # a stored user report is the user's personal data, whole: it goes too — before the rows are emptied, so
+        # that a download of it in flight (which holds the report's row) has committed its row first
         mine = Report.tenant_id == tenant_id
         reports = Report.delete().where(mine & (Report.kind == "user") & Report.subject.in_(names)).execute()
+        rows = AuditLog.update(user_id=None, ip_address=None, user_agent=None).where(rows_of).execute()
+        UserSpelling.delete().where((UserSpelling.tenant_id == tenant_id) & (UserSpelling.user_id == user_id)).execute()
         withdrawn = 0
         seen = [_as_datetime(f) for f in first_seen if f is not None]
         if seen:

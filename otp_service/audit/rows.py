@@ -52,13 +52,16 @@ def normal_ip(value: str | None) -> str | None:
 @dataclass(frozen=True)
 class RequestContext:
     """Who is asking, as the audit trail records it: a normal IP address or None, the User-Agent cut to what
-    its column holds (None when empty), a request id of at most 64 characters, and the API client."""
+    its column holds (None when empty), a request id of at most 64 characters, the API client, and the person
+    or ticket it acted for (`by`: X-Actor or --actor, already validated), which every row it writes records in
+    its additional data (hashed into the chain like the rest) — not a column of its own."""
 
     ip_address: str | None = None
     user_agent: str | None = None
     request_id: str | None = None
     actor: str | None = None  # the API client's name (None: the service itself, e.g. the CLI)
     tenant_id: int = DEFAULT_TENANT  # the tenant the request acts in: every row and state it touches is its
+    by: str | None = None  # the person or ticket behind an administrative request (None: not said)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ip_address", normal_ip(self.ip_address))
@@ -66,6 +69,7 @@ class RequestContext:
         object.__setattr__(self, "request_id", (self.request_id or None) and self.request_id[:REQUEST_ID_MAX])
 
 
+BY = "by"  # the key of the additional data that names the person behind a request (`RequestContext.by`)
 SYSTEM = RequestContext(ip_address=None, user_agent="otp-service", request_id=None, actor="otp-service")
 
 
@@ -79,7 +83,8 @@ def compact_json(data: dict[str, Any] | None) -> str | None:
 def audit_row(
     event: AuditEvent, at: datetime, device_id: str | None, user_id: str | None, ctx: RequestContext
 ) -> tuple:
-    """The row, in AUDIT_COLUMNS order."""
+    """The row, in AUDIT_COLUMNS order; the context's person (`by`) goes into the additional data."""
+    data = event.data if ctx.by is None else {**(event.data or {}), BY: ctx.by}
     return (
         at,
         str(event.action),
@@ -90,7 +95,7 @@ def audit_row(
         ctx.ip_address,
         ctx.user_agent,
         ctx.request_id,
-        compact_json(event.data),
+        compact_json(data),
         ctx.actor,
         ctx.tenant_id,
     )

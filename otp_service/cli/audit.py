@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import fail, service_for
+from .common import actor_of, fail, service_for
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -38,6 +38,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 return fail(f"--expect must be a checkpoint's SHA-256 (64 hex digits), got {digest!r}")
     except (ReportError, OverflowError) as exc:
         return fail(str(exc) if isinstance(exc, ReportError) else "--end is too far in the future")
+    by = actor_of(args)
     try:
         with service_for(args) as service:
             if args.action == "keys":
@@ -50,7 +51,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 return 0
             if args.action == "checkpoint":
                 try:
-                    taken = service.checkpoint("on-demand")
+                    taken = service.checkpoint("on-demand", {"by": by} if by else None)  # in its signed text
                 except Unverified as refused:
                     first = findings(refused.breaks)[0]
                     return fail(f"nothing was signed: the rows since the last checkpoint do not verify ({first})", 1)
@@ -59,7 +60,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             if args.action == "prune":
                 if not args.export.strip():
                     return fail("--export must name a folder")
-                manifest = service.prune_audit(before, Path(args.export))
+                manifest = service.prune_audit(before, Path(args.export), by)
                 print(
                     f"exported and removed {manifest['rows']} audit rows written before {args.before}: "
                     f"{Path(args.export) / manifest['file']} (manifest beside it); signed checkpoint "

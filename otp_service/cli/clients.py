@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import date, datetime
 
-from .common import command_database, fail, settings_for
+from .common import actor_of, command_database, fail, settings_for
 from .tenants import tenant_id_named
 
 
@@ -30,6 +30,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
             return fail(f"--grace-hours must be between 0 and {24 * 90} (90 days), got {grace}")
         if args.action != "list":
             clients.check_name(args.name)
+        by = actor_of(args)
     except (ValueError, ReportError) as exc:
         return fail(str(exc))
     try:
@@ -39,11 +40,12 @@ def cmd_clients(args: argparse.Namespace) -> int:
             with database.connection_context(), database.atomic():
                 now = clock.time()
                 if args.action == "create":
-                    key = clients.create(journal, args.name, scopes, now, expires, tenant_id_named(args.tenant))
+                    tenant_id = tenant_id_named(args.tenant)
+                    key = clients.create(journal, args.name, scopes, now, expires, tenant_id, by)
                 elif args.action == "rotate":
-                    key = clients.rotate(journal, args.name, now, timedelta(hours=args.grace_hours))
+                    key = clients.rotate(journal, args.name, now, timedelta(hours=args.grace_hours), by)
                 elif args.action == "revoke":
-                    clients.revoke(journal, args.name, now)
+                    clients.revoke(journal, args.name, now, by)
                 else:
                     rows = clients.listing()
     except ValueError as exc:

@@ -94,6 +94,23 @@ def masked_url(url: str) -> str:
     return urlunparse(parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)))
 
 
+ACTOR_HELP = "the person or ticket this is done for, recorded in the audit rows it writes (beside command-line)"
+
+
+def actor_of(args: argparse.Namespace) -> str | None:
+    """`--actor`, checked as the API checks X-Actor (`validation.actor`): None when not given; a bad one ends the
+    command with exit code 2 before anything is done."""
+    from ..core import errors, validation
+
+    given = getattr(args, "actor", None)
+    if given is None:
+        return None
+    try:
+        return validation.actor(given, "--actor")
+    except errors.ServiceError as exc:
+        raise Failed(exc.message, 2) from None
+
+
 class Failed(Exception):
     """The command cannot go on: `main()` prints `message` as one line and exits with `code`. Raised by the
     helpers below, which cannot end the command by returning `fail(...)` themselves."""

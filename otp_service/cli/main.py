@@ -14,7 +14,7 @@ from .. import __version__
 from ..config import ConfigError
 from .audit import cmd_audit
 from .clients import cmd_clients
-from .common import Failed, fail
+from .common import ACTOR_HELP, Failed, fail
 from .demo import cmd_demo_data
 from .migrate import cmd_migrate
 from .reports import REPORT_KINDS, cmd_report, cmd_scheduled_report, cmd_verify_report
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database-url", help=URL_HELP)
     p.add_argument("--output-dir", default="reports", help="folder for the HTML, notebook, CSV and PNG files")
     p.add_argument("--no-store", action="store_true", help="do not keep the report in the database")
+    p.add_argument("--actor", help=ACTOR_HELP)
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser(
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tenant", default="default", help="whose users, devices and audit records it covers")
     p.add_argument("--database-url", help=URL_HELP)
     p.add_argument("--output-dir", default="reports", help="folder for the HTML, notebook, CSV and PNG files")
+    p.add_argument("--actor", help=ACTOR_HELP)
     p.set_defaults(run=cmd_scheduled_report)
 
     p = sub.add_parser(
@@ -131,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         "revoke", help="stop a client's key (within seconds, in every process)", formatter_class=formatter
     )
     a.add_argument("name", help="the client")
-    for a in actions.choices.values():
+    for name, a in actions.choices.items():
         a.add_argument("--database-url", help=URL_HELP)
+        if name != "list":
+            a.add_argument("--actor", help=ACTOR_HELP)
     p.set_defaults(run=cmd_clients)
 
     p = sub.add_parser(
@@ -161,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         "keys", help="the public keys that verify checkpoints and report manifests", formatter_class=formatter
     )
     a.add_argument("--pem", action="store_true", help="the signing key's public half as PEM, for openssl")
-    for a in actions.choices.values():
+    for name, a in actions.choices.items():
         a.add_argument("--database-url", help=URL_HELP)
+        if name in ("checkpoint", "prune"):
+            a.add_argument("--actor", help=ACTOR_HELP)
     p.set_defaults(run=cmd_audit)
 
     p = sub.add_parser("users", help="users: erase (GDPR art. 17)", formatter_class=formatter)
@@ -173,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("user_id", help="the user")
     a.add_argument("--tenant", default="default", help="the tenant whose user it is")
     a.add_argument("--database-url", help=URL_HELP)
+    a.add_argument("--actor", help=ACTOR_HELP)
     p.set_defaults(run=cmd_users)
 
     add_tenants(sub, formatter, URL_HELP)

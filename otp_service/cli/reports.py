@@ -1,6 +1,7 @@
 """`report` and `scheduled-report`: check the period and the user here, then run the notebook
 (`reports.runner`); its failures come back as ReportError and end the command with exit code 1. A report
-whose audit records do not verify is still written (it says ALTERED) and ends with `EXIT_ALTERED`."""
+whose audit records do not verify is still written (it says ALTERED) and ends with `EXIT_ALTERED`. Every
+report made is audited (`REPORT_GENERATED`, with `--actor` if given): it holds personal data."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from .common import fail, settings_for, url_for
+from .common import actor_of, fail, service_for, settings_for, url_for
+from .tenants import tenant_id_named
 
 REPORT_KINDS = ["audit", "usage"]
 EXIT_ALTERED = 3  # the report was written, and says its records were altered: a cron job must fail on it
@@ -25,8 +27,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     url = url_for(args)
     settings = settings_for(args)  # the keys that verify the audit trail the report states
+    by = actor_of(args)
     if args.kind == "regenerate":
-        return _regenerate(args, url, settings)
+        return _regenerate(args, url, settings, by)
     user = getattr(args, "user_id", None)
     try:
         if (args.kind == "user") != (user is not None):
@@ -60,6 +63,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     except ReportError as exc:
         return fail(str(exc), 1)
+    with service_for(args) as service:
+        with service.database.connection_context():
+            tenant_id = tenant_id_named(args.tenant)
+        ctx = _context(tenant_id, by)
+        service.record_report_made(
+            ctx, args.kind, start, end, report_id=result.report_id, subject=user, intact=result.intact
+        )
     pdf = f", {result.pdf}" if result.pdf else ""
     print(f"wrote {result.html}{pdf} and {result.data_zip} (notebook {result.notebook}, files in {result.data_dir})")
     if result.pdf_problem:
@@ -71,7 +81,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _regenerate(args: argparse.Namespace, url: str, settings) -> int:
+def _regenerate(args: argparse.Namespace, url: str, settings, by: str | None) -> int:
     """Make again every stored report an erasure withdrew (a cron job's work: see render.yaml)."""
     from ..reports.runner import ReportError, regenerate
 
@@ -79,12 +89,29 @@ def _regenerate(args: argparse.Namespace, url: str, settings) -> int:
         made = regenerate(url, Path(args.output_dir), settings, _generated_by("report regenerate"))
     except ReportError as exc:
         return fail(str(exc), 1)
+    if made:
+        with service_for(args) as service:  # each in its own tenant's trail
+            service.record_reports_remade(_context(None, by), made)
     print(f"made again: {', '.join(f'report {n}' for n, _ in made)}" if made else "no report is withdrawn")
     altered = [n for n, intact in made if intact is False]
     if altered:  # made and stored all the same, saying ALTERED: like `report`, a cron job running it fails
         listed = ", ".join(f"report {n}" for n in altered)
         return fail(f"the audit records of {listed} do not verify: the report says ALTERED", EXIT_ALTERED)
     return 0
+
+
+def _context(tenant_id: int | None, by: str | None):
+    """Who made a report, as its audit row names them: the command line, and the person if `--actor` said (the
+    tenant: whose data it covers; None: each report's own, `record_reports_remade`)."""
+    from ..audit.rows import RequestContext
+    from ..core.transitions import DEFAULT_TENANT
+
+    return RequestContext(
+        user_agent="otp-service report (command line)",
+        actor="command-line",
+        tenant_id=DEFAULT_TENANT if tenant_id is None else tenant_id,
+        by=by,
+    )
 
 
 def _generated_by(command: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import Failed, command_database, fail, settings_for
+from .common import ACTOR_HELP, Failed, actor_of, command_database, fail, settings_for
 
 
 def tenant_id_named(name: str) -> int:
@@ -30,15 +30,17 @@ def cmd_tenants(args: argparse.Namespace) -> int:
         policy = dict(_pair(item) for item in getattr(args, "settings", None) or ())
     except ValueError as exc:
         return fail(str(exc))
+    by = actor_of(args)
     settings = settings_for(args)
     try:
         with command_database(settings.database_url, settings.db_timeout, schema="current") as database:
             journal = build_service(settings, database).journal
             with database.connection_context(), database.atomic():
                 if args.action == "create":
-                    tenant_id = tenants.create(journal, args.name, time.time())
+                    tenant_id = tenants.create(journal, args.name, time.time(), by)
                 elif args.action == "set":
-                    tenant = tenants.configure(journal, settings, args.name, policy, args.rate_limits, time.time())
+                    now = time.time()
+                    tenant = tenants.configure(journal, settings, args.name, policy, args.rate_limits, now, by)
                 else:
                     rows = tenants.listing()
     except ValueError as exc:
@@ -86,6 +88,8 @@ def add_parser(sub: argparse._SubParsersAction, formatter: type, url_help: str) 
     a.add_argument(
         "--rate-limits", help="what all the tenant's clients share, e.g. 'verify=6000/minute' (empty: clear)"
     )
-    for a in actions.choices.values():
+    for name, a in actions.choices.items():
         a.add_argument("--database-url", help=url_help)
+        if name != "list":
+            a.add_argument("--actor", help=ACTOR_HELP)
     p.set_defaults(run=cmd_tenants)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import fail, service_for
+from .common import actor_of, fail, service_for
 from .tenants import tenant_id_named
 
 
@@ -18,11 +18,12 @@ def cmd_users(args: argparse.Namespace) -> int:
         uid = user_id(args.user_id)
     except ValidationError as exc:
         return fail(exc.message)
+    by = actor_of(args)
     with service_for(args) as service:
         with service.database.connection_context():
             tenant_id = tenant_id_named(args.tenant)
         operator = RequestContext(
-            user_agent="otp-service users (command line)", actor="command-line", tenant_id=tenant_id
+            user_agent="otp-service users (command line)", actor="command-line", tenant_id=tenant_id, by=by
         )
         erased = service.erase_user(uid, operator)
     print(

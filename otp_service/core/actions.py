@@ -11,6 +11,10 @@ from enum import StrEnum
 # tenant, named by the request's X-Tenant header (never implied by admin: a tenant's admin stays in it).
 ROUTE_SCOPES = ("verify", "enroll", "manage", "read", "reports", "metrics")
 SCOPES = (*ROUTE_SCOPES, "operator", "admin")
+# The administrative scopes: their routes act on a person's decision (deactivate, unlock, erase, look up a code)
+# or hand out personal data (reports), so they take an X-Actor header naming that person or ticket, recorded
+# in every audit row the request writes beside the client. Verification, enrolment and reads do not.
+ACTOR_SCOPES = ("manage", "reports")
 
 
 class Action(StrEnum):
@@ -39,3 +43,6 @@ class Action(StrEnum):
     AUDIT_PRUNED = "AUDIT_PRUNED"  # audit rows before a date exported and removed (retention)
     AUDIT_VERIFIED = "AUDIT_VERIFIED"  # a verification of the audit trail that found it broken
     TENANT_CHANGED = "TENANT_CHANGED"  # a tenant created, or its policy or rate limits set
+    REPORT_GENERATED = "REPORT_GENERATED"  # a report made (report, scheduled-report, report regenerate)
+    REPORTS_LISTED = "REPORTS_LISTED"  # the stored reports listed through the API (which ones were shown)
+    REPORT_DOWNLOADED = "REPORT_DOWNLOADED"  # a stored report's file fetched through the API (HTML, zip, PDF)

@@ -26,6 +26,7 @@ def _error(name: str, status: int, code: str) -> type[ServiceError]:
 
 ValidationError = _error("ValidationError", 400, "VALIDATION_ERROR")
 MalformedJSON = _error("MalformedJSON", 400, "MALFORMED_JSON")
+InvalidActor = _error("InvalidActor", 400, "INVALID_ACTOR")
 Unauthorized = _error("Unauthorized", 401, "UNAUTHORIZED")
 InsufficientScope = _error("InsufficientScope", 403, "INSUFFICIENT_SCOPE")
 NotFound = _error("NotFound", 404, "NOT_FOUND")

@@ -12,7 +12,7 @@ import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .errors import ValidationError
+from .errors import InvalidActor, ValidationError
 from .totp import ALGORITHMS, DIGITS_RANGE, INTERVAL_RANGE
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}", re.ASCII)
@@ -52,6 +52,30 @@ def user_id(value: Any) -> str:
     if isinstance(value, str):
         value = normal_user_id(value)
     return _printable(value, "user_id", MAX_USER_ID)
+
+
+MAX_ACTOR = 128
+
+
+def actor(value: Any, field: str = "X-Actor") -> str:
+    """The person or ticket behind an administrative request or command (`X-Actor`, `--actor`), as the audit
+    trail records it beside the client: NFKC-normalised (one spelling of a name, as for user ids), 1-128
+    printable characters — no control or format characters (a bidi override could make a row read as someone
+    else's) and no surrounding spaces. Refused with INVALID_ACTOR, never trimmed into another name."""
+    if isinstance(value, str):
+        value = unicodedata.normalize("NFKC", value)
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_ACTOR
+        or not value.isprintable()
+        or value != value.strip()
+    ):
+        raise InvalidActor(
+            f"{field} must name a person or ticket in 1-{MAX_ACTOR} printable characters (UTF-8), with no control "
+            "characters and no leading or trailing spaces",
+            details={"field": field},
+        )
+    return value
 
 
 def issuer(value: Any) -> str | None:

@@ -184,6 +184,7 @@ class BaseHandler(tornado.web.RequestHandler):
             request_id=self.request_id,
             actor=caller.name if caller is not None else None,
             tenant_id=tenant_id,
+            by=getattr(self, "by", None),  # X-Actor: read only once the request got through `access` (see there)
         )
 
     def respond(self, data: dict[str, Any], message: str, status: int = 200) -> None:

@@ -41,6 +41,18 @@ _PAGE = [
 ]
 
 
+_ACTOR = {
+    "name": "X-Actor",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": validation.MAX_ACTOR},
+    "description": "the person or ticket this administrative request is made for (UTF-8; 1-128 printable "
+    "characters, no control characters, no surrounding spaces; NFKC-normalised), recorded as `by` in every audit "
+    "row the request writes, beside the client. Invalid: 400 `INVALID_ACTOR`, nothing written",
+    "example": "alice@example.com (INC-4711)",
+}
+
+
 def _envelope(data_schema: dict[str, Any]) -> dict[str, Any]:
     return _obj(
         ["success", "message", "data"], success={"type": "boolean", "enum": [True]}, message=_s(), data=data_schema
@@ -69,7 +81,7 @@ def _operation(route: Route, op: Operation) -> dict[str, Any]:
         for code in sorted(set(API_ERRORS) | set(op.errors) | ({413, 415} if op.body else set())):
             responses[str(code)] = _json(_ref("Error"), ERRORS[code])
         described["responses"] = responses
-        parameters = _parameters(route.path) + (_PAGE if op.paged else [])
+        parameters = _parameters(route.path) + (_PAGE if op.paged else []) + ([_ACTOR] if route.takes_actor else [])
         if parameters:
             described["parameters"] = parameters
         if op.body:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import tornado.web
 
+from ..core.actions import ACTOR_SCOPES
+
 
 @dataclass(frozen=True)
 class Operation:
@@ -35,3 +37,9 @@ class Route:
     rate: str = "default"  # the per-address rate limit it counts against
     debug: bool = False  # served only with DEBUG=true outside production
     tenanted: bool = True  # acts in a tenant (/metrics does not: it must answer while the database is down)
+
+    @property
+    def takes_actor(self) -> bool:
+        """An administrative route (`core.actions.ACTOR_SCOPES`): it reads X-Actor, the person or ticket behind
+        the request, and records it in the audit rows the request writes."""
+        return self.scope in ACTOR_SCOPES

@@ -366,7 +366,8 @@ SCHEMAS: dict[str, Any] = {
 }
 
 ERRORS = {
-    400: "Invalid input (`VALIDATION_ERROR` with `error.field`, or `MALFORMED_JSON`)",
+    400: "Invalid input (`VALIDATION_ERROR` with `error.field`, `MALFORMED_JSON`, or `INVALID_ACTOR`: the X-Actor "
+    "header of an administrative route)",
     401: "Missing or wrong API key (`UNAUTHORIZED`)",
     403: "The key's client lacks the operation's scope (`INSUFFICIENT_SCOPE`, with `error.scope`)",
     404: "No such resource (`NOT_FOUND`, `DEVICE_NOT_FOUND`)",

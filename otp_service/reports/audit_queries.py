@@ -1,18 +1,20 @@
 """The audit report's figures (notebook 03): how verifications went, who failed most, refused requests,
-deactivated devices still in use, what each API client and every administrator did, key versions.
+deactivated devices still in use, what each API client and every administrator did (and for whom: X-Actor,
+--actor), the API clients and their scopes, key versions.
 The brute-force episodes are in `bursts`, the raw records in `events`.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import re
+from datetime import datetime, timedelta
 
 import pandas as pd
 from peewee import SQL, Case, fn
 
 from ..core.actions import Action
-from ..db.models import AuditLog, Device
+from ..db.models import ApiClient, AuditLog, Device
 from . import sql
 from .sql import VERIFY
 
@@ -197,6 +199,10 @@ ADMIN_ACTIONS = (
     Action.CLIENT_CREATED,
     Action.CLIENT_ROTATED,
     Action.CLIENT_REVOKED,
+    Action.TENANT_CHANGED,
+    Action.REPORT_GENERATED,
+    Action.REPORTS_LISTED,
+    Action.REPORT_DOWNLOADED,
 )
 
 
@@ -215,9 +221,11 @@ def actions_by_client(start: datetime, end: datetime) -> pd.DataFrame:
 
 
 def admin_actions(start: datetime, end: datetime) -> pd.DataFrame:
-    """Every administrative action, with who did it and the device it touched: deactivations, unlocks, clock
-    allowance resets, code look-ups, erasures, prunes of the audit trail, refusals for a missing scope, and
-    changes to the API clients themselves."""
+    """Every administrative action, with the client that did it, the person or ticket it was done for (`by`:
+    X-Actor, --actor; "(not said)" where none was named) and the device it touched: deactivations, unlocks,
+    clock allowance resets, code look-ups, erasures, prunes of the audit trail, refusals for a missing scope,
+    changes to the API clients and tenants, and every report made, listed or downloaded (reports hold personal
+    data). The reason and details columns are left out when no row has one: an empty column says nothing."""
     query = (
         AuditLog.select(
             AuditLog.timestamp,
@@ -233,17 +241,28 @@ def admin_actions(start: datetime, end: datetime) -> pd.DataFrame:
     )
     frame = sql.frame(query, ["time", "client", "action", "device_id", "success", "reason", "details"])
     frame["client"] = frame["client"].fillna(NO_CLIENT)
+    facts = frame.pop("details").map(_facts)
+    frame.insert(2, "person", [f.get("by") or NOT_SAID for f in facts])
     frame["result"] = frame.pop("success").map({True: "done", False: "refused"})  # 1 and 0 too
     frame["reason"] = frame.pop("reason").fillna("")
     frame["device_id"] = frame["device_id"].fillna("")
-    frame["details"] = frame.pop("details").map(_admin_details)
-    return sql.stringify_times(frame, ["time"])
+    frame["details"] = facts.map(_admin_details)
+    said = [c for c in ("reason", "details") if len(frame) and not frame[c].astype(bool).any()]
+    return sql.stringify_times(frame.drop(columns=said), ["time"])
 
 
-def _admin_details(data: str | None) -> str:
-    """What an administrative action's audit data says, in words: which client, scopes, route."""
-    facts = json.loads(data) if isinstance(data, str) and data else {}  # pandas may hand over NaN for none
+NOT_SAID = "(not said)"
+
+
+def _facts(data: str | None) -> dict:
+    return json.loads(data) if isinstance(data, str) and data else {}  # pandas may hand over NaN for none
+
+
+def _admin_details(facts: dict) -> str:
+    """What an administrative action's audit data says, in words: which client, scopes, route, report."""
     parts = []
+    if "report" in facts or "reports" in facts:
+        parts.append(_report_details(facts))
     if "client" in facts:
         parts.append(f"client {facts['client']}")
     if "scopes" in facts:
@@ -252,7 +271,133 @@ def _admin_details(data: str | None) -> str:
         parts.append(f"{facts['route']} (needs {facts['scope']})" if "scope" in facts else facts["route"])
     if "failed_attempts" in facts:
         parts.append(f"{facts['failed_attempts']} failures still counted")
+    if "tenant" in facts and "change" in facts:
+        parts.append(f"tenant {facts['tenant']} {facts['change']}")
     return "; ".join(parts)
+
+
+def _report_details(facts: dict) -> str:
+    """A report's audit data in words: made (kind, days, stored id), listed (which ids) or fetched (which file)."""
+    if "reports" in facts:
+        listed = facts["reports"]
+        return f"listed {len(listed)} report(s){': ' + ', '.join(map(str, listed)) if listed else ''}"
+    report = f"report {facts['report']}" if facts.get("report") is not None else "a report kept on disk only"
+    if "file" in facts:
+        return f"{report} ({facts.get('kind')}), its {FILE_WORDS.get(facts['file'], facts['file'])}"
+    made = f"{facts.get('kind')} report {facts.get('first_day')} to {facts.get('last_day')}, {report}"
+    verified = {True: "records intact", False: "records ALTERED", None: "records not verified"}[facts.get("intact")]
+    return f"{made}{' (made again)' if facts.get('regenerated') else ''}; {verified}"
+
+
+FILE_WORDS = {"html": "HTML page", "data": "CSV zip", "pdf": "PDF"}
+_ENV_KEY = re.compile(r"env(-[0-9]+)?")  # the keys in API_KEY (`service.clients.env_callers`)
+_SERVICE = ("command-line", "otp-service", "metrics-token")  # names the service gives itself, not clients
+
+
+def clients_and_scopes(start: datetime, end: datetime) -> pd.DataFrame:
+    """Every API client of the tenant as it stood at the period's end — its scopes, when it was created, its
+    state then (active, expired, revoked: since when), its key rotations (from the trail, or the last one the
+    client table remembers), its last audit record up to the period's end and its records in the period — and
+    any other client whose records are in the tenant's trail of the period (API_KEY's keys; an `operator` of another
+    tenant). Created, rotated and revoked are as the client table has them now: a name revoked and given again
+    shows its current incarnation (the trail's CLIENT_* rows, in the table above, hold the earlier ones)."""
+    before_end = (AuditLog.timestamp < end) & sql.of_tenant(AuditLog)
+    last_seen = dict(
+        AuditLog.select(AuditLog.actor, fn.MAX(AuditLog.timestamp))
+        .where(before_end & AuditLog.actor.is_null(False))
+        .group_by(AuditLog.actor)
+        .tuples()
+    )
+    in_period = dict(
+        AuditLog.select(AuditLog.actor, fn.COUNT(AuditLog.id))
+        .where(sql.in_period(start, end) & AuditLog.actor.is_null(False))
+        .group_by(AuditLog.actor)
+        .tuples()
+    )
+    named = sql.json_field(AuditLog.additional_data, "client", "TEXT")
+    rotations = {
+        name: (n, last)
+        for name, n, last in AuditLog.select(named, fn.COUNT(AuditLog.id), fn.MAX(AuditLog.timestamp))
+        .where(before_end & (AuditLog.action == Action.CLIENT_ROTATED))
+        .group_by(named)
+        .tuples()
+    }
+    rows, listed = [], set()
+    for client in ApiClient.select().where(sql.of_tenant(ApiClient)).order_by(ApiClient.name):
+        listed.add(client.name)
+        rows.append(_client_row(client, end, rotations.get(client.name), last_seen, in_period))
+    others = ApiClient.select().where(ApiClient.name.in_([a for a in in_period if a not in listed] or [""]))
+    for client in others:  # another tenant's client that acted here (an operator, naming this tenant)
+        listed.add(client.name)
+        row = _client_row(client, end, rotations.get(client.name), last_seen, in_period)
+        rows.append(row | {"client": f"{client.name} (of another tenant)"})
+    for actor in sorted(set(in_period) - listed - set(_SERVICE)):
+        env = _ENV_KEY.fullmatch(actor) is not None
+        rows.append(
+            {
+                "client": actor,
+                "scopes": "admin, operator (a key in API_KEY)" if env else "(unknown: not in the client table)",
+                "created": "(configuration)" if env else "",
+                "at the period's end": "configured" if env else "",
+                "key rotations": "by changing API_KEY" if env else "",
+                "last record": _time(last_seen.get(actor)),
+                "records in the period": in_period.get(actor, 0),
+            }
+        )
+    return pd.DataFrame(rows, columns=CLIENT_COLUMNS)
+
+
+CLIENT_COLUMNS = [
+    "client",
+    "scopes",
+    "created",
+    "at the period's end",
+    "key rotations",
+    "last record",
+    "records in the period",
+]
+
+
+def _client_row(client: ApiClient, end: datetime, rotated, last_seen: dict, in_period: dict) -> dict:
+    created, revoked, expires = (_as_time(t) for t in (client.created_at, client.revoked_at, client.expires_at))
+    if created >= end:
+        state = f"not yet created (created {_time(created)})"
+    elif revoked is not None and revoked < end:
+        state = f"revoked {_time(revoked)}"
+    elif expires is not None and expires <= end:
+        state = f"expired {_time(expires)}"
+    else:
+        later = f"; revoked {_time(revoked)}, after the period" if revoked is not None else ""
+        until = f", its key works until {expires - timedelta(days=1):%Y-%m-%d}" if expires is not None else ""
+        state = f"active{until}{later}"
+    if rotated:
+        rotations = f"{rotated[0]}, the last {_time(_as_time(rotated[1]))}"
+    elif client.previous_valid_until is not None and _as_time(client.previous_valid_until) < end:
+        rotations = f"rotated; its old key worked until {_time(_as_time(client.previous_valid_until))}"
+    else:
+        rotations = "none"
+    return {
+        "client": client.name,
+        "scopes": ", ".join(client.scopes.split(",")),
+        "created": _time(created),
+        "at the period's end": state,
+        "key rotations": rotations,
+        "last record": _time(last_seen.get(client.name)),
+        "records in the period": in_period.get(client.name, 0),
+    }
+
+
+def _as_time(value) -> datetime | None:
+    """A stored time as a datetime (SQLite hands text over)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def _time(value) -> str:
+    """A time to the second, UTC, as the report's other tables write it; "never" for none."""
+    value = _as_time(value)
+    return "never" if value is None else f"{value:%Y-%m-%dT%H:%M:%S}Z"
 
 
 def key_versions() -> pd.DataFrame:

@@ -26,6 +26,7 @@ from ..audit.rows import RequestContext
 from ..core import errors, recovery, totp
 from ..core.actions import Action
 from ..service import OtpService
+from .demo_clients import DEMO_PEOPLE, demo_clients
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -77,9 +78,10 @@ class SimDevice:
 
 
 def generate(
-    service: OtpService, devices: int = 40, days: int = 28, seed: int = 7, end: datetime = DEFAULT_END
+    service: OtpService, devices: int = 40, days: int = 28, seed: int = 7, end: datetime = DEFAULT_END, people=False
 ) -> dict[str, int]:
-    """Fill the service's database with `days` of history ending at `end`; returns counts of what was done."""
+    """Fill the database with `days` of history ending at `end`; returns counts of what was done. `people`: the
+    operators' requests name whom they were for (X-Actor, `DEMO_PEOPLE`; off: notebook 5's hashes stay)."""
     rng = random.Random(seed)
     end_ts = end.timestamp()
     start_ts = end_ts - days * 86400
@@ -133,7 +135,7 @@ def generate(
     done: Counter[str] = Counter()
     codes: dict[str, list[str]] = {}  # each user's recovery codes, as issued
     for t, _, kind, args in sorted(events):
-        _apply(service, sims, codes, kind, args, t, done)
+        _apply(service, sims, codes, kind, args, t, done, people)
     return dict(done)
 
 
@@ -309,6 +311,7 @@ def _apply(
     args: tuple,
     t: float,
     done: Counter,
+    people: bool = False,
 ) -> None:
     if kind == "scan":
         ctx = RequestContext("192.0.2.66", "python-requests/2.32", None)
@@ -329,6 +332,7 @@ def _apply(
             sim.agent if kind != "attack" else "curl/8.5",
             None,
             actor=DEMO_CLIENTS[kind],
+            by=DEMO_PEOPLE.get(kind) if people else None,
         )
         if kind in ("register", "enrol"):
             reg = service.register(
@@ -437,7 +441,8 @@ def demo_database(url: str, devices: int = 40, days: int = 28, seed: int = 7, en
     database = open_database(url, 1)
     migrate(database)
     service = build_service(demo_settings(url), database, clock=end.timestamp)
-    generate(service, devices, days, seed, end)
+    generate(service, devices, days, seed, end, people=True)
+    demo_clients(database, end)
     service.checkpoint("on-demand")
     database.close_all()
     return url

@@ -1,7 +1,7 @@
 """`OtpService`: the service's operations, blocking, with no HTTP in them — what the CLI, the demo data, the
-tests and the thread pool call. Its commands (`commands`), reads (`reads`) and audit-trail operations
-(`trail`) each run in a unit of work: a pooled connection, returned on every path, and a lost database
-answered as 503. `facade.AsyncOtpService` is what the HTTP handlers await.
+tests and the thread pool call. Its commands (`commands`), reads (`reads`), audited report access
+(`report_access`) and audit-trail operations (`trail`) each run in a unit of work: a pooled connection,
+returned on every path, and a lost database answered as 503. `facade.AsyncOtpService` is what the HTTP handlers await.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from ..persistence.store import Decide, open_store
 from .clients import Caller, Directory
 from .commands import Commands
 from .reads import Reads
+from .report_access import ReportAccess
 from .tenants import Tenants
 from .trail import AuditTrail
 
 log = logging.getLogger("otp_service.service")
 
 
-class OtpService(Commands, Reads, AuditTrail):
+class OtpService(Commands, Reads, ReportAccess, AuditTrail):
     def __init__(
         self, settings: Settings, keyring: Keyring, database: Database, clock: Callable[[], float] = time.time
     ):

@@ -153,8 +153,10 @@ def create(
     now: float,
     expires: datetime | None = None,
     tenant_id: int = DEFAULT_TENANT,
+    by: str | None = None,
 ) -> str:
-    """A new client of `tenant_id`; returns its key (shown this once)."""
+    """A new client of `tenant_id`; returns its key (shown this once). `by`, here and below: the person or
+    ticket the operator named (`--actor`), in the audit row."""
     check_name(name)
     existing = ApiClient.get_or_none(ApiClient.name == name)
     if existing is not None and existing.revoked_at is None:
@@ -172,11 +174,11 @@ def create(
     else:  # a revoked client's name, given again: a new key and new scopes, nothing of the old one
         fields.update(previous_key_digest=None, previous_valid_until=None, last_used_at=None, revoked_at=None)
         ApiClient.update(**fields).where(ApiClient.id == existing.id).execute()
-    _audit(journal, Action.CLIENT_CREATED, now, {"client": name, "scopes": ",".join(scopes)}, tenant_id)
+    _audit(journal, Action.CLIENT_CREATED, now, {"client": name, "scopes": ",".join(scopes)}, tenant_id, by)
     return key
 
 
-def rotate(journal: Journal, name: str, now: float, grace: timedelta) -> str:
+def rotate(journal: Journal, name: str, now: float, grace: timedelta, by: str | None = None) -> str:
     """A new key for `name`; the current one keeps working for `grace`, then stops. Returns the new key."""
     client = _active(name)
     key = new_key()
@@ -189,20 +191,21 @@ def rotate(journal: Journal, name: str, now: float, grace: timedelta) -> str:
         now,
         {"client": name, "previous_key_until": client.previous_valid_until.isoformat()},
         client.tenant_id,
+        by,
     )
     return key
 
 
-def revoke(journal: Journal, name: str, now: float) -> None:
+def revoke(journal: Journal, name: str, now: float, by: str | None = None) -> None:
     client = _active(name)
     client.revoked_at = to_datetime(now)
     client.save()
-    _audit(journal, Action.CLIENT_REVOKED, now, {"client": name}, client.tenant_id)
+    _audit(journal, Action.CLIENT_REVOKED, now, {"client": name}, client.tenant_id, by)
 
 
-def _audit(journal: Journal, action: Action, now: float, data: dict, tenant_id: int) -> None:
+def _audit(journal: Journal, action: Action, now: float, data: dict, tenant_id: int, by: str | None) -> None:
     """In the caller's transaction, like the change it records; in the client's tenant's trail."""
-    ctx = replace(COMMAND_LINE, tenant_id=tenant_id)
+    ctx = replace(COMMAND_LINE, tenant_id=tenant_id, by=by)
     journal.append([audit_row(AuditEvent(action, True, None, data), to_datetime(now), None, None, ctx)])
 
 

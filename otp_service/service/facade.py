@@ -135,12 +135,12 @@ class AsyncOtpService:
         return await self.thread(partial(self.service.stats, tenant_id=ctx.tenant_id))
 
     async def list_reports(self, limit: int, before: int | None, ctx: RequestContext = SYSTEM) -> dict[str, Any]:
-        return await self.thread(partial(self.service.list_reports, limit, before, tenant_id=ctx.tenant_id))
+        return await self.thread(self.service.list_reports, limit, before, ctx)
 
     async def report_content(
         self, report_id: int, part: str, ctx: RequestContext = SYSTEM
     ) -> tuple[Report, bytes | str]:
-        return await self.thread(partial(self.service.report_content, report_id, part, tenant_id=ctx.tenant_id))
+        return await self.thread(self.service.report_content, report_id, part, ctx)
 
     async def current_code(self, device_id: str, ctx: RequestContext = SYSTEM) -> dict[str, Any]:
         return await self.thread(partial(self.service.current_code, device_id, tenant_id=ctx.tenant_id))

@@ -158,11 +158,17 @@ MISSING_PART = {
 }
 
 
-def report_content(tenant_id: int, report_id: int, part: str) -> tuple[Report, bytes | str]:
-    """One of the tenant's stored reports: its HTML, CSV zip or PDF (only the requested column is read)."""
+def report_content(tenant_id: int, report_id: int, part: str, hold: bool = False) -> tuple[Report, bytes | str]:
+    """One of the tenant's stored reports: its HTML, CSV zip or PDF (only the requested column is read). With
+    `hold` (PostgreSQL) the row is held (FOR SHARE) until the caller's transaction ends, so the download's audit row,
+    written in it, is committed before an erasure of the report's subject can delete the report — and so
+    before the erasure empties that user's rows (`retention.erase` deletes their reports first)."""
     column = REPORT_PARTS[part]
     fields = (Report.id, Report.kind, Report.subject, Report.period_start, Report.period_end, Report.withdrawn_at)
-    row = Report.select(*fields, column).where((Report.id == report_id) & (Report.tenant_id == tenant_id)).first()
+    query = Report.select(*fields, column).where((Report.id == report_id) & (Report.tenant_id == tenant_id))
+    if hold:
+        query = query.for_update("FOR SHARE")
+    row = query.first()
     if row is None:
         raise errors.NotFound(f"No report with id {report_id}.")
     if row.withdrawn_at is not None:

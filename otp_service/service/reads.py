@@ -1,5 +1,6 @@
-"""The read side of `OtpService` (`blocking`): device info, a user's devices and audit trail, statistics,
-stored reports, each one query (`queries`) in a unit of work. Nothing here changes state."""
+"""The read side of `OtpService` (`blocking`): device info, a user's devices and audit trail, statistics, each
+one query (`queries`) in a unit of work. Nothing here changes state. (Stored reports are read in
+`report_access`: every look at one is audited.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from ..audit.rows import SYSTEM, RequestContext
 from ..core import errors, totp
 from ..core.keys import Keyring
 from ..core.transitions import DEFAULT_TENANT, DeviceState, to_datetime
-from ..db.models import Report
 from ..persistence.store import Store
 from . import queries
 
@@ -47,14 +47,6 @@ class Reads:
 
     def stats(self, now: float | None = None, *, tenant_id: int = DEFAULT_TENANT) -> dict[str, Any]:
         return self.query(queries.stats, tenant_id, self._now(now))
-
-    def list_reports(self, limit: int = 50, before: int | None = None, *, tenant_id: int = DEFAULT_TENANT) -> dict:
-        return self.query(queries.list_reports, tenant_id, limit, before)
-
-    def report_content(
-        self, report_id: int, part: str, *, tenant_id: int = DEFAULT_TENANT
-    ) -> tuple[Report, bytes | str]:
-        return self.query(queries.report_content, tenant_id, report_id, part)
 
     def current_code(self, device_id: str, now: float | None = None, *, tenant_id: int = DEFAULT_TENANT) -> dict:
         """For DEBUG test set-ups only: the code a device shows now."""

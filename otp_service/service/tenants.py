@@ -108,17 +108,24 @@ class Tenants:
 # -- the commands behind `python -m otp_service tenants …` (each in the caller's transaction) ----------------
 
 
-def create(journal: Journal, name: str, now: float) -> int:
+def create(journal: Journal, name: str, now: float, by: str | None = None) -> int:
+    """A new tenant; `by` (here and in `configure`): the person or ticket named with `--actor`, in its row."""
     check_name(name)
     if TenantRow.get_or_none(TenantRow.name == name) is not None:
         raise ValueError(f"a tenant named {name!r} exists already")
     tenant_id = TenantRow.insert(name=name, created_at=to_datetime(now)).execute()
-    _audit(journal, Action.TENANT_CHANGED, now, tenant_id, {"tenant": name, "change": "created"})
+    _audit(journal, Action.TENANT_CHANGED, now, tenant_id, {"tenant": name, "change": "created"}, by)
     return tenant_id
 
 
 def configure(
-    journal: Journal, settings: Settings, name: str, policy: dict[str, str], rate_limits: str | None, now: float
+    journal: Journal,
+    settings: Settings,
+    name: str,
+    policy: dict[str, str],
+    rate_limits: str | None,
+    now: float,
+    by: str | None = None,
 ) -> Tenant:
     """Set (or with an empty value, clear) a tenant's policy overrides and rate limits; returns it as it is now."""
     row = TenantRow.get_or_none(TenantRow.name == name)
@@ -138,7 +145,7 @@ def configure(
     row.policy = json.dumps(current, sort_keys=True) if current else None
     row.save()
     data = {"tenant": name, "change": "configured", "policy": current, "rate_limits": row.rate_limits}
-    _audit(journal, Action.TENANT_CHANGED, now, row.id, data)
+    _audit(journal, Action.TENANT_CHANGED, now, row.id, data, by)
     return _tenant(row, base_tenant(settings))
 
 
@@ -149,6 +156,6 @@ def listing() -> list[dict]:
     ]
 
 
-def _audit(journal: Journal, action: Action, now: float, tenant_id: int, data: dict) -> None:
-    ctx = RequestContext(COMMAND_LINE.ip_address, COMMAND_LINE.user_agent, None, COMMAND_LINE.actor, tenant_id)
+def _audit(journal: Journal, action: Action, now: float, tenant_id: int, data: dict, by: str | None = None) -> None:
+    ctx = RequestContext(COMMAND_LINE.ip_address, COMMAND_LINE.user_agent, None, COMMAND_LINE.actor, tenant_id, by)
     journal.append([audit_row(AuditEvent(action, True, None, data), to_datetime(now), None, None, ctx)])

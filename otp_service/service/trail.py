@@ -147,14 +147,15 @@ class AuditTrail:
         data = {"breaks": len(breaks), "first": f"{first.kind} at {where}", "checkpoint": "refused"}
         self.record(Action.AUDIT_VERIFIED, SYSTEM, reason="BROKEN", data=data)
 
-    def prune_audit(self, before: datetime, export_dir: Any) -> dict[str, Any]:
-        """Refused on a trail that does not verify: pruning must not bury a break (or trust a forged floor)."""
+    def prune_audit(self, before: datetime, export_dir: Any, by: str | None = None) -> dict[str, Any]:
+        """Refused on a trail that does not verify: pruning must not bury a break (or trust a forged floor).
+        `by`: the person or ticket named with `--actor`, in the AUDIT_PRUNED row."""
         checked = self.verify_audit(record=False)
         if not checked.intact:
             raise errors.AuditBroken("The audit trail does not verify; nothing was pruned. " + checked.lines()[0])
         with self.unit_of_work():
             at = to_datetime(self._now(None))
-            manifest = retention.prune(self.database, self.journal, self.audit_keys, before, export_dir, at)
+            manifest = retention.prune(self.database, self.journal, self.audit_keys, before, export_dir, at, by)
             retention.vacuum(self.database)
             return manifest
 

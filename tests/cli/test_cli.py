@@ -286,3 +286,53 @@ def test_clients_list_shows_each_clients_tenant(tmp_path):
     lines = listed.stdout.splitlines()
     assert lines[0].split()[:3] == ["TENANT", "NAME", "SCOPES"]
     assert [line.split()[:2] for line in lines[1:3]] == [["default", "helpdesk"], ["acme", "acme-login"]]
+
+
+def test_actor_names_the_person_in_the_rows_each_command_writes(tmp_path):
+    """--actor (issue 23): checked like X-Actor, recorded as `by` beside `command-line` in every row the
+    command writes (a checkpoint: in its signed text); a bad one ends the command, exit 2, nothing written."""
+    import json
+    import sqlite3
+
+    db = f"sqlite:///{tmp_path}/t.db"
+    assert run_cli("migrate", "--database-url", db, cwd=tmp_path).returncode == 0
+
+    def rows() -> list[tuple]:
+        with sqlite3.connect(tmp_path / "t.db") as conn:
+            found = conn.execute("SELECT action, actor, additional_data, user_id FROM audit_logs ORDER BY id")
+            return [(a, actor, json.loads(d or "{}").get("by"), u) for a, actor, d, u in found]
+
+    def ok(*args: str) -> None:
+        done = run_cli(*args, "--database-url", db, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+
+    ok("tenants", "create", "acme", "--actor", "Ｒita")  # NFKC: the one spelling
+    ok("tenants", "set", "acme", "OTP_WINDOW=2", "--actor", "rita")
+    ok("clients", "create", "ops", "--scopes", "manage", "--actor", "rita (CHG-88)")
+    ok("clients", "rotate", "ops", "--actor", "sam")
+    ok("clients", "revoke", "ops")  # none said: none recorded
+    ok("users", "erase", "nobody@example.com", "--actor", "dpo@example.com")
+    assert rows() == [
+        ("TENANT_CHANGED", "command-line", "Rita", None),
+        ("TENANT_CHANGED", "command-line", "rita", None),
+        ("CLIENT_CREATED", "command-line", "rita (CHG-88)", None),
+        ("CLIENT_ROTATED", "command-line", "sam", None),
+        ("CLIENT_REVOKED", "command-line", None, None),
+        ("USER_ERASED", "command-line", "dpo@example.com", None),
+    ]
+    ok("audit", "checkpoint", "--actor", "sam")
+    with sqlite3.connect(tmp_path / "t.db") as conn:
+        (payload,) = conn.execute("SELECT payload FROM audit_checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+    assert json.loads(payload)["by"] == "sam"
+    before = rows()
+    for args in (
+        ("clients", "create", "ops2", "--scopes", "read"),
+        ("tenants", "create", "beta"),
+        ("users", "erase", "x@example.com"),
+        ("report", "audit", "--start", "2026-02-01", "--end", "2026-02-28"),
+    ):
+        for bad in ("", " sam", "a\u202eb", "x" * 129):
+            refused = run_cli(*args, "--actor", bad, "--database-url", db, cwd=tmp_path)
+            assert refused.returncode == 2 and "--actor must name a person or ticket" in refused.stderr, args
+            assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert rows() == before

@@ -7,15 +7,18 @@ import io
 import json
 import logging
 import threading
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
 
+from otp_service.core.actions import Action
 from otp_service.db.models import AuditLog, Report
 from otp_service.http.logs import configure_logging
 from tests.conftest import API_KEY, PG_URL
-from tests.helpers import code_at, make_client, wrong_code
+from tests.helpers import audit_rows, code_at, make_client, wrong_code
 from tests.serving import http, production_env, run_cli, two_servers
 
 VICTIM = "victim@example.com"
@@ -53,12 +56,19 @@ def test_after_an_erasure_no_row_log_line_or_report_names_the_user(make_server, 
         assert api.get(f"/api/v1/users/{VICTIM}/audit", auth=reader).status == 403
         report = a_report(database, html=f"<td>{VICTIM}</td>")
         own = a_report(database, kind="user", html=f"<h1>{VICTIM}</h1>")
+        assert api.get(f"/api/v1/reports/{own}/data", headers={"X-Actor": "auditor"}).status == 200
+        assert api.get("/api/v1/reports").status == 200
+        (download,) = audit_rows(database, action=Action.REPORT_DOWNLOADED)
+        assert download.user_id == VICTIM  # a user report's download names its subject, until the erasure
         erased = api.post(f"/api/v1/users/{VICTIM}/erase").body["data"]
         assert erased["reports_withdrawn"] == 1 and erased["user_reports"] == 1
         assert api.get(f"/api/v1/users/{VICTIM}/devices").body["data"]["devices"] == []
     finally:
         logging.getLogger().handlers.clear()
     assert rows_naming(database, VICTIM) == []
+    (download,) = audit_rows(database, action=Action.REPORT_DOWNLOADED)  # kept, naming no one
+    assert download.user_id is None and json.loads(download.additional_data)["report"] == own
+    assert len(audit_rows(database, action=Action.REPORTS_LISTED)) == 1
     assert VICTIM not in stream.getvalue() and "victim%40example.com" not in stream.getvalue()
     assert '"path": "/api/v1/users/{user_id}/erase"' in stream.getvalue()  # the access log keeps the template
     with database.connection_context():
@@ -91,9 +101,8 @@ def test_a_report_that_began_before_the_user_did_is_kept(api, database, clock):
 def test_report_regenerate_makes_withdrawn_reports_again_without_the_user(tmp_path):
     db = f"sqlite:///{tmp_path}/demo.db"
     assert run_cli("demo-data", "--database-url", db, cwd=tmp_path).returncode == 0
-    made = run_cli(
-        "report", "audit", "--start", "2026-02-01", "--end", "2026-02-28", "--database-url", db, cwd=tmp_path
-    )
+    period = ("--start", "2026-02-01", "--end", "2026-02-28")
+    made = run_cli("report", "audit", *period, "--database-url", db, "--actor", "rita (CHG-88)", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     victim = "user016@example.com"  # the demo's attacked user: named in the audit report
     from otp_service.db.database import open_database
@@ -110,6 +119,16 @@ def test_report_regenerate_makes_withdrawn_reports_again_without_the_user(tmp_pa
         after = Report.get(Report.kind == "audit")
     assert after.withdrawn_at is None and victim not in after.html and "Intact" in after.html
     assert victim.encode() not in bytes(after.data_zip) and after.pdf is not None
+    # each report made is a row: the first with the person its --actor named, the second made again
+    with database.connection_context():
+        generated = list(AuditLog.select().where(AuditLog.action == Action.REPORT_GENERATED).order_by(AuditLog.id))
+    facts = [json.loads(r.additional_data) for r in generated]
+    assert [(f["report"], f["kind"], f["regenerated"], f["intact"], f.get("by")) for f in facts] == [
+        (after.id, "audit", False, True, "rita (CHG-88)"),
+        (after.id, "audit", True, True, None),
+    ]
+    assert all(r.actor == "command-line" and r.user_id is None for r in generated)
+    assert (facts[0]["first_day"], facts[0]["last_day"]) == ("2026-02-01", "2026-02-28")
     database.close_all()
 
 
@@ -157,3 +176,51 @@ def test_an_erasure_during_traffic_leaves_no_row_naming_the_user(two_processes, 
         stop.set()
     assert status == 200 and erased["data"]["devices"] == 4 and erased["data"]["recovery_codes"] == 1
     assert rows_naming(database, VICTIM) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(3))
+def test_downloads_of_a_user_report_during_its_erasure_leave_no_row_naming_the_user(two_processes, database, trial):
+    """A download's row names a user report's subject (issue 23). Downloads in flight while the user is erased
+    either commit their row before the erasure deletes the report (which waits on the row they hold) — and the
+    erasure empties it — or find the report gone (404): no row naming the user survives."""
+    first, second = two_processes
+    headers = {"Authorization": f"Bearer {API_KEY}", "X-Actor": "auditor"}
+    status, _ = http(
+        "POST",
+        f"http://127.0.0.1:{first}/api/v1/devices/register",
+        {"device_id": f"U{trial}", "user_id": VICTIM},
+        headers,
+    )
+    assert status == 201
+    own = a_report(database, kind="user", html=f"<h1>{VICTIM}</h1>")
+    stop, served = threading.Event(), []
+
+    def download(n: int) -> None:
+        port = (first, second)[n % 2]
+        while not stop.is_set():
+            served.append(fetched(f"http://127.0.0.1:{port}/api/v1/reports/{own}/data", headers))
+
+    with ThreadPoolExecutor(6) as pool:
+        for n in range(6):
+            pool.submit(download, n)
+        threading.Event().wait(0.4)
+        status, _ = http("POST", f"http://127.0.0.1:{second}/api/v1/users/{VICTIM}/erase", None, headers)
+        threading.Event().wait(0.3)
+        stop.set()
+    assert status == 200 and 200 in served and 404 in served
+    assert rows_naming(database, VICTIM) == []
+    with database.connection_context():
+        downloads = AuditLog.select().where(AuditLog.action == Action.REPORT_DOWNLOADED).count()
+    assert downloads == served.count(200)  # every file handed out has its row
+
+
+def fetched(url: str, headers: dict) -> int:
+    """The status of a GET whose body is a file, not JSON."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
