@@ -200,7 +200,8 @@ class ReportHtmlHandler(ApiHandler):
             raise errors.NotFound(f"No report with id {report_id!r}.")
         report, content = await self.service.report_content(int(report_id), self.part, self.context)
         # named like the files the report command writes: by its first and last day, both included
-        name = report_name(report.kind, report.period_start.date(), last_day(report.period_end), report.subject)
+        first, last = report.period_start.date(), last_day(report.period_end)
+        name = report_name(report.kind, first, last, report.subject, report.tenant_name)
         if self.part == "html":
             self.set_header("Content-Type", "text/html; charset=utf-8")
             # The page needs no script and nothing from elsewhere; say so to the browser.

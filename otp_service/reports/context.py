@@ -39,6 +39,7 @@ class ReportContext:
     generated_by: str = ""  # who or what asked for the report, in words
     tenant: str = DEFAULT_NAME  # whose users, devices and audit records it covers
     environment: str = ""  # the ENVIRONMENT the statement was made in: a development key's report says so
+    signed: bool = False  # made by the `report` command with the service's keys: its files get a signed manifest
 
     @property
     def start(self) -> datetime:
@@ -110,7 +111,22 @@ class ReportContext:
             "(UTF-8, comma-separated; a cell a spreadsheet would run as a formula starts with an apostrophe): "
             f"{', '.join(tables)}. The file SHA256SUMS in the zip holds each file's SHA-256 hash (the command "
             "`sha256sum -c SHA256SUMS` checks them)."
+            + (RELINK_NOTE if raw else "")
+            + (SIGNED_NOTE if self.signed else "")
         )
+
+
+RELINK_NOTE = (
+    " Each raw audit record carries what its link hash covers and the hash of the record before it in its chain, "
+    "so the chain can be re-linked without the service: `python3 relink.py audit_events.csv` (the script "
+    "otp_service/reports/relink.py, standard library only)."
+)
+SIGNED_NOTE = (
+    " This page, its PDF and its zip (each file in it too) are listed with their SHA-256 in the report's manifest "
+    "(`<name>.manifest.json` beside the files, or `GET /api/v1/reports/{id}/manifest`), signed with the audit key "
+    "named above: `python -m otp_service verify-report <name>.manifest.json --public-key audit-key.pem` checks "
+    "them, as does `openssl pkeyutl -verify -rawin` for the signature."
+)
 
 
 def prepare(
@@ -162,7 +178,8 @@ def prepare(
     generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     checked = json.loads(integrity) if integrity else _verify(database, database_url, data, span)
     environment = (checked or {}).get("environment") or read(os.environ, ["ENVIRONMENT"])["environment"]
-    return ReportContext(database, span, output, source, generated, checked, generated_by, tenant, environment)
+    made = (database, span, output, source, generated, checked, generated_by, tenant, environment)
+    return ReportContext(*made, signed=bool(integrity))  # the runner passes its statement only when it signs
 
 
 def _verify(database: Database, database_url: str, data: str, span: Period) -> dict | None:

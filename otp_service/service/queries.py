@@ -18,7 +18,7 @@ from ..core.actions import Action
 from ..core.period import last_day
 from ..core.recovery import RecoveryState
 from ..core.transitions import STATE_COLUMNS, DeviceState, isoformat, to_datetime
-from ..db.models import AuditLog, Device, RecoveryCodes, Report, UserSpelling
+from ..db.models import AuditLog, Device, RecoveryCodes, Report, Tenant, UserSpelling
 
 
 def device(key: tuple[int, str]) -> Device:
@@ -165,9 +165,14 @@ def report_content(tenant_id: int, report_id: int, part: str, hold: bool = False
     before the erasure empties that user's rows (`retention.erase` deletes their reports first)."""
     column = REPORT_PARTS[part]
     fields = (Report.id, Report.kind, Report.subject, Report.period_start, Report.period_end, Report.withdrawn_at)
-    query = Report.select(*fields, column).where((Report.id == report_id) & (Report.tenant_id == tenant_id))
+    query = (
+        Report.select(*fields, column, Tenant.name.alias("tenant_name"))  # the tenant names the files, as on disk
+        .join(Tenant, on=Report.tenant_id == Tenant.id)
+        .where((Report.id == report_id) & (Report.tenant_id == tenant_id))
+        .objects()
+    )
     if hold:
-        query = query.for_update("FOR SHARE")
+        query = query.for_update("FOR SHARE", of=Report)  # the report alone: a tenant stays free to change
     row = query.first()
     if row is None:
         raise errors.NotFound(f"No report with id {report_id}.")

@@ -118,6 +118,9 @@ def test_a_report_is_signed_and_verifies_from_its_folder_with_openssl_and_from_t
     fingerprint = signing.fingerprint(signing.signing_key(keys["AUDIT_SIGNING_KEY"]))
     assert body["signed_by"]["public_key_sha256"] == fingerprint
 
+    page = (out / f"{NAME}.html").read_text()
+    assert "verify-report &lt;name&gt;.manifest.json" in page or "verify-report <name>.manifest.json" in page
+    assert "relink.py audit_events.csv" in page
     ok = verify_report(str(manifest), cwd=tmp_path, **keys)
     assert ok.returncode == 0 and "verified: audit report, 2026-02-01 to 2026-02-28" in ok.stdout, ok.stderr
     assert fingerprint in ok.stdout
@@ -194,3 +197,23 @@ def test_a_report_made_without_keys_has_no_manifest_and_the_api_says_so(api, dat
     for part in ("manifest", "signature"):
         got = api.get(f"/api/v1/reports/{report}/{part}")
         assert got.status == 404 and "without the service's audit key" in got.body["message"]
+
+
+def test_a_tenants_report_downloads_under_the_name_the_report_command_gave_its_files(api, database):
+    """The manifest lists the files as `report` names them on disk — a tenant's with the tenant first — so the
+    API must send them under the same names, or a downloaded copy would not verify."""
+    from datetime import datetime
+
+    from otp_service.db.models import Report
+    from otp_service.reports.runner import report_name
+    from tests.scenarios.test_tenants import client_of, make_tenant
+
+    acme = make_tenant(database, "acme")
+    key = client_of(database, acme, "acme-auditor", "reports")
+    with database.connection_context():
+        made = dict(kind="audit", period_start=START, period_end=END, created_at=datetime(2026, 3, 1), html="<p>x</p>")
+        report = Report.insert(**made, data_zip=b"PK", tenant_id=acme).execute()
+    got = api.get(f"/api/v1/reports/{report}/data", auth=key)
+    expected = report_name("audit", START.date(), datetime(2026, 2, 28).date(), tenant="acme")
+    assert expected == "acme-audit-2026-02-01_2026-02-28"
+    assert got.status == 200 and got.headers["Content-Disposition"] == f'attachment; filename="{expected}.zip"'
