@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import actor_of, fail, service_for
+from .common import actor_of, fail, service_for, settings_for
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -39,16 +39,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except (ReportError, OverflowError) as exc:
         return fail(str(exc) if isinstance(exc, ReportError) else "--end is too far in the future")
     by = actor_of(args)
+    if args.action == "keys":  # the keys are settings: no database is opened (nor made) to print them
+        from ..audit.checkpoints import Keys
+
+        for key in Keys.from_settings(settings_for(args)).listing():
+            if args.pem:  # only the signing key: `> audit-key.pem` makes a file openssl reads
+                print(key["public_key_pem"] if key["current"] else "", end="")
+                continue
+            signs = "  (signing)" if key["current"] else ""
+            print(f"{key['key_id']}  {key['public_key']}  sha256:{key['fingerprint']}{signs}")
+        return 0
     try:
         with service_for(args) as service:
-            if args.action == "keys":
-                for key in service.audit_keys.listing():
-                    if args.pem:  # only the signing key: `> audit-key.pem` makes a file openssl reads
-                        print(key["public_key_pem"] if key["current"] else "", end="")
-                        continue
-                    signs = "  (signing)" if key["current"] else ""
-                    print(f"{key['key_id']}  {key['public_key']}  sha256:{key['fingerprint']}{signs}")
-                return 0
             if args.action == "checkpoint":
                 try:
                     taken = service.checkpoint("on-demand", {"by": by} if by else None)  # in its signed text

@@ -69,13 +69,30 @@ def actor(value: Any, field: str = "X-Actor") -> str:
         or not 1 <= len(value) <= MAX_ACTOR
         or not value.isprintable()
         or value != value.strip()
+        or not any(unicodedata.category(c)[0] in "LNPS" and c not in INVISIBLE for c in value)
+        or _stacked_marks(value) > MAX_STACKED_MARKS
     ):
         raise InvalidActor(
-            f"{field} must name a person or ticket in 1-{MAX_ACTOR} printable characters (UTF-8), with no control "
-            "characters and no leading or trailing spaces",
+            f"{field} must name a person or ticket in 1-{MAX_ACTOR} printable characters (UTF-8), at least one of "
+            "them visible: no control or format characters (such as a bidi override), no blank fillers, no more "
+            f"than {MAX_STACKED_MARKS} accents on one letter, and no leading or trailing spaces",
             details={"field": field},
         )
     return value
+
+
+# Letters that show nothing (Hangul fillers, the blank Braille pattern): a name made of them reads as no one.
+INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+MAX_STACKED_MARKS = 3  # combining marks on one base: enough for any language, too few to smear over other text
+
+
+def _stacked_marks(value: str) -> int:
+    """The longest run of combining marks (Mn, Me) in `value`."""
+    longest = run = 0
+    for c in value:
+        run = run + 1 if unicodedata.category(c) in ("Mn", "Me") else 0
+        longest = max(longest, run)
+    return longest
 
 
 def issuer(value: Any) -> str | None:

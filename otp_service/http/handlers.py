@@ -206,6 +206,8 @@ class ReportHtmlHandler(ApiHandler):
             self.set_header("Content-Type", "text/html; charset=utf-8")
             # The page needs no script and nothing from elsewhere; say so to the browser.
             self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+            # shown in the browser, and saved (`curl -OJ`) under the name the signed manifest lists it by
+            self.set_header("Content-Disposition", f'inline; filename="{name}.html"')
         else:
             kind, extension = FILE_TYPES[self.part]
             self.set_header("Content-Type", kind)

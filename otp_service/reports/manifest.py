@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,20 +102,21 @@ def verify(manifest: Path, keys: dict[str, Ed25519PublicKey], signature: Path | 
     except FileNotFoundError:
         return ManifestCheck(None, problems=[f"no signature: {signature} is missing"])
     signer = check_signature(text, signed, keys)
+    if signer is None:  # nothing in an unsigned manifest is read, listed or shown: it is anyone's text
+        tried = ", ".join(sorted(keys)) or "none"
+        return ManifestCheck(None, problems=[f"the signature is not valid for any key accepted here ({tried})"])
     try:
         body = json.loads(text)
     except ValueError:
         return ManifestCheck(signer, problems=[f"{manifest.name} is not a manifest (not JSON)"])
     if not isinstance(body, dict) or body.get("format") != FORMAT or not isinstance(body.get("files"), dict):
         return ManifestCheck(signer, problems=[f"{manifest.name} is not a {FORMAT!r}"])
-    result = ManifestCheck(signer, body.get("report") or {})
-    if signer is None:
-        result.problems.append("the signature is not valid for any known key (wrong key, or the manifest changed)")
+    result = ManifestCheck(signer, body.get("report") if isinstance(body.get("report"), dict) else {})
     archives: dict[str, zipfile.ZipFile | None] = {}
     for name, expected in sorted(body["files"].items()):
         content = _content(manifest.parent, name, archives)
         if content is None:
-            result.problems.append(f"{name}: missing")
+            result.problems.append(f"{name}: missing or unreadable")
         elif file_entry(content) != expected:
             result.problems.append(f"{name}: differs (SHA-256 {hashlib.sha256(content).hexdigest()})")
         result.checked += 1
@@ -125,18 +127,21 @@ def _content(folder: Path, name: str, archives: dict[str, zipfile.ZipFile | None
     outer, _, member = name.partition(MEMBER)
     if not member:
         path = folder / outer
-        return path.read_bytes() if path.is_file() and path.parent == folder else None
+        try:
+            return path.read_bytes() if path.is_file() and path.parent == folder else None
+        except OSError:
+            return None
     if outer not in archives:
         path = folder / outer
         try:
-            archives[outer] = zipfile.ZipFile(path) if path.is_file() else None
-        except zipfile.BadZipFile:
+            archives[outer] = zipfile.ZipFile(path) if path.is_file() and path.parent == folder else None
+        except (zipfile.BadZipFile, OSError, EOFError):
             archives[outer] = None
     archive = archives[outer]
     try:
         return None if archive is None else archive.read(member)
-    except KeyError:
-        return None
+    except (KeyError, zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError, OSError):
+        return None  # not there, or not readable as it was written (a bad CRC, a method or flag set by hand)
 
 
 def signed_manifest(

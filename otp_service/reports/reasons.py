@@ -41,6 +41,7 @@ REASONS: dict[str, str] = {
     "CODE_LOOKUP": "rate limited: over the API client's limit of code look-ups",
     # the audit trail itself
     "BROKEN": "a verification of the audit trail found it altered (the findings are in the record's details)",
+    "ALTERED": "a report was made over audit records that do not verify: the report says ALTERED, and lists why",
 }
 
 _LIMITS = {"CLIENT": "the API client's", "TENANT": "the tenant's"}

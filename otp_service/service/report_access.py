@@ -45,7 +45,7 @@ class ReportAccess:
         return listed
 
     def report_content(self, report_id: int, part: str, ctx: RequestContext = SYSTEM) -> tuple[Report, bytes | str]:
-        """One of the tenant's stored reports as a file (`part`: html, data, pdf), and its download's row —
+        """One of the tenant's stored reports as a file (`part`: html, data, pdf, manifest, signature), and its row —
         naming the report, the file and, for a user report, its subject (`user_id`). A report that is not
         there, withdrawn or without that file writes nothing: nothing was handed out."""
         with self.unit_of_work(write=True):

@@ -40,6 +40,7 @@ def count_rows(database) -> int:
         ("Ａｌｉｃｅ", "Alice"),  # full-width: NFKC gives the one spelling
         ("e\u0301mile", "émile"),  # decomposed accent, composed
         ("x" * 128, "x" * 128),
+        ("\u1ec7\u0301", "\u1ec7\u0301"),  # Vietnamese: a letter with two marks, and one more
     ],
 )
 def test_an_actor_is_kept_in_its_one_spelling(sent, kept):
@@ -48,7 +49,24 @@ def test_an_actor_is_kept_in_its_one_spelling(sent, kept):
 
 @pytest.mark.parametrize(
     "sent",
-    ["", " alice", "alice ", "ali\x00ce", "ali\nce", "ali\tce", "a\u202ebob", "a\u200bb", "x" * 129, None, 7, ["a"]],
+    [
+        *(
+            "",
+            " alice",
+            "alice ",
+            "ali\x00ce",
+            "ali\nce",
+            "ali\tce",
+            "a\u202ebob",
+            "a\u200bb",
+            "x" * 129,
+            None,
+            7,
+            ["a"],
+        ),
+        *("\u3164", "\u3164\u3164", "\u2800", "\uffa0"),  # letters that show nothing: a name that reads as no one
+        "a\u0300\u0301\u0302\u0303\u0304",  # accents stacked over the text around them
+    ],
 )
 def test_an_actor_that_is_not_one_name_is_refused(sent):
     with pytest.raises(InvalidActor) as refused:

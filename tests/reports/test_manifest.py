@@ -26,11 +26,12 @@ RELINK = Path(relink.__file__)
 NAME = "audit-2026-02-01_2026-02-28"
 
 
-def export(database, path: Path) -> list[dict[str, str]]:
+def export(database, path: Path, user_id: str | None = None) -> list[dict[str, str]]:
     with database.connection_context():
         token = sql.TENANT.set(1)
         try:
-            ReportOutput(path).rows("audit_events", events.EVENT_COLUMNS, events.audit_events(START, END))
+            found = events.audit_events(START, END, user_id)
+            ReportOutput(path).rows("audit_events", events.EVENT_COLUMNS, found)
         finally:
             sql.TENANT.reset(token)
     with open(path / "audit_events.csv", newline="", encoding="utf-8") as file:
@@ -51,6 +52,11 @@ def test_the_raw_events_relink_with_the_standard_library_alone(service, database
     rows = export(database, tmp_path)
     assert len(rows) > 100 and {r["previous_hash"] for r in rows} - {""}
     assert relink.problems(rows) == []
+    # one user's rows: another's lie between them in every chain, so each previous hash is looked up
+    user = max({r["user_id"] for r in rows if r["user_id"]}, key=lambda u: sum(r["user_id"] == u for r in rows))
+    mine = export(database, tmp_path / "one-user", user)
+    assert 0 < len(mine) < len(rows) and relink.problems(mine) == []
+    assert sum(a["previous_hash"] == b["entry_hash"] for a, b in zip(mine[1:], mine[:-1], strict=True)) < len(mine) - 1
     # run as an auditor would, apart from the service: -I ignores the environment and the current folder
     alone = subprocess.run([sys.executable, "-I", str(RELINK), str(tmp_path / "audit_events.csv")], capture_output=True)
     assert alone.returncode == 0 and b"every one links" in alone.stdout, alone.stdout + alone.stderr
@@ -72,6 +78,18 @@ def test_the_raw_events_relink_with_the_standard_library_alone(service, database
     forged[index]["reason"] = "FORGED"
     forged[index]["entry_hash"] = relink.entry_hash(relink.value(forged[index]["previous_hash"]), forged[index])
     assert any("does not follow" in line or "edited" in line for line in relink.problems(forged))
+
+    # an edit hidden by blanking what would check it: a previous hash after a row of its chain is a failure, a
+    # row put outside every chain is reported as not checked
+    blanked = [dict(r) for r in rows]
+    later = next(i for i, r in enumerate(blanked) if any(s["chain"] == r["chain"] for s in blanked[:i]))
+    blanked[later] |= {"previous_hash": "", "success": "True" if blanked[later]["success"] == "False" else "False"}
+    assert any("no previous hash after a row of its chain" in line for line in relink.problems(blanked))
+    outside = [dict(r) for r in rows]
+    outside[later]["chain"] = ""
+    write(tmp_path / "outside.csv", outside)
+    told = subprocess.run([sys.executable, "-I", str(RELINK), str(tmp_path / "outside.csv")], capture_output=True)
+    assert b"1 not checked" in told.stdout and f"row {outside[later]['id']}: in no chain".encode() in told.stdout
 
 
 def test_an_apostrophe_in_a_raw_cell_is_escaped_so_it_can_be_undone(tmp_path):
@@ -122,8 +140,10 @@ def test_a_report_is_signed_and_verifies_from_its_folder_with_openssl_and_from_t
     assert "verify-report &lt;name&gt;.manifest.json" in page or "verify-report <name>.manifest.json" in page
     assert "relink.py audit_events.csv" in page
     ok = verify_report(str(manifest), cwd=tmp_path, **keys)
-    assert ok.returncode == 0 and "verified: audit report, 2026-02-01 to 2026-02-28" in ok.stdout, ok.stderr
-    assert fingerprint in ok.stdout
+    assert ok.returncode == 0 and "verified: " in ok.stdout and fingerprint in ok.stdout, ok.stderr
+    # which report it is: a genuine manifest of another tenant's or period's report verifies too
+    for field in ("kind: audit", "first_day: 2026-02-01", "last_day: 2026-02-28", "tenant: default", "id: 1"):
+        assert f"  {field}\n" in ok.stdout, (field, ok.stdout)
 
     pem = run_cli("audit", "keys", "--pem", "--database-url", db_url, cwd=tmp_path, **keys)
     assert pem.returncode == 0 and pem.stdout.startswith("-----BEGIN PUBLIC KEY-----"), pem.stderr
@@ -142,7 +162,7 @@ def test_a_report_is_signed_and_verifies_from_its_folder_with_openssl_and_from_t
     other = verify_report(
         str(manifest), "--public-key", signing.public_b64(signing.signing_key(signing.new_signing_seed())), cwd=tmp_path
     )
-    assert other.returncode == 1 and "not valid for any known key" in other.stderr
+    assert other.returncode == 1 and "not valid for any key accepted here" in other.stderr
 
     # the same files, downloaded from the API, verify the same way
     api = make_server(settings).client
@@ -159,12 +179,34 @@ def test_a_report_is_signed_and_verifies_from_its_folder_with_openssl_and_from_t
     ]:
         got = api.get(url)
         assert got.status == 200, (url, got.status)
+        disposition = got.headers["Content-Disposition"]  # what `curl -OJ` saves it as: the manifest's name
+        assert disposition.endswith(f'filename="{name}"'), disposition
         (fetched / name).write_bytes(got.raw)
     assert json.loads((fetched / f"{NAME}.manifest.json").read_text())["report"]["id"] == listed["id"]
     assert (
         verify_report(str(fetched / f"{NAME}.manifest.json"), "--public-key", "audit-key.pem", cwd=tmp_path).returncode
         == 0
     )
+
+    # a manifest no accepted key signed: nothing of it is read or shown (it could write to the terminal)
+    forged = tmp_path / "forged"
+    shutil.copytree(out, forged)
+    text = (forged / f"{NAME}.manifest.json").read_text().replace('"kind": "audit"', '"kind": "\\u001b[2Kverified"')
+    (forged / f"{NAME}.manifest.json").write_text(text)
+    refused = verify_report(str(forged / f"{NAME}.manifest.json"), "--public-key", "audit-key.pem", cwd=tmp_path)
+    assert refused.returncode == 1 and "not valid for any key accepted here" in refused.stderr
+    assert "\x1b" not in refused.stdout + refused.stderr and "verified" not in refused.stdout
+    # a zip member whose bytes were changed in place (its CRC no longer matches): named, not a traceback
+    archive = forged / f"{NAME}.zip"
+    (forged / f"{NAME}.manifest.json").write_bytes((out / f"{NAME}.manifest.json").read_bytes())
+    raw = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as original:
+        info = original.getinfo("SHA256SUMS")
+    raw[info.header_offset + 30 + len(info.filename) + 2] ^= 1  # inside its data
+    archive.write_bytes(bytes(raw))
+    crc = verify_report(str(forged / f"{NAME}.manifest.json"), "--public-key", "audit-key.pem", cwd=tmp_path)
+    assert crc.returncode == 1 and "Traceback" not in crc.stderr, crc.stderr
+    assert f"{NAME}.zip/SHA256SUMS: missing or unreadable" in crc.stderr or "SHA256SUMS: differs" in crc.stderr
 
     # any change is found: a byte of the page, an event in the zip, a missing PDF
     html = out / f"{NAME}.html"
