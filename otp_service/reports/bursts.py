@@ -103,31 +103,11 @@ def _burst_rows(column: str, start: datetime, end: datetime, gap_seconds: int, t
         runs.c.agent,
         fn.COUNT(SQL("*")).over(partition_by=[runs.c.key, runs.c.run]).alias("size"),
     ).alias("sized")
+    each = [getattr(sized.c, name) for name in ("key", "run", "device", "user", "address", "reason", "actor", "agent")]
     return (
-        sized.select_from(
-            sized.c.key,
-            sized.c.run,
-            sized.c.device,
-            sized.c.user,
-            sized.c.address,
-            sized.c.reason,
-            sized.c.actor,
-            sized.c.agent,
-            fn.COUNT(SQL("*")),
-            fn.MIN(sized.c.at),
-            fn.MAX(sized.c.at),
-        )
+        sized.select_from(*each, fn.COUNT(SQL("*")), fn.MIN(sized.c.at), fn.MAX(sized.c.at))
         .where(sized.c.size >= threshold)
-        .group_by(
-            sized.c.key,
-            sized.c.run,
-            sized.c.device,
-            sized.c.user,
-            sized.c.address,
-            sized.c.reason,
-            sized.c.actor,
-            sized.c.agent,
-        )
+        .group_by(*each)  # one row per distinct value in the episode: what the columns are counted from
         .tuples()
     )
 
