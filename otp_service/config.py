@@ -29,6 +29,8 @@ DEFAULT_DATABASE_URL = "sqlite:///otp_service.db"
 ENVIRONMENTS = ("development", "production", "test")
 SEED_BYTES = 32  # an Ed25519 seed (AUDIT_SIGNING_KEY)
 GENERATE = "generate one, e.g. openssl rand -base64 32"
+# After the first attempt, the delays between a webhook's attempts (each ±20 % jitter): 5 s … 24 h, about 3 days
+DEFAULT_RETRY_SCHEDULE = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 86400)
 
 
 class ConfigError(ValueError):
@@ -61,6 +63,18 @@ def optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 def seconds(allowed: range) -> Callable[[str], float]:
     parse_whole = whole(allowed)
     return lambda raw: float(parse_whole(raw))
+
+
+def schedule(raw: str) -> tuple[float, ...]:
+    """Seconds between attempts, e.g. "5 300 1800": each a positive number of at most a day, 1 to 20 of them."""
+    parts = raw.replace(",", " ").split()
+    try:
+        delays = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"must be seconds separated by spaces, got {raw!r}") from None
+    if not 1 <= len(delays) <= 20 or not all(0 < d <= 86400 for d in delays):
+        raise ValueError(f"must be 1-20 delays, each more than 0 and at most 86400 seconds, got {raw!r}")
+    return delays
 
 
 def boolean(raw: str) -> bool:
@@ -232,6 +246,11 @@ VARIABLES = (
     Variable("OTP_APPLICATION_NAME", text, "otp-service"),
     Variable("LOG_LEVEL", choice("DEBUG", "INFO", "WARNING", "ERROR", fold=True), "INFO"),
     Variable("ACCESS_LOG", boolean, "true"),
+    Variable("WEBHOOK_DELIVERY", boolean, "true"),  # the delivery worker in every `serve` process
+    Variable("WEBHOOK_ALLOW_PRIVATE", boolean, "false"),  # development only: loopback/private receivers, http://
+    Variable("WEBHOOK_TIMEOUT_SECONDS", seconds(range(1, 61)), "15"),
+    Variable("WEBHOOK_RETRY_SCHEDULE", schedule, " ".join(map(str, DEFAULT_RETRY_SCHEDULE))),
+    Variable("WEBHOOK_POLL_SECONDS", seconds(range(0, 61)), "1"),
 )
 BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -296,6 +315,11 @@ class Settings:
     otp_application_name: str
     log_level: str
     access_log: bool
+    webhook_delivery: bool
+    webhook_allow_private: bool
+    webhook_timeout_seconds: float
+    webhook_retry_schedule: tuple[float, ...]
+    webhook_poll_seconds: float
     generated: tuple[str, ...] = ()  # names of secrets generated for this development run
 
     @property
@@ -322,6 +346,8 @@ class Settings:
         production = values["environment"] == "production"
         if production and values["debug"]:
             raise ConfigError("DEBUG", "must be false when ENVIRONMENT=production")
+        if production and values["webhook_allow_private"]:
+            raise ConfigError("WEBHOOK_ALLOW_PRIVATE", "must be false when ENVIRONMENT=production (SSRF)")
         generated = []
         if not values["master_secret"]:
             if production:

@@ -218,7 +218,8 @@ class FakeClock:
 
 
 RESET_POSTGRES = """
-TRUNCATE devices, audit_logs, reports, api_clients, recovery_codes, audit_checkpoints RESTART IDENTITY;
+TRUNCATE devices, audit_logs, reports, api_clients, recovery_codes, audit_checkpoints, webhook_endpoints,
+    webhook_messages, webhook_deliveries RESTART IDENTITY;
 UPDATE audit_chains SET seq = 0, head = repeat('0', 64), floor_seq = 0, floor_hash = repeat('0', 64), head_at = NULL,
     timed_from = 0;
 DELETE FROM tenants WHERE id > 1;
@@ -275,7 +276,7 @@ def scan_tables_for_secrets(database, database_taken_away: bool = False) -> None
     table fails the test rather than skip its scan."""
     try:
         with database.connection_context():
-            for table in ("audit_logs", "devices", "recovery_codes"):
+            for table in ("audit_logs", "devices", "recovery_codes", "webhook_endpoints", "webhook_messages"):
                 rows = database.execute_sql(f"SELECT * FROM {table}").fetchall()
                 text = _LogCapture.times.sub("<time>", json.dumps(rows, default=str))  # microseconds are digits
                 assert not find_secrets(text), f"{table} holds a secret"

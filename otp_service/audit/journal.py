@@ -19,6 +19,7 @@ from peewee import Database
 
 from ..db.database import is_postgres
 from ..db.models import AuditChain, AuditLog
+from ..webhooks import outbox
 from . import chain as integrity
 from .rows import AUDIT_COLUMNS
 
@@ -70,6 +71,7 @@ class Journal:
         fields = [getattr(AuditLog, c) for c in (*AUDIT_COLUMNS, *CHAIN_COLUMNS)]
         AuditLog.insert_many(linked, fields=fields).execute()
         AuditChain.update(seq=seq, head=head, head_at=latest).where(AuditChain.chain == chain).execute()
+        outbox.enqueue([row[: len(AUDIT_COLUMNS)] for row in linked], [row[-1] for row in linked])  # same transaction
 
     def _take_chain(self) -> tuple[int, int, str, datetime | None]:
         """A chain's (id, seq, head, last time), locked until the transaction ends: a free one when there is one."""

@@ -28,7 +28,7 @@ from peewee import Database, fn
 from ..core.actions import Action
 from ..core.transitions import AuditEvent, isoformat
 from ..db.database import is_postgres
-from ..db.models import AuditChain, AuditLog, Device, RecoveryCodes, Report, UserSpelling
+from ..db.models import AuditChain, AuditLog, Device, RecoveryCodes, Report, UserSpelling, WebhookMessage
 from . import chain as integrity
 from . import checkpoints
 from .checkpoints import Keys
@@ -209,6 +209,13 @@ def erase(
         mine = Report.tenant_id == tenant_id
         reports = Report.delete().where(mine & (Report.kind == "user") & Report.subject.in_(names)).execute()
         rows = AuditLog.update(user_id=None, ip_address=None, user_agent=None).where(rows_of).execute()
+        # the webhook messages name the user as their audit rows did: queued or delivered, they lose it too (a body
+        # is made from the row at each attempt, so a retry or a replay names the user by pseudonym alone)
+        messages = (
+            WebhookMessage.update(user_id=None)
+            .where((WebhookMessage.tenant_id == tenant_id) & WebhookMessage.user_id.in_(names))
+            .execute()
+        )
         UserSpelling.delete().where((UserSpelling.tenant_id == tenant_id) & (UserSpelling.user_id == user_id)).execute()
         withdrawn = 0
         seen = [_as_datetime(f) for f in first_seen if f is not None]
@@ -224,6 +231,7 @@ def erase(
             "devices": devices,
             "recovery_codes": codes,
             "rows": rows,
+            "webhook_messages": messages,
             "user_reports": reports,
             "reports_withdrawn": withdrawn,
         }
@@ -238,6 +246,7 @@ def erase(
         "devices": devices,
         "recovery_codes": codes,
         "audit_rows": rows,
+        "webhook_messages": messages,
         "user_reports": reports,
         "reports_withdrawn": withdrawn,
         "device_ids": device_ids,

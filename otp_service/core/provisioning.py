@@ -88,6 +88,7 @@ def parse_otpauth_uri(uri: str) -> OtpauthAccount:
     """The inverse of `otpauth_uri`: the Key Uri Format's TOTP URI, read strictly — anything an app might read two
     ways (two `secret`s, an issuer in the label and another in the parameter) is refused, and the algorithm, digits
     and period go through the checks a registration would (ValidationError naming what is wrong)."""
+
     def refuse(message: str) -> ValidationError:
         return ValidationError(f"otpauth_uri {message}", details={"field": "otpauth_uri"})
 

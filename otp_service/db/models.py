@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from peewee import (
     AutoField,
+    BigAutoField,
     BigIntegerField,
     BlobField,
     BooleanField,
@@ -203,4 +204,79 @@ class Report(BaseModel):
         table_name = "reports"
 
 
-ALL_MODELS = (Tenant, Device, AuditLog, Report, ApiClient, RecoveryCodes, AuditChain, AuditCheckpoint)
+class WebhookEndpoint(BaseModel):
+    """A receiver of a tenant's events (`webhooks`). Its signing secret is derived from the master secret
+    (`webhooks.secrets`: HMAC of `salt` under the key of `key_version`), so the table holds no usable secret;
+    during a rotation's grace period the previous salt still signs too."""
+
+    id = AutoField()
+    tenant_id = IntegerField()
+    url = CharField(max_length=2048)
+    description = CharField(max_length=256, null=True)
+    event_types = TextField(null=True)  # comma-separated, sorted, with a leading and trailing comma; None: all
+    salt = CharField(max_length=64)
+    key_version = IntegerField()
+    previous_salt = CharField(max_length=64, null=True)
+    previous_key_version = IntegerField(null=True)
+    previous_valid_until = DateTimeField(null=True)
+    created_at = DateTimeField()
+    disabled_at = DateTimeField(null=True)  # None: receives events
+    disabled_reason = CharField(max_length=32, null=True)  # DISABLED (by a client), GONE (the receiver said 410)
+
+    class Meta:
+        table_name = "webhook_endpoints"
+
+
+class WebhookMessage(BaseModel):
+    """An event of the catalogue (`webhooks.catalogue`), written in the transaction of its audit row (the
+    outbox), only when an endpoint of its tenant takes it. The body is made from these columns at each attempt,
+    so an erasure (which empties `user_id`) reaches messages still queued and any later replay."""
+
+    id = BigAutoField()
+    tenant_id = IntegerField()
+    event_type = CharField(max_length=40)
+    occurred_at = DateTimeField()
+    device_id = CharField(max_length=128, null=True)
+    user_id = CharField(max_length=254, null=True)
+    subject = CharField(max_length=64, null=True)  # the user's pseudonym, as in the audit row
+    actor = CharField(max_length=64, null=True)  # the API client
+    request_id = CharField(max_length=64, null=True)
+    reason = CharField(max_length=32, null=True)
+    data = TextField(null=True)  # the audit row's additional data (JSON)
+
+    class Meta:
+        table_name = "webhook_messages"
+
+
+class WebhookDelivery(BaseModel):
+    """One message to one endpoint: the queue the delivery worker claims from (`webhooks.delivery`)."""
+
+    id = BigAutoField()
+    message_id = BigIntegerField()
+    endpoint_id = IntegerField()
+    status = CharField(max_length=16)  # pending, delivered, failed (retries exhausted), cancelled (endpoint off)
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(null=True)  # when pending: due from then (a claim moves it past its lease)
+    last_attempt_at = DateTimeField(null=True)
+    last_status = IntegerField(null=True)  # the receiver's HTTP status (None: no answer)
+    last_error = CharField(max_length=256, null=True)
+    delivered_at = DateTimeField(null=True)
+    created_at = DateTimeField()
+
+    class Meta:
+        table_name = "webhook_deliveries"
+
+
+ALL_MODELS = (
+    Tenant,
+    Device,
+    AuditLog,
+    Report,
+    ApiClient,
+    RecoveryCodes,
+    AuditChain,
+    AuditCheckpoint,
+    WebhookEndpoint,
+    WebhookMessage,
+    WebhookDelivery,
+)

@@ -268,27 +268,25 @@ class RateLimiter:
 
     async def _pipeline(self, calls: list[tuple[list, list]]) -> list:
         """EVALSHA for each call in one round trip. Calls Redis answers NOSCRIPT (it lost the script: a restart,
-        a flush — perhaps between two calls of this very pipeline) are sent again after loading it, and only
-        those: the others have run, and must not be counted twice."""
+        a flush — perhaps between two calls of this very pipeline) are sent again with the script itself (EVAL,
+        which no flush can refuse, and which caches it for the next EVALSHA), and only those: the others have
+        run, and must not be counted twice. At most two round trips, however often the cache is flushed."""
         script, client = self._script, self._storage.bridge.get_connection()
-        answers: list = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for _ in range(3):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        self.pipelines += 1
+        answers = await pipe.execute(raise_on_error=False)
+        lost = [n for n, answer in enumerate(answers) if isinstance(answer, redis.exceptions.NoScriptError)]
+        if lost:
             pipe = client.pipeline(transaction=False)
-            for n in todo:
+            for n in lost:
                 keys, args = calls[n]
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.eval(script.script, len(keys), *keys, *args)
             self.pipelines += 1
-            lost = []
-            for n, answer in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+            for n, answer in zip(lost, await pipe.execute(raise_on_error=False), strict=True):
                 answers[n] = answer
-                if isinstance(answer, redis.exceptions.NoScriptError):
-                    lost.append(n)
-            if not lost:
-                break
-            await client.script_load(script.script)
-            todo = lost
-        return answers  # a call still NOSCRIPT after three tries fails on its own (and falls back)
+        return list(answers)
 
     async def _check_local(self, requests: Sequence[tuple[str, str]], degraded: bool) -> list[Decision]:
         decisions = []

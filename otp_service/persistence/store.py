@@ -32,6 +32,8 @@ from ..core.recovery import RecoveryState, audited_user
 from ..core.transitions import STATE_COLUMNS, AuditEvent, DeviceState, Transition
 from ..db.database import is_postgres
 from ..db.models import Device, RecoveryCodes
+from ..webhooks import outbox
+from ..webhooks.catalogue import event_type
 
 Decide = Callable[[DeviceState | None], Transition]
 Key = tuple[int, str]  # what names a device: (tenant id, device id)
@@ -57,7 +59,7 @@ _EVENT_TYPES = ("timestamp", "text", "bool", "text", "text", "text", "text", "te
 _T_KEYS = ("i", "tenant", "device_id", "expected", "writes", *_NEW_COLUMNS)
 _T_TYPES = ("int", "int", "text", "bigint", "bool", *(_PG_TYPES[c] for c in _NEW_COLUMNS))
 _NO_ROW = (None,) * len(_NEW_COLUMNS)
-_E_KEYS = ("i", "n", *AUDIT_COLUMNS, "personal", "subject", "rest")
+_E_KEYS = ("i", "n", *AUDIT_COLUMNS, "personal", "subject", "rest", "hook")
 _AUDIT_OUT = ", ".join((*AUDIT_COLUMNS, *CHAIN_COLUMNS))
 
 
@@ -78,7 +80,7 @@ APPLY = f"""
 WITH RECURSIVE t AS (
     SELECT * FROM {_elements(_T_KEYS, _T_TYPES, "t")}
 ), ev AS (
-    SELECT * FROM {_elements(_E_KEYS, ("int", "int", *_EVENT_TYPES, "text", "text", "text"), "e")}
+    SELECT * FROM {_elements(_E_KEYS, ("int", "int", *_EVENT_TYPES, "text", "text", "text", "text"), "e")}
 ), mine AS (
     SELECT t.i FROM devices d JOIN t ON d.tenant_id = t.tenant AND d.device_id = t.device_id
     WHERE t.writes AND d.version = t.expected FOR UPDATE OF d SKIP LOCKED  -- a stale row is not even locked
@@ -139,9 +141,9 @@ WITH RECURSIVE t AS (
     SET seq = c.seq + (SELECT count(*) FROM evs), head = (SELECT h FROM linked ORDER BY k DESC LIMIT 1),
     head_at = (SELECT at FROM timed ORDER BY k DESC LIMIT 1)
     FROM ch c WHERE a.chain = c.chain AND EXISTS (SELECT FROM evs)
-), told AS (  -- the new states, for the other processes that remember these devices (delivered on commit),
-    -- a few to a notification (a payload holds 8000 bytes): the transitions' own elements of the batch,
-    -- as sent, after the sender's name
+{outbox.APPLY_STEPS}), told AS (  -- the new states, for the other processes that remember these devices
+    -- (delivered on commit), a few to a notification (a payload holds 8000 bytes): the transitions' own
+    -- elements of the batch, as sent, after the sender's name
     SELECT pg_notify('{STATES_CHANNEL}', '["' || %s::text || '",[' || string_agg(t.element::text, ',') || ']]')
     FROM t JOIN applied a ON a.i = t.i WHERE t.writes GROUP BY t.i / {STATES_PER_NOTIFICATION}
 )
@@ -177,8 +179,9 @@ def apply_args(
     batch: Sequence[tuple[Transition, RequestContext]], sender: str, journal: Journal
 ) -> tuple[str, str, int, int, int, int, str]:
     """APPLY's parameters for these transitions: the transitions and their audit rows (with what the chain
-    covers of each), as JSON; how many chains there are and where to start looking for a free one; and who
-    sends them (so a process can skip the notifications of its own writes)."""
+    covers of each, and the webhook event each is, if any: `webhooks.catalogue`), as JSON; how many chains there
+    are and where to start looking for a free one; and who sends them (so a process can skip the notifications
+    of its own writes)."""
     rows, events = [], []
     for i, (transition, ctx) in enumerate(batch):
         after = transition.after
@@ -187,7 +190,7 @@ def apply_args(
         user_id = transition.user_id
         for event in transition.events:
             row = audit_row(event, transition.at, transition.device_id, user_id, ctx)
-            events.append((i, len(events), *row, *journal.sql_columns(row)))
+            events.append((i, len(events), *row, *journal.sql_columns(row), event_type(row)))
     chains, start = journal.chains, random.randrange(journal.chains)
     return _ENCODE(rows), _ENCODE(events), chains, chains - start, chains, start, sender
 

@@ -108,7 +108,6 @@ def stringify_times(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Timestamps as ISO text: SQLite returns strings and PostgreSQL datetimes, and reports should read the same."""
     for column in columns:
         frame[column] = [
-            None if pd.isna(v) else str(pd.Timestamp(v).isoformat(timespec="seconds")) + "Z"
-            for v in frame[column]
+            None if pd.isna(v) else str(pd.Timestamp(v).isoformat(timespec="seconds")) + "Z" for v in frame[column]
         ]
     return frame

@@ -43,6 +43,7 @@ def test_first_migration_upgrades_to_head(empty_db_url):
         "0011_user_id_spelling",
         "0012_audit_monotonic_time",
         "0013_report_manifest",
+        "0014_webhooks",
     ]
     assert pending_migrations(database) == later
     with database.connection_context():

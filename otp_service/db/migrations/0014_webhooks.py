@@ -1,0 +1,81 @@
+"""Webhooks (`otp_service.webhooks`): endpoints, the outbox of messages written with their audit rows, and the
+deliveries the worker claims. The partial index is the worker's queue: only pending deliveries, by due time."""
+
+from peewee import (
+    AutoField,
+    BigAutoField,
+    BigIntegerField,
+    CharField,
+    DateTimeField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+
+def up(migrator, db):
+    class WebhookEndpoint(Model):
+        id = AutoField()
+        tenant_id = IntegerField()
+        url = CharField(max_length=2048)
+        description = CharField(max_length=256, null=True)
+        event_types = TextField(null=True)
+        salt = CharField(max_length=64)
+        key_version = IntegerField()
+        previous_salt = CharField(max_length=64, null=True)
+        previous_key_version = IntegerField(null=True)
+        previous_valid_until = DateTimeField(null=True)
+        created_at = DateTimeField()
+        disabled_at = DateTimeField(null=True)
+        disabled_reason = CharField(max_length=32, null=True)
+
+        class Meta:
+            database = db
+            table_name = "webhook_endpoints"
+            indexes = ((("tenant_id",), False),)
+
+    class WebhookMessage(Model):
+        id = BigAutoField()
+        tenant_id = IntegerField()
+        event_type = CharField(max_length=40)
+        occurred_at = DateTimeField()
+        device_id = CharField(max_length=128, null=True)
+        user_id = CharField(max_length=254, null=True)
+        subject = CharField(max_length=64, null=True)
+        actor = CharField(max_length=64, null=True)
+        request_id = CharField(max_length=64, null=True)
+        reason = CharField(max_length=32, null=True)
+        data = TextField(null=True)
+
+        class Meta:
+            database = db
+            table_name = "webhook_messages"
+            indexes = ((("tenant_id", "user_id"), False),)  # an erasure finds a user's messages
+
+    class WebhookDelivery(Model):
+        id = BigAutoField()
+        message_id = BigIntegerField(index=True)
+        endpoint_id = IntegerField()
+        status = CharField(max_length=16)
+        attempts = IntegerField(default=0)
+        next_attempt_at = DateTimeField(null=True)
+        last_attempt_at = DateTimeField(null=True)
+        last_status = IntegerField(null=True)
+        last_error = CharField(max_length=256, null=True)
+        delivered_at = DateTimeField(null=True)
+        created_at = DateTimeField()
+
+        class Meta:
+            database = db
+            table_name = "webhook_deliveries"
+            indexes = ((("endpoint_id", "id"), False),)  # an endpoint's recent deliveries
+
+    db.create_tables([WebhookEndpoint, WebhookMessage, WebhookDelivery])
+    db.execute_sql(
+        "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending'"
+    )
+
+
+def down(migrator, db):
+    for table in ("webhook_deliveries", "webhook_messages", "webhook_endpoints"):
+        db.execute_sql(f"DROP TABLE {table}")
