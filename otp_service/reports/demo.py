@@ -27,6 +27,7 @@ from ..core import errors, recovery, totp
 from ..core.actions import Action
 from ..service import OtpService
 from .demo_clients import DEMO_PEOPLE, demo_clients
+from .demo_webhooks import demo_endpoints, settle
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -441,7 +442,9 @@ def demo_database(url: str, devices: int = 40, days: int = 28, seed: int = 7, en
     database = open_database(url, 1)
     migrate(database)
     service = build_service(demo_settings(url), database, clock=end.timestamp)
+    demo_endpoints(database, end)
     generate(service, devices, days, seed, end, people=True)
+    settle(database, end)
     demo_clients(database, end)
     service.checkpoint("on-demand")
     database.close_all()
