@@ -83,7 +83,7 @@ def main() -> None:
         "what",
         nargs="?",
         default="all",
-        choices=["all", "http", "totp", "report", "audit", "soak", "population", "instances", "large"],
+        choices=["all", "http", "totp", "report", "audit", "soak", "population", "instances", "large", "webhooks"],
     )
     parser.add_argument("--databases", default="sqlite,postgres", type=lambda s: s.split(","))
     parser.add_argument("--processes", default="1,2", type=lambda s: [int(x) for x in s.split(",")])
@@ -204,6 +204,27 @@ def main() -> None:
             f"**{i['ratio']:.0%}** of the empty handler's {i['baseline']['rps']:.0f} req/s (2 processes) "
             "in the same run; "
             f"p99 {i['p99_ms']:.1f} ms; {i['non_2xx']} non-2xx; {i['accepted_share']:.0%} of the valid codes accepted.",
+            "",
+        ]
+    if args.what in ("all", "webhooks"):
+        from .webhooks import run as webhooks
+        from .webhooks import table as webhooks_table
+
+        scenarios = [s for s in args.scenarios if s != "health"]
+        print("… webhooks: no endpoint against one taking every event", file=sys.stderr, flush=True)
+        result["webhooks"] = w = webhooks(
+            scenarios, args.duration, max(2, args.runs), args.warmup, args.connections, args.devices
+        )
+        md += [
+            f"## Webhooks (PostgreSQL, {w['processes']} processes, memory limits, {args.connections} connections; runs "
+            "alternating between no endpoint and one subscribed to every event, its receiver on this machine; "
+            "medians; ratio = subscribed / none)",
+            "",
+            *webhooks_table(w),
+            "",
+            f"Deliveries queued {w['deliveries_queued']:,}, delivered {w['deliveries_delivered']:,} "
+            f"(the receiver counted {w['receiver_got']:,}) — registrations are events, verifications of a right or "
+            "wrong code are not (a lock is).",
             "",
         ]
     if args.what == "large":  # not part of `all`: filling 10,000,000 chained rows takes a quarter of an hour
