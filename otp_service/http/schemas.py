@@ -207,12 +207,25 @@ SCHEMAS: dict[str, Any] = {
         **{"from": TIME, "to": TIME},
     ),
     "Erasure": _obj(
-        ["user_id", "subject", "devices", "recovery_codes", "audit_rows", "user_reports", "reports_withdrawn"],
+        [
+            "user_id",
+            "subject",
+            "devices",
+            "recovery_codes",
+            "audit_rows",
+            "webhook_messages",
+            "user_reports",
+            "reports_withdrawn",
+        ],
         user_id=_s(),
         subject=_s(description="the user's pseudonym, by which the erasure is audited"),
         devices=INT,
         recovery_codes=INT,
         audit_rows={**INT, "description": "audit rows whose personal data was removed"},
+        webhook_messages={
+            **INT,
+            "description": "webhook messages (queued or delivered) that named the user, now naming the pseudonym only",
+        },
         user_reports={**INT, "description": "stored user reports about the user, deleted"},
         reports_withdrawn={
             **INT,
