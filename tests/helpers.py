@@ -56,9 +56,10 @@ def journal_for(database):
     from otp_service.audit import chain as integrity
     from otp_service.audit.journal import Journal
     from otp_service.core.keys import Keyring
+    from otp_service.webhooks import outbox
     from tests.conftest import MASTER_SECRET
 
-    return Journal(database, Keyring({1: MASTER_SECRET}, 1).purpose_key(integrity.PURPOSE), 16)
+    return Journal(database, Keyring({1: MASTER_SECRET}, 1).purpose_key(integrity.PURPOSE), 16, then=[outbox.enqueue])
 
 
 def seed_client_generate(derived_key_b64: str, at: float, digits=6, interval=30) -> int:

@@ -6,12 +6,16 @@ takes a chain no one holds (SKIP LOCKED) and waits only when all K are busy. The
 SQL, inside the one statement that applies a batch of transitions (`store.APPLY`): Python computes each
 row's encoding but its time; the statement gives each row its time — never earlier than its chain's last
 (`chain.clamp`) — hashes it and links it to the chain's head with `sha256()`.
+
+What else must happen in the rows' transaction is told to the journal when it is made (`then`): the webhook
+outbox (`webhooks.outbox.enqueue`) queues the events the rows are. The journal does not know of webhooks — the
+trail is below them — but no journal is made without saying what follows its rows.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import lru_cache, partial
 
@@ -19,7 +23,6 @@ from peewee import Database
 
 from ..db.database import is_postgres
 from ..db.models import AuditChain, AuditLog
-from ..webhooks import outbox
 from . import chain as integrity
 from .rows import AUDIT_COLUMNS
 
@@ -28,13 +31,16 @@ CHAIN_COLUMNS = ("chain", "seq", "entry_hash", "personal", "subject")
 _USER, _IP, _AGENT = (AUDIT_COLUMNS.index(c) for c in ("user_id", "ip_address", "user_agent"))
 
 
+Appended = Callable[[list[Sequence], list[str | None]], object]  # rows written (AUDIT_COLUMNS order), subjects
+
+
 class Journal:
     """The audit trail's writer: pseudonymises the personal fields and links rows into the chains."""
 
-    def __init__(self, database: Database, pseudonym_key: bytes, chains: int):
+    def __init__(self, database: Database, pseudonym_key: bytes, chains: int, *, then: Sequence[Appended]):
         if not 1 <= chains <= MAX_CHAINS:
             raise ValueError(f"chains must be 1-{MAX_CHAINS}")
-        self.database, self.key, self.chains = database, pseudonym_key, chains
+        self.database, self.key, self.chains, self.then = database, pseudonym_key, chains, tuple(then)
         # the same user, address and app come back request after request: two HMACs saved per row
         self._personal = lru_cache(maxsize=4096)(partial(integrity.personal_digest, pseudonym_key))
         self._subject = lru_cache(maxsize=4096)(partial(integrity.subject, pseudonym_key))
@@ -71,7 +77,9 @@ class Journal:
         fields = [getattr(AuditLog, c) for c in (*AUDIT_COLUMNS, *CHAIN_COLUMNS)]
         AuditLog.insert_many(linked, fields=fields).execute()
         AuditChain.update(seq=seq, head=head, head_at=latest).where(AuditChain.chain == chain).execute()
-        outbox.enqueue([row[: len(AUDIT_COLUMNS)] for row in linked], [row[-1] for row in linked])  # same transaction
+        written, subjects = [row[: len(AUDIT_COLUMNS)] for row in linked], [row[-1] for row in linked]
+        for step in self.then:  # in the same transaction
+            step(written, subjects)
 
     def _take_chain(self) -> tuple[int, int, str, datetime | None]:
         """A chain's (id, seq, head, last time), locked until the transaction ends: a free one when there is one."""

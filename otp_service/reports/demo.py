@@ -1,14 +1,13 @@
 """Realistic synthetic history, made by calling the service's own commands.
 
-Every audit row it leaves is one the real service wrote, with simulated clocks: people
-logging in (with the odd typo and double submit), phones whose clocks drift, devices
-deactivated and then tried again, one brute-force attack, a scanner without an API key.
-From the middle of the period on, the device lifecycle too (`_lifecycle`): enrolments
-confirmed with their first code (a few after a wrong one, a few never, so they expire),
-phones whose clocks go far off and are resynchronised with two consecutive codes, then set
-right (re-centred) or reset by an operator, recovery codes issued and used after a lost phone.
-For a given seed the outcomes — and so every report total — are the same on every run,
-even though each run derives fresh keys and recovery codes.
+Every audit row it leaves is one the real service wrote, with simulated clocks: people logging in (with the
+odd typo and double submit), phones whose clocks drift, devices deactivated and then tried again, one
+brute-force attack, a scanner without an API key. From the middle of the period on, the device lifecycle too
+(`_lifecycle`): enrolments confirmed with their first code (a few after a wrong one, a few never, so they
+expire), phones whose clocks go far off and are resynchronised with two consecutive codes, then set right
+(re-centred) or reset by an operator, recovery codes issued and used after a lost phone; webhook endpoints
+hear of it (`demo_webhooks`). For a given seed the outcomes — and so every report total — are the same on
+every run, even though each run derives fresh keys and recovery codes.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from ..core.transitions import Transition
 from ..db.database import UNAVAILABLE_ERRORS, open_database
 from ..persistence.engine import Engine, Plan
 from ..persistence.store import Decide, open_store
+from ..webhooks import outbox
 from .clients import Caller, Directory
 from .commands import Commands
 from .reads import Reads
@@ -43,7 +44,8 @@ class OtpService(Commands, Reads, ReportAccess, AuditTrail):
     ):
         self.settings, self.keyring, self.database, self.clock = settings, keyring, database, clock
         self.tenants = Tenants(settings)
-        self.journal = Journal(database, keyring.purpose_key(integrity.PURPOSE), settings.audit_chains)
+        pseudonyms = keyring.purpose_key(integrity.PURPOSE)
+        self.journal = Journal(database, pseudonyms, settings.audit_chains, then=[outbox.enqueue])
         self.audit_keys = checkpoints.Keys.from_settings(settings)
         self._last_signed: tuple[int, str] | None = None  # (id, sha256) of the last checkpoint this process signed
         self._refused = None  # the first break of the last periodic checkpoint refused (audited once)
