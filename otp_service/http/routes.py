@@ -276,13 +276,18 @@ ROUTES: tuple[Route, ...] = (
         ENDPOINTS,
         wh.WebhookEndpointsHandler,
         (
-            hook("get", "The tenant's webhook endpoints (never their secrets)", response="WebhookEndpointList"),
+            hook(
+                "get",
+                "The tenant's webhook endpoints (never their secrets)",
+                response="WebhookEndpointList",
+                errors=(404,),
+            ),
             hook(
                 "post",
                 "Create a webhook endpoint; the response holds its signing secret, shown this once",
                 ok=201,
                 response="WebhookEndpointWithSecret",
-                errors=(409,),
+                errors=(404, 409),  # 404: an operator's X-Tenant names no tenant
                 body="WebhookEndpointRequest",
             ),
         ),
