@@ -225,12 +225,14 @@ VARIABLES = (
     Variable(
         "RATE_LIMIT_PER_CLIENT",
         per_scope_rates,
-        "verify=6000/minute enroll=600/minute manage=600/minute read=1200/minute reports=120/minute metrics=120/minute",
+        "verify=6000/minute enroll=600/minute manage=600/minute read=1200/minute reports=120/minute metrics=120/minute "
+        "webhooks=120/minute",
     ),
     Variable(
         "RATE_LIMIT_PER_TENANT",
         per_scope_rates,
-        "verify=60000/minute enroll=6000/minute manage=6000/minute read=12000/minute reports=1200/minute",
+        "verify=60000/minute enroll=6000/minute manage=6000/minute read=12000/minute reports=1200/minute "
+        "webhooks=1200/minute",
     ),
     Variable("RATE_LIMIT_ON_REDIS_ERROR", choice("open", "closed"), "open"),
     Variable("RATE_LIMIT_IPV6_PREFIX", whole(range(32, 129)), "64"),

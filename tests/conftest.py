@@ -127,6 +127,16 @@ def remember_recovery_codes(codes: list[str]) -> None:
     ISSUED_KEYS.update(code.replace("-", "") for code in codes)
 
 
+def remember_webhook_secret(secret: str) -> None:
+    """A webhook endpoint's signing secret (`whsec_…`), as shown, as its key's base64 and hex: shown once, in the
+    answer that made it, and nowhere else — no other answer, log line or row."""
+    encoded = secret.removeprefix("whsec_")
+    ISSUED_KEYS.update({secret, encoded, base64.b64decode(encoded).hex()})
+
+
+WEBHOOK_SECRET_ANSWERS = re.compile(r"^/api/v1/webhooks/endpoints(/[^/]+/rotate)?$")  # the two that show one
+
+
 def remember_code(code) -> None:
     if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) >= 6:
         ISSUED_CODES.add(code)
@@ -149,6 +159,18 @@ def secrets_scan(request, monkeypatch):
     original_register, original_verify = OtpService.plan_register, OtpService.plan_verify
     original_resync = OtpService.plan_resync
     original_issue = OtpService.issue_recovery_codes
+    original_create_hook = OtpService.create_webhook_endpoint
+    original_rotate_hook = OtpService.rotate_webhook_endpoint
+
+    def create_webhook_endpoint(self, *args, **kwargs):
+        data = original_create_hook(self, *args, **kwargs)
+        remember_webhook_secret(data["secret"])
+        return data
+
+    def rotate_webhook_endpoint(self, *args, **kwargs):
+        data = original_rotate_hook(self, *args, **kwargs)
+        remember_webhook_secret(data["secret"])
+        return data
 
     def issue_recovery_codes(self, *args, **kwargs):
         data = original_issue(self, *args, **kwargs)
@@ -192,6 +214,8 @@ def secrets_scan(request, monkeypatch):
     monkeypatch.setattr(OtpService, "plan_verify", plan_verify)
     monkeypatch.setattr(OtpService, "plan_resync", plan_resync)
     monkeypatch.setattr(OtpService, "issue_recovery_codes", issue_recovery_codes)
+    monkeypatch.setattr(OtpService, "create_webhook_endpoint", create_webhook_endpoint)
+    monkeypatch.setattr(OtpService, "rotate_webhook_endpoint", rotate_webhook_endpoint)
     SEEN_RESPONSES.clear()
     _LOG_CAPTURE.lines.clear()
     ISSUED_KEYS.clear()  # each test is scanned for what it issued itself
@@ -276,7 +300,8 @@ def scan_tables_for_secrets(database, database_taken_away: bool = False) -> None
     table fails the test rather than skip its scan."""
     try:
         with database.connection_context():
-            for table in ("audit_logs", "devices", "recovery_codes", "webhook_endpoints", "webhook_messages"):
+            tables = ("audit_logs", "devices", "recovery_codes", "webhook_endpoints", "webhook_messages")
+            for table in (*tables, "webhook_deliveries"):
                 rows = database.execute_sql(f"SELECT * FROM {table}").fetchall()
                 text = _LogCapture.times.sub("<time>", json.dumps(rows, default=str))  # microseconds are digits
                 assert not find_secrets(text), f"{table} holds a secret"
@@ -372,6 +397,8 @@ class Client:
             remember_registration(parsed["data"])  # the one response allowed to carry the key
         elif path.endswith("/recovery-codes") and resp.status == 201:
             remember_recovery_codes(parsed["data"]["codes"])  # the one response allowed to carry them
+        elif WEBHOOK_SECRET_ANSWERS.match(path.split("?")[0]) and method == "POST" and resp.status in (200, 201):
+            remember_webhook_secret(parsed["data"]["secret"])  # the one response allowed to carry it
         else:
             SEEN_RESPONSES.append((path, data.decode("utf-8", "replace")))
         return Response(resp.status, resp.headers, parsed, data)

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument(
         "--scopes",
         required=True,
-        help="comma-separated: verify, enroll, manage, read, reports, metrics, admin (all of those), operator",
+        help="comma-separated: verify, enroll, manage, read, reports, metrics, webhooks, admin (all of those), "
+        "operator",
     )
     a.add_argument("--expires", help="last day the key works, YYYY-MM-DD (UTC); default: never")
     a.add_argument("--tenant", default="default", help="the tenant it acts in (operator: any, named by X-Tenant)")

@@ -7,14 +7,16 @@ from enum import StrEnum
 
 # verify: check codes; enroll: register devices, issue recovery codes; manage: deactivate, unlock, erase, look up
 # codes; read: device info, a user's devices and audit trail, statistics; reports: the reports API; metrics:
-# /metrics — the scopes the routes need. admin: all of those, in the client's own tenant. operator: act in any
-# tenant, named by the request's X-Tenant header (never implied by admin: a tenant's admin stays in it).
-ROUTE_SCOPES = ("verify", "enroll", "manage", "read", "reports", "metrics")
+# /metrics; webhooks: the tenant's webhook endpoints (create, rotate, disable, replay) — the scopes the routes
+# need. admin: all of those, in the client's own tenant. operator: act in any tenant, named by the request's
+# X-Tenant header (never implied by admin: a tenant's admin stays in it).
+ROUTE_SCOPES = ("verify", "enroll", "manage", "read", "reports", "metrics", "webhooks")
 SCOPES = (*ROUTE_SCOPES, "operator", "admin")
 # The administrative scopes: their routes act on a person's decision (deactivate, unlock, erase, look up a code)
-# or hand out personal data (reports), so they take an X-Actor header naming that person or ticket, recorded
-# in every audit row the request writes beside the client. Verification, enrolment and reads do not.
-ACTOR_SCOPES = ("manage", "reports")
+# or hand out personal data (reports), or say where the tenant's events go (webhooks), so they take an X-Actor
+# header naming that person or ticket, recorded in every audit row the request writes beside the client.
+# Verification, enrolment and reads do not.
+ACTOR_SCOPES = ("manage", "reports", "webhooks")
 
 
 class Action(StrEnum):
@@ -46,3 +48,10 @@ class Action(StrEnum):
     REPORT_GENERATED = "REPORT_GENERATED"  # a report made (report, scheduled-report, report regenerate)
     REPORTS_LISTED = "REPORTS_LISTED"  # the stored reports listed through the API (which ones were shown)
     REPORT_DOWNLOADED = "REPORT_DOWNLOADED"  # a stored report's file fetched through the API (HTML, zip, PDF)
+    # the tenant's webhook endpoints (`service.webhooks`); never in the event catalogue: no webhook announces them
+    WEBHOOK_ENDPOINT_CREATED = "WEBHOOK_ENDPOINT_CREATED"
+    WEBHOOK_ENDPOINT_ROTATED = "WEBHOOK_ENDPOINT_ROTATED"  # a new signing secret; the previous one signs for a grace
+    WEBHOOK_ENDPOINT_DISABLED = "WEBHOOK_ENDPOINT_DISABLED"  # reason DISABLED (through the API) or GONE (receiver: 410)
+    WEBHOOK_ENDPOINT_ENABLED = "WEBHOOK_ENDPOINT_ENABLED"
+    WEBHOOK_ENDPOINT_DELETED = "WEBHOOK_ENDPOINT_DELETED"
+    WEBHOOK_DELIVERY_REPLAYED = "WEBHOOK_DELIVERY_REPLAYED"  # a message queued again for an endpoint (same webhook-id)

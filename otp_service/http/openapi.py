@@ -16,7 +16,9 @@ from .schemas import (
     ERRORS,
     OPERATIONAL,
     PATH_PARAMETERS,
+    QUERY_PARAMETERS,
     SCHEMAS,
+    WEBHOOKS,
     _json,
     _obj,
     _ref,
@@ -81,11 +83,17 @@ def _operation(route: Route, op: Operation) -> dict[str, Any]:
         for code in sorted(set(API_ERRORS) | set(op.errors) | ({413, 415} if op.body else set())):
             responses[str(code)] = _json(_ref("Error"), ERRORS[code])
         described["responses"] = responses
-        parameters = _parameters(route.path) + (_PAGE if op.paged else []) + ([_ACTOR] if route.takes_actor else [])
+        parameters = (
+            _parameters(route.path)
+            + [QUERY_PARAMETERS[name] for name in op.query]
+            + (_PAGE if op.paged else [])
+            + ([_ACTOR] if route.takes_actor else [])
+        )
         if parameters:
             described["parameters"] = parameters
         if op.body:
-            described["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(op.body)}}}
+            content = {"application/json": {"schema": _ref(op.body)}}
+            described["requestBody"] = {"required": op.body_required, "content": content}
     if not op.auth:
         described["security"] = []
     if route.scope:
@@ -102,7 +110,8 @@ def build_spec(routes: Iterable[Route]) -> dict[str, Any]:
             "title": "otp-service",
             "version": __version__,
             "description": "TOTP (RFC 6238) device registration and verification. Every response is "
-            "`{success, message, data}`; errors add `error.code`.",
+            "`{success, message, data}`; errors add `error.code`. The webhooks the service sends (Standard "
+            "Webhooks v1) are under `x-webhooks`, one per event type.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
@@ -118,4 +127,7 @@ def build_spec(routes: Iterable[Route]) -> dict[str, Any]:
             "schemas": SCHEMAS,
         },
         "paths": paths,
+        # What the service sends to a tenant's webhook endpoints. OpenAPI 3.1 calls this `webhooks`; this is a 3.0
+        # document (Swagger UI 4 renders 3.0 only), where the same object goes in the extension Redoc reads.
+        "x-webhooks": WEBHOOKS,
     }

@@ -21,6 +21,8 @@ class Operation:
     response: str | None = None  # the schema of `data` in the envelope (components/schemas)
     errors: tuple[int, ...] = ()  # statuses beyond those every /api operation can answer (`schemas.API_ERRORS`)
     body: str | None = None  # the request body's schema (JSON)
+    body_required: bool = True  # False: the body may be left out (every field has a default)
+    query: tuple[str, ...] = ()  # query parameters beyond ?limit= and ?before= (`schemas.QUERY_PARAMETERS`)
     paged: bool = False  # takes ?limit= and ?before=
     tag: str = "devices"
     content: str | None = None  # the media type of a 200 that is not the JSON envelope (a report's file)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import handlers as h
+from . import webhook_handlers as wh
 from .route import Operation, Route
 
 
@@ -22,9 +23,16 @@ def get(summary: str, **kw: Any) -> Operation:
     return Operation("get", summary, **kw)
 
 
+def hook(method: str, summary: str, **kw: Any) -> Operation:
+    """An operation of the webhooks API (tag `webhooks`)."""
+    return Operation(method, summary, tag="webhooks", **kw)
+
+
 DEVICE, USER, REPORT = "/api/v1/devices/{device_id}", "/api/v1/users/{user_id}", "/api/v1/reports/{report_id}"
 _REPORT_FILE = {"errors": (404, 410), "tag": "reports"}  # 410: withdrawn by an erasure
 _OPS = "operations"
+ENDPOINTS = "/api/v1/webhooks/endpoints"
+ENDPOINT = f"{ENDPOINTS}/{{endpoint_id}}"
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -257,6 +265,115 @@ ROUTES: tuple[Route, ...] = (
             ),
         ),
         scope="reports",
+    ),
+    Route(
+        "/api/v1/webhooks/event-types",
+        wh.WebhookEventTypesHandler,
+        (hook("get", "The event types an endpoint can take, with what each means", response="WebhookEventTypes"),),
+        scope="webhooks",
+    ),
+    Route(
+        ENDPOINTS,
+        wh.WebhookEndpointsHandler,
+        (
+            hook(
+                "get",
+                "The tenant's webhook endpoints (never their secrets)",
+                response="WebhookEndpointList",
+                errors=(404,),
+            ),
+            hook(
+                "post",
+                "Create a webhook endpoint; the response holds its signing secret, shown this once",
+                ok=201,
+                response="WebhookEndpointWithSecret",
+                errors=(404, 409),  # 404: an operator's X-Tenant names no tenant
+                body="WebhookEndpointRequest",
+            ),
+        ),
+        scope="webhooks",
+    ),
+    Route(
+        ENDPOINT,
+        wh.WebhookEndpointHandler,
+        (
+            hook(
+                "get",
+                "A webhook endpoint, with its deliveries counted by status",
+                response="WebhookEndpointDetail",
+                errors=(404,),
+            ),
+            hook(
+                "delete",
+                "Delete a webhook endpoint, its deliveries (pending ones are never sent) and the messages only it had",
+                response="WebhookEndpointDeleted",
+                errors=(404,),
+            ),
+        ),
+        scope="webhooks",
+    ),
+    Route(
+        f"{ENDPOINT}/rotate",
+        wh.WebhookRotateHandler,
+        (
+            hook(
+                "post",
+                "A new signing secret, shown this once; the previous one keeps signing for grace_seconds",
+                response="WebhookEndpointWithSecret",
+                errors=(404,),
+                body="WebhookRotateRequest",
+                body_required=False,
+            ),
+        ),
+        scope="webhooks",
+    ),
+    Route(
+        f"{ENDPOINT}/disable",
+        wh.WebhookDisableHandler,
+        (
+            hook(
+                "post",
+                "Stop sending to an endpoint (idempotent); its pending deliveries are cancelled",
+                response="WebhookEndpointDisabled",
+                errors=(404,),
+            ),
+        ),
+        scope="webhooks",
+    ),
+    Route(
+        f"{ENDPOINT}/enable",
+        wh.WebhookEnableHandler,
+        (hook("post", "Send to an endpoint again (idempotent)", response="WebhookEndpoint", errors=(404,)),),
+        scope="webhooks",
+    ),
+    Route(
+        f"{ENDPOINT}/deliveries",
+        wh.WebhookDeliveriesHandler,
+        (
+            hook(
+                "get",
+                "An endpoint's deliveries, newest first",
+                response="WebhookDeliveryPage",
+                errors=(404,),
+                paged=True,
+                query=("status",),
+            ),
+        ),
+        scope="webhooks",
+    ),
+    Route(
+        f"{ENDPOINT}/deliveries/{{delivery_id}}/replay",
+        wh.WebhookReplayHandler,
+        (
+            hook(
+                "post",
+                "Queue a delivery's message again for the endpoint (same webhook-id); refused while it is disabled",
+                ok=202,
+                response="WebhookReplay",
+                errors=(404, 409),
+            ),
+        ),
+        scope="webhooks",
     ),
     Route(
         "/api/v1/debug/devices/{device_id}/otp",

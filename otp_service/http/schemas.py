@@ -8,6 +8,8 @@ from typing import Any
 
 from ..audit.rows import AUDIT_COLUMNS
 from ..core import recovery, totp, validation
+from ..service import webhooks as hooks
+from ..webhooks import addresses, catalogue
 from .base import MAX_HEADERS, MAX_JSON_BODY
 
 
@@ -45,7 +47,54 @@ def _whole(allowed: range) -> dict[str, Any]:
 DEVICE_ID = _s(pattern=f"^{validation.DEVICE_ID.pattern}$")
 USER_ID = _s(minLength=1, maxLength=validation.MAX_USER_ID)
 REPORT_ID = {"type": "integer"}
-PATH_PARAMETERS = {"device_id": DEVICE_ID, "user_id": USER_ID, "report_id": REPORT_ID}  # by template name
+ENDPOINT_ID = {"type": "integer", "minimum": 0}
+PATH_PARAMETERS = {  # by template name
+    "device_id": DEVICE_ID,
+    "user_id": USER_ID,
+    "report_id": REPORT_ID,
+    "endpoint_id": ENDPOINT_ID,
+    "delivery_id": {"type": "integer", "minimum": 0},
+}
+QUERY_PARAMETERS = {  # by name (`Operation.query`)
+    "status": {
+        "name": "status",
+        "in": "query",
+        "required": False,
+        "schema": _s(enum=list(hooks.DELIVERY_STATUSES)),
+        "description": "only deliveries in this state",
+    },
+}
+EVENT_TYPE = _s(enum=list(catalogue.EVENT_TYPES))
+_WEBHOOK_ENDPOINT = {
+    "id": ENDPOINT_ID,
+    "url": _s("uri", maxLength=addresses.MAX_URL),
+    "description": _s(nullable=True),
+    "event_types": {
+        "type": "array",
+        "items": EVENT_TYPE,
+        "nullable": True,
+        "description": "the event types it takes; null: every one",
+    },
+    "enabled": BOOL,
+    "created_at": TIME,
+    "disabled_at": TIME_OR_NULL,
+    "disabled_reason": {
+        **_s(enum=["DISABLED", "GONE"], nullable=True),
+        "description": "DISABLED: through the API; GONE: the receiver answered 410 Gone",
+    },
+    "previous_secret_valid_until": {
+        **TIME_OR_NULL,
+        "description": "after a rotation: until when the previous secret signs too (each delivery carries both "
+        "signatures)",
+    },
+}
+_SECRET = _s(
+    pattern="^whsec_[A-Za-z0-9+/]+={0,2}$",
+    description="the signing secret (Standard Webhooks: `whsec_` and the key, base64); shown in this answer only",
+)
+_COUNTS = _obj(
+    list(hooks.DELIVERY_STATUSES), **dict.fromkeys(hooks.DELIVERY_STATUSES, {"type": "integer", "minimum": 0})
+)
 OTP = {
     "oneOf": [_s(pattern=_CODE), {"type": "integer", "minimum": 0, "maximum": 10 ** max(totp.DIGITS_RANGE) - 1}],
     "description": "exactly `digits` ASCII digits, or an integer (zero-padded)",
@@ -376,16 +425,140 @@ SCHEMAS: dict[str, Any] = {
         },
     ),
     "DebugCode": _obj(["device_id", "otp"], device_id=DEVICE_ID, otp=_s(pattern=_CODE)),
+    "WebhookEndpointRequest": _obj(
+        ["url"],
+        url=_s(
+            "uri",
+            maxLength=addresses.MAX_URL,
+            description="https (http only outside production); no user name or password; its host's every address "
+            "public (not loopback, private, link-local, CGNAT or metadata) unless WEBHOOK_ALLOW_PRIVATE",
+        ),
+        event_types={
+            "type": "array",
+            "items": EVENT_TYPE,
+            "minItems": 1,
+            "nullable": True,
+            "description": "the event types to send (GET /api/v1/webhooks/event-types); left out or null: all",
+        },
+        description=_s(minLength=1, maxLength=hooks.MAX_DESCRIPTION, nullable=True),
+    ),
+    "WebhookEndpoint": _obj(list(_WEBHOOK_ENDPOINT), **_WEBHOOK_ENDPOINT),
+    "WebhookEndpointWithSecret": _obj([*_WEBHOOK_ENDPOINT, "secret"], **_WEBHOOK_ENDPOINT, secret=_SECRET),
+    "WebhookEndpointDetail": _obj(
+        [*_WEBHOOK_ENDPOINT, "deliveries"],
+        **_WEBHOOK_ENDPOINT,
+        deliveries={**_COUNTS, "description": "the endpoint's deliveries, counted by status"},
+    ),
+    "WebhookEndpointDisabled": _obj(
+        [*_WEBHOOK_ENDPOINT, "pending_cancelled"],
+        **_WEBHOOK_ENDPOINT,
+        pending_cancelled={**INT, "description": "pending deliveries cancelled now (0: it was disabled already)"},
+    ),
+    "WebhookEndpointList": _obj(["endpoints"], endpoints={"type": "array", "items": _ref("WebhookEndpoint")}),
+    "WebhookEndpointDeleted": _obj(
+        ["id", "deleted", "pending_cancelled", "messages_deleted"],
+        id=ENDPOINT_ID,
+        deleted={"type": "boolean", "enum": [True]},
+        pending_cancelled={**INT, "description": "deliveries that were still pending, never to be sent"},
+        messages_deleted={**INT, "description": "messages no other endpoint had a delivery of, deleted with it"},
+    ),
+    "WebhookRotateRequest": _obj(
+        [],
+        grace_seconds={
+            **_whole(range(0, hooks.MAX_GRACE + 1)),
+            "description": f"how long the previous secret keeps signing (default {hooks.DEFAULT_GRACE}: a day)",
+        },
+    ),
+    "WebhookDeliveryPage": _obj(
+        ["endpoint_id", "deliveries", "next_before"],
+        endpoint_id=ENDPOINT_ID,
+        next_before={"type": "integer", "nullable": True},
+        deliveries={
+            "type": "array",
+            "items": _obj(
+                [
+                    "id",
+                    "message_id",
+                    "event_type",
+                    "status",
+                    "attempts",
+                    "next_attempt_at",
+                    "last_attempt_at",
+                    "last_status",
+                    "last_error",
+                    "delivered_at",
+                    "created_at",
+                ],
+                id=INT,
+                message_id=_s(pattern="^msg_[0-9]+$", description="the webhook-id header it is sent with"),
+                event_type=EVENT_TYPE,
+                status=_s(enum=list(hooks.DELIVERY_STATUSES)),
+                attempts=INT,
+                next_attempt_at={**TIME_OR_NULL, "description": "when pending: due from then"},
+                last_attempt_at=TIME_OR_NULL,
+                last_status={**INT, "nullable": True, "description": "the receiver's HTTP status (null: no answer)"},
+                last_error=_s(nullable=True),
+                delivered_at=TIME_OR_NULL,
+                created_at=TIME,
+            ),
+        },
+    ),
+    "WebhookReplay": _obj(
+        ["endpoint_id", "delivery_id", "replay_of", "message_id", "event_type", "status", "next_attempt_at"],
+        endpoint_id=ENDPOINT_ID,
+        delivery_id={**INT, "description": "the new delivery"},
+        replay_of={**INT, "description": "the delivery replayed"},
+        message_id=_s(pattern="^msg_[0-9]+$", description="the same message: the same webhook-id"),
+        event_type=EVENT_TYPE,
+        status=_s(enum=["pending"]),
+        next_attempt_at=TIME,
+    ),
+    "WebhookEventTypes": _obj(
+        ["event_types"],
+        event_types={
+            "type": "array",
+            "items": _obj(["type", "description"], type=EVENT_TYPE, description=_s()),
+        },
+    ),
+    "WebhookPayload": _obj(
+        ["type", "timestamp", "data"],
+        type=EVENT_TYPE,
+        timestamp=TIME,
+        data=_obj(
+            [
+                "message_id",
+                "tenant_id",
+                "device_id",
+                "user_id",
+                "subject",
+                "client",
+                "request_id",
+                "reason",
+                "details",
+            ],
+            message_id=_s(pattern="^msg_[0-9]+$", description="as in the webhook-id header"),
+            tenant_id=INT,
+            device_id=_s(nullable=True),
+            user_id=_s(nullable=True, description="null after the user's erasure"),
+            subject=_s(nullable=True, description="the user's pseudonym (what an erasure leaves)"),
+            client=_s(nullable=True, description="the API client that caused the event (null: the service)"),
+            request_id=_s(nullable=True),
+            reason=_s(nullable=True),
+            details={"type": "object", "description": 'the audit row\'s details ({"truncated": true} if over 64 KiB)'},
+        ),
+    ),
 }
 
 ERRORS = {
-    400: "Invalid input (`VALIDATION_ERROR` with `error.field`, `MALFORMED_JSON`, or `INVALID_ACTOR`: the X-Actor "
-    "header of an administrative route)",
+    400: "Invalid input (`VALIDATION_ERROR` with `error.field`, `MALFORMED_JSON`, `INVALID_ACTOR`: the X-Actor "
+    "header of an administrative route, `INVALID_WEBHOOK_URL`, `INVALID_EVENT_TYPE`)",
     401: "Missing or wrong API key (`UNAUTHORIZED`)",
     403: "The key's client lacks the operation's scope (`INSUFFICIENT_SCOPE`, with `error.scope`)",
-    404: "No such resource (`NOT_FOUND`, `DEVICE_NOT_FOUND`)",
+    404: "No such resource (`NOT_FOUND`, `DEVICE_NOT_FOUND`, `WEBHOOK_ENDPOINT_NOT_FOUND`, "
+    "`WEBHOOK_DELIVERY_NOT_FOUND`; another tenant's is answered the same)",
     405: "Method not allowed (`METHOD_NOT_ALLOWED`)",
-    409: "Conflict (`DEVICE_EXISTS`, `DEVICE_INACTIVE`, `DEVICE_PENDING`, `ALREADY_CONFIRMED`)",
+    409: "Conflict (`DEVICE_EXISTS`, `DEVICE_INACTIVE`, `DEVICE_PENDING`, `ALREADY_CONFIRMED`, "
+    f"`TOO_MANY_ENDPOINTS`: a tenant has at most {hooks.MAX_ENDPOINTS}, `WEBHOOK_ENDPOINT_DISABLED`)",
     410: "The enrolment was not confirmed in time (`ENROLLMENT_EXPIRED`): register the device again; or a report "
     "was withdrawn by an erasure (`REPORT_WITHDRAWN`) until it is made again",
     413: f"Body over {MAX_JSON_BODY // 1024} KiB (`PAYLOAD_TOO_LARGE`)",
@@ -413,3 +586,49 @@ OPERATIONAL: dict[str, dict[str, Any]] = {  # the answers of the routes outside 
         **{str(code): _json(_ref("Error"), ERRORS[code]) for code in (401, 403, 429, 431, 503)},
     },
 }
+
+
+_WEBHOOK_HEADERS = {
+    "webhook-id": (
+        "the message's id (`msg_…`): the same on every retry and replay — deduplicate on it",
+        "^msg_[0-9]+$",
+    ),
+    "webhook-timestamp": ("when this attempt was signed, Unix seconds: refuse one more than 5 minutes off", "^[0-9]+$"),
+    "webhook-signature": (
+        "space-separated `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` under the secret's "
+        "key; two during a rotation's grace period (either may match)",
+        None,
+    ),
+}
+
+
+def _webhook(event_type: str) -> dict[str, Any]:
+    """One event type as OpenAPI 3.1 describes a webhook: the request the service makes to an endpoint."""
+    return {
+        "post": {
+            "summary": catalogue.DESCRIPTIONS[event_type],
+            "tags": ["webhooks"],
+            "description": "Sent after Standard Webhooks v1 to every enabled endpoint of the tenant that takes "
+            f"`{event_type}`. Answer 2xx within WEBHOOK_TIMEOUT_SECONDS; anything else is retried with backoff, "
+            "and 410 Gone disables the endpoint.",
+            "parameters": [
+                {"name": name, "in": "header", "required": True, "description": text, "schema": _s(pattern=pattern)}
+                if pattern
+                else {"name": name, "in": "header", "required": True, "description": text, "schema": _s()}
+                for name, (text, pattern) in _WEBHOOK_HEADERS.items()
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"allOf": [_ref("WebhookPayload"), _obj([], type=_s(enum=[event_type]))]}
+                    }
+                },
+            },
+            "responses": {"2XX": {"description": "received (the body is not read)"}},
+            "security": [],
+        }
+    }
+
+
+WEBHOOKS: dict[str, Any] = {event_type: _webhook(event_type) for event_type in catalogue.EVENT_TYPES}

@@ -203,6 +203,12 @@ ADMIN_ACTIONS = (
     Action.REPORT_GENERATED,
     Action.REPORTS_LISTED,
     Action.REPORT_DOWNLOADED,
+    Action.WEBHOOK_ENDPOINT_CREATED,
+    Action.WEBHOOK_ENDPOINT_ROTATED,
+    Action.WEBHOOK_ENDPOINT_DISABLED,
+    Action.WEBHOOK_ENDPOINT_ENABLED,
+    Action.WEBHOOK_ENDPOINT_DELETED,
+    Action.WEBHOOK_DELIVERY_REPLAYED,
 )
 
 
@@ -273,7 +279,24 @@ def _admin_details(facts: dict) -> str:
         parts.append(f"{facts['failed_attempts']} failures still counted")
     if "tenant" in facts and "change" in facts:
         parts.append(f"tenant {facts['tenant']} {facts['change']}")
+    if "endpoint" in facts:
+        parts.append(_endpoint_details(facts))
     return "; ".join(parts)
+
+
+def _endpoint_details(facts: dict) -> str:
+    """A webhook endpoint's audit data in words: which endpoint (its URL without query), which events, what
+    was replayed or cancelled."""
+    types = facts.get("event_types")
+    words = [f"webhook endpoint {facts['endpoint']} ({facts.get('url', '')})"]
+    words.append("every event" if types is None else f"events {', '.join(types)}")
+    if facts.get("replay") is not None:
+        words.append(f"delivery {facts.get('delivery')} of {facts.get('message')} replayed as {facts['replay']}")
+    if facts.get("cancelled"):
+        words.append(f"{facts['cancelled']} pending deliveries cancelled")
+    if facts.get("previous_valid_until"):
+        words.append(f"previous secret signs until {facts['previous_valid_until']}")
+    return ", ".join(words)
 
 
 def _report_details(facts: dict) -> str:

@@ -39,6 +39,9 @@ REASONS: dict[str, str] = {
     "DEFAULT": "rate limited: over the client address's request limit",
     "UNLOCK": "rate limited: over the limit of unlocks of one device",
     "CODE_LOOKUP": "rate limited: over the API client's limit of code look-ups",
+    # a webhook endpoint disabled (WEBHOOK_ENDPOINT_DISABLED)
+    "DISABLED": "a webhook endpoint was disabled through the API: no events are sent to it until it is enabled",
+    "GONE": "a webhook endpoint was disabled because its receiver answered 410 Gone (it asked for no more events)",
     # the audit trail itself
     "BROKEN": "a verification of the audit trail found it altered (the findings are in the record's details)",
     "ALTERED": "a report was made over audit records that do not verify: the report says ALTERED, and lists why",

@@ -1,7 +1,8 @@
 """`OtpService`: the service's operations, blocking, with no HTTP in them — what the CLI, the demo data, the
 tests and the thread pool call. Its commands (`commands`), reads (`reads`), audited report access
-(`report_access`) and audit-trail operations (`trail`) each run in a unit of work: a pooled connection,
-returned on every path, and a lost database answered as 503. `facade.AsyncOtpService` is what the HTTP handlers await.
+(`report_access`), webhook endpoints (`webhooks`) and audit-trail operations (`trail`) each run in a unit of
+work: a pooled connection, returned on every path, and a lost database answered as 503.
+`facade.AsyncOtpService` is what the HTTP handlers await.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from .reads import Reads
 from .report_access import ReportAccess
 from .tenants import Tenants
 from .trail import AuditTrail
+from .webhooks import WebhookEndpoints
 
 log = logging.getLogger("otp_service.service")
 
 
-class OtpService(Commands, Reads, ReportAccess, AuditTrail):
+class OtpService(Commands, Reads, ReportAccess, AuditTrail, WebhookEndpoints):
     def __init__(
         self, settings: Settings, keyring: Keyring, database: Database, clock: Callable[[], float] = time.time
     ):

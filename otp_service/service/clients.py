@@ -6,7 +6,8 @@ default tenant, so deployments from before clients and tenants existed keep work
 
 Scopes (`core.actions.SCOPES`): `verify` (verify codes), `enroll` (register devices), `manage` (deactivate,
 unlock), `read` (device info, a user's devices and audit trail, statistics), `reports` (the reports API),
-`metrics` (/metrics); `admin` holds them all; `operator` may act in any tenant, naming it (X-Tenant).
+`metrics` (/metrics), `webhooks` (the tenant's webhook endpoints); `admin` holds them all; `operator` may act
+in any tenant, naming it (X-Tenant).
 """
 
 from __future__ import annotations

@@ -148,6 +148,38 @@ class AsyncOtpService:
     async def erase_user(self, user_id: str, ctx: RequestContext) -> dict[str, Any]:
         return await self.thread(self.service.erase_user, user_id, ctx)
 
+    async def create_webhook_endpoint(
+        self, url: Any, event_types: Any, description: Any, ctx: RequestContext
+    ) -> dict[str, Any]:
+        """On the thread pool: it resolves the URL's host (blocking) before its transaction."""
+        return await self.thread(self.service.create_webhook_endpoint, url, event_types, description, ctx)
+
+    async def list_webhook_endpoints(self, ctx: RequestContext) -> dict[str, Any]:
+        return await self.thread(self.service.list_webhook_endpoints, ctx)
+
+    async def webhook_endpoint(self, endpoint_id: int, ctx: RequestContext) -> dict[str, Any]:
+        return await self.thread(self.service.webhook_endpoint, endpoint_id, ctx)
+
+    async def delete_webhook_endpoint(self, endpoint_id: int, ctx: RequestContext) -> dict[str, Any]:
+        return await self.thread(self.service.delete_webhook_endpoint, endpoint_id, ctx)
+
+    async def rotate_webhook_endpoint(self, endpoint_id: int, grace_seconds: Any, ctx: RequestContext) -> dict:
+        return await self.thread(self.service.rotate_webhook_endpoint, endpoint_id, grace_seconds, ctx)
+
+    async def disable_webhook_endpoint(self, endpoint_id: int, ctx: RequestContext) -> dict[str, Any]:
+        return await self.thread(self.service.disable_webhook_endpoint, endpoint_id, ctx)
+
+    async def enable_webhook_endpoint(self, endpoint_id: int, ctx: RequestContext) -> dict[str, Any]:
+        return await self.thread(self.service.enable_webhook_endpoint, endpoint_id, ctx)
+
+    async def webhook_deliveries(
+        self, endpoint_id: int, status: str | None, limit: int, before: int | None, ctx: RequestContext
+    ) -> dict[str, Any]:
+        return await self.thread(self.service.webhook_deliveries, endpoint_id, status, limit, before, ctx)
+
+    async def replay_webhook_delivery(self, endpoint_id: int, delivery_id: int, ctx: RequestContext) -> dict:
+        return await self.thread(self.service.replay_webhook_delivery, endpoint_id, delivery_id, ctx)
+
     async def audit_keys(self) -> list[dict[str, Any]]:
         return self.service.audit_keys.listing()
 

@@ -83,7 +83,9 @@ def test_the_administrative_routes_and_only_they_document_the_header():
         for method, op in ops.items()
         if any(p["name"] == "X-Actor" and p["in"] == "header" for p in op.get("parameters", []))
     }
-    expected = {(r.path, op.method) for r in ROUTES for op in r.operations if r.scope in ("manage", "reports")}
+    expected = {
+        (r.path, op.method) for r in ROUTES for op in r.operations if r.scope in ("manage", "reports", "webhooks")
+    }
     assert documented == expected and ("/api/v1/users/{user_id}/erase", "post") in documented
     assert ("/api/v1/otp/verify", "post") not in documented and ("/api/v1/reports", "get") in documented
 
