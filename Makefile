@@ -26,7 +26,7 @@ test: $(STAMP) lint
 
 # The fast lane: the pure rules and everything in process on SQLite (no PostgreSQL, Redis or server processes),
 # in under a minute. `make test` runs it too, with everything else.
-FAST_LANE := tests/core tests/db tests/audit tests/persistence tests/service tests/http tests/reports tests/test_config.py
+FAST_LANE := tests/core tests/db tests/audit tests/persistence tests/service tests/http tests/reports tests/webhooks tests/test_config.py
 
 test-fast: $(STAMP) lint
 	env -u TEST_DATABASE_URL -u REDIS_URL $(BIN)/python -m pytest $(FAST_LANE) -q -m "not slow and not faults and not fuzz" $(PYTEST_ARGS)
