@@ -46,3 +46,4 @@ class Action(StrEnum):
     REPORT_GENERATED = "REPORT_GENERATED"  # a report made (report, scheduled-report, report regenerate)
     REPORTS_LISTED = "REPORTS_LISTED"  # the stored reports listed through the API (which ones were shown)
     REPORT_DOWNLOADED = "REPORT_DOWNLOADED"  # a stored report's file fetched through the API (HTML, zip, PDF)
+    WEBHOOK_ENDPOINT_DISABLED = "WEBHOOK_ENDPOINT_DISABLED"  # reason GONE: its receiver answered 410 Gone
