@@ -4,10 +4,15 @@ retried, at least once and — with two workers on one queue — exactly once wh
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from datetime import datetime
 
 import pytest
 
+from otp_service.core.actions import Action
+from otp_service.db.models import AuditLog, WebhookDelivery, WebhookEndpoint
 from tests.serving import free_port, run_cli, start_cli, wait_healthy
 from tests.webhooks.harness import Receiver, add_endpoint, deliveries, register, service_env, wait_for
 
@@ -24,17 +29,18 @@ def receiver(tmp_path):
 @pytest.fixture
 def serve(tmp_path, db_url, database):
     """`serve` processes on the test's database (migrated by the `database` fixture); stopped after the test."""
-    procs = []
+    procs = {}
 
     def start(**env: str) -> int:
         port = free_port()
         proc = start_cli("serve", cwd=tmp_path, PORT=str(port), **service_env(db_url, **env))
-        procs.append(proc)
+        procs[port] = proc
         wait_healthy(port, proc)
         return port
 
+    start.procs = procs
     yield start
-    for proc in procs:
+    for proc in procs.values():
         if proc.poll() is None:
             proc.terminate()
             proc.wait(30)
@@ -63,3 +69,135 @@ def test_delivered_signed_with_the_standard_headers(receiver, serve, database):
     assert got["id"] == f"msg_{rows[0]['message_id']}" and got["type"] == "device.registered"
     assert abs(int(got["timestamp"]) - time.time()) < 60
     assert got["content_type"] == "application/json" and got["user_agent"].startswith("otp-service-webhooks/")
+
+
+def test_retried_after_a_500_then_delivered(receiver, serve, database):
+    endpoint, shown = add_endpoint(database, receiver.url("/flaky", "500,500,200"))
+    receiver.trust("/flaky", *shown)
+    register(serve(), "dev-1")
+    (row,) = wait_for(lambda: settled(database, endpoint, 1))
+    assert (row["status"], row["attempts"], row["last_status"], row["last_error"]) == ("delivered", 3, 200, None)
+    got = receiver.log("/flaky")
+    assert [g["attempt"] for g in got] == [1, 2, 3] and len({g["id"] for g in got}) == 1  # one id for every retry
+    assert all(g["verified"] == [True] for g in got)
+
+
+def test_a_timeout_is_retried(receiver, serve, database):
+    endpoint, shown = add_endpoint(database, receiver.url("/slow", "sleep:3,200"))  # WEBHOOK_TIMEOUT_SECONDS=1
+    receiver.trust("/slow", *shown)
+    register(serve(), "dev-1")
+    (row,) = wait_for(lambda: settled(database, endpoint, 1))
+    assert row["status"] == "delivered" and row["attempts"] == 2
+    assert [g["step"] for g in receiver.log("/slow")] == ["sleep:3", "200"]
+
+
+def test_delays_grow_and_exhausted_attempts_fail(receiver, serve, database):
+    """WEBHOOK_RETRY_SCHEDULE "1 2 4": four attempts, the gaps about 1, 2 and 4 s (±20 %, plus a poll of 0.05 s)."""
+    endpoint, shown = add_endpoint(database, receiver.url("/down", "503"))
+    receiver.trust("/down", *shown)
+    register(serve(WEBHOOK_POLL_SECONDS="0"), "dev-1")
+    (row,) = wait_for(lambda: settled(database, endpoint, 1), timeout=40)
+    assert (row["status"], row["attempts"], row["last_status"]) == ("failed", 4, 503)
+    assert row["last_error"].startswith("HTTP 503") and "test receiver" in row["last_error"]
+    arrived = [g["arrived"] for g in receiver.log("/down")]
+    gaps = [b - a for a, b in zip(arrived, arrived[1:], strict=False)]
+    assert len(gaps) == 3 and gaps[0] < gaps[1] < gaps[2], gaps
+    assert gaps[0] >= 0.8 and gaps[2] >= 3.2, gaps
+
+
+def test_retry_after_is_obeyed(receiver, serve, database):
+    endpoint, shown = add_endpoint(database, receiver.url("/busy", "429:3,200"))
+    receiver.trust("/busy", *shown)
+    register(serve(), "dev-1")
+    (row,) = wait_for(lambda: settled(database, endpoint, 1))
+    assert row["status"] == "delivered" and row["attempts"] == 2
+    first, second = receiver.log("/busy")
+    assert second["arrived"] - first["arrived"] >= 2.9  # the schedule alone would have waited about 1 s
+
+
+def test_410_disables_the_endpoint_cancels_its_queue_and_is_audited(tmp_path, db_url, receiver, serve, database):
+    gone, _ = add_endpoint(database, receiver.url("/gone", "410"))
+    other, shown = add_endpoint(database, receiver.url("/other"))
+    receiver.trust("/other", *shown)
+    port = serve(WEBHOOK_DELIVERY="false")  # queue first: several deliveries wait for the endpoint
+    for n in range(5):
+        register(port, f"dev-{n}")
+    with database.connection_context():  # one is due only later: still queued when the 410 comes
+        WebhookDelivery.update(next_attempt_at=datetime(2099, 1, 1)).where(
+            WebhookDelivery.id == max(d["id"] for d in deliveries(database, gone))
+        ).execute()
+    deliver_once(tmp_path, db_url)
+    rows = deliveries(database, gone)
+    assert {r["status"] for r in rows} <= {"failed", "cancelled"} and "failed" in {r["status"] for r in rows}
+    assert rows[-1]["status"] == "cancelled" and rows[-1]["attempts"] == 0
+    assert all(r["last_status"] == 410 for r in rows if r["status"] == "failed")
+    assert [r["status"] for r in deliveries(database, other)] == ["delivered"] * 5  # the other endpoint is unaffected
+    with database.connection_context():
+        endpoint = WebhookEndpoint.get_by_id(gone)
+        assert endpoint.disabled_at is not None and endpoint.disabled_reason == "GONE"
+        audited = list(AuditLog.select().where(AuditLog.action == Action.WEBHOOK_ENDPOINT_DISABLED).dicts())
+    assert len(audited) == 1 and audited[0]["reason"] == "GONE" and audited[0]["success"]
+    assert f'"endpoint_id":{gone}' in audited[0]["additional_data"]
+    register(port, "dev-later")  # a disabled endpoint is sent nothing more
+    assert len(deliveries(database, gone)) == 5
+    assert run_cli("audit", "verify", cwd=tmp_path, **service_env(db_url)).returncode == 0
+
+
+def test_during_a_rotation_both_secrets_verify(receiver, serve, database):
+    endpoint, shown = add_endpoint(database, receiver.url("/rotated"), previous=True)
+    receiver.trust("/rotated", *shown)
+    register(serve(), "dev-1")
+    wait_for(lambda: settled(database, endpoint, 1))
+    (got,) = receiver.log("/rotated")
+    assert got["signatures"] == 2 and got["verified"] == [True, True]
+
+
+def test_after_the_grace_period_only_the_new_secret_signs(receiver, serve, database):
+    endpoint, (new, old) = add_endpoint(database, receiver.url("/rotated"), previous=True)
+    with database.connection_context():
+        WebhookEndpoint.update(previous_valid_until=datetime(2020, 1, 1)).where(
+            WebhookEndpoint.id == endpoint
+        ).execute()
+    receiver.trust("/rotated", new, old)
+    register(serve(), "dev-1")
+    wait_for(lambda: settled(database, endpoint, 1))
+    (got,) = receiver.log("/rotated")
+    assert got["signatures"] == 1 and got["verified"] == [True, False]
+
+
+def test_queued_with_no_worker_running_is_delivered_by_deliver_once(tmp_path, db_url, receiver, serve, database):
+    endpoint, shown = add_endpoint(database, receiver.url("/later"))
+    receiver.trust("/later", *shown)
+    port = serve(WEBHOOK_DELIVERY="false")
+    for n in range(3):
+        register(port, f"dev-{n}")
+    time.sleep(1.5)
+    assert receiver.log("/later") == [] and {r["status"] for r in deliveries(database, endpoint)} == {"pending"}
+    done = deliver_once(tmp_path, db_url)
+    assert "webhook attempts made: 3" in done.stdout
+    assert [r["status"] for r in deliveries(database, endpoint)] == ["delivered"] * 3
+    assert sorted(g["id"] for g in receiver.log("/later")) == sorted(
+        f"msg_{r['message_id']}" for r in deliveries(database, endpoint)
+    )
+
+
+def test_a_worker_killed_mid_delivery_leaves_it_to_be_delivered_after_the_lease(
+    tmp_path, db_url, receiver, serve, database
+):
+    endpoint, shown = add_endpoint(database, receiver.url("/crash", "sleep:4,200"))
+    receiver.trust("/crash", *shown)
+    env = {"WEBHOOK_TIMEOUT_SECONDS": "10"}
+    port = serve(**env)
+    register(port, "dev-1")
+    wait_for(lambda: receiver.log("/crash"))  # the receiver has it, and sleeps
+    os.kill(serve.procs[port].pid, signal.SIGKILL)  # a single-process serve: that pid is the worker
+    serve.procs[port].wait(10)
+    (row,) = deliveries(database, endpoint)
+    assert row["status"] == "pending" and row["attempts"] == 1
+    assert "webhook attempts made: 0" in deliver_once(tmp_path, db_url, **env).stdout  # leased: not sent twice
+    with database.connection_context():  # the lease (timeout + 30 s) runs out
+        WebhookDelivery.update(next_attempt_at=datetime(2000, 1, 1)).where(WebhookDelivery.id == row["id"]).execute()
+    assert "webhook attempts made: 1" in deliver_once(tmp_path, db_url, **env).stdout
+    (row,) = deliveries(database, endpoint)
+    assert row["status"] == "delivered" and row["attempts"] == 2
+    assert [g["step"] for g in receiver.log("/crash")] == ["sleep:4", "200"]
