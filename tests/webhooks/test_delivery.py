@@ -7,13 +7,21 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
 
+from otp_service.audit.rows import SYSTEM, audit_row
 from otp_service.core.actions import Action
+from otp_service.core.transitions import AuditEvent, to_datetime
 from otp_service.db.models import AuditLog, WebhookDelivery, WebhookEndpoint
-from tests.serving import free_port, run_cli, start_cli, wait_healthy
+from otp_service.service import build_service
+from tests.conftest import API_KEY, settings_for
+from tests.helpers import code_at
+from tests.serving import free_port, http, run_cli, start_cli, two_servers, wait_healthy
 from tests.webhooks.harness import Receiver, add_endpoint, deliveries, register, service_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -31,9 +39,9 @@ def serve(tmp_path, db_url, database):
     """`serve` processes on the test's database (migrated by the `database` fixture); stopped after the test."""
     procs = {}
 
-    def start(**env: str) -> int:
+    def start(*args: str, **env: str) -> int:
         port = free_port()
-        proc = start_cli("serve", cwd=tmp_path, PORT=str(port), **service_env(db_url, **env))
+        proc = start_cli("serve", *args, cwd=tmp_path, PORT=str(port), **service_env(db_url, **env))
         procs[port] = proc
         wait_healthy(port, proc)
         return port
@@ -201,3 +209,99 @@ def test_a_worker_killed_mid_delivery_leaves_it_to_be_delivered_after_the_lease(
     (row,) = deliveries(database, endpoint)
     assert row["status"] == "delivered" and row["attempts"] == 2
     assert [g["step"] for g in receiver.log("/crash")] == ["sleep:4", "200"]
+
+
+def verify(port: int, device_id: str, registration: dict) -> int:
+    status, body = http(
+        "POST",
+        f"http://127.0.0.1:{port}/api/v1/otp/verify",
+        {"device_id": device_id, "otp": code_at(registration, time.time())},
+        {"Authorization": f"Bearer {API_KEY}"},
+    )
+    return status
+
+
+def test_two_workers_deliver_every_event_exactly_once_per_endpoint(tmp_path, db_url, receiver, database):
+    """Two `serve` processes, both running the worker on one queue, under a burst of registrations and
+    verifications on both: each event reaches each endpoint once, signed, with one id for both endpoints."""
+    first, first_secret = add_endpoint(database, receiver.url("/a"))
+    second, second_secret = add_endpoint(database, receiver.url("/b"))
+    receiver.trust("/a", *first_secret)
+    receiver.trust("/b", *second_secret)
+    devices = 60
+    servers = two_servers(tmp_path, service_env(db_url, WEBHOOK_POLL_SECONDS="0", DB_POOL_SIZE="8"))
+    ports = next(servers)
+
+    def burst(n: int) -> tuple[int, ...]:
+        registration = register(ports[n % 2], f"burst-{n}")
+        return tuple(verify(ports[(n + k) % 2], f"burst-{n}", registration) for k in range(3))
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(burst, range(devices)))
+        assert all(status == 200 for statuses in answers for status in statuses)
+        wait_for(lambda: settled(database, first, devices) and settled(database, second, devices), timeout=60)
+    finally:
+        servers.close()  # both stopped (SIGTERM) before the counts: nothing more can arrive
+    for endpoint, path in ((first, "/a"), (second, "/b")):
+        rows = deliveries(database, endpoint)
+        assert [(r["status"], r["attempts"]) for r in rows] == [("delivered", 1)] * devices
+        got = receiver.log(path)
+        assert len(got) == devices and all(g["verified"] == [True] for g in got)
+        assert set(Counter(g["id"] for g in got).values()) == {1}
+        assert {g["type"] for g in got} == {"device.registered"}
+    assert {g["id"] for g in receiver.log("/a")} == {g["id"] for g in receiver.log("/b")}  # the message's id
+
+
+def test_a_private_address_is_refused_at_delivery_time(tmp_path, db_url, receiver, database):
+    """WEBHOOK_ALLOW_PRIVATE=false: rows pointing at loopback (however spelled) are attempted, refused before any
+    connection, and retried later like any failure; the receiver never hears of them."""
+    port = receiver.port
+    urls = [f"http://127.0.0.1:{port}/p", f"http://localhost:{port}/p", f"http://2130706433:{port}/p"]
+    endpoints = [add_endpoint(database, url)[0] for url in urls]
+
+    service = build_service(settings_for(db_url), database)
+    event = AuditEvent(Action.CLIENT_CREATED, True, None, {"client": "x"})
+    with database.connection_context(), database.atomic():
+        service.journal.append([audit_row(event, to_datetime(time.time()), None, None, SYSTEM)])
+    done = deliver_once(tmp_path, db_url, WEBHOOK_ALLOW_PRIVATE="false")
+    assert "webhook attempts made: 3" in done.stdout
+    for endpoint in endpoints:
+        (row,) = deliveries(database, endpoint)
+        assert row["status"] == "pending" and row["attempts"] == 1 and row["last_status"] is None
+        assert row["last_error"].startswith("refused: ") and "127.0.0.1" in row["last_error"], row["last_error"]
+    assert receiver.log() == []
+
+
+def test_a_slow_receiver_does_not_hold_up_verifications(receiver, serve, database):
+    """Every delivery takes the receiver 5 s; while they are in flight (16 at a time), verifications are answered
+    — the worker's sends and database work never block the event loop that answers them."""
+    endpoint, shown = add_endpoint(database, receiver.url("/sleepy", "sleep:5"))
+    receiver.trust("/sleepy", *shown)
+    port = serve(WEBHOOK_TIMEOUT_SECONDS="10")
+    registrations = {f"dev-{n}": register(port, f"dev-{n}") for n in range(40)}
+    wait_for(lambda: len(receiver.log("/sleepy")) >= 8, timeout=20)
+    answered = [verify(port, device, reg) for device, reg in list(registrations.items()) * 2]
+    assert answered == [200] * 80
+    in_flight = [g for g in receiver.log("/sleepy") if g["answered"] is None]
+    pending = [r for r in deliveries(database, endpoint) if r["status"] == "pending"]
+    assert in_flight and pending  # the verifications were answered while deliveries were still being sent
+
+
+def test_metrics_count_deliveries_across_processes(receiver, serve, database):
+    """`serve --processes 2` (multiprocess metrics): the outcomes, the attempt times and the queue's gauges."""
+    endpoint, shown = add_endpoint(database, receiver.url("/m", "500,200"))
+    receiver.trust("/m", *shown)
+    token = "metrics-token-" + "0123456789" * 3
+    port = serve("--processes", "2", METRICS_TOKEN=token)
+    register(port, "dev-1")
+    wait_for(lambda: settled(database, endpoint, 1))
+    time.sleep(1.5)  # a poll after the delivery: the gauges read the emptied queue
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
+    text = urllib.request.urlopen(request, timeout=10).read().decode()
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("otp_webhook"))
+    assert float(samples['otp_webhook_deliveries_total{outcome="delivered"}']) == 1
+    assert float(samples['otp_webhook_deliveries_total{outcome="retry"}']) == 1
+    assert float(samples["otp_webhook_delivery_seconds_count"]) == 2
+    assert float(samples["otp_webhook_queue_oldest_seconds"]) == 0
+    assert float(samples["otp_webhook_endpoints_disabled"]) == 0
