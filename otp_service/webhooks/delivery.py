@@ -6,13 +6,10 @@ of the service's blocking work does, so the loop that answers verifications neve
 non-blocking (tornado's HTTP client), at most `concurrency` at once, each bounded by WEBHOOK_TIMEOUT_SECONDS, so
 a slow or hostile receiver costs a slot, not the verifications' latency.
 
-At least once, never the same attempt twice: a claim moves a delivery's `next_attempt_at` past a lease (the
-timeout plus a margin) and counts the attempt, in one statement (SKIP LOCKED on PostgreSQL; SQLite's write lock
-serialises claims). A process that dies mid-attempt leaves the delivery to be claimed again after the lease. A
-result is written only if the delivery is still the attempt that was claimed (same `attempts`, still pending),
-so a late answer cannot overwrite a newer attempt or a cancellation.
+At least once, never the same attempt twice: claims are leased (`queue.claim`, the lease the timeout plus a
+margin), and a result is recorded only for the attempt that was claimed (`queue.record`).
 
-SSRF: every connection's address is checked after resolution (`GuardedResolver`, `addresses.is_public`), which
+SSRF: every connection's address is checked after resolution (`resolver.GuardedResolver`), which
 also holds against DNS rebinding; redirects are not followed. Secrets: the signing keys are derived when needed
 and kept in this process only; neither they nor the URL (which may carry a token) is logged or stored.
 """
@@ -22,101 +19,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from peewee import fn
 from standardwebhooks import Webhook
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
-from tornado.netutil import DefaultLoopResolver, Resolver
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from .. import __version__, metrics
-from ..audit.rows import SYSTEM, audit_row
-from ..core.actions import Action
 from ..core.keys import KeyUnavailable
-from ..core.transitions import AuditEvent, to_datetime
-from ..db.database import UNAVAILABLE_ERRORS, is_postgres
-from ..db.models import WebhookDelivery, WebhookEndpoint, WebhookMessage
-from . import catalogue, schedule
-from .addresses import is_public, static_reason
-from .outbox import PENDING
+from ..db.database import UNAVAILABLE_ERRORS
+from . import catalogue, queue, schedule
+from .addresses import static_reason
+from .queue import Job, Result
+from .resolver import GuardedResolver, Refused
 from .secrets import signing_key
 
 log = logging.getLogger("otp_service.webhooks")
 
-DELIVERED, FAILED, CANCELLED = "delivered", "failed", "cancelled"
-GONE = "GONE"  # an endpoint's disabled_reason when its receiver answered 410
 CONCURRENCY = 16  # sends in flight per process
 LEASE_MARGIN_SECONDS = 30.0  # a claim holds a delivery for the timeout plus this
 KEEP_BODY_BYTES = 64 * 1024  # of a receiver's answer; the rest is read and dropped
 ERROR_CHARS = 256  # last_error's column
 USER_AGENT = f"otp-service-webhooks/{__version__}"
-_MESSAGE_FIELDS = (
-    "event_type",
-    "occurred_at",
-    "tenant_id",
-    "device_id",
-    "user_id",
-    "subject",
-    "actor",
-    "request_id",
-    "reason",
-    "data",
-)
-
-
-class Refused(Exception):
-    """The receiver's address is not public (and WEBHOOK_ALLOW_PRIVATE is off): nothing was sent."""
-
-
-class GuardedResolver(Resolver):
-    """The default resolver, refusing any host with an address `is_public` rejects: checked on the addresses the
-    client then connects to, so a name that changes what it resolves to (DNS rebinding) gains nothing."""
-
-    def initialize(self, allow_private: bool = False, resolver: Resolver | None = None) -> None:
-        self.allow_private = allow_private
-        self.inner = resolver or DefaultLoopResolver()
-
-    async def resolve(self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC) -> list:
-        found = await self.inner.resolve(host, port, family)
-        if not self.allow_private:
-            private = sorted({addr[0] for _, addr in found if not is_public(addr[0])})
-            if private or not found:
-                raise Refused(f"the receiver's address {private[0] if private else '(none)'} is not public")
-        return found
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-@dataclass(frozen=True)
-class Job:
-    """A claimed attempt, with all it needs to be sent (copied out of the transaction: nothing is read lazily
-    on the event loop)."""
-
-    delivery_id: int
-    attempts: int
-    endpoint_id: int
-    tenant_id: int
-    url: str
-    keys: tuple[tuple[str, int], ...]  # (salt, key version): the current key, and the previous one in its grace
-    message_id: int
-    message: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Result:
-    status: int | None  # the receiver's HTTP status; None: no answer
-    error: str | None  # what went wrong, short, never a secret or the URL
-    retry_after: str | None = None
-    refused: bool = False
 
 
 class Deliverer:
@@ -186,7 +115,7 @@ class Deliverer:
     async def _claim_and_start(self, limit: int, due_by: float | None) -> int:
         now = self.clock()
         try:
-            jobs = await self._thread(self.claim, limit, now, now if due_by is None else due_by)
+            jobs = await self._thread(queue.claim, self.database, limit, now, due_by or now, self.lease)
         except UNAVAILABLE_ERRORS as exc:  # the next poll tries again
             log.warning("webhook deliveries not claimed: %s", type(exc).__name__)
             self.database.close_idle()
@@ -220,10 +149,12 @@ class Deliverer:
         )
         metrics.WEBHOOK_DELIVERIES.labels("refused" if result.refused else decision.kind).inc()
         try:
-            await self._thread(self.record, job, decision, result, now)
+            await self._thread(queue.record, self.database, self.service.journal, job, decision, result, now)
         except UNAVAILABLE_ERRORS as exc:  # the delivery is claimed again after its lease
             log.warning("webhook delivery %s outcome not recorded: %s", job.delivery_id, type(exc).__name__)
             self.database.close_idle()
+        except Exception:  # never lose the worker to one delivery; it is claimed again after its lease
+            log.exception("webhook delivery %s outcome not recorded", job.delivery_id)
         if decision.kind != "delivered":
             log.info(
                 "webhook delivery not delivered",
@@ -272,8 +203,10 @@ class Deliverer:
             return Result(None, "the endpoint's signing key is unavailable (its master secret version is gone)")
         except HTTPClientError as exc:  # 599: a timeout, or the connection closed
             return Result(None, _short(f"no answer: {exc.message or exc}"))
-        except (OSError, StreamClosedError, ValueError) as exc:
+        except (OSError, StreamClosedError) as exc:
             return Result(None, _short(f"no answer: {type(exc).__name__}: {exc}"))
+        except Exception as exc:  # e.g. a malformed answer (HTTPInputError): its text might quote the URL
+            return Result(None, f"no answer: {type(exc).__name__}")
         status = response.code
         if 200 <= status < 300:
             return Result(status, None)
@@ -301,135 +234,6 @@ class Deliverer:
             signer = Webhook(signing_key(self.service.keyring, salt, version))
             self._signers[(salt, version)] = signer
         return signer
-
-    # -- the database (on the thread pool) ----------------------------------------------------------------------
-
-    def claim(self, limit: int, now: float, due_by: float) -> list[Job]:
-        """In one transaction: take up to `limit` due deliveries (counting the attempt and leasing them), cancel
-        those whose endpoint is disabled or gone, and update the queue gauges."""
-        at = to_datetime(now)
-        with self.database.connection_context(), self.database.atomic():
-            due = (
-                WebhookDelivery.select(WebhookDelivery.id)
-                .where((WebhookDelivery.status == PENDING) & (WebhookDelivery.next_attempt_at <= to_datetime(due_by)))
-                .order_by(WebhookDelivery.next_attempt_at)
-                .limit(limit)
-            )
-            if is_postgres(self.database):
-                due = due.for_update("FOR UPDATE SKIP LOCKED")
-            claimed = list(
-                WebhookDelivery.update(
-                    attempts=WebhookDelivery.attempts + 1,
-                    next_attempt_at=to_datetime(now + self.lease),
-                    last_attempt_at=at,
-                )
-                .where(WebhookDelivery.id.in_(due))
-                .returning(
-                    WebhookDelivery.id,
-                    WebhookDelivery.attempts,
-                    WebhookDelivery.endpoint_id,
-                    WebhookDelivery.message_id,
-                )
-                .tuples()
-                .execute()
-            )
-            self._gauges(at)
-            if not claimed:
-                return []
-            endpoints = {
-                e.id: e for e in WebhookEndpoint.select().where(WebhookEndpoint.id.in_({c[2] for c in claimed}))
-            }
-            fields = [getattr(WebhookMessage, f) for f in ("id", *_MESSAGE_FIELDS)]
-            messages = {
-                row[0]: dict(zip(_MESSAGE_FIELDS, row[1:], strict=True))
-                for row in WebhookMessage.select(*fields).where(WebhookMessage.id.in_({c[3] for c in claimed})).tuples()
-            }
-            jobs, dropped = [], []
-            for delivery_id, attempts, endpoint_id, message_id in claimed:
-                endpoint, message = endpoints.get(endpoint_id), messages.get(message_id)
-                if endpoint is None or endpoint.disabled_at is not None or message is None:
-                    dropped.append(delivery_id)
-                    continue
-                jobs.append(
-                    Job(
-                        delivery_id,
-                        attempts,
-                        endpoint_id,
-                        endpoint.tenant_id,
-                        endpoint.url,
-                        _keys(endpoint, at),
-                        message_id,
-                        message,
-                    )
-                )
-            if dropped:
-                WebhookDelivery.update(status=CANCELLED, next_attempt_at=None).where(
-                    WebhookDelivery.id.in_(dropped)
-                ).execute()
-            return jobs
-
-    def _gauges(self, at: datetime) -> None:
-        oldest = (
-            WebhookDelivery.select(fn.MIN(WebhookDelivery.next_attempt_at))
-            .where((WebhookDelivery.status == PENDING) & (WebhookDelivery.next_attempt_at <= at))
-            .scalar()
-        )
-        if isinstance(oldest, str):  # SQLite hands back an aggregate's text
-            oldest = datetime.fromisoformat(oldest)
-        metrics.WEBHOOK_QUEUE_OLDEST.set(0 if oldest is None else max(0.0, (at - oldest).total_seconds()))
-        metrics.WEBHOOK_ENDPOINTS_DISABLED.set(
-            WebhookEndpoint.select().where(WebhookEndpoint.disabled_at.is_null(False)).count()
-        )
-
-    def record(self, job: Job, decision: schedule.Decision, result: Result, now: float) -> None:
-        """One transaction per result; a 410 also disables the endpoint, cancels its queue and audits that."""
-        at = to_datetime(now)
-        fields: dict[str, Any] = {"last_status": result.status, "last_error": result.error}
-        if decision.kind == "delivered":
-            fields.update(status=DELIVERED, delivered_at=at, next_attempt_at=None)
-        elif decision.kind == "retry":
-            fields.update(next_attempt_at=to_datetime(decision.at))
-        else:  # failed, gone
-            fields.update(status=FAILED, next_attempt_at=None)
-        mine = (
-            (WebhookDelivery.id == job.delivery_id)
-            & (WebhookDelivery.attempts == job.attempts)
-            & (WebhookDelivery.status == PENDING)
-        )
-        with self.database.connection_context(), self.database.atomic():
-            if not WebhookDelivery.update(**fields).where(mine).execute():
-                return  # cancelled, or its lease ran out and another attempt has it
-            if decision.kind == "gone":
-                self.disable(job, at)
-
-    def disable(self, job: Job, at: datetime) -> None:
-        """The receiver said 410 Gone: stop sending to it, cancel what is queued for it, and audit that."""
-        disabled = (
-            WebhookEndpoint.update(disabled_at=at, disabled_reason=GONE)
-            .where((WebhookEndpoint.id == job.endpoint_id) & WebhookEndpoint.disabled_at.is_null())
-            .execute()
-        )
-        WebhookDelivery.update(status=CANCELLED, next_attempt_at=None).where(
-            (WebhookDelivery.endpoint_id == job.endpoint_id) & (WebhookDelivery.status == PENDING)
-        ).execute()
-        if disabled:
-            event = AuditEvent(
-                Action.WEBHOOK_ENDPOINT_DISABLED, True, GONE, {"endpoint_id": job.endpoint_id, "status": 410}
-            )
-            ctx = replace(SYSTEM, tenant_id=job.tenant_id)
-            self.service.journal.append([audit_row(event, at, None, None, ctx)])
-            log.warning(
-                "webhook endpoint disabled: its receiver answered 410 Gone", extra={"endpoint": job.endpoint_id}
-            )
-
-
-def _keys(endpoint: WebhookEndpoint, at: datetime) -> tuple[tuple[str, int], ...]:
-    """The keys that sign: the current one, and during a rotation's grace period the previous one too."""
-    keys = [(endpoint.salt, endpoint.key_version)]
-    until = endpoint.previous_valid_until
-    if endpoint.previous_salt and endpoint.previous_key_version is not None and until is not None and at < until:
-        keys.append((endpoint.previous_salt, endpoint.previous_key_version))
-    return tuple(keys)
 
 
 def _short(text: str) -> str:
