@@ -1,9 +1,9 @@
 """A webhook receiver for the tests, run as its own process: `python -m tests.webhooks.receiver PORT`.
 
 POST /<path>?plan=500,200 answers the n-th request for a webhook-id with the plan's n-th step (the last step
-repeats): a status ("500"), "429:SECONDS" (with Retry-After), "sleep:SECONDS" (then 200), "410". Each request is
-checked with `standardwebhooks.Webhook(secret).verify` against every secret configured for its path
-(PUT /_secrets/<path> with a JSON list) and logged, at arrival and at answer; GET /_log returns the log.
+repeats): a status ("500", "410", "302" to /elsewhere), "429:SECONDS" (with Retry-After), or "sleep:SECONDS"
+(then 200). Each request is checked with `standardwebhooks.Webhook(secret).verify` against every secret set for
+its path (PUT /_secrets/<path> with a JSON list) and logged, at arrival and at answer; GET /_log returns the log.
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ class Hook(tornado.web.RequestHandler):
         self.set_status(status)
         if retry_after:
             self.set_header("Retry-After", retry_after)
+        if 300 <= status < 400:
+            self.set_header("Location", f"http://127.0.0.1:{self.request.host.split(':')[-1]}/elsewhere")
         self.finish(f"answer {status} from the test receiver")
 
 

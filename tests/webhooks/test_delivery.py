@@ -21,7 +21,7 @@ from otp_service.db.models import AuditLog, WebhookDelivery, WebhookEndpoint
 from otp_service.service import build_service
 from tests.conftest import API_KEY, settings_for
 from tests.helpers import code_at
-from tests.serving import free_port, http, run_cli, start_cli, two_servers, wait_healthy
+from tests.serving import free_port, http, output, run_cli, start_cli, two_servers, wait_healthy
 from tests.webhooks.harness import Receiver, add_endpoint, deliveries, register, service_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -286,6 +286,19 @@ def test_a_slow_receiver_does_not_hold_up_verifications(receiver, serve, databas
     in_flight = [g for g in receiver.log("/sleepy") if g["answered"] is None]
     pending = [r for r in deliveries(database, endpoint) if r["status"] == "pending"]
     assert in_flight and pending  # the verifications were answered while deliveries were still being sent
+    proc = serve.procs[port]
+    proc.terminate()  # SIGTERM with sends in flight: they get the grace period, then the process exits cleanly
+    assert proc.wait(30) == 0
+    assert "Traceback" not in output(proc)[1]
+
+
+def test_a_redirect_is_not_followed(receiver, serve, database):
+    endpoint, shown = add_endpoint(database, receiver.url("/moved", "302,200"))
+    receiver.trust("/moved", *shown)
+    register(serve(), "dev-1")
+    (row,) = wait_for(lambda: settled(database, endpoint, 1))
+    assert row["status"] == "delivered" and row["attempts"] == 2  # the 302 was a failed attempt, retried
+    assert [g["path"] for g in receiver.log()] == ["/moved", "/moved"]  # nothing went to /elsewhere
 
 
 def test_metrics_count_deliveries_across_processes(receiver, serve, database):
