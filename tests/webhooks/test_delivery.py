@@ -21,7 +21,7 @@ from otp_service.db.models import AuditLog, WebhookDelivery, WebhookEndpoint
 from otp_service.service import build_service
 from tests.conftest import API_KEY, settings_for
 from tests.helpers import code_at
-from tests.serving import free_port, http, output, run_cli, start_cli, two_servers, wait_healthy
+from tests.serving import free_port, http, output, production_env, run_cli, start_cli, two_servers, wait_healthy
 from tests.webhooks.harness import Receiver, add_endpoint, deliveries, register, service_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -211,6 +211,14 @@ def test_a_worker_killed_mid_delivery_leaves_it_to_be_delivered_after_the_lease(
     assert [g["step"] for g in receiver.log("/crash")] == ["sleep:4", "200"]
 
 
+def queue_event(database, db_url: str) -> None:
+    """An event (client.created) written as the service writes one, without a service process."""
+    service = build_service(settings_for(db_url), database)
+    event = AuditEvent(Action.CLIENT_CREATED, True, None, {"client": "x"})
+    with database.connection_context(), database.atomic():
+        service.journal.append([audit_row(event, to_datetime(time.time()), None, None, SYSTEM)])
+
+
 def verify(port: int, device_id: str, registration: dict) -> int:
     status, body = http(
         "POST",
@@ -260,10 +268,7 @@ def test_a_private_address_is_refused_at_delivery_time(tmp_path, db_url, receive
     urls = [f"http://127.0.0.1:{port}/p", f"http://localhost:{port}/p", f"http://2130706433:{port}/p"]
     endpoints = [add_endpoint(database, url)[0] for url in urls]
 
-    service = build_service(settings_for(db_url), database)
-    event = AuditEvent(Action.CLIENT_CREATED, True, None, {"client": "x"})
-    with database.connection_context(), database.atomic():
-        service.journal.append([audit_row(event, to_datetime(time.time()), None, None, SYSTEM)])
+    queue_event(database, db_url)
     done = deliver_once(tmp_path, db_url, WEBHOOK_ALLOW_PRIVATE="false")
     assert "webhook attempts made: 3" in done.stdout
     for endpoint in endpoints:
@@ -318,3 +323,14 @@ def test_metrics_count_deliveries_across_processes(receiver, serve, database):
     assert float(samples["otp_webhook_delivery_seconds_count"]) == 2
     assert float(samples["otp_webhook_queue_oldest_seconds"]) == 0
     assert float(samples["otp_webhook_endpoints_disabled"]) == 0
+
+
+def test_production_sends_only_over_https(tmp_path, db_url, receiver, database):
+    """An http:// row (say, made before production) is refused at delivery in production, before any lookup."""
+    endpoint, _ = add_endpoint(database, receiver.url("/plain"))
+    queue_event(database, db_url)
+    done = run_cli("webhooks", "deliver", "--once", cwd=tmp_path, **production_env(db_url, API_KEY))
+    assert done.returncode == 0, done.stderr
+    (row,) = deliveries(database, endpoint)
+    assert row["status"] == "pending" and row["last_error"] == "refused: the URL must use https in production"
+    assert receiver.log() == []
