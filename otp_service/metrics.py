@@ -88,6 +88,27 @@ OVERTAKEN = Counter(
     "Decisions made again because another request or process had changed the device first",
     ["phase"],  # optimistic: decided again on the newer state; locked: settled under the row lock
 )
+WEBHOOK_DELIVERIES = Counter(
+    "otp_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (delivered, retry, failed: retries exhausted, gone: the receiver said 410,"
+    " refused: its address is not public)",
+    ["outcome"],
+)
+WEBHOOK_DELIVERY_SECONDS = Histogram(
+    "otp_webhook_delivery_seconds",
+    "Time from sending a webhook to the receiver's answer (or the timeout)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60),
+)
+WEBHOOK_QUEUE_OLDEST = Gauge(
+    "otp_webhook_queue_oldest_seconds",
+    "Age of the oldest webhook delivery that is due and not yet taken (0: none waiting); every worker reads it",
+    multiprocess_mode="livemax",
+)
+WEBHOOK_ENDPOINTS_DISABLED = Gauge(
+    "otp_webhook_endpoints_disabled",
+    "Webhook endpoints disabled (by a client, or because the receiver answered 410 Gone)",
+    multiprocess_mode="livemax",
+)
 DB_UNAVAILABLE = Counter("otp_database_unavailable_total", "Operations refused because the database was unreachable")
 
 

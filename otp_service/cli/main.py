@@ -1,6 +1,6 @@
 """Command line: `python -m otp_service serve|migrate|report|demo-data|…`: the parser and `main()`.
 
-Each command lives in the module named for it (`serve`, `migrate`, `reports`, `clients`, `audit`, `users`,
+Each command lives in the module named for it (`serve`, `migrate`, `reports`, `clients`, `audit`, `users`, `webhooks`,
 `demo`); what they share is in `common`. Configuration errors end the command with one line naming the
 variable and exit code 2, never a traceback.
 """
@@ -21,6 +21,7 @@ from .reports import REPORT_KINDS, cmd_report, cmd_scheduled_report, cmd_verify_
 from .serve import cmd_serve
 from .tenants import add_parser as add_tenants
 from .users import cmd_users
+from .webhooks import cmd_webhooks
 
 URL_HELP = "database URL (default: DATABASE_URL, else sqlite:///otp_service.db)"
 
@@ -184,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=cmd_users)
 
     add_tenants(sub, formatter, URL_HELP)
+
+    p = sub.add_parser("webhooks", help="webhooks: deliver (the delivery worker)", formatter_class=formatter)
+    actions = p.add_subparsers(dest="action", required=True, title="actions", metavar="ACTION")
+    a = actions.add_parser(
+        "deliver",
+        help="send due webhook deliveries, retrying on the schedule, until SIGTERM (or once)",
+        formatter_class=formatter,
+    )
+    a.add_argument("--once", action="store_true", help="deliver what is due now and exit (for cron and tests)")
+    a.add_argument("--database-url", help=URL_HELP)
+    p.set_defaults(run=cmd_webhooks)
 
     p = sub.add_parser("demo-data", help="fill a database with realistic synthetic history", formatter_class=formatter)
     p.add_argument("--devices", type=int, default=40, help="simulated devices (1-100000)")

@@ -65,6 +65,7 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
     sealing = asyncio.ensure_future(seal_audit_chains(state))
     counting = asyncio.ensure_future(write_refusals(state))
     stop = asyncio.Event()
+    delivering = deliver_webhooks(state, stop, grace_seconds) if settings.webhook_delivery else None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -80,6 +81,9 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
     if state.inflight:
         log.warning("grace period over; closing %d requests still in flight", state.inflight)
     await server.close_all_connections()
+    if delivering is not None:  # it stopped claiming at SIGTERM; its sends in flight had the same grace
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(delivering, timeout=max(1.0, deadline - time.monotonic()) + 1)
     warming.cancel()
     sweeping.cancel()
     sealing.cancel()
@@ -89,6 +93,22 @@ async def _worker(settings: Settings, sockets, grace_seconds: float) -> int:
     state.service.close()
     log.info("stopped", extra={"pid": os.getpid()})
     return 0
+
+
+def deliver_webhooks(state, stop: asyncio.Event, grace_seconds: float) -> asyncio.Future:
+    """The webhook delivery worker (`webhooks.delivery`) on this process's event loop, its database work on the
+    service's thread pool; it stops claiming when `stop` is set and lets its sends finish within the grace."""
+    from ..webhooks.delivery import Deliverer
+
+    deliverer = Deliverer(state.service.service, state.service.executor)
+
+    async def run() -> None:
+        try:
+            await deliverer.run(stop, grace_seconds)
+        except Exception:  # never take serving down; the queue waits for the next process or restart
+            log.exception("webhook delivery worker failed")
+
+    return asyncio.ensure_future(run())
 
 
 def loop_executor_warm(state) -> asyncio.Future:

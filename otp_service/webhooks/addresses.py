@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 MAX_URL = 2048
@@ -41,7 +42,7 @@ def is_public(ip: str | Address) -> bool:
     except ValueError:
         return False
     if isinstance(address, ipaddress.IPv6Address):
-        if address.scope_id:  # fe80::1%eth0: an interface's link
+        if address.scope_id or address.is_site_local:  # fe80::1%eth0: an interface's link; fec0::/10, deprecated
             return False
         embedded = [address.ipv4_mapped, address.sixtofour]
         if address.teredo is not None:
@@ -66,15 +67,38 @@ def is_public(ip: str | Address) -> bool:
     )
 
 
-def resolve(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to (raises OSError when it does not)."""
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+Resolve = Callable[..., list]  # socket.getaddrinfo's signature (a test passes its own: no DNS here)
 
 
-def refused_reason(url: str, allow_private: bool, production: bool) -> str | None:
+def refused_reason(url: str, allow_private: bool, production: bool, resolve: Resolve | None = None) -> str | None:
     """Why a webhook may not be sent to `url`, in words for the client that asked; None when it may.
     `allow_private` (WEBHOOK_ALLOW_PRIVATE, development only) lets any host through, even one that does not
     resolve yet; `production` allows https only."""
+    reason = static_reason(url, production)
+    if reason is not None or allow_private:
+        return reason
+    parts = urlsplit(url)
+    host, scheme = parts.hostname, parts.scheme.lower()
+    literal = _literal(host)
+    if literal is not None:
+        return None if is_public(literal) else f"the address {host} is not a public internet address"
+    try:
+        lookup = resolve or socket.getaddrinfo
+        found = lookup(host, parts.port or (443 if scheme == "https" else 80), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return f"the host {host!r} does not resolve"
+    addresses = sorted({info[4][0] for info in found})
+    if not addresses:
+        return f"the host {host!r} does not resolve"
+    private = [a for a in addresses if not is_public(a)]
+    if private:
+        return f"the host {host!r} resolves to an address that is not public ({private[0]})"
+    return None
+
+
+def static_reason(url: str, production: bool) -> str | None:
+    """What is wrong with the URL itself, without DNS: the worker asks it before each attempt (the addresses are
+    checked as it connects, by `resolver.GuardedResolver`), the API first of all (`refused_reason`)."""
     if not isinstance(url, str) or not url:
         return "the URL must be a non-empty string"
     if len(url) > MAX_URL:
@@ -83,9 +107,11 @@ def refused_reason(url: str, allow_private: bool, production: bool) -> str | Non
         return "the URL must be ASCII with no spaces or control characters (percent-encode the rest; punycode hosts)"
     try:
         parts = urlsplit(url)
-        port = parts.port
+        port = parts.port  # raises on a port above 65535
     except ValueError:
         return "the URL cannot be parsed (check the host and port)"
+    if port == 0:
+        return "the URL's port must be 1-65535"
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http"):
         return "the URL must start with https://"
@@ -98,22 +124,8 @@ def refused_reason(url: str, allow_private: bool, production: bool) -> str | Non
     host = parts.hostname
     if not host:
         return "the URL must name a host"
-    literal = _literal(host)
-    if literal is None and _NUMERIC_HOST.fullmatch(host):
+    if _literal(host) is None and _NUMERIC_HOST.fullmatch(host):
         return f"the host {host!r} is an address in an unusual spelling; write it as a.b.c.d (or use a name)"
-    if allow_private:
-        return None
-    if literal is not None:
-        return None if is_public(literal) else f"the address {host} is not a public internet address"
-    try:
-        addresses = resolve(host, port or (443 if scheme == "https" else 80))
-    except (OSError, UnicodeError):
-        return f"the host {host!r} does not resolve"
-    if not addresses:
-        return f"the host {host!r} does not resolve"
-    private = [a for a in addresses if not is_public(a)]
-    if private:
-        return f"the host {host!r} resolves to an address that is not public ({private[0]})"
     return None
 
 
