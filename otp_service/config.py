@@ -253,6 +253,7 @@ VARIABLES = (
     Variable("WEBHOOK_TIMEOUT_SECONDS", seconds(range(1, 61)), "15"),
     Variable("WEBHOOK_RETRY_SCHEDULE", schedule, " ".join(map(str, DEFAULT_RETRY_SCHEDULE))),
     Variable("WEBHOOK_POLL_SECONDS", seconds(range(0, 61)), "1"),
+    Variable("WEBHOOK_RETENTION_DAYS", whole(range(1, 3651)), "30"),  # finished deliveries and their messages
 )
 BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -322,6 +323,7 @@ class Settings:
     webhook_timeout_seconds: float
     webhook_retry_schedule: tuple[float, ...]
     webhook_poll_seconds: float
+    webhook_retention_days: int
     generated: tuple[str, ...] = ()  # names of secrets generated for this development run
 
     @property

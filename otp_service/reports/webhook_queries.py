@@ -11,12 +11,12 @@ A receiver's URL is shown without its query string or user info: those may hold 
 from __future__ import annotations
 
 from datetime import datetime
-from urllib.parse import urlsplit
 
 import pandas as pd
 from peewee import Case, fn
 
 from ..db.models import WebhookDelivery, WebhookEndpoint, WebhookMessage
+from ..webhooks.addresses import without_secrets
 from . import sql
 from .audit_queries import _as_time, _time
 
@@ -32,15 +32,6 @@ WEBHOOK_COLUMNS = [
     "last delivered",
 ]
 DISABLED_WORDS = {"GONE": "the receiver answered 410 Gone", "DISABLED": "by the API"}
-
-
-def receiver(url: str) -> str:
-    """scheme://host[:port]/path of an endpoint's URL: no user info, query or fragment."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path or '/'}"
 
 
 def webhook_endpoints(start: datetime, end: datetime) -> pd.DataFrame:
@@ -74,7 +65,7 @@ def webhook_endpoints(start: datetime, end: datetime) -> pd.DataFrame:
         rows.append(
             {
                 "endpoint": endpoint.id,
-                "receiver": receiver(endpoint.url),
+                "receiver": without_secrets(endpoint.url),
                 "events": ", ".join(types) if endpoint.event_types else "all",
                 "at the period's end": _state(endpoint, end),
                 "deliveries in the period": int(total or 0),

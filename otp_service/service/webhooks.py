@@ -18,7 +18,6 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from peewee import Database, fn
 
@@ -39,17 +38,6 @@ DEFAULT_GRACE = 86_400  # a rotation's previous secret signs for a day unless to
 MAX_GRACE = 7 * 86_400
 DELIVERY_STATUSES = ("pending", "delivered", "failed", "cancelled")
 DISABLED, CANCELLED = "DISABLED", "cancelled"
-
-
-def audit_url(url: str) -> str:
-    """The URL as an audit row may hold it: scheme://host[:port]/path — no query string or fragment, which can
-    carry a receiver's token, and no user info (refused anyway)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def check_description(value: Any) -> str | None:
@@ -343,10 +331,10 @@ class WebhookEndpoints:
         reason: str | None = None,
         **extra: Any,
     ) -> None:
-        """The change's row, in its transaction: the endpoint, its URL as `audit_url` keeps it, its event types."""
+        """The change's row, in its transaction: the endpoint, its URL without query or user info, its event types."""
         data = {
             "endpoint": endpoint.id,
-            "url": audit_url(endpoint.url),
+            "url": addresses.without_secrets(endpoint.url),
             "event_types": catalogue.stored_types(endpoint.event_types),
             **extra,
         }

@@ -129,6 +129,16 @@ def static_reason(url: str, production: bool) -> str | None:
     return None
 
 
+def without_secrets(url: str) -> str:
+    """The URL as an audit row, a log line or a report may show it: scheme://host[:port]/path — no query string or
+    fragment, where a receiver's URL may carry a token of theirs, and no user info."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path or '/'}"
+
+
 def _literal(host: str) -> Address | None:
     """`host` as an IP address when it is one written the usual way (IPv6 without its brackets), else None."""
     try:

@@ -32,6 +32,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from .. import __version__, metrics
 from ..core.keys import KeyUnavailable
+from ..core.transitions import to_datetime
 from ..db.database import UNAVAILABLE_ERRORS
 from . import catalogue, queue, schedule
 from .addresses import static_reason
@@ -46,6 +47,7 @@ LEASE_MARGIN_SECONDS = 30.0  # a claim holds a delivery for the timeout plus thi
 KEEP_BODY_BYTES = 64 * 1024  # of a receiver's answer; the rest is read and dropped
 ERROR_CHARS = 256  # last_error's column
 USER_AGENT = f"otp-service-webhooks/{__version__}"
+PRUNE_EVERY_SECONDS = 3600.0  # each running worker deletes the history older than WEBHOOK_RETENTION_DAYS this often
 
 
 class Deliverer:
@@ -66,6 +68,7 @@ class Deliverer:
         self.lease = self.timeout + LEASE_MARGIN_SECONDS
         self.retries = tuple(settings.webhook_retry_schedule)
         self.poll = max(float(settings.webhook_poll_seconds), 0.05)
+        self.retention_days = settings.webhook_retention_days
         self.production = settings.production
         self.rng = rng or random.Random()
         self.client = SimpleAsyncHTTPClient(
@@ -82,8 +85,12 @@ class Deliverer:
         """Deliver until `stop` is set; then let sends in flight finish for up to `grace` seconds (those cut off
         are claimed again after their lease)."""
         stopping = asyncio.ensure_future(stop.wait())
+        pruned_at = time.monotonic() - PRUNE_EVERY_SECONDS * self.rng.random()  # processes prune at other times
         try:
             while not stop.is_set():
+                if time.monotonic() - pruned_at >= PRUNE_EVERY_SECONDS:
+                    pruned_at = time.monotonic()
+                    await self.prune()
                 free = self.concurrency - len(self._tasks)
                 full = free > 0 and await self._claim_and_start(free, None) == free
                 if full or free <= 0:  # every slot busy: go on as soon as one is free
@@ -111,6 +118,18 @@ class Deliverer:
             await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
         await self._finish(grace if grace is not None else self.lease)
         return made
+
+    async def prune(self) -> tuple[int, int]:
+        """Deliveries that ended more than WEBHOOK_RETENTION_DAYS ago, and their messages, deleted (`queue.prune`)."""
+        before = to_datetime(self.clock() - self.retention_days * 86_400)
+        try:
+            deleted = await self._thread(queue.prune, self.database, before)
+        except UNAVAILABLE_ERRORS as exc:  # the next round tries again
+            log.warning("webhook deliveries not pruned: %s", type(exc).__name__)
+            return 0, 0
+        if any(deleted):
+            log.info("webhook history pruned", extra={"deliveries": deleted[0], "messages": deleted[1]})
+        return deleted
 
     async def _claim_and_start(self, limit: int, due_by: float | None) -> int:
         now = self.clock()

@@ -24,6 +24,7 @@ from ..core.actions import Action
 from ..core.transitions import AuditEvent, to_datetime
 from ..db.database import is_postgres
 from ..db.models import WebhookDelivery, WebhookEndpoint, WebhookMessage
+from .addresses import without_secrets
 from .outbox import PENDING
 from .schedule import Decision
 
@@ -174,16 +175,43 @@ def disable(journal: Journal, job: Job, at: datetime) -> None:
         .where((WebhookEndpoint.id == job.endpoint_id) & WebhookEndpoint.disabled_at.is_null())
         .execute()
     )
-    WebhookDelivery.update(status=CANCELLED, next_attempt_at=None).where(
-        (WebhookDelivery.endpoint_id == job.endpoint_id) & (WebhookDelivery.status == PENDING)
-    ).execute()
+    cancelled = (
+        WebhookDelivery.update(status=CANCELLED, next_attempt_at=None)
+        .where((WebhookDelivery.endpoint_id == job.endpoint_id) & (WebhookDelivery.status == PENDING))
+        .execute()
+    )
     if disabled:
-        event = AuditEvent(
-            Action.WEBHOOK_ENDPOINT_DISABLED, True, GONE, {"endpoint_id": job.endpoint_id, "status": 410}
-        )
+        data = {"endpoint": job.endpoint_id, "url": without_secrets(job.url), "status": 410, "cancelled": cancelled}
+        event = AuditEvent(Action.WEBHOOK_ENDPOINT_DISABLED, True, GONE, data)
         ctx = replace(SYSTEM, tenant_id=job.tenant_id)
         journal.append([audit_row(event, at, None, None, ctx)])
         log.warning("webhook endpoint disabled: its receiver answered 410 Gone", extra={"endpoint": job.endpoint_id})
+
+
+PRUNE_BATCH = 5000  # rows a statement deletes: each is a short transaction, however much has piled up
+
+
+def prune(database: Database, before: datetime) -> tuple[int, int]:
+    """Delete the deliveries that ended — delivered, failed or cancelled — and were queued before `before`
+    (WEBHOOK_RETENTION_DAYS), then the messages no delivery refers to any more; (deliveries, messages) deleted.
+    Pending deliveries are never touched: a retry in progress keeps its message. In batches, each its own
+    transaction, so a worker that prunes a long backlog never holds locks for long."""
+    ended = (WebhookDelivery.status != PENDING) & (WebhookDelivery.created_at < before)
+    orphan = (WebhookMessage.occurred_at < before) & ~fn.EXISTS(
+        WebhookDelivery.select(WebhookDelivery.id).where(WebhookDelivery.message_id == WebhookMessage.id)
+    )
+    counts = []
+    for model, condition in ((WebhookDelivery, ended), (WebhookMessage, orphan)):
+        total = 0
+        while True:
+            with database.connection_context(), database.atomic():
+                batch = model.select(model.id).where(condition).limit(PRUNE_BATCH)
+                deleted = model.delete().where(model.id.in_(batch)).execute()
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                break
+        counts.append(total)
+    return counts[0], counts[1]
 
 
 def _keys(endpoint: WebhookEndpoint, at: datetime) -> tuple[tuple[str, int], ...]:

@@ -4,6 +4,7 @@ retried, at least once and — with two workers on one queue — exactly once wh
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -145,7 +146,9 @@ def test_410_disables_the_endpoint_cancels_its_queue_and_is_audited(tmp_path, db
         assert endpoint.disabled_at is not None and endpoint.disabled_reason == "GONE"
         audited = list(AuditLog.select().where(AuditLog.action == Action.WEBHOOK_ENDPOINT_DISABLED).dicts())
     assert len(audited) == 1 and audited[0]["reason"] == "GONE" and audited[0]["success"]
-    assert f'"endpoint_id":{gone}' in audited[0]["additional_data"]
+    assert (
+        json.loads(audited[0]["additional_data"])["endpoint"] == gone and "cancelled" in audited[0]["additional_data"]
+    )
     register(port, "dev-later")  # a disabled endpoint is sent nothing more
     assert len(deliveries(database, gone)) == 5
     assert run_cli("audit", "verify", cwd=tmp_path, **service_env(db_url)).returncode == 0

@@ -1,5 +1,6 @@
 """Webhooks (`otp_service.webhooks`): endpoints, the outbox of messages written with their audit rows, and the
-deliveries the worker claims. The partial index is the worker's queue: only pending deliveries, by due time."""
+deliveries the worker claims. The partial index is the worker's queue: only pending deliveries, by due time; the
+time indexes serve retention (WEBHOOK_RETENTION_DAYS) and the audit report's period."""
 
 from peewee import (
     AutoField,
@@ -50,7 +51,10 @@ def up(migrator, db):
         class Meta:
             database = db
             table_name = "webhook_messages"
-            indexes = ((("tenant_id", "user_id"), False),)  # an erasure finds a user's messages
+            indexes = (
+                (("tenant_id", "user_id"), False),  # an erasure finds a user's messages
+                (("occurred_at",), False),  # retention (`queue.prune`) and the audit report find a period's
+            )
 
     class WebhookDelivery(Model):
         id = BigAutoField()
@@ -68,7 +72,10 @@ def up(migrator, db):
         class Meta:
             database = db
             table_name = "webhook_deliveries"
-            indexes = ((("endpoint_id", "id"), False),)  # an endpoint's recent deliveries
+            indexes = (
+                (("endpoint_id", "id"), False),  # an endpoint's recent deliveries
+                (("created_at",), False),  # retention (`queue.prune`): the oldest first
+            )
 
     db.create_tables([WebhookEndpoint, WebhookMessage, WebhookDelivery])
     db.execute_sql(
