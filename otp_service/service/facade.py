@@ -20,6 +20,7 @@ from ..db.models import Report
 from ..persistence.engine import AsyncEngine, Plan
 from ..persistence.pg_eventloop import AsyncPool, EventLoopStore, StateListener
 from ..persistence.store import PostgresStore
+from ..webhooks import addresses
 from .blocking import OtpService
 from .clients import Caller
 
@@ -42,6 +43,7 @@ class AsyncOtpService:
             )
             self.engine = AsyncEngine(loop_store, service.engine.cache)
         self._listening: asyncio.Future | None = None
+        self._lookups: asyncio.Semaphore | None = None  # create-time DNS lookups of webhook receivers
 
     def start(self) -> None:
         """Call on the running event loop: on PostgreSQL, start keeping remembered device states current
@@ -151,8 +153,14 @@ class AsyncOtpService:
     async def create_webhook_endpoint(
         self, url: Any, event_types: Any, description: Any, ctx: RequestContext
     ) -> dict[str, Any]:
-        """On the thread pool: it resolves the URL's host (blocking) before its transaction."""
-        return await self.thread(self.service.create_webhook_endpoint, url, event_types, description, ctx)
+        """The URL's host is looked up here, on the event loop with a timeout (`addresses.resolved_ahead`), not on
+        the thread pool the service's transactions need; the service then checks what was found."""
+        if self._lookups is None:
+            self._lookups = asyncio.Semaphore(addresses.LOOKUPS_AT_ONCE)
+        allow = self.service.settings.webhook_allow_private
+        resolve = await addresses.resolved_ahead(url, allow, self._lookups)
+        create = partial(self.service.create_webhook_endpoint, resolve=resolve)
+        return await self.thread(create, url, event_types, description, ctx)
 
     async def list_webhook_endpoints(self, ctx: RequestContext) -> dict[str, Any]:
         return await self.thread(self.service.list_webhook_endpoints, ctx)

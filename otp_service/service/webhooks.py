@@ -114,10 +114,12 @@ class WebhookEndpoints:
         description: Any = None,
         ctx: RequestContext = SYSTEM,
         now: float | None = None,
+        resolve: addresses.Resolve | None = None,
     ) -> dict[str, Any]:
         """A new endpoint of the tenant, and its signing secret — shown in this answer only. The URL is checked
-        (and its host resolved) before the transaction: no connection is held while DNS answers."""
-        reason = addresses.refused_reason(url, self.settings.webhook_allow_private, self.settings.production)
+        (and its host resolved: by `resolve`, what the facade looked up ahead, or here) before the transaction."""
+        settings = self.settings
+        reason = addresses.refused_reason(url, settings.webhook_allow_private, settings.production, resolve)
         if reason is not None:
             raise errors.InvalidWebhookUrl(f"This URL cannot receive webhooks: {reason}.", details={"field": "url"})
         types, description = check_event_types(event_types), check_description(description)

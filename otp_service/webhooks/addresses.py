@@ -15,10 +15,12 @@ does not rely on the resolver reading them as we do.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 MAX_URL = 2048
@@ -68,6 +70,38 @@ def is_public(ip: str | Address) -> bool:
 
 
 Resolve = Callable[..., list]  # socket.getaddrinfo's signature (a test passes its own: no DNS here)
+
+
+RESOLVE_SECONDS = 5.0  # a receiver's name must resolve within this when its endpoint is made
+LOOKUPS_AT_ONCE = 4  # create-time lookups in flight per process: a name whose DNS never answers holds one
+
+
+async def resolved_ahead(url: Any, allow_private: bool, lookups: asyncio.Semaphore) -> Resolve | None:
+    """The URL's host looked up on the event loop (asyncio's resolver threads, never the database pool), at most
+    RESOLVE_SECONDS and LOOKUPS_AT_ONCE at a time, as a `resolve` for `refused_reason` that answers from what was
+    found; None when there is nothing to look up (a literal address, a URL `static_reason` refuses, or the
+    development switch, which skips the lookup). So a client naming a host whose DNS never answers waits for its
+    own answer, and no one else does."""
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        host, port = (parts.hostname, parts.port) if parts else (None, None)
+    except ValueError:
+        return None
+    if allow_private or not host or _literal(host) is not None or _NUMERIC_HOST.fullmatch(host):
+        return None
+    port = port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        async with lookups:
+            loop = asyncio.get_running_loop()
+            found = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_SECONDS)
+    except (TimeoutError, OSError, UnicodeError) as exc:
+        failure = OSError(f"{host!r} did not resolve: {type(exc).__name__}")
+
+        def refuse(*_: Any, **__: Any) -> list:
+            raise failure
+
+        return refuse
+    return lambda *_, **__: found
 
 
 def refused_reason(url: str, allow_private: bool, production: bool, resolve: Resolve | None = None) -> str | None:

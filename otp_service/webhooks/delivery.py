@@ -163,9 +163,13 @@ class Deliverer:
         result = await self.send(job)
         metrics.WEBHOOK_DELIVERY_SECONDS.observe(time.monotonic() - started)
         now = self.clock()
-        decision = schedule.outcome(
-            result.status, result.error, job.attempts, self.retries, result.retry_after, now, self.rng
-        )
+        try:
+            decision = schedule.outcome(
+                result.status, result.error, job.attempts, self.retries, result.retry_after, now, self.rng
+            )
+        except Exception:  # the rule is pure and total; should it fail on some answer, retry as scheduled
+            log.exception("webhook delivery %s: no decision on its answer", job.delivery_id)
+            decision = schedule.outcome(result.status, result.error, job.attempts, self.retries, None, now, self.rng)
         metrics.WEBHOOK_DELIVERIES.labels("refused" if result.refused else decision.kind).inc()
         try:
             await self._thread(queue.record, self.database, self.service.journal, job, decision, result, now)
@@ -256,4 +260,7 @@ class Deliverer:
 
 
 def _short(text: str) -> str:
-    return " ".join(text.split())[:ERROR_CHARS]
+    """What a receiver sent, fit for `last_error`: printable characters only — a NUL, which PostgreSQL refuses in
+    text, would otherwise keep the outcome from ever being recorded — on one line, at most ERROR_CHARS."""
+    printable = "".join(c if c.isprintable() else " " for c in text[: ERROR_CHARS * 4])
+    return " ".join(printable.split())[:ERROR_CHARS]

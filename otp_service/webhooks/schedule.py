@@ -13,10 +13,13 @@ longer than the schedule wins, up to a day: a receiver may slow us down, but not
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Literal, Protocol
+
+_SECONDS = re.compile(r"[0-9]+")  # delta-seconds, in ASCII digits (`str.isdigit` also takes "²", which `int` refuses)
 
 JITTER = 0.2
 MAX_RETRY_AFTER_SECONDS = 86400.0
@@ -71,11 +74,13 @@ def retry_after_seconds(header: str | None, now: float) -> float | None:
     if not header:
         return None
     text = header.strip()
-    if text.isdigit():
-        return float(int(text))
+    if _SECONDS.fullmatch(text):  # thousands of digits are a very long time, not a number to convert
+        return float(text) if len(text) <= 15 else float("inf")
+    if len(text) > 64:  # an HTTP-date is 29 characters
+        return None
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None or when.tzinfo is None:  # RFC 9110 dates are GMT; one without a zone is not one of them
         return None
