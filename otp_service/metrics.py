@@ -101,13 +101,14 @@ WEBHOOK_DELIVERY_SECONDS = Histogram(
 )
 WEBHOOK_QUEUE_OLDEST = Gauge(
     "otp_webhook_queue_oldest_seconds",
-    "Age of the oldest webhook delivery that is due and not yet taken (0: none waiting); every worker reads it",
-    multiprocess_mode="livemax",
+    "Age of the oldest webhook delivery that is due and not yet taken (0: none waiting), read from the database "
+    "by every worker's poll and at each scrape",
+    multiprocess_mode="livemostrecent",
 )
 WEBHOOK_ENDPOINTS_DISABLED = Gauge(
     "otp_webhook_endpoints_disabled",
     "Webhook endpoints disabled (by a client, or because the receiver answered 410 Gone)",
-    multiprocess_mode="livemax",
+    multiprocess_mode="livemostrecent",
 )
 DB_UNAVAILABLE = Counter("otp_database_unavailable_total", "Operations refused because the database was unreachable")
 
@@ -124,6 +125,13 @@ def exposition() -> tuple[bytes, str]:
 def process_exited(pid: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(pid)
+
+
+def webhook_status(oldest_due_seconds: float, disabled_endpoints: int) -> None:
+    """The webhook queue's state (`webhooks.queue.status`): set by each worker's poll and when scraped, so it is
+    true with no worker in the scraped process (WEBHOOK_DELIVERY=false) — the case its alert is for."""
+    WEBHOOK_QUEUE_OLDEST.set(oldest_due_seconds)
+    WEBHOOK_ENDPOINTS_DISABLED.set(disabled_endpoints)
 
 
 def audit_status(status: dict) -> None:

@@ -288,6 +288,7 @@ class MetricsHandler(ApiHandler):
     async def get(self) -> None:
         with contextlib.suppress(errors.ServiceError):  # the database is down: the other metrics still say why
             metrics.audit_status(await self.service.audit_status())
+            metrics.webhook_status(*await self.service.webhook_queue_status())
         body, content_type = metrics.exposition()
         self.set_header("Content-Type", content_type)
         self.finish(body)

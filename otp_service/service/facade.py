@@ -162,6 +162,9 @@ class AsyncOtpService:
         create = partial(self.service.create_webhook_endpoint, resolve=resolve)
         return await self.thread(create, url, event_types, description, ctx)
 
+    async def webhook_queue_status(self) -> tuple[float, int]:
+        return await self.thread(self.service.webhook_queue_status)
+
     async def list_webhook_endpoints(self, ctx: RequestContext) -> dict[str, Any]:
         return await self.thread(self.service.list_webhook_endpoints, ctx)
 

@@ -30,7 +30,7 @@ from ..core.transitions import AuditEvent, isoformat, to_datetime
 from ..db.database import is_postgres
 from ..db.models import Tenant, WebhookDelivery, WebhookEndpoint, WebhookMessage
 from ..persistence.store import Store
-from ..webhooks import addresses, catalogue, outbox, secrets
+from ..webhooks import addresses, catalogue, outbox, queue, secrets
 
 MAX_ENDPOINTS = 20  # per tenant: each endpoint is a delivery per event, and a tenant needs a handful
 MAX_DESCRIPTION = 256
@@ -146,6 +146,11 @@ class WebhookEndpoints:
             endpoint = WebhookEndpoint.get_by_id(endpoint_id)
             self._audit_endpoint(Action.WEBHOOK_ENDPOINT_CREATED, endpoint, at, ctx)
         return {**endpoint_view(endpoint, at), "secret": secrets.shown(key)}
+
+    def webhook_queue_status(self, now: float | None = None) -> tuple[float, int]:
+        """What the webhook metrics say (`queue.status`), for a scrape."""
+        with self.unit_of_work():
+            return queue.status(to_datetime(self._now(now)))
 
     def list_webhook_endpoints(self, ctx: RequestContext = SYSTEM, now: float | None = None) -> dict[str, Any]:
         at = to_datetime(self._now(now))

@@ -98,7 +98,7 @@ def claim(database: Database, limit: int, now: float, due_by: float, lease: floa
             .tuples()
             .execute()
         )
-        _gauges(at)
+        metrics.webhook_status(*status(at))
         if not claimed:
             return []
         endpoints = {e.id: e for e in WebhookEndpoint.select().where(WebhookEndpoint.id.in_({c[2] for c in claimed}))}
@@ -132,7 +132,9 @@ def claim(database: Database, limit: int, now: float, due_by: float, lease: floa
         return jobs
 
 
-def _gauges(at: datetime) -> None:
+def status(at: datetime) -> tuple[float, int]:
+    """(seconds the oldest due delivery has waited — 0 when none waits —, endpoints disabled), for the metrics.
+    Call inside a connection."""
     oldest = (
         WebhookDelivery.select(fn.MIN(WebhookDelivery.next_attempt_at))
         .where((WebhookDelivery.status == PENDING) & (WebhookDelivery.next_attempt_at <= at))
@@ -140,10 +142,8 @@ def _gauges(at: datetime) -> None:
     )
     if isinstance(oldest, str):  # SQLite hands back an aggregate's text
         oldest = datetime.fromisoformat(oldest)
-    metrics.WEBHOOK_QUEUE_OLDEST.set(0 if oldest is None else max(0.0, (at - oldest).total_seconds()))
-    metrics.WEBHOOK_ENDPOINTS_DISABLED.set(
-        WebhookEndpoint.select().where(WebhookEndpoint.disabled_at.is_null(False)).count()
-    )
+    waited = 0.0 if oldest is None else max(0.0, (at - oldest).total_seconds())
+    return waited, WebhookEndpoint.select().where(WebhookEndpoint.disabled_at.is_null(False)).count()
 
 
 def record(database: Database, journal: Journal, job: Job, decision: Decision, result: Result, now: float) -> None:

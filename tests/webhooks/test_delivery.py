@@ -329,6 +329,22 @@ def test_metrics_count_deliveries_across_processes(receiver, serve, database):
     assert float(samples["otp_webhook_endpoints_disabled"]) == 0
 
 
+def test_the_queue_gauges_are_read_when_scraped_with_no_worker(receiver, serve, database):
+    """The newcomer's review: with WEBHOOK_DELIVERY=false only workers refreshed the gauges, so the alert meant
+    for "no worker is delivering" read 0. A scrape reads the queue itself."""
+    endpoint, shown = add_endpoint(database, receiver.url("/idle"))
+    receiver.trust("/idle", *shown)
+    token = "metrics-token-" + "0123456789" * 3
+    port = serve(WEBHOOK_DELIVERY="false", METRICS_TOKEN=token)
+    register(port, "dev-1")
+    time.sleep(2.2)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
+    text = urllib.request.urlopen(request, timeout=10).read().decode()
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("otp_webhook"))
+    assert float(samples["otp_webhook_queue_oldest_seconds"]) >= 2
+    assert [r["status"] for r in deliveries(database, endpoint)] == ["pending"] and receiver.log("/idle") == []
+
+
 def test_production_sends_only_over_https(tmp_path, db_url, receiver, database):
     """An http:// row (say, made before production) is refused at delivery in production, before any lookup."""
     endpoint, _ = add_endpoint(database, receiver.url("/plain"))
