@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from otp_service.db.models import WebhookDelivery, WebhookMessage
+from otp_service.db.models import WebhookDelivery, WebhookEndpoint, WebhookMessage
 from otp_service.webhooks import queue
 from tests.webhooks.test_outbox import endpoint
 
@@ -42,3 +42,16 @@ def test_ended_deliveries_before_the_cut_go_with_their_messages_and_pending_ones
         assert {d.id for d in WebhookDelivery.select()} == {kept_pending, kept_shared, kept_recent}
         assert {m.id for m in WebhookMessage.select()} == {retried, shared, recent}
         assert queue.prune(database, CUT) == (0, 0)  # nothing more to do
+
+
+def test_an_id_is_never_given_twice(database):
+    """The newcomer's review, on SQLite: a deleted endpoint's or pruned message's id came back for the next one, so
+    a receiver deduplicating by webhook-id (`msg_<id>`) dropped a new event, and the trail showed two endpoints
+    under one number. AUTOINCREMENT there, sequences on PostgreSQL."""
+    first = endpoint(database)
+    with database.connection_context():
+        old = message(OLD)
+        WebhookMessage.delete().execute()
+        WebhookEndpoint.delete().execute()
+        assert message(OLD) > old
+    assert endpoint(database) > first

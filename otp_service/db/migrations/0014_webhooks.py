@@ -3,6 +3,7 @@ deliveries the worker claims. The partial index is the worker's queue: only pend
 time indexes serve retention (WEBHOOK_RETENTION_DAYS) and the audit report's period."""
 
 from peewee import (
+    SQL,
     AutoField,
     BigAutoField,
     BigIntegerField,
@@ -10,13 +11,32 @@ from peewee import (
     DateTimeField,
     IntegerField,
     Model,
+    NodeList,
+    SqliteDatabase,
     TextField,
 )
 
 
 def up(migrator, db):
+    sqlite = isinstance(db, SqliteDatabase)
+
+    class NeverReused:
+        """An id never given twice: on SQLite a plain INTEGER PRIMARY KEY reuses the highest id once its row is
+        deleted (an endpoint deleted, a message pruned), and a receiver would take a new message for one it has
+        seen — the webhook-id is the message's id — and the audit trail two endpoints for one."""
+
+        def ddl(self, ctx):
+            node = super().ddl(ctx)
+            return NodeList((node, SQL("AUTOINCREMENT"))) if sqlite else node
+
+    class Serial(NeverReused, AutoField):
+        pass
+
+    class BigSerial(NeverReused, BigAutoField):
+        pass
+
     class WebhookEndpoint(Model):
-        id = AutoField()
+        id = Serial()
         tenant_id = IntegerField()
         url = CharField(max_length=2048)
         description = CharField(max_length=256, null=True)
@@ -36,7 +56,7 @@ def up(migrator, db):
             indexes = ((("tenant_id",), False),)
 
     class WebhookMessage(Model):
-        id = BigAutoField()
+        id = BigSerial()
         tenant_id = IntegerField()
         event_type = CharField(max_length=40)
         occurred_at = DateTimeField()
@@ -57,7 +77,7 @@ def up(migrator, db):
             )
 
     class WebhookDelivery(Model):
-        id = BigAutoField()
+        id = BigSerial()
         message_id = BigIntegerField(index=True)
         endpoint_id = IntegerField()
         status = CharField(max_length=16)
