@@ -219,6 +219,8 @@ class WebhookEndpoint(BaseModel):
     previous_salt = CharField(max_length=64, null=True)
     previous_key_version = IntegerField(null=True)
     previous_valid_until = DateTimeField(null=True)
+    key_hash = CharField(max_length=64, null=True)  # SHA-256 of the signing key: a worker with another master secret
+    previous_key_hash = CharField(max_length=64, null=True)  # would sign what no receiver verifies; it refuses
     created_at = DateTimeField()
     disabled_at = DateTimeField(null=True)  # None: receives events
     disabled_reason = CharField(max_length=32, null=True)  # DISABLED (by a client), GONE (the receiver said 410)

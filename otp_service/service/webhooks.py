@@ -25,7 +25,7 @@ from ..audit.rows import SYSTEM, RequestContext, audit_row
 from ..config import Settings
 from ..core import errors
 from ..core.actions import Action
-from ..core.keys import Keyring
+from ..core.keys import Keyring, key_fingerprint
 from ..core.transitions import AuditEvent, isoformat, to_datetime
 from ..db.database import is_postgres
 from ..db.models import Tenant, WebhookDelivery, WebhookEndpoint, WebhookMessage
@@ -141,6 +141,7 @@ class WebhookEndpoints:
                 event_types=types,
                 salt=salt,
                 key_version=version,
+                key_hash=key_fingerprint(key),
                 created_at=at,
             ).execute()
             endpoint = WebhookEndpoint.get_by_id(endpoint_id)
@@ -205,8 +206,10 @@ class WebhookEndpoints:
                 previous_salt=endpoint.salt,
                 previous_key_version=endpoint.key_version,
                 previous_valid_until=until,
+                previous_key_hash=endpoint.key_hash,
                 salt=salt,
                 key_version=version,
+                key_hash=key_fingerprint(key),
             ).where(WebhookEndpoint.id == endpoint.id).execute()
             endpoint = WebhookEndpoint.get_by_id(endpoint.id)
             self._audit_endpoint(

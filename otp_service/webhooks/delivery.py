@@ -17,6 +17,7 @@ and kept in this process only; neither they nor the URL (which may carry a token
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import random
 import time
@@ -31,7 +32,7 @@ from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from .. import __version__, metrics
-from ..core.keys import KeyUnavailable
+from ..core.keys import KeyUnavailable, key_fingerprint
 from ..core.transitions import to_datetime
 from ..db.database import UNAVAILABLE_ERRORS
 from . import catalogue, queue, schedule
@@ -224,6 +225,13 @@ class Deliverer:
             return Result(None, f"refused: {exc}", refused=True)
         except KeyUnavailable:
             return Result(None, "the endpoint's signing key is unavailable (its master secret version is gone)")
+        except KeyMismatch:
+            log.error(
+                "webhook endpoint %s: the signing key this process derives is not the endpoint's; its MASTER_SECRET"
+                " or MASTER_SECRETS_PREVIOUS differ from those the endpoint was made under: nothing sent",
+                job.endpoint_id,
+            )
+            return Result(None, "not sent: this worker's master secret is not the one the endpoint's key derives from")
         except HTTPClientError as exc:  # 599: a timeout, or the connection closed
             return Result(None, _short(f"no answer: {exc.message or exc}"))
         except (OSError, StreamClosedError) as exc:
@@ -241,7 +249,7 @@ class Deliverer:
         """Standard Webhooks' headers: the stable id, the time, and a `v1,` signature per key in use."""
         ref = catalogue.message_ref(job.message_id)
         at = datetime.fromtimestamp(timestamp, UTC)
-        signatures = " ".join(self._signer(salt, version).sign(ref, at, body) for salt, version in job.keys)
+        signatures = " ".join(self._signer(*key).sign(ref, at, body) for key in job.keys)
         return {
             "webhook-id": ref,
             "webhook-timestamp": str(timestamp),
@@ -249,14 +257,23 @@ class Deliverer:
             "content-type": "application/json",
         }
 
-    def _signer(self, salt: str, version: int) -> Webhook:
+    def _signer(self, salt: str, version: int, expected: str | None) -> Webhook:
+        """The signer of one key, derived once; refused (`KeyMismatch`) when it is not the key the endpoint was
+        made with — this process's master secret differs — rather than sign what no receiver can verify."""
         signer = self._signers.get((salt, version))
         if signer is None:
             if len(self._signers) > 4096:
                 self._signers.clear()
-            signer = Webhook(signing_key(self.service.keyring, salt, version))
+            key = signing_key(self.service.keyring, salt, version)
+            if expected is not None and not hmac.compare_digest(key_fingerprint(key), expected):
+                raise KeyMismatch
+            signer = Webhook(key)
             self._signers[(salt, version)] = signer
         return signer
+
+
+class KeyMismatch(Exception):
+    """A derived signing key whose SHA-256 is not the endpoint's `key_hash`."""
 
 
 def _short(text: str) -> str:

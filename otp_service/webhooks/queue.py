@@ -56,7 +56,7 @@ class Job:
     endpoint_id: int
     tenant_id: int
     url: str
-    keys: tuple[tuple[str, int], ...]  # (salt, key version): the current key, and the previous one in its grace
+    keys: tuple[tuple[str, int, str | None], ...]  # (salt, version, SHA-256): the current key, the previous in grace
     message_id: int
     message: dict[str, Any]
 
@@ -214,10 +214,10 @@ def prune(database: Database, before: datetime) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
-def _keys(endpoint: WebhookEndpoint, at: datetime) -> tuple[tuple[str, int], ...]:
+def _keys(endpoint: WebhookEndpoint, at: datetime) -> tuple[tuple[str, int, str | None], ...]:
     """The keys that sign: the current one, and during a rotation's grace period the previous one too."""
-    keys = [(endpoint.salt, endpoint.key_version)]
+    keys = [(endpoint.salt, endpoint.key_version, endpoint.key_hash)]
     until = endpoint.previous_valid_until
     if endpoint.previous_salt and endpoint.previous_key_version is not None and until is not None and at < until:
-        keys.append((endpoint.previous_salt, endpoint.previous_key_version))
+        keys.append((endpoint.previous_salt, endpoint.previous_key_version, endpoint.previous_key_hash))
     return tuple(keys)

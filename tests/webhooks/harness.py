@@ -10,7 +10,7 @@ import time
 import urllib.request
 from datetime import datetime, timedelta
 
-from otp_service.core.keys import Keyring
+from otp_service.core.keys import Keyring, key_fingerprint
 from otp_service.core.transitions import to_datetime
 from otp_service.db.models import WebhookDelivery, WebhookEndpoint
 from otp_service.webhooks import catalogue, secrets
@@ -67,13 +67,14 @@ def keyring() -> Keyring:
 def add_endpoint(database, url: str, tenant_id: int = 1, previous: bool = False, types=None) -> tuple[int, list[str]]:
     """An endpoint row (as the endpoints API makes one) and its secret(s) as shown to a receiver: the current one,
     and with `previous` the one a rotation replaced, still in its grace period."""
-    salt, old = secrets.new_salt(), secrets.new_salt()
-    fields = {}
+    salt, old, ring = secrets.new_salt(), secrets.new_salt(), keyring()
+    fields = {"key_hash": key_fingerprint(secrets.signing_key(ring, salt, 1))}
     if previous:
-        fields = {
+        fields |= {
             "previous_salt": old,
             "previous_key_version": 1,
             "previous_valid_until": datetime.utcnow() + timedelta(hours=1),
+            "previous_key_hash": key_fingerprint(secrets.signing_key(ring, old, 1)),
         }
     with database.connection_context():
         endpoint_id = WebhookEndpoint.insert(
@@ -85,7 +86,6 @@ def add_endpoint(database, url: str, tenant_id: int = 1, previous: bool = False,
             created_at=to_datetime(time.time()),
             **fields,
         ).execute()
-    ring = keyring()
     shown = [secrets.shown(secrets.signing_key(ring, s, 1)) for s in ([salt, old] if previous else [salt])]
     return endpoint_id, shown
 

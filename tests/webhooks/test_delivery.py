@@ -345,6 +345,19 @@ def test_the_queue_gauges_are_read_when_scraped_with_no_worker(receiver, serve, 
     assert [r["status"] for r in deliveries(database, endpoint)] == ["pending"] and receiver.log("/idle") == []
 
 
+def test_a_worker_with_another_master_secret_sends_nothing(tmp_path, db_url, receiver, database):
+    """The newcomer's review: `webhooks deliver` run with another master secret (another folder's .dev-secrets, a
+    misconfigured instance) signed every delivery with a key no receiver had, and a receiver that did not check
+    took them. The endpoint keeps its key's SHA-256; a worker whose key differs sends nothing and says why."""
+    endpoint, _ = add_endpoint(database, receiver.url("/wrong"))
+    queue_event(database, db_url)
+    done = deliver_once(tmp_path, db_url, MASTER_SECRET="another-master-secret-of-32-chars-or-more")
+    assert "webhook attempts made: 1" in done.stdout and "is not the endpoint's" in done.stderr
+    (row,) = deliveries(database, endpoint)
+    assert row["status"] == "pending" and row["last_error"].startswith("not sent: this worker's master secret")
+    assert receiver.log("/wrong") == []
+
+
 def test_production_sends_only_over_https(tmp_path, db_url, receiver, database):
     """An http:// row (say, made before production) is refused at delivery in production, before any lookup."""
     endpoint, _ = add_endpoint(database, receiver.url("/plain"))

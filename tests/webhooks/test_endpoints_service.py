@@ -4,6 +4,7 @@ derived (never stored), the cap held under concurrent creations, tenants kept ap
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 
@@ -72,7 +73,12 @@ def test_a_change_whose_audit_row_fails_is_not_made(service, database, monkeypat
 def test_the_secret_is_derived_from_the_master_secret_and_shown_only_when_made(service, database):
     made = service.create_webhook_endpoint(URL, None, None, OPS, now=T0)
     (row,) = endpoints(database)
-    assert made["secret"] == secrets.shown(secrets.signing_key(service.keyring, row.salt, row.key_version))
+    key = secrets.signing_key(service.keyring, row.salt, row.key_version)
+    assert made["secret"] == secrets.shown(key) and row.key_hash == hashlib.sha256(key).hexdigest()
+    rotated = service.rotate_webhook_endpoint(made["id"], 60, OPS, now=T0)
+    (after,) = endpoints(database)
+    assert after.previous_key_hash == row.key_hash and after.key_hash != row.key_hash
+    assert rotated["secret"] == secrets.shown(secrets.signing_key(service.keyring, after.salt, after.key_version))
     assert "secret" not in service.webhook_endpoint(made["id"], OPS, now=T0)
     assert all("secret" not in e for e in service.list_webhook_endpoints(OPS, now=T0)["endpoints"])
     stored = json.dumps([list(vars(r)["__data__"].values()) for r in endpoints(database)], default=str)

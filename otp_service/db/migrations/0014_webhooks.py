@@ -46,6 +46,8 @@ def up(migrator, db):
         previous_salt = CharField(max_length=64, null=True)
         previous_key_version = IntegerField(null=True)
         previous_valid_until = DateTimeField(null=True)
+        key_hash = CharField(max_length=64, null=True)
+        previous_key_hash = CharField(max_length=64, null=True)
         created_at = DateTimeField()
         disabled_at = DateTimeField(null=True)
         disabled_reason = CharField(max_length=32, null=True)
