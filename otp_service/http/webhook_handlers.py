@@ -19,6 +19,17 @@ def _id(value: str, what: str) -> int:
     return int(value)
 
 
+def _only(body: dict, fields: tuple[str, ...]) -> None:
+    """A field this route does not know is refused, not ignored: `"events": [...]` for `event_types` would make an
+    endpoint that takes every event — the opposite of what was asked."""
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise errors.ValidationError(
+            f"Unknown field(s): {', '.join(unknown)[:200]}; this route takes {', '.join(fields)}",
+            details={"field": unknown[0][:64]},
+        )
+
+
 class WebhookEventTypesHandler(ApiHandler):
     async def get(self) -> None:
         self.respond({"event_types": event_type_listing()}, "Event types an endpoint can take")
@@ -30,6 +41,7 @@ class WebhookEndpointsHandler(ApiHandler):
 
     async def post(self) -> None:
         body = self.json_body()
+        _only(body, ("url", "event_types", "description"))
         if "url" not in body:
             raise errors.InvalidWebhookUrl("url is required", details={"field": "url"})
         data = await self.service.create_webhook_endpoint(
@@ -51,7 +63,9 @@ class WebhookEndpointHandler(ApiHandler):
 class WebhookRotateHandler(ApiHandler):
     async def post(self, endpoint_id: str) -> None:
         endpoint = _id(endpoint_id, "webhook endpoint")
-        grace = self.json_body().get("grace_seconds") if self._body else None  # no body: the default grace
+        body = self.json_body() if self._body else {}  # no body: the default grace
+        _only(body, ("grace_seconds",))
+        grace = body.get("grace_seconds")
         data = await self.service.rotate_webhook_endpoint(endpoint, grace, self.context)
         until = data["previous_secret_valid_until"]
         kept = f"; the previous one signs too until {until}" if until else ""

@@ -111,11 +111,12 @@ def refused_reason(url: str, allow_private: bool, production: bool, resolve: Res
     reason = static_reason(url, production)
     if reason is not None or allow_private:
         return reason
+    hint = "" if production else " (a receiver on this machine, in development: set WEBHOOK_ALLOW_PRIVATE=true)"
     parts = urlsplit(url)
     host, scheme = parts.hostname, parts.scheme.lower()
     literal = _literal(host)
     if literal is not None:
-        return None if is_public(literal) else f"the address {host} is not a public internet address"
+        return None if is_public(literal) else f"the address {host} is not a public internet address{hint}"
     try:
         lookup = resolve or socket.getaddrinfo
         found = lookup(host, parts.port or (443 if scheme == "https" else 80), type=socket.SOCK_STREAM)
@@ -126,7 +127,7 @@ def refused_reason(url: str, allow_private: bool, production: bool, resolve: Res
         return f"the host {host!r} does not resolve"
     private = [a for a in addresses if not is_public(a)]
     if private:
-        return f"the host {host!r} resolves to an address that is not public ({private[0]})"
+        return f"the host {host!r} resolves to an address that is not public ({private[0]}){hint}"
     return None
 
 
@@ -148,7 +149,7 @@ def static_reason(url: str, production: bool) -> str | None:
         return "the URL's port must be 1-65535"
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http"):
-        return "the URL must start with https://"
+        return "the URL must start with https://" + ("" if production else " (or http://, outside production)")
     if scheme == "http" and production:
         return "the URL must use https in production"
     if "@" in parts.netloc or parts.username is not None or parts.password is not None:

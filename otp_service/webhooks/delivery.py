@@ -188,6 +188,7 @@ class Deliverer:
                     "attempt": job.attempts,
                     "outcome": decision.kind,
                     "status": result.status,
+                    "error": result.error,  # never the URL or a key (`_short`, `send`)
                 },
             )
 

@@ -137,6 +137,8 @@ def test_a_url_that_cannot_receive_webhooks_is_refused_and_nothing_is_written(ap
         ({"url": URL, "description": "x" * 257}, "VALIDATION_ERROR", "description", "1-256"),
         ({"url": URL, "description": "a\nb"}, "VALIDATION_ERROR", "description", "printable"),
         ({"url": URL, "description": ""}, "VALIDATION_ERROR", "description", "1-256"),
+        # a misspelt filter would make an endpoint taking every event: refused (the newcomer's review)
+        ({"url": URL, "events": ["device.locked"]}, "VALIDATION_ERROR", "events", "Unknown field(s): events"),
     ],
 )
 def test_other_invalid_input_is_refused_naming_the_field(api, database, body, code, field, says):
