@@ -12,6 +12,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     from ..core import errors
     from ..reports.demo import generate
+    from ..reports.demo_webhooks import demo_endpoints, settle
     from ..reports.runner import ReportError, parse_day
     from ..service import build_service
 
@@ -25,7 +26,9 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     try:
         with command_database(settings.database_url, settings.db_timeout, 2, schema="migrate") as database:
             service = build_service(settings, database)
+            hooks = demo_endpoints(database, end)  # the history's events are queued for them, as for any endpoint
             done = generate(service, devices=args.devices, days=args.days, seed=args.seed, end=end)
+            settle(database, end, hooks)  # and given the fates a worker would have recorded
             service.checkpoint("on-demand")  # seal the history it wrote
     except errors.DeviceExists:
         return fail("the database already holds demo devices (DEMO-…); use an empty database", 1)

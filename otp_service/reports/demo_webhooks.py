@@ -16,6 +16,7 @@ from peewee import Database
 
 from ..core.transitions import DEFAULT_TENANT
 from ..db.models import WebhookDelivery, WebhookEndpoint
+from ..webhooks.secrets import new_salt
 
 # (url, event types or None for all, description, created, disabled — 410 Gone —: days before the history's end)
 DEMO_ENDPOINT_ROWS = (
@@ -30,26 +31,28 @@ DEMO_ENDPOINT_ROWS = (
 )
 
 
-def demo_endpoints(database: Database, end: datetime) -> None:
-    """The endpoints of `DEMO_ENDPOINT_ROWS`, enabled: the history's events will be queued for them."""
+def demo_endpoints(database: Database, end: datetime) -> list[int]:
+    """The endpoints of `DEMO_ENDPOINT_ROWS`, enabled: the history's events will be queued for them; their ids."""
     with database.connection_context():
-        for n, (url, types, description, created, _) in enumerate(DEMO_ENDPOINT_ROWS):
-            WebhookEndpoint.create(
+        return [
+            WebhookEndpoint.insert(
                 tenant_id=DEFAULT_TENANT,
                 url=url,
                 event_types=types,
                 description=description,
-                salt=f"{n:032x}",  # the demo's master secret signs nothing anyone receives
+                salt=new_salt(),
                 key_version=1,
                 created_at=(end - timedelta(days=created)).replace(tzinfo=None),
-            )
+            ).execute()
+            for url, types, description, created, _ in DEMO_ENDPOINT_ROWS
+        ]
 
 
-def settle(database: Database, end: datetime) -> None:
+def settle(database: Database, end: datetime, endpoint_ids: list[int]) -> None:
     """Each queued delivery's outcome, as a worker would have recorded it (see the module's docstring)."""
     end = end.replace(tzinfo=None)
     with database.atomic():
-        endpoints = list(WebhookEndpoint.select().order_by(WebhookEndpoint.id))
+        endpoints = [WebhookEndpoint.get_by_id(e) for e in endpoint_ids]
         for endpoint, (_, _, _, _, gone) in zip(endpoints, DEMO_ENDPOINT_ROWS, strict=True):
             gone_at = None if gone is None else end - timedelta(days=gone)
             if gone_at is not None:
