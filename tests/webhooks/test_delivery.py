@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets as random_secrets
 import signal
 import time
 import urllib.request
@@ -351,7 +352,7 @@ def test_a_worker_with_another_master_secret_sends_nothing(tmp_path, db_url, rec
     took them. The endpoint keeps its key's SHA-256; a worker whose key differs sends nothing and says why."""
     endpoint, _ = add_endpoint(database, receiver.url("/wrong"))
     queue_event(database, db_url)
-    done = deliver_once(tmp_path, db_url, MASTER_SECRET="another-master-secret-of-32-chars-or-more")
+    done = deliver_once(tmp_path, db_url, MASTER_SECRET=random_secrets.token_urlsafe(32))
     assert "webhook attempts made: 1" in done.stdout and "is not the endpoint's" in done.stderr
     (row,) = deliveries(database, endpoint)
     assert row["status"] == "pending" and row["last_error"].startswith("not sent: this worker's master secret")
